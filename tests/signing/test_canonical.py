@@ -1,0 +1,98 @@
+"""RFC 8785 canonical JSON: both encoders equal the `rfc8785` package on our domain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from signing import canonical
+from signing.canonical import (
+    MAX_SAFE_INT,
+    canonical_bytes,
+    canonical_bytes_exact,
+    parse_canonical,
+)
+from signing.errors import CanonicalError
+
+# Our value domain: no floats, safe integers, any valid Unicode (astral included).
+text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12)
+scalars = st.none() | st.booleans() | st.integers(-MAX_SAFE_INT, MAX_SAFE_INT) | text
+values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text, children, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(values)
+def test_fast_and_exact_equal_rfc8785(value: Any) -> None:
+    expected = rfc8785.dumps(value)
+    assert canonical_bytes_exact(value) == expected
+    assert canonical_bytes(value) == expected
+    assert parse_canonical(expected) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(text, scalars, min_size=2, max_size=6))
+def test_reordered_or_spaced_objects_are_rejected(value: dict[str, Any]) -> None:
+    canonical_form = canonical_bytes(value)
+    reversed_form = json.dumps(dict(reversed(list(value.items()))), ensure_ascii=False,
+                               separators=(",", ":")).encode()
+    spaced = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+    for other in (reversed_form, spaced):
+        if other != canonical_form:
+            with pytest.raises(CanonicalError):
+                parse_canonical(other)
+
+
+def test_utf16_key_order_differs_from_code_point_order() -> None:
+    # U+E000 sorts after U+1F600 in UTF-16 (surrogates D83D...) but before it by code point.
+    value = {"\ue000": 1, "\U0001f600": 2}
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+    assert canonical_bytes(value).index("\U0001f600".encode()) < canonical_bytes(value).index(
+        "\ue000".encode())
+
+
+@pytest.mark.parametrize("bad", [1.5, 0.0, float("inf"), {"a": [1, 2.5]}, 2**53, -(2**53),
+                                 {1: "x"}, "\ud800", b"bytes", {"a": {1, 2}}])
+@pytest.mark.parametrize("encoder", [canonical_bytes, canonical_bytes_exact])
+def test_values_outside_the_domain_are_rejected(encoder: Any, bad: Any) -> None:
+    with pytest.raises(CanonicalError):
+        encoder(bad)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"a":1,"a":1}',  # duplicate key
+    b'{"b":1,"a":2}',  # key order
+    b'{"a": 1}',  # whitespace
+    b'{"a":1.0}',  # float
+    b'{"a":1e3}',
+    b"[9007199254740993]",  # unsafe integer
+    b'"\\u00e9"',  # needless escape
+    b'"\\/"',
+    b'"\\u001F"',  # upper-case hex
+    b"[1,]",
+    b"",
+    b"\xff",
+    b"01",
+])
+def test_non_canonical_lines_are_rejected(line: bytes) -> None:
+    with pytest.raises(CanonicalError):
+        parse_canonical(line)
+
+
+def test_stdlib_only_path_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regulator without msgspec gets the same bytes and the same checks."""
+    monkeypatch.setattr(canonical, "_FAST", None)
+    value = {"b": [1, None, True, "é\n"], "a": {"\U0001f600": 1, "\ue000": 2}}
+    assert canonical.canonical_bytes(value) == rfc8785.dumps(value)
+    assert canonical.parse_canonical(rfc8785.dumps(value)) == value
+    for line in (b'{"a":1,"a":1}', b'{"a":1.5}', b'{"b":1,"a":2}'):
+        with pytest.raises(CanonicalError):
+            canonical.parse_canonical(line)
