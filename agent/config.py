@@ -1,0 +1,655 @@
+"""The agent's configuration: a TOML file read into frozen, typed dataclasses.
+
+Where it comes from (docs/DESIGN.md, "Config"): `--config FILE`, else
+`$GAMSA_CONFIG`, else `/etc/gamsa/agent.toml` when it exists, else built-in
+defaults. The TOML names are a user contract; `packaging/agent.toml` lists every
+key with its default.
+
+Every mistake is a `UsageError` (exit code 2) with one line that names the file
+and the dotted key, e.g.
+
+    /etc/gamsa/agent.toml: unknown key "store.endpoint_urll" (did you mean "store.endpoint_url"?)
+    /etc/gamsa/agent.toml: "store.retention_days" must be an integer, got string
+
+Unknown keys and wrong types are errors, never ignored: a typo in an audit agent's
+config must not silently fall back to a default. TOML booleans are not integers
+here, although Python's `bool` is a subclass of `int`.
+
+`Config.sha256` is the hex SHA-256 of the file's raw bytes (of b"" for built-in
+defaults); every manifest records it as `predicate.agent.config_sha256`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import difflib
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote, urlparse
+
+from signing.errors import UsageError
+
+CONFIG_ENV = "GAMSA_CONFIG"
+DEFAULT_CONFIG_PATH = Path("/etc/gamsa/agent.toml")
+ROOT_STATE_DIR = Path("/var/lib/gamsa")
+DEFAULT_KEY_FILE = Path("/etc/gamsa/pseudonym.key")
+DEFAULTS_SOURCE = "built-in defaults"
+
+OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE", "")
+SSE_MODES = ("", "AES256", "aws:kms")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+LOG_FORMATS = ("auth", "nginx-combined", "json-lines")
+
+DEFAULT_FILE_PATHS = (
+    "/etc/ssh/sshd_config",
+    "/etc/sudoers",
+    "/etc/sudoers.d/*",
+    "/etc/pam.d/*",
+    "/etc/login.defs",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nftables.conf",
+)
+
+HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+COLLECTOR_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+GIB = 1024**3
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """`[store]`: where sealed bundles go and how to reach it."""
+
+    url: str  # "file:///abs/path" or "s3://bucket/prefix"; never "" once loaded
+    endpoint_url: str = ""  # S3-compatible endpoint (on-prem); "" = AWS
+    region: str = ""
+    profile: str = ""
+    ca_bundle: str = ""  # PEM bundle path; "" = system trust store
+    proxy: str = ""  # "http(s)://host:port"; "" = none (or the environment's)
+    object_lock_mode: str = "COMPLIANCE"  # one of OBJECT_LOCK_MODES
+    retention_days: int = 1825
+    sse: str = ""  # one of SSE_MODES
+    kms_key_id: str = ""
+    connect_timeout: int = 10  # seconds
+    read_timeout: int = 60  # seconds
+    addressing_style: str = "auto"  # one of ADDRESSING_STYLES
+
+    @property
+    def scheme(self) -> str:
+        """"file" or "s3"."""
+        return self.url.split("://", 1)[0]
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    """`[collectors.files]`: which files to capture and whether to watch them."""
+
+    paths: list[str] = field(default_factory=lambda: list(DEFAULT_FILE_PATHS))
+    content_max_bytes: int = 65536
+    watch: bool = True
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """`[collectors.network]`: endpoints whose connections are flagged as AI traffic."""
+
+    ai_endpoints: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LogSource:
+    """One entry of `collectors.logs.sources`."""
+
+    path: str
+    format: str  # one of LOG_FORMATS
+    kind: str = ""
+
+
+def _default_log_sources() -> list[LogSource]:
+    return [LogSource(path="/var/log/auth.log", format="auth")]
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    """`[collectors.logs]`: log files to tail."""
+
+    sources: list[LogSource] = field(default_factory=_default_log_sources)
+
+
+@dataclass(frozen=True)
+class CollectorsConfig:
+    """`[collectors]`: which collectors run, and their options."""
+
+    enabled: list[str] = field(default_factory=list)  # [] = all available here
+    files: FilesConfig = field(default_factory=FilesConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """`[schedule]`: intervals in seconds; any other key is a collector name."""
+
+    default: int = 900
+    heartbeat: int = 300
+    per_collector: dict[str, int] = field(default_factory=dict)
+
+    def interval(self, collector: str) -> int:
+        """Seconds between runs of `collector`."""
+        return self.per_collector.get(collector, self.default)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """`[privacy]`: record fields pseudonymized before sealing, and the HMAC key."""
+
+    pseudonymize: list[str] = field(default_factory=list)
+    key_file: Path = DEFAULT_KEY_FILE
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """`[spool]`: the byte cap of sealed bundles waiting to ship."""
+
+    max_bytes: int = GIB
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration, resolved (no "" placeholders left). Keyword-only."""
+
+    host_id: str = "auto"
+    state_dir: Path
+    store: StoreConfig
+    collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
+    source: Path | None = None  # the file loaded; None for built-in defaults
+    sha256: str = hashlib.sha256(b"").hexdigest()  # of the file's raw bytes
+
+
+# --------------------------------------------------------------------------- public helpers
+
+
+def default_state_dir(euid: int | None = None, env: Mapping[str, str] | None = None) -> Path:
+    """/var/lib/gamsa as root, else $XDG_STATE_HOME/gamsa, else ~/.local/state/gamsa."""
+    if euid is None:
+        euid = -1 if sys.platform == "win32" else os.geteuid()
+    if euid == 0:
+        return ROOT_STATE_DIR
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec says to ignore relative values
+        return Path(xdg) / "gamsa"
+    home = env.get("HOME", "")
+    if not (home and Path(home).is_absolute()):
+        try:
+            home = str(Path.home())
+        except RuntimeError:
+            raise UsageError("cannot find a home directory for the default state_dir",
+                             hint="set state_dir in the config file") from None
+    return Path(home) / ".local" / "state" / "gamsa"
+
+
+_DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)", re.ASCII)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_HINT = 'an integer of seconds, or a string like "90", "90s", "15m", "6h", "1d"'
+
+
+def parse_duration(value: str | int, key: str) -> int:
+    """Seconds from an int (as is) or "90", "90s", "15m", "6h", "1d"; UsageError naming key."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UsageError(f'"{key}" must not be negative, got {value}', hint=_DURATION_HINT)
+        return value
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match:
+            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        raise UsageError(f'"{key}" must be a duration, got {_show(value)}', hint=_DURATION_HINT)
+    raise UsageError(f'"{key}" must be a duration, got {_type_name(value)}', hint=_DURATION_HINT)
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]i?B|B)?", re.ASCII)
+_SIZE_UNITS = {
+    None: 1, "B": 1,
+    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
+}
+_SIZE_HINT = 'an integer of bytes, or a string like "123", "10KiB", "512MiB", "1GiB", "100MB"'
+
+
+def parse_size(value: str | int, key: str) -> int:
+    """Bytes from an int (as is) or "123", "10KiB", "512MiB", "1GiB", "100MB", "1GB"."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UsageError(f'"{key}" must not be negative, got {value}', hint=_SIZE_HINT)
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.fullmatch(value.strip())
+        if match:
+            return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+        raise UsageError(f'"{key}" must be a size, got {_show(value)}', hint=_SIZE_HINT)
+    raise UsageError(f'"{key}" must be a size, got {_type_name(value)}', hint=_SIZE_HINT)
+
+
+def resolve_config_path(cli_path: Path | None, env: Mapping[str, str]) -> Path | None:
+    """--config, else $GAMSA_CONFIG, else /etc/gamsa/agent.toml if it exists, else None."""
+    if cli_path is not None:
+        return cli_path
+    from_env = env.get(CONFIG_ENV, "")
+    if from_env:
+        return Path(from_env)
+    try:
+        present = DEFAULT_CONFIG_PATH.exists()
+    except OSError:  # e.g. /etc/gamsa not searchable: let load_config say so, not skip it
+        present = True
+    return DEFAULT_CONFIG_PATH if present else None
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate `path`; None gives the built-in defaults."""
+    if path is None:
+        return parse_config(b"", DEFAULTS_SOURCE, env)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"config file {path}: not found",
+                         hint=f"check --config and ${CONFIG_ENV}") from None
+    except IsADirectoryError:
+        raise UsageError(f"config file {path}: is a directory, not a file") from None
+    except PermissionError:
+        raise UsageError(f"config file {path}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    config = parse_config(data, str(path), env)
+    return dataclasses.replace(config, source=path.absolute())
+
+
+def parse_config(data: bytes, source: str, env: Mapping[str, str] | None = None) -> Config:
+    """Validate TOML bytes; `source` names them in errors. `Config.source` is left None."""
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM some editors add; not part of TOML
+        text_bytes = data[3:]
+    else:
+        text_bytes = data
+    try:
+        text = text_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        _fail(source, f"not valid TOML: not UTF-8 (byte offset {exc.start})")
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        _fail(source, f"not valid TOML: {' '.join(str(exc).split())}")
+    return _Parser(source, env).config(doc, hashlib.sha256(data).hexdigest())
+
+
+def config_as_dict(cfg: Config) -> dict[str, Any]:
+    """JSON-serializable view (for `gamsa config check --json`); paths as strings."""
+    return {key: _jsonable(value) for key, value in dataclasses.asdict(cfg).items()}
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _type_name(value: object) -> str:
+    """The TOML name of a parsed value's type."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, dt.datetime):
+        return "datetime"
+    if isinstance(value, dt.date):
+        return "date"
+    if isinstance(value, dt.time):
+        return "time"
+    return type(value).__name__
+
+
+def _show(value: object, limit: int = 80) -> str:
+    """A value quoted on one line (JSON escapes newlines), shortened when long."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 4] + '..."'
+
+
+def _fail(source: str, message: str, hint: str = "") -> NoReturn:
+    raise UsageError(f"{source}: {message}", hint=hint)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _article(type_name: str) -> str:
+    return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
+
+
+class _Parser:
+    """Walks the parsed TOML document; every error names `source` and the dotted key."""
+
+    def __init__(self, source: str, env: Mapping[str, str] | None) -> None:
+        self.source = source
+        self.env = os.environ if env is None else env
+
+    def fail(self, message: str, hint: str = "") -> NoReturn:
+        _fail(self.source, message, hint)
+
+    # -- generic readers
+
+    def table(self, parent: Mapping[str, Any], prefix: str, name: str,
+              known: Iterable[str] | None) -> dict[str, Any]:
+        """The sub-table `name` of `parent` ({} when absent); unknown keys are errors."""
+        key = _join(prefix, name)
+        value = parent.get(name, {})
+        if not isinstance(value, dict):
+            self.fail(f'"{key}" must be a table, got {_type_name(value)}')
+        if known is not None:
+            self.check_keys(value, key, known)
+        return value
+
+    def check_keys(self, table: Mapping[str, Any], prefix: str, known: Iterable[str]) -> None:
+        known = list(known)
+        for name in table:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = (f'did you mean "{_join(prefix, close[0])}"?' if close
+                        else "known keys: " + ", ".join(known))
+                self.fail(f'unknown key "{_join(prefix, name)}"', hint)
+
+    def typed(self, value: Any, key: str, kind: type, type_name: str) -> Any:
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if not ok:
+            self.fail(f'"{key}" must be {_article(type_name)}, got {_type_name(value)}')
+        return value
+
+    def string(self, table: Mapping[str, Any], prefix: str, name: str, default: str) -> str:
+        value: str = self.typed(table.get(name, default), _join(prefix, name), str, "string")
+        return value
+
+    def boolean(self, table: Mapping[str, Any], prefix: str, name: str, default: bool) -> bool:
+        value: bool = self.typed(table.get(name, default), _join(prefix, name), bool, "boolean")
+        return value
+
+    def positive_int(self, table: Mapping[str, Any], prefix: str, name: str,
+                     default: int) -> int:
+        key = _join(prefix, name)
+        value: int = self.typed(table.get(name, default), key, int, "integer")
+        if value <= 0:
+            self.fail(f'"{key}" must be greater than 0, got {value}')
+        return value
+
+    def choice(self, table: Mapping[str, Any], prefix: str, name: str, default: str,
+               allowed: tuple[str, ...]) -> str:
+        key = _join(prefix, name)
+        value = self.string(table, prefix, name, default)
+        if value not in allowed:
+            options = ", ".join(json.dumps(a) for a in allowed)
+            folded = [a for a in allowed if a.casefold() == value.casefold()]
+            hint = f"did you mean {json.dumps(folded[0])}?" if folded else ""
+            self.fail(f'"{key}" must be one of {options}, got {_show(value)}', hint)
+        return value
+
+    def string_list(self, table: Mapping[str, Any], prefix: str, name: str,
+                    default: Iterable[str]) -> list[str]:
+        key = _join(prefix, name)
+        value = table.get(name)
+        if value is None:
+            return list(default)
+        self.typed(value, key, list, "array")
+        for index, item in enumerate(value):
+            self.typed(item, f"{key}[{index}]", str, "string")
+            if not item:
+                self.fail(f'"{key}[{index}]" must not be empty')
+        return list(value)
+
+    def duration(self, value: Any, key: str) -> int:
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            self.fail(f'"{key}" must be a duration, got {_type_name(value)}', _DURATION_HINT)
+        try:
+            seconds = parse_duration(value, key)
+        except UsageError as exc:
+            self.fail(exc.message, exc.hint)
+        if seconds <= 0:
+            self.fail(f'"{key}" must be at least 1 second, got {_show(value)}')
+        return seconds
+
+    def size(self, value: Any, key: str) -> int:
+        if not isinstance(value, int | str) or isinstance(value, bool):
+            self.fail(f'"{key}" must be a size, got {_type_name(value)}', _SIZE_HINT)
+        try:
+            nbytes = parse_size(value, key)
+        except UsageError as exc:
+            self.fail(exc.message, exc.hint)
+        if nbytes <= 0:
+            self.fail(f'"{key}" must be at least 1 byte, got {_show(value)}')
+        return nbytes
+
+    def absolute_path(self, value: str, key: str) -> Path:
+        path = Path(value)
+        if not path.is_absolute():
+            self.fail(f'"{key}" must be an absolute path, got {_show(value)}')
+        return path
+
+    # -- sections
+
+    def config(self, doc: Mapping[str, Any], sha256: str) -> Config:
+        self.check_keys(doc, "", ("host_id", "state_dir", "store", "collectors", "schedule",
+                                  "privacy", "spool"))
+        host_id = self.string(doc, "", "host_id", "auto")
+        if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
+            self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ -, '
+                      f"got {_show(host_id)}", "it is part of every object key")
+        state_raw = self.string(doc, "", "state_dir", "")
+        state_dir = (self.absolute_path(state_raw, "state_dir") if state_raw
+                     else default_state_dir(env=self.env))
+        return Config(
+            host_id=host_id,
+            state_dir=state_dir,
+            store=self.store(doc, state_dir),
+            collectors=self.collectors(doc),
+            schedule=self.schedule(doc),
+            privacy=self.privacy(doc),
+            spool=self.spool(doc),
+            source=None,
+            sha256=sha256,
+        )
+
+    def store(self, doc: Mapping[str, Any], state_dir: Path) -> StoreConfig:
+        p = "store"
+        t = self.table(doc, "", p, [f.name for f in dataclasses.fields(StoreConfig)])
+        d = StoreConfig(url="")
+        url = self.string(t, p, "url", "") or "file://" + quote((state_dir / "store").as_posix())
+        self.check_store_url(url)
+        endpoint_url = self.string(t, p, "endpoint_url", d.endpoint_url)
+        if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
+            self.fail(f'"store.endpoint_url" must start with http:// or https://, '
+                      f"got {_show(endpoint_url)}", 'use "" for AWS')
+        proxy = self.string(t, p, "proxy", d.proxy)
+        if proxy and not proxy.startswith(("http://", "https://")):
+            self.fail(f'"store.proxy" must start with http:// or https://, got {_show(proxy)}')
+        ca_bundle = self.string(t, p, "ca_bundle", d.ca_bundle)
+        if ca_bundle:
+            ca_bundle = str(self.absolute_path(ca_bundle, "store.ca_bundle"))
+        sse = self.choice(t, p, "sse", d.sse, SSE_MODES)
+        kms_key_id = self.string(t, p, "kms_key_id", d.kms_key_id)
+        if kms_key_id and sse != "aws:kms":
+            self.fail('"store.kms_key_id" is set but "store.sse" is not "aws:kms"',
+                      'set sse = "aws:kms" or remove kms_key_id')
+        return StoreConfig(
+            url=url,
+            endpoint_url=endpoint_url,
+            region=self.string(t, p, "region", d.region),
+            profile=self.string(t, p, "profile", d.profile),
+            ca_bundle=ca_bundle,
+            proxy=proxy,
+            object_lock_mode=self.choice(t, p, "object_lock_mode", d.object_lock_mode,
+                                         OBJECT_LOCK_MODES),
+            retention_days=self.positive_int(t, p, "retention_days", d.retention_days),
+            sse=sse,
+            kms_key_id=kms_key_id,
+            connect_timeout=self.duration(t.get("connect_timeout", d.connect_timeout),
+                                          "store.connect_timeout"),
+            read_timeout=self.duration(t.get("read_timeout", d.read_timeout),
+                                       "store.read_timeout"),
+            addressing_style=self.choice(t, p, "addressing_style", d.addressing_style,
+                                         ADDRESSING_STYLES),
+        )
+
+    def check_store_url(self, url: str) -> None:
+        if url.startswith("file://"):
+            parsed = urlparse(url)
+            if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+                self.fail(f'"store.url" must name an absolute path, got {_show(url)}',
+                          "write file:///absolute/path, with three slashes")
+        elif url.startswith("s3://"):
+            bucket = url[len("s3://"):].split("/", 1)[0]
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", bucket):
+                self.fail(f'"store.url" must name a bucket, got {_show(url)}',
+                          "write s3://bucket/prefix")
+        else:
+            self.fail(f'"store.url" must start with file:// or s3://, got {_show(url)}',
+                      "write file:///absolute/path or s3://bucket/prefix")
+
+    def collectors(self, doc: Mapping[str, Any]) -> CollectorsConfig:
+        p = "collectors"
+        t = self.table(doc, "", p, ("enabled", "files", "network", "logs"))
+        enabled = self.string_list(t, p, "enabled", [])
+        for index, name in enumerate(enabled):
+            self.collector_name(name, f"collectors.enabled[{index}]")
+        return CollectorsConfig(
+            enabled=enabled,
+            files=self.files(t),
+            network=self.network(t),
+            logs=self.logs(t),
+        )
+
+    def collector_name(self, name: str, key: str) -> None:
+        if not COLLECTOR_NAME_RE.fullmatch(name):
+            self.fail(f'"{key}" must be a collector name (lower-case letters, digits, _ and -), '
+                      f"got {_show(name)}")
+
+    def files(self, collectors: Mapping[str, Any]) -> FilesConfig:
+        p = "collectors.files"
+        t = self.table(collectors, "collectors", "files",
+                       ("paths", "content_max_bytes", "watch"))
+        d = FilesConfig()
+        paths = self.string_list(t, p, "paths", d.paths)
+        for index, path in enumerate(paths):
+            self.absolute_path(path, f"{p}.paths[{index}]")
+        return FilesConfig(
+            paths=paths,
+            content_max_bytes=self.size(t.get("content_max_bytes", d.content_max_bytes),
+                                        f"{p}.content_max_bytes"),
+            watch=self.boolean(t, p, "watch", d.watch),
+        )
+
+    def network(self, collectors: Mapping[str, Any]) -> NetworkConfig:
+        p = "collectors.network"
+        t = self.table(collectors, "collectors", "network", ("ai_endpoints",))
+        endpoints = self.string_list(t, p, "ai_endpoints", [])
+        for index, endpoint in enumerate(endpoints):
+            key = f"{p}.ai_endpoints[{index}]"
+            if any(c.isspace() for c in endpoint):
+                self.fail(f'"{key}" must not contain spaces, got {_show(endpoint)}')
+            if "/" in endpoint:
+                try:
+                    ipaddress.ip_network(endpoint, strict=False)
+                except ValueError:
+                    self.fail(f'"{key}" is not a valid network (CIDR), got {_show(endpoint)}',
+                              'write e.g. "10.20.0.0/16"')
+        return NetworkConfig(ai_endpoints=endpoints)
+
+    def logs(self, collectors: Mapping[str, Any]) -> LogsConfig:
+        p = "collectors.logs"
+        t = self.table(collectors, "collectors", "logs", ("sources",))
+        raw = t.get("sources")
+        if raw is None:
+            return LogsConfig()
+        self.typed(raw, f"{p}.sources", list, "array")
+        sources = []
+        for index, entry in enumerate(raw):
+            key = f"{p}.sources[{index}]"
+            self.typed(entry, key, dict, "table")
+            self.check_keys(entry, key, ("path", "format", "kind"))
+            for required in ("path", "format"):
+                if required not in entry:
+                    self.fail(f'"{key}.{required}" is missing')
+            path = self.string(entry, key, "path", "")
+            self.absolute_path(path, f"{key}.path")
+            sources.append(LogSource(
+                path=path,
+                format=self.choice(entry, key, "format", "", LOG_FORMATS),
+                kind=self.string(entry, key, "kind", ""),
+            ))
+        return LogsConfig(sources=sources)
+
+    def schedule(self, doc: Mapping[str, Any]) -> ScheduleConfig:
+        p = "schedule"
+        t = self.table(doc, "", p, None)  # any key but these two is a collector name
+        d = ScheduleConfig()
+        reserved = ("default", "heartbeat")
+        per_collector = {}
+        for name, value in t.items():
+            if name in reserved:
+                continue
+            key = _join(p, name)
+            close = difflib.get_close_matches(name, reserved, n=1, cutoff=0.8)
+            if close:
+                self.fail(f'unknown key "{key}"', f'did you mean "{_join(p, close[0])}"?')
+            self.collector_name(name, key)
+            per_collector[name] = self.duration(value, key)
+        return ScheduleConfig(
+            default=self.duration(t.get("default", d.default), "schedule.default"),
+            heartbeat=self.duration(t.get("heartbeat", d.heartbeat), "schedule.heartbeat"),
+            per_collector=per_collector,
+        )
+
+    def privacy(self, doc: Mapping[str, Any]) -> PrivacyConfig:
+        p = "privacy"
+        t = self.table(doc, "", p, ("pseudonymize", "key_file"))
+        d = PrivacyConfig()
+        key_file = self.string(t, p, "key_file", str(d.key_file))
+        if not key_file:
+            self.fail('"privacy.key_file" must not be empty')
+        return PrivacyConfig(
+            pseudonymize=self.string_list(t, p, "pseudonymize", []),
+            key_file=self.absolute_path(key_file, "privacy.key_file"),
+        )
+
+    def spool(self, doc: Mapping[str, Any]) -> SpoolConfig:
+        t = self.table(doc, "", "spool", ("max_bytes",))
+        return SpoolConfig(max_bytes=self.size(t.get("max_bytes", SpoolConfig.max_bytes),
+                                               "spool.max_bytes"))
