@@ -1,0 +1,1 @@
+"""Evidence collectors: one module per evidence kind, the `Record` type and a registry."""

@@ -1,0 +1,148 @@
+"""The `host` collector against fixture trees (exact records) and this machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from collector.host import COLLECTOR
+from collector.registry import CollectContext, run_collector
+
+BASIC = Path(__file__).resolve().parents[1] / "assets" / "rootfs" / "basic"
+MACHINE_ID = "0123456789abcdef0123456789abcdef"  # tests/assets/rootfs/basic/etc/machine-id
+
+Triple = tuple[str, str, dict[str, Any]]
+
+
+def run(root: Path) -> list[Triple]:
+    result = run_collector(COLLECTOR, CollectContext(root=root))
+    assert result.status == "ok", result.error
+    return [(r.type, r.key, r.data) for r in result.records]
+
+
+def host(hostname: str | None, machine_id_sha256: str | None, os: dict[str, Any],
+         kernel: dict[str, Any], time_sync: dict[str, Any]) -> dict[str, Any]:
+    """A fixture-mode host record: every live-only field null."""
+    return {"hostname": hostname, "machine_id_sha256": machine_id_sha256, "os": os,
+            "kernel": kernel, "boot_time": None, "cpu_count": None,
+            "memory_total_bytes": None, "interfaces": None, "time_sync": time_sync}
+
+
+NO_OS = {"system": None, "name": None, "version_id": None, "id": None, "pretty_name": None}
+NO_KERNEL = {"release": None, "version": None}
+NO_TIME_SYNC: dict[str, Any] = {"service": None, "synchronized": None, "source": None,
+                                "servers": []}
+
+
+def test_basic_fixture_exact() -> None:
+    assert run(BASIC) == [
+        ("host", "fixture-host", host(
+            "fixture-host",
+            hashlib.sha256(MACHINE_ID.encode()).hexdigest(),
+            {"system": None, "name": "Debian GNU/Linux", "version_id": "12", "id": "debian",
+             "pretty_name": "Debian GNU/Linux 12 (bookworm)"},
+            {"release": "6.1.0-18-amd64",
+             "version": "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)"},
+            # the drop-in's NTP= replaces the main file's
+            {"service": "systemd-timesyncd", "synchronized": True,
+             "source": "/run/systemd/timesync/synchronized",
+             "servers": ["time1.bank.example", "time2.bank.example"]},
+        )),
+    ]
+
+
+def test_machine_id_never_recorded_raw() -> None:
+    assert MACHINE_ID not in json.dumps(run(BASIC))
+
+
+def test_empty_root(tmp_path: Path) -> None:
+    assert run(tmp_path) == [
+        ("source_missing", "/etc/hostname", {"path": "/etc/hostname"}),
+        ("source_missing", "/etc/machine-id", {"path": "/etc/machine-id"}),
+        ("source_missing", "/etc/os-release", {"path": "/etc/os-release"}),
+        ("host", "", host(None, None, NO_OS, NO_KERNEL, NO_TIME_SYNC)),
+    ]
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_fallbacks_and_unreadable(tmp_path: Path) -> None:
+    root = write(tmp_path, {
+        "/etc/hostname": "\n  h1.example  \n",
+        "/var/lib/dbus/machine-id": "abc\n",
+        "/usr/lib/os-release": "NAME='Some OS'\nID=some\n# comment\nVERSION_ID=\"1\\\"2\"\n",
+    })
+    (root / "etc" / "machine-id").mkdir()  # exists but cannot be read as a file
+    assert run(root) == [
+        ("source_unreadable", "/etc/machine-id",
+         {"path": "/etc/machine-id", "reason": "IsADirectoryError: Is a directory"}),
+        ("host", "h1.example", host(
+            "h1.example", hashlib.sha256(b"abc").hexdigest(),
+            {**NO_OS, "name": "Some OS", "id": "some", "version_id": '1"2'},
+            NO_KERNEL, NO_TIME_SYNC)),
+    ]
+
+
+def test_chrony(tmp_path: Path) -> None:
+    root = write(tmp_path, {
+        "/etc/hostname": "h\n",
+        "/etc/machine-id": "m\n",
+        "/etc/os-release": "ID=x\n",
+        "/etc/chrony/chrony.conf": "pool 2.debian.pool.ntp.org iburst\n"
+                                   "# server commented.example\n"
+                                   "confdir /etc/chrony/conf.d\n"
+                                   "sourcedir /run/chrony-dhcp /etc/chrony/sources.d\n"
+                                   "include /etc/chrony/extra/*.inc\n",
+        "/etc/chrony/conf.d/bank.conf": "server ntp1.bank.example iburst\n",
+        "/etc/chrony/conf.d/ignored.txt": "server not-read.example\n",
+        "/etc/chrony/sources.d/lan.sources": "server 10.0.0.1\n",
+        "/etc/chrony/extra/a.inc": "peer peer.example\n",
+        # a leftover ntp.conf does not change which service is chosen
+        "/etc/ntp.conf": "server ntpd.example\n",
+    })
+    [record] = run(root)
+    assert record[2]["time_sync"] == {
+        "service": "chrony", "synchronized": None, "source": None,
+        "servers": ["2.debian.pool.ntp.org", "ntp1.bank.example", "10.0.0.1",
+                    "peer.example"],
+    }
+
+
+def test_ntpd_and_timesyncd_enabled_but_not_synced(tmp_path: Path) -> None:
+    base = {"/etc/hostname": "h\n", "/etc/machine-id": "m\n", "/etc/os-release": "ID=x\n"}
+    root = write(tmp_path / "a", {**base, "/etc/ntpsec/ntp.conf": "pool -4 0.pool.example\n"})
+    assert run(root)[0][2]["time_sync"] == {
+        "service": "ntpd", "synchronized": None, "source": None, "servers": ["0.pool.example"]}
+    root = write(tmp_path / "b", {
+        **base,
+        "/etc/systemd/system/sysinit.target.wants/systemd-timesyncd.service": "",
+        "/etc/systemd/timesyncd.conf": "[Time]\n#NTP=\n",
+    })
+    assert run(root)[0][2]["time_sync"] == {
+        "service": "systemd-timesyncd", "synchronized": None, "source": None, "servers": []}
+
+
+def test_live_host() -> None:
+    result = run_collector(COLLECTOR, CollectContext())
+    assert result.status == "ok", result.error
+    assert not [r for r in result.records if r.type == "collector_error"]
+    [record] = [r for r in result.records if r.type == "host"]
+    data = record.data
+    assert data["hostname"] and record.key == data["hostname"]
+    assert data["kernel"]["release"] and data["kernel"]["version"]
+    assert data["cpu_count"]["logical"] >= 1
+    assert data["memory_total_bytes"] > 0
+    assert data["boot_time"].endswith("Z")
+    names = [i["name"] for i in data["interfaces"]]
+    assert names == sorted(names) and "lo" in names
+    lo = data["interfaces"][names.index("lo")]
+    assert {"family": "inet", "address": "127.0.0.1", "netmask": "255.0.0.0"} in lo["addresses"]
+    assert data["time_sync"]["synchronized"] in (True, False, None)
