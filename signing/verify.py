@@ -1,0 +1,332 @@
+"""The verifier: proves a store's bundles untampered, trusting only given public keys.
+
+Per bundle: the manifest's DSSE signature by a trusted key, the statement's shape,
+the object key against the predicate, the records object's digest, every line
+canonical, the record count and the Merkle root. Per host chain: gaps, forks,
+broken `prev` links, time running backwards, and each new genesis. Every finding
+names the object it is about; nothing stops at the first finding.
+
+Works on anything with `list(prefix)` and `get(key)`: the agent's stores, or
+`DirectoryReader` over a downloaded copy of a bucket (what a regulator runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from signing.bundle import (
+    BundleName,
+    iter_record_lines,
+    manifest_sha256,
+    parse_bundle_key,
+)
+from signing.canonical import parse_canonical
+from signing.dsse import is_exact_gamsa_envelope, parse_statement, verify_envelope
+from signing.errors import CanonicalError, FormatError, GamsaError, SignatureError
+from signing.keys import PublicKey
+from signing.merkle import MerkleBuilder, leaf_hash
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"
+
+
+class ObjectReader(Protocol):
+    """Read access to a store: keys under a prefix, and an object's bytes."""
+
+    def list(self, prefix: str) -> Iterable[str]: ...
+
+    def get(self, key: str) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class DirectoryReader:
+    """A store laid out on disk (a file:// store, or `aws s3 sync` of a bucket)."""
+
+    root: Path
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, base)
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def get(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong (or worth showing) about one object."""
+
+    key: str
+    code: str
+    message: str
+    severity: str = ERROR
+
+    def as_dict(self) -> dict[str, str]:
+        return {"key": self.key, "code": self.code, "message": self.message,
+                "severity": self.severity}
+
+
+@dataclass
+class BundleSummary:
+    """A bundle whose manifest was read, with what the chain check needs."""
+
+    name: BundleName
+    manifest_key: str
+    manifest_sha256: str
+    chain_id: str
+    seq: int
+    prev: str | None
+    started_at: str
+    finished_at: str
+    records: int
+    key_id: str
+    genesis_reason: str | None
+    ok: bool
+
+
+@dataclass
+class VerifyResult:
+    """Everything the verifier found, in a form for humans and for `--json`."""
+
+    findings: list[Finding] = field(default_factory=list)
+    bundles: list[BundleSummary] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == ERROR for f in self.findings)
+
+    @property
+    def records(self) -> int:
+        return sum(b.records for b in self.bundles)
+
+    def as_dict(self) -> dict[str, Any]:
+        chains: dict[str, dict[str, Any]] = {}
+        for b in self.bundles:
+            chain = chains.setdefault(f"{b.name.host_id}/{b.chain_id}", {
+                "host": b.name.host_id, "chain_id": b.chain_id, "bundles": 0,
+                "first_seq": b.seq, "last_seq": b.seq, "key_ids": []})
+            chain["bundles"] += 1
+            chain["first_seq"] = min(chain["first_seq"], b.seq)
+            chain["last_seq"] = max(chain["last_seq"], b.seq)
+            if b.key_id not in chain["key_ids"]:
+                chain["key_ids"].append(b.key_id)
+        return {"ok": self.ok, "bundles": len(self.bundles), "records": self.records,
+                "chains": list(chains.values()),
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+Progress = Callable[[int, int], None]
+
+
+def _get(path: Any, *names: str) -> Any:
+    for name in names:
+        if not isinstance(path, dict) or name not in path:
+            raise FormatError(f"predicate field {'.'.join(names)} is missing")
+        path = path[name]
+    return path
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], names: str) -> Any:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise FormatError(f"predicate field {names} has the wrong type")
+    return value
+
+
+def check_records(data: bytes, key: str, expected_host: str | None = None,
+                  ) -> tuple[int, str, list[Finding]]:
+    """Count, Merkle root (hex) and findings for one records object's bytes."""
+    findings: list[Finding] = []
+    tree = MerkleBuilder()
+    try:
+        for number, line in enumerate(iter_record_lines(data, key), start=1):
+            tree.add(leaf_hash(line))
+            try:
+                record = parse_canonical(line)
+            except CanonicalError as exc:
+                findings.append(Finding(key, "not_canonical", f"line {number}: {exc.message}"))
+                continue
+            if expected_host is not None and (
+                    not isinstance(record, dict) or record.get("host") != expected_host):
+                findings.append(Finding(key, "record_host_mismatch",
+                                        f"line {number}: record host is not {expected_host}"))
+    except FormatError as exc:
+        findings.append(Finding(key, "records_unreadable", exc.message))
+    return tree.size, tree.root().hex(), findings
+
+
+def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
+                   trusted: Mapping[str, PublicKey], result: VerifyResult) -> None:
+    mkey = name.manifest_key
+    manifest = reader.get(mkey)
+    try:
+        envelope = verify_envelope(manifest, trusted)
+        statement = parse_statement(envelope.payload)
+        predicate = statement["predicate"]
+        subject = statement["subject"][0]
+        host_id = _expect(_get(predicate, "host", "id"), str, "host.id")
+        collection_id = _expect(_get(predicate, "collection", "id"), str, "collection.id")
+        started_at = _expect(_get(predicate, "collection", "started_at"), str,
+                             "collection.started_at")
+        finished_at = _expect(_get(predicate, "collection", "finished_at"), str,
+                              "collection.finished_at")
+        count = _expect(_get(predicate, "records", "count"), int, "records.count")
+        merkle_root = _expect(_get(predicate, "records", "merkle_root"), str,
+                              "records.merkle_root")
+        seq = _expect(_get(predicate, "chain", "seq"), int, "chain.seq")
+        prev = _get(predicate, "chain", "prev")
+        if prev is not None:
+            _expect(prev, str, "chain.prev")
+        chain = _get(predicate, "chain")
+        chain_id = str(chain.get("id", ""))
+        genesis = chain.get("genesis_reason")
+    except SignatureError as exc:
+        code = "untrusted_key" if "trusted key" in exc.message else "signature_invalid"
+        result.findings.append(Finding(mkey, code, exc.message))
+        return
+    except GamsaError as exc:
+        result.findings.append(Finding(mkey, "manifest_invalid", exc.message))
+        return
+
+    ok = True
+
+    def fail(key: str, code: str, message: str) -> None:
+        nonlocal ok
+        ok = False
+        result.findings.append(Finding(key, code, message))
+
+    if not is_exact_gamsa_envelope(manifest, envelope):
+        fail(mkey, "manifest_not_exact",
+             "signature verifies but the manifest bytes differ from the form gamsa writes "
+             "(a keyid, base64 padding or an added field was changed)")
+    for what, stated, actual in (("host", host_id, name.host_id),
+                                 ("collection id", collection_id, name.collection_id),
+                                 ("seq", seq, name.seq),
+                                 ("date", started_at[:10], name.date)):
+        if stated != actual:
+            fail(mkey, "key_mismatch",
+                 f"object key says {what} {actual!r}, signed manifest says {stated!r}")
+    if subject.get("name") != name.records_key:
+        fail(mkey, "subject_mismatch",
+             f"manifest subject is {subject.get('name')!r}, expected {name.records_key!r}")
+    if not have_records:
+        fail(name.records_key, "records_missing", "records object named by a manifest is missing")
+    else:
+        data = reader.get(name.records_key)
+        digest = hashlib.sha256(data).hexdigest()
+        expected_digest = subject.get("digest", {}).get("sha256")
+        if digest != expected_digest:
+            fail(name.records_key, "digest_mismatch",
+                 f"sha256 is {digest}, signed manifest says {expected_digest}")
+        actual_count, actual_root, line_findings = check_records(data, name.records_key,
+                                                                  host_id)
+        for finding in line_findings:
+            fail(finding.key, finding.code, finding.message)
+        if actual_count != count:
+            fail(name.records_key, "count_mismatch",
+                 f"{actual_count} records, signed manifest says {count}")
+        if actual_root != merkle_root:
+            fail(name.records_key, "merkle_root_mismatch",
+                 f"Merkle root is {actual_root}, signed manifest says {merkle_root}")
+    result.bundles.append(BundleSummary(
+        name, mkey, manifest_sha256(manifest), chain_id, seq, prev, started_at, finished_at,
+        count, envelope.key_id, genesis if isinstance(genesis, str) else None, ok))
+
+
+def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
+    """Gaps, forks, broken links, time going backwards and new genesis, per host chain."""
+    findings: list[Finding] = []
+    chains: dict[tuple[str, str], list[BundleSummary]] = defaultdict(list)
+    for b in bundles:
+        chains[(b.name.host_id, b.chain_id)].append(b)
+    for (host, chain_id), members in sorted(chains.items()):
+        by_seq: dict[int, list[BundleSummary]] = defaultdict(list)
+        for b in members:
+            by_seq[b.seq].append(b)
+        for seq, same in sorted(by_seq.items()):
+            if len(same) > 1:
+                keys = ", ".join(sorted(b.manifest_key for b in same))
+                for b in same:
+                    findings.append(Finding(b.manifest_key, "chain_fork",
+                                            f"host {host} chain {chain_id}: {len(same)} "
+                                            f"manifests at seq {seq} ({keys})"))
+        seqs = sorted(by_seq)
+        expected = 1
+        for seq in seqs:
+            if seq > expected:
+                first = by_seq[seq][0]
+                missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+                findings.append(Finding(first.manifest_key, "chain_gap",
+                                        f"host {host} chain {chain_id}: seq {missing} missing "
+                                        f"before seq {seq}"))
+            expected = seq + 1
+        for seq in seqs:
+            for b in by_seq[seq]:
+                if seq == 1:
+                    if b.prev is not None:
+                        findings.append(Finding(b.manifest_key, "chain_prev_mismatch",
+                                                "seq 1 must have prev null"))
+                    findings.append(Finding(
+                        b.manifest_key, "chain_genesis",
+                        f"host {host}: chain {chain_id} starts here "
+                        f"({b.genesis_reason or 'no reason given'})", INFO))
+                    continue
+                before = by_seq.get(seq - 1, [])
+                if len(before) != 1:
+                    continue  # a gap or a fork, already reported
+                parent = before[0]
+                if b.prev != parent.manifest_sha256:
+                    findings.append(Finding(
+                        b.manifest_key, "chain_prev_mismatch",
+                        f"prev is {b.prev}, manifest at seq {seq - 1} hashes to "
+                        f"{parent.manifest_sha256}"))
+                if b.started_at < parent.finished_at:
+                    findings.append(Finding(
+                        b.manifest_key, "time_backwards",
+                        f"started {b.started_at}, before seq {seq - 1} finished "
+                        f"{parent.finished_at}"))
+    return findings
+
+
+def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
+                 host: str | None = None, progress: Progress | None = None) -> VerifyResult:
+    """Verify every bundle under `v1/` (or one host's) in `reader`."""
+    prefix = f"v1/host={host}/" if host else "v1/host="
+    result = VerifyResult()
+    names: dict[BundleName, set[str]] = {}
+    for key in reader.list(prefix):
+        parsed = parse_bundle_key(key)
+        if parsed is None:
+            result.findings.append(Finding(key, "unexpected_object",
+                                           "object key does not follow the bundle layout",
+                                           WARNING))
+            continue
+        names.setdefault(parsed[0], set()).add(parsed[1])
+    ordered = sorted(names, key=lambda n: (n.host_id, n.seq, n.collection_id))
+    for done, name in enumerate(ordered, start=1):
+        kinds = names[name]
+        if "manifest" not in kinds:
+            result.findings.append(Finding(
+                name.records_key, "manifest_missing",
+                "records object without a manifest (an upload in progress, or a manifest "
+                "removed: the chain check tells which)", WARNING))
+        else:
+            _verify_bundle(reader, name, "records" in kinds, trusted, result)
+        if progress is not None:
+            progress(done, len(ordered))
+    result.findings.extend(check_chains(result.bundles))
+    return result

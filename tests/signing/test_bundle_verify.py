@@ -1,0 +1,161 @@
+"""The bundle format and the store verifier, in-process over a real directory."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signing.bundle import (
+    BundleName,
+    iter_record_lines,
+    manifest_sha256,
+    parse_bundle_key,
+    sign_manifest,
+    write_records,
+)
+from signing.errors import FormatError
+from signing.keys import FileSigner, PublicKey, generate_private_key
+from signing.merkle import leaf_hash, root_from_leaf_hashes
+from signing.verify import DirectoryReader, verify_store
+
+
+def records(n: int, host: str = "h1") -> list[dict[str, Any]]:
+    return [{"v": 1, "collector": "t", "type": "row", "key": str(i), "host": host,
+             "observed_at": "2026-11-25T00:00:00.000000Z", "data": {"i": i, "s": "é\n"}}
+            for i in range(n)]
+
+
+def test_records_object_round_trip_is_deterministic() -> None:
+    rows = records(2500)
+    written = write_records(rows)
+    assert written == write_records(rows)  # same bytes every time: mtime 0, no name
+    raw = gzip.decompress(written.data)
+    assert raw.endswith(b"\n") and raw.count(b"\n") == 2500
+    lines = list(iter_record_lines(written.data, "x"))
+    assert [json.loads(line) for line in lines] == rows
+    assert written.count == 2500
+    assert written.merkle_root == root_from_leaf_hashes([leaf_hash(x) for x in lines]).hex()
+    assert written.sha256 == hashlib.sha256(written.data).hexdigest()
+
+
+def test_empty_records_object() -> None:
+    written = write_records([])
+    assert written.count == 0
+    assert written.merkle_root == hashlib.sha256(b"").hexdigest()
+    assert list(iter_record_lines(written.data, "x")) == []
+
+
+@pytest.mark.parametrize("data", [b"", b"not gzip", gzip.compress(b'{"a":1}'),
+                                  gzip.compress(b"x\n") + b"trailing"])
+def test_bad_records_objects_are_format_errors(data: bytes) -> None:
+    with pytest.raises(FormatError):
+        list(iter_record_lines(data, "obj"))
+
+
+def test_gzip_bomb_line_is_bounded() -> None:
+    bomb = gzip.compress(b"a" * (20 * 1024 * 1024))
+    with pytest.raises(FormatError, match="longer than"):
+        list(iter_record_lines(bomb, "bomb"))
+
+
+def test_bundle_keys_parse() -> None:
+    name = BundleName("web-01", "2026-11-25", 7, "20261125T000000Z-abcd0123")
+    assert name.records_key == ("v1/host=web-01/date=2026-11-25/"
+                                "0000000007-20261125T000000Z-abcd0123.records.jsonl.gz")
+    assert parse_bundle_key(name.records_key) == (name, "records")
+    assert parse_bundle_key(name.manifest_key) == (name, "manifest")
+    for bad in ("v1/keys/x.json", "v1/host=a/b/date=2026-11-25/0000000001-x.records.jsonl.gz",
+                "v1/host=../date=2026-11-25/0000000001-x.records.jsonl.gz"):
+        assert parse_bundle_key(bad) is None
+
+
+def write_chain(root: Path, signer: FileSigner, count: int, host: str = "h1",
+                chain_id: str = "c1", start: int = 1) -> list[BundleName]:
+    prev: str | None = None
+    names = []
+    for seq in range(start, start + count):
+        name = BundleName(host, "2026-11-25", seq, f"c{seq:04d}")
+        obj = write_records(records(3, host))
+        chain: dict[str, Any] = {"id": chain_id, "seq": seq, "prev": prev}
+        predicate = {"host": {"id": host},
+                     "collection": {"id": name.collection_id, "trigger": "schedule",
+                                    "started_at": f"2026-11-25T00:00:{seq:02d}.000000Z",
+                                    "finished_at": f"2026-11-25T00:00:{seq:02d}.500000Z"},
+                     "collectors": [], "records": {"count": obj.count,
+                                                   "merkle_root": obj.merkle_root},
+                     "chain": chain}
+        manifest = sign_manifest(name, obj, predicate, signer)
+        for key, data in ((name.records_key, obj.data), (name.manifest_key, manifest)):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / key).write_bytes(data)
+        prev = manifest_sha256(manifest)
+        names.append(name)
+    return names
+
+
+def trusted(signer: FileSigner) -> dict[str, PublicKey]:
+    return {signer.key_id: signer.public_key()}
+
+
+def test_directory_store_verifies_and_reports_findings(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 4)
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    assert result.ok and len(result.bundles) == 4 and result.records == 12
+    # A fork: a second, differently signed bundle at seq 3.
+    fork = write_chain(tmp_path / "fork", signer, 1, start=3)[0]
+    other = BundleName("h1", "2026-11-25", 3, "c9999")
+    for suffix in (".records.jsonl.gz", ".manifest.dsse.json"):
+        data = (tmp_path / "fork" / (fork.stem + suffix)).read_bytes()
+        (tmp_path / (other.stem + suffix)).write_bytes(data)
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer), host="h1")
+    codes = {(f.code, f.key) for f in result.findings if f.severity == "error"}
+    assert ("chain_fork", names[2].manifest_key) in codes
+    assert ("key_mismatch", other.manifest_key) in codes  # its signed collection id differs
+
+
+def test_records_line_tamper_is_reported_per_line(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    name = write_chain(tmp_path, signer, 1)[0]
+    path = tmp_path / name.records_key
+    lines = gzip.decompress(path.read_bytes()).split(b"\n")
+    lines[1] = lines[1].replace(b'"i":1', b'"i": 1')
+    path.write_bytes(gzip.compress(b"\n".join(lines)))
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    codes = {f.code for f in result.findings}
+    assert {"digest_mismatch", "not_canonical", "merkle_root_mismatch"} <= codes
+    line_finding = next(f for f in result.findings if f.code == "not_canonical")
+    assert line_finding.message.startswith("line 2:")
+
+
+def test_time_backwards_and_broken_prev(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    write_chain(tmp_path, signer, 2)
+    # Rewrite seq 2 with an earlier time and a wrong prev, validly signed.
+    name = BundleName("h1", "2026-11-25", 2, "c0002")
+    obj = write_records(records(3))
+    predicate = {"host": {"id": "h1"},
+                 "collection": {"id": "c0002", "trigger": "schedule",
+                                "started_at": "2026-11-25T00:00:00.000000Z",
+                                "finished_at": "2026-11-25T00:00:00.100000Z"},
+                 "collectors": [], "records": {"count": 3, "merkle_root": obj.merkle_root},
+                 "chain": {"id": "c1", "seq": 2, "prev": "00" * 32}}
+    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
+    (tmp_path / name.records_key).write_bytes(obj.data)
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    codes = {f.code for f in result.findings if f.severity == "error"}
+    assert codes == {"chain_prev_mismatch", "time_backwards"}
+
+
+def test_records_without_manifest_is_a_warning(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 2)
+    (tmp_path / names[1].manifest_key).unlink()
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    assert result.ok
+    assert [f.code for f in result.findings if f.severity == "warning"] == ["manifest_missing"]
