@@ -61,7 +61,7 @@ DEFAULT_FILE_PATHS = (
     "/etc/nftables.conf",
 )
 
-HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COLLECTOR_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 GIB = 1024**3
@@ -470,8 +470,9 @@ class _Parser:
                                   "privacy", "spool"))
         host_id = self.string(doc, "", "host_id", "auto")
         if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
-            self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ -, '
-                      f"got {_show(host_id)}", "it is part of every object key")
+            self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ - '
+                      f"starting with a letter or digit, got {_show(host_id)}",
+                      "it is part of every object key")
         state_raw = self.string(doc, "", "state_dir", "")
         state_dir = (self.absolute_path(state_raw, "state_dir") if state_raw
                      else default_state_dir(env=self.env))

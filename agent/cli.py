@@ -1,0 +1,440 @@
+"""The `gamsa` command line: thin click commands over the agent's functions.
+
+Errors are decided in one place (`main`): a `GamsaError` prints its one line and
+exits with its code; a click usage error exits 2; anything unexpected is a bug and
+exits 3 with a line saying so (`--verbose` shows the traceback). Heavy modules are
+imported inside commands so `gamsa --help` stays instant and never imports boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from signing.errors import FINDINGS, OK, RUNTIME, USAGE, GamsaError, UsageError
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from signing.keys import PublicKey
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_verbose = False
+
+
+def config_option(func: F) -> F:
+    return click.option("--config", "config_path", type=click.Path(path_type=Path),
+                        envvar="GAMSA_CONFIG", default=None,
+                        help="Config file (default: $GAMSA_CONFIG, /etc/gamsa/agent.toml, "
+                             "built-in defaults).")(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def load(config_path: Path | None) -> Config:
+    from agent.config import load_config, resolve_config_path
+
+    return load_config(resolve_config_path(config_path, os.environ), os.environ)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def warn(message: str) -> None:
+    click.echo(f"gamsa: {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="gamsa")
+def cli(verbose: bool) -> None:
+    """gamsa (감사): collect, seal, ship and verify audit evidence."""
+    global _verbose
+    _verbose = verbose
+
+
+# collect / ship -------------------------------------------------------------------
+
+
+def _selected_collectors(config: Config, names: tuple[str, ...]) -> list[Any]:
+    from collector.registry import all_collectors
+
+    available = all_collectors()
+    wanted = list(names) or list(config.collectors.enabled) or list(available)
+    unknown = [n for n in wanted if n not in available]
+    if unknown:
+        source = "--collector" if names else f"{config.source}: collectors.enabled"
+        raise UsageError(f"{source}: unknown collector {unknown[0]!r}",
+                         hint=f"known: {', '.join(available)}")
+    return [available[n] for n in wanted]
+
+
+@cli.command()
+@config_option
+@click.option("--collector", "-c", "names", multiple=True, metavar="NAME",
+              help="Run only this collector (repeatable). Default: collectors.enabled or all.")
+@click.option("--trigger", type=click.Choice(["on-demand", "schedule", "file-change"]),
+              default="on-demand", show_default=True, help="Recorded in the manifest.")
+@click.option("--no-ship", is_flag=True, help="Seal into the spool only; ship later.")
+@json_option
+def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_ship: bool,
+            as_json: bool) -> None:
+    """Collect evidence now, seal it into a bundle, spool it and ship it."""
+    from agent.identity import resolve_host_id
+    from agent.seal import seal_collection
+    from agent.ship import ship_spool
+    from agent.state import StateDir
+    from agent.store import open_store
+
+    config = load(config_path)
+    collectors = _selected_collectors(config, names)
+    store = None if no_ship else open_store(config.store.url, config.store)
+    state = StateDir(config.state_dir)
+    host_id = resolve_host_id(config.host_id)
+    with state.locked():
+        sealed = seal_collection(config, host_id, collectors, trigger, state)
+        ship_error: GamsaError | None = None
+        shipped: list[str] = []
+        if store is not None:
+            try:
+                shipped = ship_spool(state, store, sealed.head.key_id).shipped
+            except GamsaError as exc:
+                ship_error = exc
+        spooled = len(state.entries())
+    summary = {
+        "host_id": host_id, "seq": sealed.head.seq, "chain_id": sealed.head.chain_id,
+        "records": sealed.record_count, "manifest_key": sealed.entry.name.manifest_key,
+        "genesis_reason": sealed.genesis_reason,
+        "collectors": {r.name: r.status for r in sealed.results},
+        "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
+        "ship_error": None if ship_error is None else ship_error.diagnostics(),
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        statuses = ", ".join(f"{n} {s}" for n, s in summary["collectors"].items())
+        click.echo(f"sealed {host_id} seq {sealed.head.seq}: {sealed.record_count} records "
+                   f"({statuses})")
+        if sealed.genesis_reason:
+            click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
+        if store is not None and ship_error is None:
+            click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    if ship_error is not None:
+        warn(f"sealed and spooled, but shipping failed: {ship_error.diagnostics()} "
+             f"({spooled} bundle(s) wait in the spool; `gamsa ship` retries)")
+
+
+@cli.command()
+@config_option
+@json_option
+def ship(config_path: Path | None, as_json: bool) -> None:
+    """Ship spooled bundles to the store now."""
+    from agent.identity import resolve_host_id
+    from agent.ship import ship_spool
+    from agent.state import StateDir
+    from agent.store import open_store
+
+    config = load(config_path)
+    store = open_store(config.store.url, config.store)
+    state = StateDir(config.state_dir)
+    with state.locked():
+        signer, _ = state.signer(resolve_host_id(config.host_id))
+        state.recover()
+        report = ship_spool(state, store, signer.key_id)
+    if as_json:
+        emit_json({"shipped": report.shipped, "store": store.url})
+    else:
+        click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
+
+
+@cli.command()
+@config_option
+@json_option
+def status(config_path: Path | None, as_json: bool) -> None:
+    """Spool depth and bytes, oldest unshipped bundle, chain head."""
+    from agent.state import StateDir
+
+    config = load(config_path)
+    state = StateDir(config.state_dir)
+    entries = state.entries()
+    head = state.read_head()
+    info = {
+        "state_dir": str(config.state_dir), "store": config.store.url,
+        "spool": {"bundles": len(entries), "bytes": sum(e.size() for e in entries),
+                  "max_bytes": config.spool.max_bytes,
+                  "oldest": entries[0].name.manifest_key if entries else None},
+        "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
+                                            "key_id": head.key_id,
+                                            "finished_at": head.finished_at},
+    }
+    if as_json:
+        emit_json(info)
+    else:
+        chain = "none yet" if head is None else f"seq {head.seq} ({head.finished_at})"
+        click.echo(f"chain head: {chain}")
+        click.echo(f"spool: {len(entries)} bundle(s), {info['spool']['bytes']} bytes "  # type: ignore[index]
+                   f"(cap {config.spool.max_bytes})")
+
+
+# verify / prove --------------------------------------------------------------------
+
+
+def _trusted_keys(config: Config, trust: tuple[Path, ...]) -> dict[str, PublicKey]:
+    from agent.state import StateDir
+    from signing.keys import PublicKey, load_private_key, load_public_key_pem
+
+    if trust:
+        keys = [load_public_key_pem(p) for p in trust]
+        return {k.key_id: k for k in keys}
+    key_path = StateDir(config.state_dir).key_path
+    if not key_path.exists():
+        raise UsageError("no --trust key given and this host has no agent key "
+                         f"({key_path})", hint="pass --trust KEY.pem")
+    own = PublicKey.from_key(load_private_key(key_path).public_key())
+    warn(f"no --trust given: trusting this agent's own key {own.key_id[:16]}… "
+         f"({key_path}); pass --trust KEY.pem to verify with a key you hold")
+    return {own.key_id: own}
+
+
+def _progress_bar(enabled: bool) -> Callable[[int, int], None] | None:
+    if not enabled:
+        return None
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = click.progressbar(length=total, label="verifying", file=sys.stderr)
+            bar.__enter__()
+            state["bar"] = bar
+        bar.update(1)
+        if done == total:
+            bar.__exit__(None, None, None)
+
+    return update
+
+
+@cli.command()
+@config_option
+@click.option("--store", "store_url", metavar="URL", help="Store to verify (default: config).")
+@click.option("--host", metavar="HOST_ID", help="Only this host's bundles.")
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document); repeatable.")
+@json_option
+def verify(config_path: Path | None, store_url: str | None, host: str | None,
+           trust: tuple[Path, ...], as_json: bool) -> None:
+    """Verify every bundle and chain in a store; exit 1 on any finding."""
+    from agent.store import open_store
+    from signing.verify import verify_store
+
+    config = load(config_path)
+    store = open_store(store_url or config.store.url, config.store)
+    trusted = _trusted_keys(config, trust)
+    result = verify_store(store, trusted, host,
+                          _progress_bar(sys.stderr.isatty() and not as_json))
+    if as_json:
+        emit_json({"store": store.url, **result.as_dict()})
+    else:
+        for finding in result.findings:
+            click.echo(f"{finding.severity.upper():7} {finding.code}: {finding.key}: "
+                       f"{finding.message}")
+        verdict = "OK" if result.ok else "FAILED"
+        errors = sum(1 for f in result.findings if f.severity == "error")
+        click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "
+                   f"{errors} error finding(s) in {store.url}")
+    if not result.ok:
+        sys.exit(FINDINGS)
+
+
+def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:
+    """(records key, manifest key) for a bundle given by either key or its stem."""
+    from signing.bundle import MANIFEST_SUFFIX, RECORDS_SUFFIX
+
+    stem = ref.removesuffix(RECORDS_SUFFIX).removesuffix(MANIFEST_SUFFIX)
+    if not stem.startswith("v1/"):
+        matches = [k for k in store.list("v1/host=") if k.endswith(MANIFEST_SUFFIX)
+                   and k.removesuffix(MANIFEST_SUFFIX).endswith(stem)]
+        if len(matches) != 1:
+            raise UsageError(f"bundle {ref!r}: {len(matches)} matching bundles in {store.url}",
+                             hint="give the full object key")
+        stem = matches[0].removesuffix(MANIFEST_SUFFIX)
+    return stem + RECORDS_SUFFIX, stem + MANIFEST_SUFFIX
+
+
+@cli.command()
+@config_option
+@click.argument("bundle")
+@click.argument("line", type=click.IntRange(min=1))
+@click.option("--store", "store_url", metavar="URL", help="Store holding the bundle.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the proof here.")
+def prove(config_path: Path | None, bundle: str, line: int, store_url: str | None,
+          output: Path | None) -> None:
+    """Write an inclusion proof of LINE (1-based) of BUNDLE (object key or seq-id)."""
+    from agent.store import open_store
+    from signing.proof import make_proof
+
+    config = load(config_path)
+    store = open_store(store_url or config.store.url, config.store)
+    records_key, manifest_key = _resolve_bundle(store, bundle)
+    proof = make_proof(store.get(manifest_key), store.get(records_key), line, records_key)
+    if output is None:
+        click.echo(proof.decode())
+    else:
+        output.write_bytes(proof)
+        click.echo(f"proof of {records_key} line {line} written to {output}", err=True)
+
+
+@cli.command("verify-proof")
+@config_option
+@click.argument("proof", type=click.Path(path_type=Path))
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document); repeatable.")
+@json_option
+def verify_proof_cmd(config_path: Path | None, proof: Path, trust: tuple[Path, ...],
+                     as_json: bool) -> None:
+    """Check an inclusion proof against its signed manifest; print the record."""
+    from signing.errors import ProofError, SignatureError
+    from signing.proof import verify_proof
+
+    config = load(config_path)
+    trusted = _trusted_keys(config, trust)
+    try:
+        data = proof.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"proof file {proof}: {exc.strerror}") from exc
+    try:
+        proven = verify_proof(data, trusted)
+    except (ProofError, SignatureError) as exc:
+        raise GamsaError(f"{proof}: proof does not verify: {exc.message}",
+                         exit_code=FINDINGS) from exc
+    if as_json:
+        emit_json({"ok": True, "records_key": proven.records_key, "line": proven.line,
+                   "tree_size": proven.tree_size, "key_id": proven.key_id,
+                   "record": proven.record})
+    else:
+        click.echo(f"OK: line {proven.line} of {proven.tree_size} in {proven.records_key}, "
+                   f"signed by {proven.key_id[:16]}…")
+        click.echo(json.dumps(proven.record, ensure_ascii=False, sort_keys=True))
+
+
+# keys / collectors / config ---------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """The agent's signing key."""
+
+
+@keys.command("init")
+@config_option
+@json_option
+def keys_init(config_path: Path | None, as_json: bool) -> None:
+    """Create the agent key if there is none (never replaces one)."""
+    from agent.identity import resolve_host_id
+    from agent.state import StateDir
+
+    config = load(config_path)
+    state = StateDir(config.state_dir)
+    with state.locked():
+        signer, created = state.signer(resolve_host_id(config.host_id))
+    if as_json:
+        emit_json({"key_id": signer.key_id, "created": created, "path": str(state.key_path)})
+    else:
+        click.echo(f"{'created' if created else 'exists'}: {state.key_path} "
+                   f"key_id {signer.key_id}")
+
+
+@keys.command("show")
+@config_option
+@json_option
+def keys_show(config_path: Path | None, as_json: bool) -> None:
+    """Print the agent's public key (PEM) and key id; never the private key."""
+    from agent.state import StateDir
+    from signing.keys import PublicKey, load_private_key
+
+    config = load(config_path)
+    state = StateDir(config.state_dir)
+    if not state.key_path.exists():
+        raise UsageError(f"no agent key at {state.key_path}", hint="run: gamsa keys init")
+    public = PublicKey.from_key(load_private_key(state.key_path).public_key())
+    if as_json:
+        emit_json({"key_id": public.key_id, "public_key_pem": public.pem(),
+                   "path": str(state.key_path)})
+    else:
+        click.echo(f"key_id {public.key_id}")
+        click.echo(public.pem().rstrip())
+
+
+@cli.command("collectors")
+@json_option
+def collectors_cmd(as_json: bool) -> None:
+    """List the collectors, their platforms and record types."""
+    from collector.registry import all_collectors
+
+    found = all_collectors()
+    if as_json:
+        emit_json([{"name": c.name, "version": c.version, "platforms": list(c.platforms),
+                    "supported_here": c.supported(), "description": c.description,
+                    "record_types": sorted(c.record_types)} for c in found.values()])
+        return
+    for c in found.values():
+        here = "" if c.supported() else "  (not on this platform)"
+        click.echo(f"{c.name:12} {','.join(c.platforms):20} {c.description}{here}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Configuration."""
+
+
+@config_group.command("check")
+@config_option
+@json_option
+def config_check(config_path: Path | None, as_json: bool) -> None:
+    """Load and validate the config; print the effective settings."""
+    from agent.config import config_as_dict
+
+    config = load(config_path)
+    _selected_collectors(config, ())
+    if as_json:
+        emit_json(config_as_dict(config))
+    else:
+        click.echo(f"OK: {config.source or 'built-in defaults'}")
+        click.echo(f"state_dir {config.state_dir}")
+        click.echo(f"store     {config.store.url}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, map every error to one line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="gamsa", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("gamsa: aborted", err=True)
+        sys.exit(RUNTIME)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(USAGE)
+    except GamsaError as exc:
+        if _verbose:
+            traceback.print_exc()
+        click.echo(f"gamsa: error: {exc.diagnostics()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 3
+        if _verbose:
+            traceback.print_exc()
+        click.echo(f"gamsa: internal error (this is a bug, please report it): "
+                   f"{type(exc).__name__}: {exc}", err=True)
+        sys.exit(RUNTIME)
+    sys.exit(OK)

@@ -1,0 +1,97 @@
+"""The `file://` store: the bundle layout on a local disk, create-only.
+
+The embedded default (no server). Objects are written by temp + fsync + link, so
+an existing object is never replaced, and made read-only (0444) once written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from agent.fsutil import create_atomic
+from agent.store import ObjectInfo
+from signing.errors import ConflictError, StoreError, UsageError
+from signing.verify import DirectoryReader
+
+if TYPE_CHECKING:
+    from agent.config import StoreConfig
+
+
+def _safe_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"refusing object key {key!r}: not a plain relative key")
+    return key
+
+
+class FileStore:
+    """A directory that holds objects under their keys."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+        self._reader = DirectoryReader(root)
+
+    def _ensure_root(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"store.url {self.url}: {self.root} exists and is not a directory")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise StoreError(f"store {self.url}: cannot create {self.root}: "
+                             f"{exc.strerror}") from exc
+
+    def put(self, key: str, data: bytes, sha256: str) -> bool:
+        self._ensure_root()
+        path = self.root / _safe_key(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if create_atomic(path, data, mode=0o444):
+                return True
+            existing = hashlib.sha256(path.read_bytes()).hexdigest()
+        except NotADirectoryError as exc:
+            raise StoreError(f"store {self.url}: a file is in the way of {key}") from exc
+        except OSError as exc:
+            raise StoreError(f"store {self.url}: cannot write {key}: {exc.strerror}") from exc
+        if existing != sha256:
+            raise ConflictError(f"store {self.url}: {key} exists with sha256 {existing}, "
+                                f"refusing to replace it with {sha256}")
+        return False
+
+    def get(self, key: str) -> bytes:
+        try:
+            return (self.root / _safe_key(key)).read_bytes()
+        except OSError as exc:
+            raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}") from exc
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            size = (self.root / _safe_key(key)).stat().st_size
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"store {self.url}: cannot stat {key}: {exc.strerror}") from exc
+        return ObjectInfo(key, size, None)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"store.url {self.url}: {self.root} exists and is not a directory")
+        if not self.root.exists():
+            return iter(())
+        return self._reader.list(prefix)
+
+
+def open_store(url: str, config: StoreConfig | None = None) -> FileStore:
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise UsageError(f"store.url {url!r}: file URLs name a local path (file:///path)")
+    path = Path(unquote(parsed.path))
+    if not path.is_absolute():
+        raise UsageError(f"store.url {url!r}: the path must be absolute")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"store.url {url}: {path} exists and is not a directory")
+    return FileStore(path)

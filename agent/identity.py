@@ -1,0 +1,47 @@
+"""Who this host is: the `host_id` that names its objects, and its description."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def machine_id_sha256(root: Path = Path("/")) -> str | None:
+    """SHA-256 of /etc/machine-id (never the id itself), or None where absent."""
+    for candidate in ("etc/machine-id", "var/lib/dbus/machine-id"):
+        try:
+            raw = (root / candidate).read_bytes().strip()
+        except OSError:
+            continue
+        if raw:
+            return hashlib.sha256(raw).hexdigest()
+    return None
+
+
+def auto_host_id() -> str:
+    """hostname + "-" + 8 hex of the machine-id hash: stable, readable, unique enough."""
+    name = _UNSAFE.sub("-", socket.gethostname().split(".")[0]).strip("-.") or "host"
+    digest = machine_id_sha256() or hashlib.sha256(socket.gethostname().encode()).hexdigest()
+    return f"{name[:55]}-{digest[:8]}"
+
+
+def resolve_host_id(configured: str) -> str:
+    return auto_host_id() if configured == "auto" else configured
+
+
+def host_description(host_id: str) -> dict[str, Any]:
+    """The manifest's `predicate.host`."""
+    return {
+        "id": host_id,
+        "hostname": socket.gethostname(),
+        "machine_id_sha256": machine_id_sha256(),
+        "os": platform.system(),
+        "os_release": platform.release(),
+        "arch": platform.machine(),
+    }

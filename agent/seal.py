@@ -1,0 +1,102 @@
+"""One collection, sealed: run collectors, write the bundle, spool it, move the head.
+
+This is the whole of `gamsa collect` but shipping. It runs under the state lock,
+so a daemon and an on-demand run never interleave their chains.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent import __version__
+from agent.config import Config
+from agent.crashpoints import crashpoint
+from agent.identity import host_description
+from agent.state import ChainHead, SpoolEntry, StateDir
+from collector.record import utc_now
+from collector.registry import CollectContext, Collector, CollectorResult, run_collector
+from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+
+TRIGGERS = ("schedule", "on-demand", "file-change")
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """What a sealing run produced."""
+
+    entry: SpoolEntry
+    head: ChainHead
+    results: list[CollectorResult]
+    record_count: int
+    genesis_reason: str | None
+
+
+def new_collection_id(now: dt.datetime) -> str:
+    """Sortable and unique: UTC second plus 32 random bits."""
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+
+
+def genesis_reason(head: ChainHead | None, key_id: str, key_created: bool) -> str | None:
+    """Why a new chain starts here, or None when this bundle extends the head."""
+    if head is not None and head.key_id == key_id:
+        return None
+    if head is not None:
+        return "new agent key"
+    return "first collection with a new agent key" if key_created else "chain state missing"
+
+
+def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector],
+                    trigger: str, state: StateDir,
+                    context: CollectContext | None = None) -> Sealed:
+    """Collect, seal and spool one bundle. Caller holds `state.locked()`."""
+    ctx = context or CollectContext()
+    signer, key_created = state.signer(host_id)
+    head = state.recover()
+    reason = genesis_reason(head, signer.key_id, key_created)
+    started = dt.datetime.now(dt.UTC)
+    started_at = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    clock_at = started_at
+    if head is not None and reason is None and started_at < head.finished_at:
+        # The clock stepped back (NTP step, VM restore). Time in the chain must not run
+        # backwards, so the bundle starts where the last ended and says what the clock read.
+        started_at = head.finished_at
+    collection_id = new_collection_id(started)
+    results = [run_collector(c, ctx) for c in collectors]
+    records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
+    finished_at = max(utc_now(), started_at)
+    crashpoint("collected")
+
+    records_object = write_records(records)
+    seq = 1 if reason is not None or head is None else head.seq + 1
+    chain_id = collection_id if seq == 1 else head.chain_id  # type: ignore[union-attr]
+    chain: dict[str, Any] = {"id": chain_id, "seq": seq,
+                             "prev": None if seq == 1 else head.manifest_sha256}  # type: ignore[union-attr]
+    if seq == 1:
+        chain["genesis_reason"] = reason
+    collection: dict[str, Any] = {"id": collection_id, "trigger": trigger,
+                                  "started_at": started_at, "finished_at": finished_at}
+    if clock_at != started_at:
+        collection["clock_started_at"] = clock_at
+    predicate = {
+        "host": host_description(host_id),
+        "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
+                  "key_id": signer.key_id},
+        "collection": collection,
+        "collectors": [{"name": r.name, "version": r.version, "status": r.status,
+                        "records": len(r.records), "error": r.error,
+                        "duration_ms": r.duration_ms} for r in results],
+        "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
+        "chain": chain,
+    }
+    name = BundleName(host_id, started_at[:10], seq, collection_id)
+    manifest = sign_manifest(name, records_object, predicate, signer)
+    crashpoint("sealed in memory")
+    entry = state.spool_bundle(name, records_object.data, manifest)
+    new_head = ChainHead(chain_id, seq, manifest_sha256(manifest), finished_at, signer.key_id)
+    state.write_head(new_head)
+    crashpoint("chain head written")
+    return Sealed(entry, new_head, results, records_object.count, reason)

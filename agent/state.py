@@ -1,0 +1,226 @@
+"""The agent's state directory: key, chain head, spool, and the lock guarding them.
+
+Layout under `state_dir` (docs/OPERATIONS.md):
+
+    lock                      flock(2) held while sealing or shipping
+    keys/agent.key            Ed25519 private key, PKCS#8 PEM, 0600
+    keys/agent.json           its public key document (shipped to v1/keys/)
+    chain.json                chain head: id, seq, manifest sha256, finished_at, key_id
+    spool/<seq>-<cid>/        sealed bundles not yet confirmed by the store
+    spool/.tmp-*              a bundle being written (discarded on recovery)
+    spool/.done-*             a shipped bundle being removed (removed on recovery)
+
+The order of writes makes every crash safe: a bundle is complete in the spool
+(temp dir, fsync, rename) before the head moves; a head that lags behind the
+spool is advanced from it on the next start (`recover`), so the chain never forks.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.crashpoints import crashpoint
+from agent.fsutil import fsync_dir, replace_atomic, write_new_file
+from collector.record import utc_now
+from signing.bundle import BundleName, manifest_sha256
+from signing.dsse import parse_envelope, parse_statement
+from signing.errors import GamsaError, StoreError, UsageError
+from signing.keys import (
+    FileSigner,
+    key_document,
+    load_or_create_signer,
+)
+
+RECORDS_FILE = "records.jsonl.gz"
+MANIFEST_FILE = "manifest.dsse.json"
+BUNDLE_FILE = "bundle.json"
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    """The last sealed bundle of this agent's chain."""
+
+    chain_id: str
+    seq: int
+    manifest_sha256: str
+    finished_at: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """A sealed bundle waiting in the spool."""
+
+    path: Path
+    name: BundleName
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST_FILE
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir())
+
+
+class StateDir:
+    """Access to one state directory. Use `locked()` around anything that writes."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.spool = root / "spool"
+        self.keys = root / "keys"
+        self.key_path = self.keys / "agent.key"
+        self.key_doc_path = self.keys / "agent.json"
+        self.chain_path = root / "chain.json"
+
+    def ensure(self) -> None:
+        """Create the directory tree (0700: it holds the private key)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError(f"state_dir {self.root} exists and is not a directory")
+        try:
+            for path in (self.root, self.spool, self.keys):
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StoreError(f"state_dir {self.root}: {exc.strerror}") from exc
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the state lock (blocks while another gamsa seals or ships)."""
+        self.ensure()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # keys ---------------------------------------------------------------------
+
+    def signer(self, host_id: str) -> tuple[FileSigner, bool]:
+        """The agent's signer, generating the key on first use; (signer, created)."""
+        self.ensure()
+        signer, created = load_or_create_signer(self.key_path)
+        if created:
+            crashpoint("key created")
+        if not self.key_doc_path.exists():
+            doc = key_document(signer.public_key(), host_id, utc_now())
+            replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(), 0o644)
+        return signer, created
+
+    def key_document_bytes(self) -> bytes:
+        return self.key_doc_path.read_bytes()
+
+    # chain head ---------------------------------------------------------------
+
+    def read_head(self) -> ChainHead | None:
+        try:
+            raw = self.chain_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return ChainHead(**json.loads(raw))
+        except (ValueError, TypeError) as exc:
+            raise GamsaError(f"{self.chain_path}: chain state is unreadable ({exc})",
+                             hint="move it aside to start a new chain; the verifier will "
+                                  "show the new genesis") from exc
+
+    def write_head(self, head: ChainHead) -> None:
+        replace_atomic(self.chain_path, json.dumps(asdict(head), sort_keys=True).encode())
+
+    # spool --------------------------------------------------------------------
+
+    def entries(self) -> list[SpoolEntry]:
+        """Complete spool entries in seq order."""
+        if not self.spool.is_dir():
+            return []
+        found: list[SpoolEntry] = []
+        for path in self.spool.iterdir():
+            if path.name.startswith("."):
+                continue
+            try:
+                meta = json.loads((path / BUNDLE_FILE).read_bytes())
+                name = BundleName(meta["host_id"], meta["date"], int(meta["seq"]),
+                                  meta["collection_id"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise GamsaError(f"spool entry {path} is unreadable ({exc})",
+                                 hint="it is kept untouched; report this") from exc
+            found.append(SpoolEntry(path, name))
+        found.sort(key=lambda e: (e.name.seq, e.path.name))
+        return found
+
+    def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
+        """Write a sealed bundle into the spool atomically (temp dir, fsync, rename)."""
+        self.ensure()
+        final = self.spool / f"{name.seq:010d}-{name.collection_id}"
+        temp = self.spool / f".tmp-{name.seq:010d}-{name.collection_id}"
+        temp.mkdir(mode=0o700)
+        crashpoint("spool temp dir made")
+        meta = {"host_id": name.host_id, "date": name.date, "seq": name.seq,
+                "collection_id": name.collection_id}
+        for filename, data in ((RECORDS_FILE, records), (MANIFEST_FILE, manifest),
+                               (BUNDLE_FILE, json.dumps(meta, sort_keys=True).encode())):
+            write_new_file(temp / filename, data)
+            crashpoint(f"spool {filename} written")
+        fsync_dir(temp)
+        os.rename(temp, final)
+        crashpoint("spool entry renamed")
+        fsync_dir(self.spool)
+        crashpoint("spool dir synced")
+        return SpoolEntry(final, name)
+
+    def remove_entry(self, entry: SpoolEntry) -> None:
+        """Drop a shipped entry: rename to .done-* (atomic), then delete."""
+        done = self.spool / f".done-{entry.path.name}"
+        os.rename(entry.path, done)
+        fsync_dir(self.spool)
+        crashpoint("spool entry marked done")
+        shutil.rmtree(done)
+
+    def recover(self) -> ChainHead | None:
+        """Clean up after a crash and return the chain head.
+
+        Discards half-written bundles (`.tmp-*`: never sealed, the head never
+        moved past them), finishes removing shipped ones (`.done-*`), and moves the
+        head forward over complete spool entries that were written but whose head
+        update was lost.
+        """
+        self.ensure()
+        for path in self.spool.iterdir():
+            if path.name.startswith((".tmp-", ".done-")):
+                shutil.rmtree(path)
+        head = self.read_head()
+        for entry in self.entries():
+            manifest = entry.manifest_path.read_bytes()
+            chain = _chain_of(manifest)
+            follows = (
+                (head is None and chain["seq"] == 1 and chain["prev"] is None)
+                or (head is not None and chain["id"] == head.chain_id
+                    and chain["seq"] == head.seq + 1 and chain["prev"] == head.manifest_sha256)
+            )
+            if follows:
+                head = ChainHead(chain["id"], chain["seq"], manifest_sha256(manifest),
+                                 chain["finished_at"], chain["key_id"])
+                self.write_head(head)
+        return head
+
+
+def _chain_of(manifest: bytes) -> dict[str, Any]:
+    """The chain fields of one of our own spooled manifests (signature not checked)."""
+    envelope = parse_envelope(manifest)
+    statement = parse_statement(base64.b64decode(envelope["payload"]))
+    predicate = statement["predicate"]
+    return {**predicate["chain"], "finished_at": predicate["collection"]["finished_at"],
+            "key_id": predicate["agent"]["key_id"]}
