@@ -49,13 +49,28 @@ def genesis_reason(head: ChainHead | None, key_id: str, key_created: bool) -> st
     return "first collection with a new agent key" if key_created else "chain state missing"
 
 
+def collect_context(config: Config, state: StateDir) -> CollectContext:
+    """The live context: this machine's root, per-collector config, caches."""
+    c = config.collectors
+    options: dict[str, dict[str, Any]] = {
+        "files": {"paths": list(c.files.paths), "content_max_bytes": c.files.content_max_bytes},
+        "network": {"ai_endpoints": list(c.network.ai_endpoints)},
+        "logs": {"sources": [{"path": s.path, "format": s.format, "kind": s.kind}
+                             for s in c.logs.sources]},
+    }
+    state.cache.mkdir(mode=0o700, exist_ok=True)
+    return CollectContext(options=options, state_dir=state.root)
+
+
 def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector],
                     trigger: str, state: StateDir,
                     context: CollectContext | None = None) -> Sealed:
     """Collect, seal and spool one bundle. Caller holds `state.locked()`."""
-    ctx = context or CollectContext()
     signer, key_created = state.signer(host_id)
     head = state.recover()
+    checkpoints = state.load_checkpoints(head)
+    ctx = context or collect_context(config, state)
+    ctx.checkpoints = checkpoints
     reason = genesis_reason(head, signer.key_id, key_created)
     started = dt.datetime.now(dt.UTC)
     started_at = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -95,8 +110,13 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")
+    digest = manifest_sha256(manifest)
+    if ctx.new_checkpoints:
+        state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
+        crashpoint("checkpoints staged")
     entry = state.spool_bundle(name, records_object.data, manifest)
-    new_head = ChainHead(chain_id, seq, manifest_sha256(manifest), finished_at, signer.key_id)
+    new_head = ChainHead(chain_id, seq, digest, finished_at, signer.key_id)
     state.write_head(new_head)
     crashpoint("chain head written")
+    state.commit_checkpoints()
     return Sealed(entry, new_head, results, records_object.count, reason)

@@ -6,6 +6,10 @@ Layout under `state_dir` (docs/OPERATIONS.md):
     keys/agent.key            Ed25519 private key, PKCS#8 PEM, 0600
     keys/agent.json           its public key document (shipped to v1/keys/)
     chain.json                chain head: id, seq, manifest sha256, finished_at, key_id
+    checkpoints.json          collector checkpoints (log offsets) of the sealed head
+    checkpoints.next.json     checkpoints of a bundle being sealed; promoted once the
+                              head names that bundle, discarded otherwise
+    cache/                    collector caches (e.g. executable hashes); safe to delete
     spool/<seq>-<cid>/        sealed bundles not yet confirmed by the store
     spool/.tmp-*              a bundle being written (discarded on recovery)
     spool/.done-*             a shipped bundle being removed (removed on recovery)
@@ -85,6 +89,9 @@ class StateDir:
         self.key_path = self.keys / "agent.key"
         self.key_doc_path = self.keys / "agent.json"
         self.chain_path = root / "chain.json"
+        self.checkpoints_path = root / "checkpoints.json"
+        self.next_checkpoints_path = root / "checkpoints.next.json"
+        self.cache = root / "cache"
 
     def ensure(self) -> None:
         """Create the directory tree (0700: it holds the private key)."""
@@ -139,6 +146,37 @@ class StateDir:
 
     def write_head(self, head: ChainHead) -> None:
         replace_atomic(self.chain_path, json.dumps(asdict(head), sort_keys=True).encode())
+
+    # collector checkpoints ------------------------------------------------------
+
+    def load_checkpoints(self, head: ChainHead | None) -> dict[str, Any]:
+        """The checkpoints that belong to the sealed head (after `recover`)."""
+        try:
+            pending = json.loads(self.next_checkpoints_path.read_bytes())
+        except FileNotFoundError:
+            pending = None
+        if pending is not None:
+            if head is not None and pending.get("manifest_sha256") == head.manifest_sha256:
+                os.replace(self.next_checkpoints_path, self.checkpoints_path)
+            else:
+                self.next_checkpoints_path.unlink()  # its bundle was never sealed
+            fsync_dir(self.root)
+        try:
+            values: dict[str, Any] = json.loads(self.checkpoints_path.read_bytes())["values"]
+        except FileNotFoundError:
+            return {}
+        return values
+
+    def stage_checkpoints(self, values: dict[str, Any], manifest_digest: str) -> None:
+        """Write the checkpoints of a bundle about to be spooled (promoted on load)."""
+        data = {"manifest_sha256": manifest_digest, "values": values}
+        replace_atomic(self.next_checkpoints_path, json.dumps(data, sort_keys=True).encode())
+
+    def commit_checkpoints(self) -> None:
+        """After the head moved: make the staged checkpoints the current ones."""
+        if self.next_checkpoints_path.exists():
+            os.replace(self.next_checkpoints_path, self.checkpoints_path)
+            fsync_dir(self.root)
 
     # spool --------------------------------------------------------------------
 

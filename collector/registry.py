@@ -10,6 +10,7 @@ not this one yields an `unsupported` record. The run always goes on.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,8 +20,9 @@ from typing import Any
 
 from collector.record import Record
 
-# Modules that declare a COLLECTOR, in the order they run.
-COLLECTOR_MODULES = ("collector.host", "collector.accounts")
+# Modules of this package that are not collectors; every other public module
+# must declare COLLECTOR (the contract test holds each to it).
+NOT_COLLECTORS = frozenset({"record", "registry", "docs", "scrub", "privacy"})
 
 ERROR_TYPE = "collector_error"
 UNSUPPORTED_TYPE = "unsupported"
@@ -47,12 +49,26 @@ class RecordType:
     fields: Mapping[str, Field]
 
 
-@dataclass(frozen=True)
+@dataclass
 class CollectContext:
-    """What a collector may read: a root directory (for fixtures) and its config."""
+    """What a collector may read and keep.
+
+    - `root`: the directory standing for "/" (a fixture tree in tests).
+    - `options`: per-collector settings by collector name (the `[collectors.<name>]`
+      config table as plain data); read them with `option()`.
+    - `state_dir`: where a collector may keep caches (None: no caching).
+    - `checkpoints`: per-collector state that must advance exactly when a bundle is
+      sealed (log offsets). A collector reads the last sealed value with
+      `checkpoint()` and proposes a new one with `set_checkpoint()`; the agent
+      persists proposals in the same crash-safe step that seals the bundle, so a
+      crash never skips or repeats what the checkpoint covers.
+    """
 
     root: Path = Path("/")
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    state_dir: Path | None = None
+    checkpoints: Mapping[str, Any] = field(default_factory=dict)
+    new_checkpoints: dict[str, Any] = field(default_factory=dict)
 
     def path(self, absolute: str) -> Path:
         """`absolute` (e.g. "/etc/passwd") under the root directory."""
@@ -62,6 +78,47 @@ class CollectContext:
     def is_live(self) -> bool:
         """True when reading this machine itself (root is /), so live APIs apply."""
         return self.root == Path("/")
+
+    def option(self, collector: str, key: str, default: Any) -> Any:
+        return self.options.get(collector, {}).get(key, default)
+
+    def checkpoint(self, collector: str) -> Any:
+        """The last sealed checkpoint of `collector` (None before the first)."""
+        return self.checkpoints.get(collector)
+
+    def set_checkpoint(self, collector: str, value: Any) -> None:
+        """Propose the checkpoint to persist if and when this bundle is sealed."""
+        self.new_checkpoints[collector] = value
+
+
+CollectFn = Callable[[CollectContext], Iterable[Record]]
+
+
+@dataclass(frozen=True)
+class Collector:
+    """A collector declaration."""
+
+    name: str
+    version: str
+    description: str
+    platforms: tuple[str, ...]  # sys.platform prefixes: "linux", "darwin", "win32"
+    record_types: Mapping[str, RecordType]
+    collect: CollectFn
+
+    def supported(self, platform: str = sys.platform) -> bool:
+        return any(platform.startswith(p) for p in self.platforms)
+
+
+@dataclass
+class CollectorResult:
+    """What one collector produced in one run, for the manifest's `collectors`."""
+
+    name: str
+    version: str
+    status: str  # ok | error | unsupported
+    records: list[Record]
+    error: str | None = None
+    duration_ms: int = 0
 
 
 _PATH_DOC = "the source's absolute path as seen on the host (under the root)"
@@ -115,37 +172,17 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
 CollectFn = Callable[[CollectContext], Iterable[Record]]
 
 
-@dataclass(frozen=True)
-class Collector:
-    """A collector declaration."""
-
-    name: str
-    version: str
-    description: str
-    platforms: tuple[str, ...]  # sys.platform prefixes: "linux", "darwin", "win32"
-    record_types: Mapping[str, RecordType]
-    collect: CollectFn
-
-    def supported(self, platform: str = sys.platform) -> bool:
-        return any(platform.startswith(p) for p in self.platforms)
-
-
-@dataclass
-class CollectorResult:
-    """What one collector produced in one run, for the manifest's `collectors`."""
-
-    name: str
-    version: str
-    status: str  # ok | error | unsupported
-    records: list[Record]
-    error: str | None = None
-    duration_ms: int = 0
+def collector_modules() -> list[str]:
+    """Every collector module of this package, sorted by name (the run order)."""
+    package = Path(__file__).parent
+    return sorted(f"collector.{info.name}" for info in pkgutil.iter_modules([str(package)])
+                  if not info.name.startswith("_") and info.name not in NOT_COLLECTORS)
 
 
 def all_collectors() -> dict[str, Collector]:
     """Every declared collector by name, in run order."""
     found: dict[str, Collector] = {}
-    for module_name in COLLECTOR_MODULES:
+    for module_name in collector_modules():
         module = importlib.import_module(module_name)
         declared: Collector = module.COLLECTOR
         found[declared.name] = declared
