@@ -135,11 +135,18 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
         },
     ),
     UNSUPPORTED_TYPE: RecordType(
-        doc="The collector does not run on this platform.",
-        key="the collector name",
+        doc="The collector, or one of its sources, cannot run here: another platform, "
+            "a tool that is not installed (nft, rpm), a feature absent on this host "
+            "(no desktop, no SELinux), or a privilege the agent lacks.",
+        key="the collector name, or `<collector>:<source>` for one source",
         fields={
             "platform": Field((str,), "this machine's `sys.platform`"),
-            "platforms": Field((list,), "platform prefixes the collector supports"),
+            "platforms": Field((list,), "platform prefixes the collector supports",
+                               required=False),
+            "source": Field((str,), "the source that is unavailable (a tool, a file, a "
+                                    "feature); absent when the whole collector is",
+                            required=False),
+            "reason": Field((str,), "why, in a few words", required=False),
         },
     ),
     SOURCE_MISSING_TYPE: RecordType(
@@ -187,6 +194,12 @@ def all_collectors() -> dict[str, Collector]:
         declared: Collector = module.COLLECTOR
         found[declared.name] = declared
     return found
+
+
+def unsupported(collector: str, source: str, reason: str) -> Record:
+    """The record for a source this host cannot provide (never an error, never silent)."""
+    return Record(collector, UNSUPPORTED_TYPE, f"{collector}:{source}",
+                  {"platform": sys.platform, "source": source, "reason": reason})
 
 
 def run_collector(collector: Collector, ctx: CollectContext) -> CollectorResult:
