@@ -17,6 +17,7 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.identity import host_description
 from agent.state import ChainHead, SpoolEntry, StateDir
+from collector.privacy import load_pseudonym_key, pseudonymize
 from collector.record import utc_now
 from collector.registry import CollectContext, Collector, CollectorResult, run_collector
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
@@ -66,6 +67,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                     trigger: str, state: StateDir,
                     context: CollectContext | None = None) -> Sealed:
     """Collect, seal and spool one bundle. Caller holds `state.locked()`."""
+    privacy_key = (load_pseudonym_key(config.privacy.key_file)
+                   if config.privacy.pseudonymize else None)
     signer, key_created = state.signer(host_id)
     head = state.recover()
     checkpoints = state.load_checkpoints(head)
@@ -82,6 +85,10 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     collection_id = new_collection_id(started)
     results = [run_collector(c, ctx) for c in collectors]
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
+    if privacy_key is not None:
+        fields = frozenset(config.privacy.pseudonymize)
+        for record in records:
+            record["data"] = pseudonymize(record["data"], fields, privacy_key)
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
