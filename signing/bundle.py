@@ -14,18 +14,20 @@ import hashlib
 import re
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from signing.canonical import canonical_bytes
+from signing.canonical import canonical_bytes, canonical_lines
 from signing.dsse import make_statement, sign_envelope
 from signing.errors import FormatError
 from signing.keys import Signer
-from signing.merkle import MerkleBuilder, leaf_hash
+from signing.merkle import MerkleBuilder
 
 RECORDS_SUFFIX = ".records.jsonl.gz"
 MANIFEST_SUFFIX = ".manifest.dsse.json"
-GZIP_LEVEL = 6
+GZIP_LEVEL = 3  # level 6 costs ~25% more sealing time for ~11% smaller objects
+BATCH_RECORDS = 4096  # records canonicalized, hashed and compressed together
 # Bounds reading a records object: a gzip bomb must not exhaust the verifier's memory.
 MAX_LINE_BYTES = 16 * 1024 * 1024
 
@@ -79,29 +81,34 @@ class RecordsObject:
     merkle_root: str
 
 
+def _batches(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def write_records(records: Iterable[Any]) -> RecordsObject:
     """Canonicalize each record, one per line, gzip; compute count and Merkle root.
 
     The gzip header carries no name and mtime 0, so the same records give the same
-    bytes on every host and run.
+    bytes on every host and run. Compression runs on a worker thread (zlib releases
+    the GIL) while the next batch is canonicalized and hashed.
     """
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     tree = MerkleBuilder()
-    chunks: list[bytes] = []
-    pending: list[bytes] = []
-    pending_size = 0
-    for record in records:
-        line = canonical_bytes(record)
-        tree.add(leaf_hash(line))
-        pending.append(line)
-        pending_size += len(line) + 1
-        if pending_size >= 1 << 20:
-            chunks.append(compressor.compress(b"\n".join(pending) + b"\n"))
-            pending, pending_size = [], 0
-    if pending:
-        chunks.append(compressor.compress(b"\n".join(pending) + b"\n"))
-    chunks.append(compressor.flush())
-    data = b"".join(chunks)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-gzip") as pool:
+        pending: list[Future[bytes]] = []
+        for batch in _batches(records, BATCH_RECORDS):
+            lines = canonical_lines(batch)
+            pending.append(pool.submit(compressor.compress, b"\n".join(lines) + b"\n"))
+            tree.add_leaves(lines)
+        pending.append(pool.submit(compressor.flush))
+        data = b"".join(f.result() for f in pending)
     return RecordsObject(data, hashlib.sha256(data).hexdigest(), tree.size, tree.root().hex())
 
 

@@ -16,7 +16,7 @@ follow the RFC 9162 §2.1.3.2 and §2.1.4.2 algorithms step by step and raise
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from signing.errors import ProofError
 
@@ -93,6 +93,42 @@ class MerkleBuilder:
         self._size += 1
         n = self._size
         # Each trailing zero bit of the new size closes one perfect subtree.
+        while not n & 1:
+            node = node_hash(stack.pop(), node)
+            n >>= 1
+        stack.append(node)
+
+    def add_leaves(self, data: Iterable[bytes]) -> list[bytes]:
+        """Hash and append many leaves (raw leaf data); return their leaf hashes.
+
+        Same result as `add(leaf_hash(d))` for each item, but aligned runs of 2**k
+        leaves are reduced level by level in bulk, which roughly halves the Python
+        overhead per leaf when sealing large bundles.
+        """
+        sha = hashlib.sha256
+        hashes = [sha(b"\x00" + item).digest() for item in data]
+        position = 0
+        remaining = len(hashes)
+        while remaining:
+            # The largest perfect subtree that starts at the current size and fits.
+            run = self._size & -self._size if self._size else 1 << (remaining.bit_length() - 1)
+            while run > remaining:
+                run >>= 1
+            level = hashes[position:position + run]
+            while len(level) > 1:
+                level = [sha(b"\x01" + left + right).digest()
+                         for left, right in zip(level[0::2], level[1::2], strict=True)]
+            self._push(level[0], run.bit_length() - 1)
+            position += run
+            remaining -= run
+        return hashes
+
+    def _push(self, node: bytes, height: int) -> None:
+        # Appending a perfect subtree of 2**height leaves at an aligned size is a binary
+        # increment of size >> height: each carry merges one stacked root.
+        stack = self._stack
+        self._size += 1 << height
+        n = self._size >> height
         while not n & 1:
             node = node_hash(stack.pop(), node)
             n >>= 1

@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from signing.bundle import (
+    BATCH_RECORDS,
     BundleName,
     iter_record_lines,
     manifest_sha256,
     parse_bundle_key,
 )
-from signing.canonical import parse_canonical
+from signing.canonical import parse_canonical_lines
 from signing.dsse import is_exact_gamsa_envelope, parse_statement, verify_envelope
-from signing.errors import CanonicalError, FormatError, GamsaError, SignatureError
+from signing.errors import FormatError, GamsaError, SignatureError
 from signing.keys import PublicKey
-from signing.merkle import MerkleBuilder, leaf_hash
+from signing.merkle import MerkleBuilder
 
 ERROR = "error"
 WARNING = "warning"
@@ -152,18 +153,31 @@ def check_records(data: bytes, key: str, expected_host: str | None = None,
     """Count, Merkle root (hex) and findings for one records object's bytes."""
     findings: list[Finding] = []
     tree = MerkleBuilder()
-    try:
-        for number, line in enumerate(iter_record_lines(data, key), start=1):
-            tree.add(leaf_hash(line))
-            try:
-                record = parse_canonical(line)
-            except CanonicalError as exc:
-                findings.append(Finding(key, "not_canonical", f"line {number}: {exc.message}"))
-                continue
-            if expected_host is not None and (
-                    not isinstance(record, dict) or record.get("host") != expected_host):
+    batch: list[bytes] = []
+
+    def check(lines: list[bytes]) -> None:
+        first = tree.size + 1
+        tree.add_leaves(lines)
+        values, errors = parse_canonical_lines(lines)
+        for index, message in errors.items():
+            findings.append(Finding(key, "not_canonical", f"line {first + index}: {message}"))
+        if expected_host is None:
+            return
+        for index, record in enumerate(values):
+            if index not in errors and (not isinstance(record, dict)
+                                        or record.get("host") != expected_host):
                 findings.append(Finding(key, "record_host_mismatch",
-                                        f"line {number}: record host is not {expected_host}"))
+                                        f"line {first + index}: record host is not "
+                                        f"{expected_host}"))
+
+    try:
+        for line in iter_record_lines(data, key):
+            batch.append(line)
+            if len(batch) == BATCH_RECORDS:
+                check(batch)
+                batch = []
+        if batch:
+            check(batch)
     except FormatError as exc:
         findings.append(Finding(key, "records_unreadable", exc.message))
     return tree.size, tree.root().hex(), findings

@@ -96,3 +96,23 @@ def test_stdlib_only_path_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     for line in (b'{"a":1,"a":1}', b'{"a":1.5}', b'{"b":1,"a":2}'):
         with pytest.raises(CanonicalError):
             canonical.parse_canonical(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(values, max_size=20))
+def test_batch_apis_equal_rfc8785(batch: list[Any]) -> None:
+    expected = [rfc8785.dumps(v) for v in batch]
+    assert canonical.canonical_lines(batch) == expected
+    parsed, errors = canonical.parse_canonical_lines(expected)
+    assert errors == {} and parsed == batch
+
+
+def test_batch_rejects_what_single_rejects() -> None:
+    with pytest.raises(CanonicalError):
+        canonical.canonical_lines([{"a": 1}, {"b": 1.5}])
+    with pytest.raises(CanonicalError):
+        canonical.canonical_lines([{"a": 1}, {"b": 2**60}])
+    lines = [b'{"a":1}', b'{"b":1,"a":2}', b"1,2", b'{"a":1.0}', b"[9007199254740993]", b'"x"']
+    parsed, errors = canonical.parse_canonical_lines(lines)
+    assert sorted(errors) == [1, 2, 3, 4]
+    assert parsed[0] == {"a": 1} and parsed[5] == "x" and parsed[1] is None

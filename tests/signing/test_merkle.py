@@ -534,3 +534,19 @@ def test_hash_lengths_are_checked() -> None:
     with pytest.raises(ProofError, match="32 bytes"):
         verify_consistency(1, 2, ROOTS[1], ROOTS[2], [short])
     assert merkle.HASH_SIZE == 32
+
+
+@pytest.mark.parametrize("splits", [[0], [1], [5], [64], [100], [1, 1, 7], [3, 64, 1, 200],
+                                    [4096, 5000], [7, 0, 9, 1024, 3]])
+def test_add_leaves_equals_add_one_by_one(splits: list[int]) -> None:
+    bulk, single = MerkleBuilder(), MerkleBuilder()
+    counter = 0
+    for size in splits:
+        data = [counter.to_bytes(4, "big") + bytes([i % 7]) for i in range(size)]
+        counter += 1
+        hashes = bulk.add_leaves(data)
+        assert hashes == [leaf_hash(d) for d in data]
+        for h in hashes:
+            single.add(h)
+        assert bulk.size == single.size
+        assert bulk.root() == single.root()
