@@ -25,7 +25,6 @@ import dataclasses
 import datetime as dt
 import difflib
 import hashlib
-import ipaddress
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote, urlparse
 
+from collector._endpoints import parse_endpoint
 from signing.errors import UsageError
 
 CONFIG_ENV = "GAMSA_CONFIG"
@@ -585,12 +585,12 @@ class _Parser:
             key = f"{p}.ai_endpoints[{index}]"
             if any(c.isspace() for c in endpoint):
                 self.fail(f'"{key}" must not contain spaces, got {_show(endpoint)}')
-            if "/" in endpoint:
-                try:
-                    ipaddress.ip_network(endpoint, strict=False)
-                except ValueError:
-                    self.fail(f'"{key}" is not a valid network (CIDR), got {_show(endpoint)}',
-                              'write e.g. "10.20.0.0/16"')
+            try:
+                parse_endpoint(endpoint)  # the collector's own parser: the two always agree
+            except ValueError as exc:
+                self.fail(f'"{key}" is not a valid AI endpoint ({exc}), got {_show(endpoint)}',
+                          'write e.g. "api.openai.com", "*.anthropic.com", "10.20.0.0/16", '
+                          '"127.0.0.1:8443" or "[2001:db8::1]:443"')
         return NetworkConfig(ai_endpoints=endpoints)
 
     def logs(self, collectors: Mapping[str, Any]) -> LogsConfig:

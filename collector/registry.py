@@ -176,8 +176,6 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
 }
 
 
-CollectFn = Callable[[CollectContext], Iterable[Record]]
-
 
 def collector_modules() -> list[str]:
     """Every collector module of this package, sorted by name (the run order)."""

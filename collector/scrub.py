@@ -49,7 +49,9 @@ PATTERNS: tuple[SecretPattern, ...] = (
        "HTTP Authorization header values"),
     _p("bearer", r"(?i)\bbearer\s+([A-Za-z0-9._~+/=-]{8,})", 1, "bearer tokens anywhere"),
     _p("named_secret",
-       r"(?i)(?:[A-Za-z0-9_.-]*(?:" + SECRET_NAMES + r")[A-Za-z0-9_.-]*)"
+       # The lookbehind anchors the name at a word start: without it the regex retries
+       # from every character of a long word, quadratic on long tokens.
+       r"(?i)(?<![A-Za-z0-9_.-])(?:[A-Za-z0-9_.-]*(?:" + SECRET_NAMES + r")[A-Za-z0-9_.-]*)"
        r"[\"']?(?:\s*[:=]\s*|\s+(?=[\"']))[\"']?([^\s\"',;&]+)", 1,
        "the value after a name containing password, passwd, pwd, secret, token, api_key, "
        "access_key, private_key, client_secret, credential, auth_key, session_key, "
@@ -69,6 +71,8 @@ PATTERNS: tuple[SecretPattern, ...] = (
 # Command-line flags whose next argument is a secret (`--password SECRET`), and the
 # short forms that glue the secret on (`mysql -pSECRET`).
 SECRET_FLAG = re.compile(r"(?i)^--?[A-Za-z0-9_.-]*(?:" + SECRET_NAMES + r")[A-Za-z0-9_.-]*$")
+# `-password X` (single dash, a secret name right after it) still takes the next argument.
+SECRET_FLAG_SINGLE = re.compile(r"(?i)^-(?:" + SECRET_NAMES + r")$")
 GLUED_SHORT_FLAGS = ("-p",)  # mysql, mysqldump, mariadb: -pPASSWORD
 
 
@@ -104,15 +108,17 @@ def scrub_argv(argv: list[str]) -> tuple[list[str], int]:
             total += 1
             secret_next = False
             continue
+        # A glued short flag first: `-pMyPassw0rd` would otherwise look like a secret-named
+        # flag and leak, with the *next* argument redacted instead.
+        glued = next((f for f in GLUED_SHORT_FLAGS if arg.startswith(f) and len(arg) > len(f)),
+                     None)
+        if glued is not None and not arg.startswith("--") and not SECRET_FLAG_SINGLE.match(arg):
+            result.append(glued + redaction("argument"))
+            total += 1
+            continue
         if SECRET_FLAG.match(arg):
             result.append(arg)
             secret_next = True
-            continue
-        glued = next((f for f in GLUED_SHORT_FLAGS if arg.startswith(f) and len(arg) > len(f)),
-                     None)
-        if glued is not None and not arg.startswith("--"):
-            result.append(glued + redaction("argument"))
-            total += 1
             continue
         scrubbed, count = scrub_text(arg)
         result.append(scrubbed)

@@ -601,3 +601,13 @@ def test_explicit_empty_lists(tmp_path: Path, env: dict[str, str]) -> None:
     assert cfg.collectors.files.paths == []
     assert cfg.collectors.logs.sources == []
 
+
+
+def test_ai_endpoints_with_ports_on_networks_are_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text('[collectors.network]\nai_endpoints = ["10.20.0.0/16:443", '
+                    '"[2001:db8::1]:443", "*.anthropic.com", "127.0.0.1:8443"]\n')
+    assert len(load_config(path, {}).collectors.network.ai_endpoints) == 4
+    path.write_text('[collectors.network]\nai_endpoints = ["10.20.0.0/99"]\n')
+    with pytest.raises(UsageError, match="ai_endpoints"):
+        load_config(path, {})

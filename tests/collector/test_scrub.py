@@ -62,3 +62,19 @@ def test_argv() -> None:
         assert secret not in joined
     assert scrubbed[:2] == ["mysql", "-uroot"] and scrubbed[6:8] == ["--host", "db"]
     assert count == 4
+
+
+def test_glued_password_with_a_secret_name_does_not_leak() -> None:
+    scrubbed, count = scrub_argv(["mysql", "-pMyPassw0rd", "-h", "db", "-password", "X1y2z3"])
+    assert "MyPassw0rd" not in " ".join(scrubbed) and "X1y2z3" not in " ".join(scrubbed)
+    assert scrubbed[2:4] == ["-h", "db"] and count == 2
+
+
+def test_long_tokens_are_scrubbed_in_linear_time() -> None:
+    import time
+
+    line = "GET /x?" + "a" * 200_000 + " token=abcdef123456"
+    start = time.perf_counter()
+    scrubbed, _ = scrub_text(line)
+    assert time.perf_counter() - start < 5  # quadratic backtracking took minutes
+    assert "abcdef123456" not in scrubbed
