@@ -1,0 +1,1 @@
+setenv http_proxy http://ignored.example:8080
