@@ -14,13 +14,11 @@ executable's SHA-256. Proxy values and command lines pass through secret scrubbi
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
 import shlex
 import socket
-import stat
 import struct
 import sys
 from collections.abc import Iterable, Iterator
@@ -49,6 +47,7 @@ from collector._linux import (
     record_text,
     unreadable_record,
 )
+from collector._proc import ExeHashCache, process_exe
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
 from collector.scrub import scrub_argv, scrub_text
@@ -112,20 +111,6 @@ def _strip_comment(line: str, markers: str = "#") -> str:
 
 def _endpoint_text(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def _sha256_file(path: str) -> str | None:
-    """Hex SHA-256 of a regular file, read in 1 MiB chunks; None on any error."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
-    except OSError:
-        return None
 
 
 def _unique_keys(records: Iterable[Record]) -> list[Record]:
@@ -511,9 +496,9 @@ def _attr(proc: Any, method: str) -> Any:
 class _Processes:
     """Process facts by pid, looked up once; exe hashes cached by file identity."""
 
-    def __init__(self) -> None:
+    def __init__(self, hashes: ExeHashCache) -> None:
         self.cache: dict[int, _Process] = {}
-        self.hashes: dict[tuple[int, int, int, int], str | None] = {}
+        self.hashes = hashes
 
     def get(self, pid: int | None, with_exe: bool = False) -> _Process:
         if pid is None:
@@ -523,7 +508,12 @@ class _Processes:
             found = self._look_up(pid)
             self.cache[pid] = found
         if with_exe and found.exe_sha256 is None and found.exe is not None:
-            found.exe_sha256 = self._exe_hash(pid, found.exe)
+            # The same hashing as the processes collector (the running file, by
+            # /proc/<pid>/exe on Linux; null once deleted), so the two always agree.
+            try:
+                found.exe_sha256 = process_exe(psutil.Process(pid), self.hashes).sha256
+            except (psutil.Error, OSError):
+                found.exe_sha256 = None
         return found
 
     def _look_up(self, pid: int) -> _Process:
@@ -540,20 +530,6 @@ class _Processes:
             exe=exe or None,
             cmdline=None if cmdline is None else [record_text(a) for a in
                                                   scrub_argv(list(cmdline))[0]])
-
-    def _exe_hash(self, pid: int, exe: str) -> str | None:
-        # Linux: /proc/<pid>/exe is the very file running, even if replaced or deleted.
-        proc_exe = f"/proc/{pid}/exe"
-        path = proc_exe if sys.platform.startswith("linux") and os.path.exists(proc_exe) \
-            else exe
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-        if identity not in self.hashes:
-            self.hashes[identity] = _sha256_file(path)
-        return self.hashes[identity]
 
 
 @dataclass
@@ -620,7 +596,8 @@ def _socket_records(conns: list[_Conn], processes: _Processes,
     return [*_unique_keys(listening), *_unique_keys(established), *_unique_keys(egress)]
 
 
-def _live_records(matcher: Matcher, problems: list[Record]) -> list[Record]:
+def _live_records(matcher: Matcher, problems: list[Record],
+                  hashes: ExeHashCache) -> list[Record]:
     records: list[Record] = []
     try:
         records += _interface_records()
@@ -631,7 +608,7 @@ def _live_records(matcher: Matcher, problems: list[Record]) -> list[Record]:
     except (psutil.Error, OSError) as exc:  # macOS without root: AccessDenied
         problems.append(unsupported(NAME, "connections", f"{type(exc).__name__}: {exc}"))
         conns = []
-    return records + _socket_records(conns, _Processes(), matcher)
+    return records + _socket_records(conns, _Processes(hashes), matcher)
 
 
 # --- the collector ---------------------------------------------------------------
@@ -662,7 +639,12 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     matcher, resolutions = build_matcher(endpoints, hosts_names(hosts), ctx.is_live)
     records += _resolution_records(endpoints, matcher, resolutions)
     if ctx.is_live:
-        records += _live_records(matcher, problems)
+        hashes = ExeHashCache.for_state_dir(ctx.state_dir)
+        records += _live_records(matcher, problems, hashes)
+        try:
+            hashes.save(prune=False)  # processes prunes; here only a few exes were seen
+        except OSError:
+            pass  # a cache only: the next run hashes again
     yield from problems
     yield from records
 

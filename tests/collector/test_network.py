@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from collector._endpoints import Endpoint, parse_endpoint, parse_endpoints, resolve_names
-from collector.network import COLLECTOR, _sha256_file
+from collector._proc import ExeHashCache, exe_hash
+from collector.network import COLLECTOR
 from collector.registry import CollectContext, run_collector
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "rootfs" / "network"
@@ -247,17 +248,19 @@ def test_resolution_timeout_and_failure_are_recorded() -> None:
     }
 
 
-def test_sha256_file(tmp_path: Path) -> None:
+def test_exe_hash_shared_with_processes(tmp_path: Path) -> None:
+    """network hashes executables with the processes collector's function."""
     data = os.urandom(3 * 1024 * 1024 + 17)  # several chunks and a tail
     path = tmp_path / "blob"
     path.write_bytes(data)
-    assert _sha256_file(str(path)) == hashlib.sha256(data).hexdigest()
-    assert _sha256_file(str(tmp_path / "absent")) is None
-    assert _sha256_file(str(tmp_path)) is None  # a directory
+    cache = ExeHashCache()
+    assert exe_hash(str(path), cache) == hashlib.sha256(data).hexdigest()
+    assert exe_hash(str(tmp_path / "absent"), cache) is None
+    assert exe_hash(str(tmp_path), cache) is None  # a directory
     if hasattr(os, "mkfifo"):
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)
-        assert _sha256_file(str(fifo)) is None  # never opened, never hangs
+        assert exe_hash(str(fifo), cache) is None  # never waited on
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
