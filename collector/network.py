@@ -78,7 +78,6 @@ _YUM_PROXY_KEY = re.compile(r"proxy(?:_username|_password|_auth_method)?")
 # route(8) flag letters, by bit (RTF_* of <linux/route.h> and <linux/ipv6_route.h>).
 _ROUTE_FLAGS = ((0x0001, "U"), (0x0002, "G"), (0x0004, "H"), (0x0008, "R"), (0x0010, "D"),
                 (0x0020, "M"), (0x0200, "!"), (0x40000, "A"), (0x01000000, "C"))
-_HASH_CHUNK = 1 << 20
 
 
 # --- small helpers -------------------------------------------------------------
