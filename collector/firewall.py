@@ -21,9 +21,6 @@ import itertools
 import json
 import os
 import shlex
-import shutil
-import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -48,6 +45,7 @@ from collector._linux import (
     record_text,
     unreadable_record,
 )
+from collector._tools import run_tool, which
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
 from collector.scrub import scrub_text
@@ -58,7 +56,6 @@ FIXTURE_CMD_DIR = "/cmd"  # captured command outputs in a fixture tree
 TEXT_CAP = 256 * 1024
 MAX_OUTPUT = 64 * 1024 * 1024
 COMMAND_TIMEOUT_SECONDS = 30
-_EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 FIREWALLD_DIRS = (  # /etc overrides /usr/lib for the same name, as firewalld does
     ("firewalld", ("/etc/firewalld/zones", "/usr/lib/firewalld/zones")),
@@ -95,36 +92,17 @@ def _first_line(raw: bytes) -> str:
     return ""
 
 
-def _which(tool: str) -> str | None:
-    path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
-    return shutil.which(tool, path=path)
-
-
 def _run(argv: list[str]) -> _Output:
     source = " ".join(argv)
-    executable = _which(argv[0])
+    executable = which(argv[0])
     if executable is None:
         return _Output(source, None, f"{argv[0]} is not installed", installed=False)
-    env = {"PATH": os.pathsep.join(_EXTRA_PATH), "LC_ALL": "C"}
-    try:
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            # Files, not pipes: no deadlock, and only a bounded part is read back.
-            done = subprocess.run([executable, *argv[1:]], stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=err, env=env, check=False,
-                                  timeout=COMMAND_TIMEOUT_SECONDS)
-            out.seek(0)
-            raw = out.read(MAX_OUTPUT + 1)
-            err.seek(0)
-            error = err.read(4096)
-    except subprocess.TimeoutExpired:
-        return _Output(source, None, f"timed out after {COMMAND_TIMEOUT_SECONDS} s")
-    except OSError as exc:
-        return _Output(source, None, f"{type(exc).__name__}: {exc.strerror or exc}")
-    if done.returncode != 0:
-        return _Output(source, None, _first_line(error) or f"exit status {done.returncode}")
-    if len(raw) > MAX_OUTPUT:
-        return _Output(source, None, f"output larger than {MAX_OUTPUT // (1024 * 1024)} MiB")
-    return _Output(source, raw)
+    run = run_tool([executable, *argv[1:]], COMMAND_TIMEOUT_SECONDS, MAX_OUTPUT)
+    if run.error is not None:
+        return _Output(source, None, run.error)
+    if run.returncode != 0:
+        return _Output(source, None, _first_line(run.stderr) or f"exit status {run.returncode}")
+    return _Output(source, run.stdout)
 
 
 def _run_or_fixture(ctx: CollectContext, argv: list[str], fixture_name: str) -> _Output:

@@ -22,7 +22,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from collector._linux import decode, key_text, lines, malformed_record, read_source
-from collector.packages import run_tool, which
+from collector._tools import run_tool, which
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector._linux import decode, key_text, missing_record, os_reason
-from collector.packages import (
+from collector._tools import (
     COMMAND_FAILED,
     COMMAND_FAILED_TYPE,
     command_failed_record,

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from collector.firewall import COLLECTOR, TEXT_CAP, _run, _which
+from collector._tools import which as _which
+from collector.firewall import COLLECTOR, TEXT_CAP, _run
 from collector.registry import CollectContext, run_collector
 
 ROOT = Path(__file__).resolve().parents[1] / "assets" / "rootfs" / "firewall"

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from collector.packages import COLLECTOR, run_tool
+from collector._tools import run_tool
+from collector.packages import COLLECTOR
 from collector.record import from_epoch
 from collector.registry import CollectContext, run_collector
 
