@@ -19,20 +19,16 @@ the other entries still apply.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import os
 import re
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from collector._linux import Source, missing_record, unreadable_record
 from collector.record import Record
-from collector.registry import CollectContext, Field, RecordType
+from collector.registry import Field, RecordType
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -373,24 +369,3 @@ def build_matcher(endpoints: Sequence[Endpoint], hosts: Mapping[str, Sequence[st
 
 
 # --- reading files -----------------------------------------------------------------
-
-def read_regular_source(ctx: CollectContext, collector: str, path: str,
-                        report_missing: bool = True) -> Source:
-    """`_linux.read_source`, but a FIFO, socket or device is never read (it could block
-    for ever): opened non-blocking, checked with fstat, refused as `source_unreadable`."""
-    try:
-        fd = os.open(ctx.path(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        return Source(path, None, missing_record(collector, path) if report_missing else None)
-    except OSError as exc:
-        return Source(path, None, unreadable_record(collector, path, exc))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            refused = OSError(errno.EINVAL, "not a regular file")
-            return Source(path, None, unreadable_record(collector, path, refused))
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return Source(path, handle.read(), None)
-    except OSError as exc:
-        return Source(path, None, unreadable_record(collector, path, exc))
-    finally:
-        os.close(fd)

@@ -9,8 +9,11 @@ so no byte is lost; `record_text` turns such a string back into record data
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import shlex
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -78,18 +81,31 @@ class Source:
 
 def read_source(ctx: CollectContext, collector: str, path: str,
                 report_missing: bool = True) -> Source:
-    """Read `path` under the context root; never raises for an OS error.
+    """Read the regular file `path` under the context root; never raises for an OS error.
 
     A missing file yields a `source_missing` record (unless `report_missing` is
     false), any other `OSError` (permission, a directory, ...) `source_unreadable`.
+    A FIFO, socket or device is never read (it could block for ever): the file is
+    opened non-blocking and checked with fstat before reading.
     """
     try:
-        return Source(path, ctx.path(path).read_bytes(), None)
+        fd = os.open(ctx.path(path), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        problem = missing_record(collector, path) if report_missing else None
-        return Source(path, None, problem)
+        return Source(path, None, missing_record(collector, path) if report_missing else None)
     except OSError as exc:
         return Source(path, None, unreadable_record(collector, path, exc))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory")
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return Source(path, handle.read(), None)
+    except OSError as exc:
+        return Source(path, None, unreadable_record(collector, path, exc))
+    finally:
+        os.close(fd)
 
 
 def lines(raw: bytes) -> Iterator[tuple[int, str]]:

@@ -35,13 +35,13 @@ from collector._endpoints import (
     hosts_names,
     parse_endpoints,
     parse_hosts,
-    read_regular_source,
 )
 from collector._linux import (
     decode,
     key_text,
     lines,
     malformed_record,
+    read_source,
     record_text,
     unreadable_record,
 )
@@ -571,7 +571,7 @@ def _firewalld(ctx: CollectContext, problems: list[Record]) -> list[Record]:
                 if name.endswith(".xml") and os.path.isfile(ctx.path(f"{directory}/{name}")):
                     chosen.setdefault(name[:-4], f"{directory}/{name}")
         for zone, path in sorted(chosen.items()):
-            source = read_regular_source(ctx, NAME, path)
+            source = read_source(ctx, NAME, path)
             if source.raw is None:
                 problems += [source.problem] if source.problem is not None else []
                 continue
@@ -583,7 +583,7 @@ def _firewalld(ctx: CollectContext, problems: list[Record]) -> list[Record]:
 def _rule_files(ctx: CollectContext, problems: list[Record]) -> list[Record]:
     records = []
     for path, iptables_format in RULE_FILES:
-        source = read_regular_source(ctx, NAME, path, report_missing=False)
+        source = read_source(ctx, NAME, path, report_missing=False)
         if source.problem is not None:
             problems.append(source.problem)
         if source.raw is None:
@@ -634,7 +634,7 @@ def _iptables(ctx: CollectContext, problems: list[Record],
 def collect(ctx: CollectContext) -> Iterator[Record]:
     endpoints, invalid = parse_endpoints(ctx.option("network", "ai_endpoints", []))
     problems: list[Record] = [entry.record(NAME) for entry in invalid]
-    hosts = read_regular_source(ctx, NAME, HOSTS, report_missing=False)
+    hosts = read_source(ctx, NAME, HOSTS, report_missing=False)
     matcher, _resolutions = build_matcher(
         endpoints, hosts_names(parse_hosts(lines(hosts.raw or b""))), ctx.is_live)
     allows: list[_Allow] = []

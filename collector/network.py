@@ -37,13 +37,13 @@ from collector._endpoints import (
     hosts_names,
     parse_endpoints,
     parse_hosts,
-    read_regular_source,
 )
 from collector._linux import (
     decode,
     key_text,
     lines,
     malformed_record,
+    read_source,
     record_text,
     unreadable_record,
 )
@@ -84,7 +84,7 @@ _ROUTE_FLAGS = ((0x0001, "U"), (0x0002, "G"), (0x0004, "H"), (0x0008, "R"), (0x0
 
 def _read(ctx: CollectContext, path: str, problems: list[Record],
           report_missing: bool = True) -> bytes | None:
-    source = read_regular_source(ctx, NAME, path, report_missing)
+    source = read_source(ctx, NAME, path, report_missing)
     if source.problem is not None:
         problems.append(source.problem)
     return source.raw

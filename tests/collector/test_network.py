@@ -272,7 +272,7 @@ def test_fifo_and_directory_sources_are_not_read(tmp_path: Path) -> None:
     records = run(CollectContext(root=tmp_path))
     assert [r for r in records if r[0] == "source_unreadable"] == [
         ("source_unreadable", "/etc/resolv.conf",
-         {"path": "/etc/resolv.conf", "reason": "OSError: not a regular file"}),
+         {"path": "/etc/resolv.conf", "reason": "IsADirectoryError: Is a directory"}),
         ("source_unreadable", "/etc/hosts",
          {"path": "/etc/hosts", "reason": "OSError: not a regular file"}),
         ("source_unreadable", "/etc/environment",
