@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlparse
 
 from collector._endpoints import parse_endpoint
+from collector.files import DEFAULT_PATHS
 from signing.errors import UsageError
 
 CONFIG_ENV = "GAMSA_CONFIG"
@@ -50,16 +51,8 @@ SSE_MODES = ("", "AES256", "aws:kms")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 LOG_FORMATS = ("auth", "nginx-combined", "json-lines")
 
-DEFAULT_FILE_PATHS = (
-    "/etc/ssh/sshd_config",
-    "/etc/sudoers",
-    "/etc/sudoers.d/*",
-    "/etc/pam.d/*",
-    "/etc/login.defs",
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/nftables.conf",
-)
+# One list of bank-host defaults, owned by the collector that reads them.
+DEFAULT_FILE_PATHS = DEFAULT_PATHS
 
 HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COLLECTOR_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
@@ -100,6 +93,7 @@ class FilesConfig:
 
     paths: list[str] = field(default_factory=lambda: list(DEFAULT_FILE_PATHS))
     content_max_bytes: int = 65536
+    hash_max_bytes: int = 1024**3  # larger files are recorded without a hash
     watch: bool = True
 
 
@@ -565,7 +559,7 @@ class _Parser:
     def files(self, collectors: Mapping[str, Any]) -> FilesConfig:
         p = "collectors.files"
         t = self.table(collectors, "collectors", "files",
-                       ("paths", "content_max_bytes", "watch"))
+                       ("paths", "content_max_bytes", "hash_max_bytes", "watch"))
         d = FilesConfig()
         paths = self.string_list(t, p, "paths", d.paths)
         for index, path in enumerate(paths):
@@ -574,6 +568,8 @@ class _Parser:
             paths=paths,
             content_max_bytes=self.size(t.get("content_max_bytes", d.content_max_bytes),
                                         f"{p}.content_max_bytes"),
+            hash_max_bytes=self.size(t.get("hash_max_bytes", d.hash_max_bytes),
+                                     f"{p}.hash_max_bytes"),
             watch=self.boolean(t, p, "watch", d.watch),
         )
 

@@ -54,7 +54,8 @@ def collect_context(config: Config, state: StateDir) -> CollectContext:
     """The live context: this machine's root, per-collector config, caches."""
     c = config.collectors
     options: dict[str, dict[str, Any]] = {
-        "files": {"paths": list(c.files.paths), "content_max_bytes": c.files.content_max_bytes},
+        "files": {"paths": list(c.files.paths), "content_max_bytes": c.files.content_max_bytes,
+                  "hash_max_bytes": c.files.hash_max_bytes},
         "network": {"ai_endpoints": list(c.network.ai_endpoints)},
         "logs": {"sources": [{"path": s.path, "format": s.format, "kind": s.kind}
                              for s in c.logs.sources]},

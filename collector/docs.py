@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from collector.registry import COMMON_RECORD_TYPES, Collector, RecordType, all_collectors
+from collector.scrub import PATTERNS
 
 _JSON_NAMES: dict[type, str] = {
     str: "string",
@@ -76,7 +77,22 @@ def render_collectors_markdown() -> str:
             "Declared once in `collector/registry.py` (`COMMON_RECORD_TYPES`): failures "
             "are evidence too, never dropped silently.", ""]
     out += _record_types(COMMON_RECORD_TYPES, "###")
+    out += _scrubbing()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _scrubbing() -> list[str]:
+    out = ["## Secret scrubbing", "",
+           "Command lines, captured file content and log lines pass through "
+           "`collector/scrub.py` before they enter a record. Each match is replaced by "
+           "`[REDACTED:<kind>]`, keeping the text around it (the key name, the URL host) "
+           "so an auditor still sees that a secret was configured there. A field "
+           "`*_redactions` counts the replacements where a collector declares one.", "",
+           "| kind | what is removed |", "|---|---|"]
+    out += [f"| `{p.kind}` | {_cell(p.doc)} |" for p in PATTERNS]
+    out += ["| `argument` | on command lines: the argument after a flag whose name contains "
+            "a secret name (`--password X`, `--token=X`), and glued `-pX` (mysql) |", ""]
+    return out
 
 
 def main() -> None:

@@ -1,0 +1,852 @@
+"""The `files` collector: configured files and globs, hashed, with their metadata.
+
+Each configured pattern (`[collectors.files] paths`) is expanded under the context
+root: `*`, `?` and `[...]` match within one path component (hidden names too: a
+dotfile in /etc/sudoers.d is evidence), `**` matches zero or more directories, and
+a directory that matches stands for itself and everything under it. Walking never
+follows a directory symlink below a wildcard or `**`, is bounded in depth and in
+matches per pattern, and works on bytes so no file name is lost.
+
+Every match becomes one `file` record (metadata from `lstat`, never following a
+symlink). Only regular files are opened: with O_NOFOLLOW|O_NONBLOCK, so a symlink
+or FIFO swapped in after the `lstat` can neither redirect nor hang the read, and
+`fstat` after opening must show the same regular file. Small text files (at most
+`content_max_bytes`, valid UTF-8, no NUL) are captured with secrets scrubbed.
+Files over `hash_max_bytes` are not read at all (a 10 GB sparse file costs one
+`lstat`). Digests of files not read for content are cached in
+`<state_dir>/cache/file_hashes.json` by (device, inode, size, mtime, ctime), so
+a rerun reads only what changed; a file changed within a second of the scan is
+not cached, since a second write in the same clock tick would keep its key. Large
+files are hashed in a small thread pool while the main thread goes on walking;
+records stay in path order.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fnmatch
+import hashlib
+import json
+import os
+import posixpath
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from collector._linux import MAX_SAFE_INT, os_reason, parse_colon_file
+from collector.record import Record, text_or_b64
+from collector.registry import (
+    SOURCE_MISSING_TYPE,
+    SOURCE_UNREADABLE_TYPE,
+    CollectContext,
+    Collector,
+    Field,
+    RecordType,
+)
+from collector.scrub import scrub_text
+
+if sys.platform != "win32":
+    import grp
+    import pwd
+
+NAME = "files"
+
+DEFAULT_PATHS = (
+    "/etc/ssh/sshd_config",
+    "/etc/ssh/sshd_config.d/*",
+    "/etc/sudoers",
+    "/etc/sudoers.d/*",
+    "/etc/pam.d/*",
+    "/etc/login.defs",
+    "/etc/security/*.conf",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nftables.conf",
+    "/etc/environment",
+    "/etc/profile.d/*",
+    "/etc/apt/apt.conf.d/*proxy*",
+    "/etc/yum.conf",
+    "/etc/nginx/conf.d/*",
+    "/etc/gamsa/agent.toml",
+    "/etc/audit/rules.d/*",
+    "/etc/chrony/chrony.conf",
+    "/etc/systemd/timesyncd.conf",
+    "/etc/crypttab",
+)
+DEFAULT_CONTENT_MAX_BYTES = 65536
+DEFAULT_HASH_MAX_BYTES = 1024**3
+
+CACHE_FILE = Path("cache") / "file_hashes.json"
+_CACHE_VERSION = 1
+_CHUNK = 1024 * 1024  # hashlib releases the GIL on buffers this size
+_POOL_MIN_BYTES = 256 * 1024  # smaller files: hashing costs less than handing them over
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on one run. Not config options: tests and benchmarks lower them."""
+
+    max_matches: int = 100_000  # per pattern; beyond -> a `truncated` record
+    max_depth: int = 64  # directory levels below a `**` or a matched directory
+    threads: int = 4  # hashing threads; 1 = no thread pool
+    # A file whose ctime is this close to the scan start is hashed but not cached: a
+    # write in the same clock tick as the one we read after would leave every key
+    # field unchanged (git's "racily clean" problem).
+    racy_ns: int = 1_000_000_000
+
+
+@dataclass
+class ScanStats:
+    """What a run cost: lets tests and the benchmark see that the cache worked."""
+
+    matches: int = 0
+    files_read: int = 0  # regular files opened and read
+    bytes_read: int = 0
+    cache_hits: int = 0
+
+
+@dataclass
+class ScanResult:
+    records: list[Record]
+    stats: ScanStats
+
+
+@dataclass(frozen=True)
+class _Settings:
+    content_max_bytes: int
+    hash_max_bytes: int
+
+
+def _int_option(ctx: CollectContext, key: str, default: int) -> int:
+    value = ctx.option(NAME, key, default)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"collectors.files.{key} must be a non-negative integer")
+    return value
+
+
+def _patterns(ctx: CollectContext) -> list[str]:
+    value = ctx.option(NAME, "paths", list(DEFAULT_PATHS))
+    if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+        raise ValueError("collectors.files.paths must be a list of strings")
+    return list(value)
+
+
+# --- names and keys --------------------------------------------------------------
+
+def path_key(host_path: bytes) -> str:
+    """A host path as a record key: itself if UTF-8, else `b64:<base64 of the bytes>`."""
+    try:
+        return host_path.decode("utf-8")
+    except UnicodeDecodeError:
+        return "b64:" + base64.b64encode(host_path).decode("ascii")
+
+
+def _time_ns(ns: int) -> str | None:
+    """Nanoseconds since the epoch as RFC 3339 UTC with microseconds (the format of
+    `record.format_time`, several times faster: it runs once per file); None for a
+    time outside years 1-9999, which RFC 3339 cannot write."""
+    seconds, rest = divmod(ns, 10**9)
+    try:
+        t = time.gmtime(seconds)
+    except (OverflowError, OSError, ValueError):
+        return None
+    if not 1 <= t.tm_year <= 9999:
+        return None
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:"
+            f"{t.tm_min:02d}:{t.tm_sec:02d}.{rest // 1000:06d}Z")
+
+
+def _safe_int(value: int) -> int | str:
+    return value if value <= MAX_SAFE_INT else str(value)
+
+
+_KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+          stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFCHR: "char_device",
+          stat.S_IFBLK: "block_device"}
+
+
+class _Names:
+    """uid/gid -> name: the live system's databases (NSS too) when reading `/`,
+    else the passwd and group files of the root tree (an image has its own)."""
+
+    def __init__(self, ctx: CollectContext) -> None:
+        self.live = ctx.is_live and sys.platform != "win32"
+        self.users: dict[int, str | None] = {}
+        self.groups: dict[int, str | None] = {}
+        self.lock = threading.Lock()
+        if not ctx.is_live:
+            self.users = self._read_file(ctx, "/etc/passwd", 7)
+            self.groups = self._read_file(ctx, "/etc/group", 4)
+
+    @staticmethod
+    def _read_file(ctx: CollectContext, path: str, nfields: int) -> dict[int, str | None]:
+        try:
+            raw = ctx.path(path).read_bytes()
+        except OSError:
+            return {}
+        names: dict[int, str | None] = {}
+        for entry in parse_colon_file(raw, nfields):
+            if entry.reason is None and entry.fields[2].isdigit():
+                names.setdefault(int(entry.fields[2]), entry.fields[0] or None)
+        return names
+
+    def user(self, uid: int) -> str | None:
+        return self._lookup(self.users, uid, True)
+
+    def group(self, gid: int) -> str | None:
+        return self._lookup(self.groups, gid, False)
+
+    def _lookup(self, table: dict[int, str | None], ident: int, user: bool) -> str | None:
+        if ident in table or not self.live:
+            return table.get(ident)
+        name: str | None = None
+        if sys.platform != "win32":
+            try:
+                name = pwd.getpwuid(ident).pw_name if user else grp.getgrgid(ident).gr_name
+            except (KeyError, OverflowError):
+                name = None
+        with self.lock:
+            table[ident] = name
+        return name
+
+
+# --- expanding patterns ----------------------------------------------------------
+
+class _Truncated(Exception):
+    """The per-pattern match cap was reached."""
+
+
+_MAGIC = frozenset(b"*?[")
+
+
+def _is_magic(component: bytes) -> bool:
+    return any(c in _MAGIC for c in component)
+
+
+def _normalize(pattern: str) -> bytes | None:
+    """The pattern as absolute host-path bytes, or None if it is not one."""
+    raw = os.fsencode(pattern)
+    if not raw.startswith(b"/") or b"\0" in raw:
+        return None
+    return b"/" + posixpath.normpath(raw).lstrip(b"/")
+
+
+def _join(parent: bytes, name: bytes) -> bytes:
+    return parent + name if parent.endswith(b"/") else parent + b"/" + name
+
+
+@dataclass
+class _PatternOutcome:
+    pattern: str
+    matches: int = 0
+    max_matches_reached: bool = False
+    max_depth_reached: bool = False
+
+
+class _Walker:
+    """Expands patterns into host paths (bytes) under a root prefix."""
+
+    def __init__(self, root: bytes, limits: Limits) -> None:
+        self.root = root
+        self.limits = limits
+        self.found: set[bytes] = set()
+        self.problems: dict[tuple[str, str], Record] = {}
+        self.current = _PatternOutcome("")
+        self.current_found: set[bytes] = set()  # this pattern's matches
+        self.expanded: set[bytes] = set()  # this pattern's directories walked in full
+
+    def fs(self, host_path: bytes) -> bytes:
+        return self.root + host_path
+
+    def expand(self, pattern: str, host_pattern: bytes) -> _PatternOutcome:
+        self.current = _PatternOutcome(pattern)
+        self.current_found = set()
+        self.expanded = set()
+        components = [c for c in host_pattern.split(b"/") if c]
+        collapsed: list[bytes] = []
+        for component in components:  # `**/**` is `**`
+            if not (component == b"**" and collapsed and collapsed[-1] == b"**"):
+                collapsed.append(component)
+        try:
+            self._expand(b"/", collapsed)
+        except _Truncated:
+            self.current.max_matches_reached = True
+        self.current.matches = len(self.current_found)
+        self.current_found, self.expanded = set(), set()
+        return self.current
+
+    def _expand(self, prefix: bytes, rest: list[bytes]) -> None:
+        if not rest:
+            self._match(prefix)
+            return
+        component, tail = rest[0], rest[1:]
+        if component == b"**":
+            if not os.path.isdir(self.fs(prefix)):  # `**` matches directories only
+                return
+            self._expand(prefix, tail)
+            if tail:  # a trailing `**` is the directory itself, walked in full
+                for directory in self._descendant_dirs(prefix):
+                    self._expand(directory, tail)
+        elif not _is_magic(component):
+            child = _join(prefix, component)
+            if tail:
+                self._expand(child, tail)
+            else:
+                self._match_literal(child)
+        else:
+            for entry_path, is_dir in self._list(prefix, component):
+                if not tail:
+                    self._match(entry_path)
+                elif is_dir:
+                    self._expand(entry_path, tail)
+
+    def _list(self, directory: bytes, component: bytes) -> Iterator[tuple[bytes, bool]]:
+        """(path, is a directory - following symlinks, as a shell glob does in the
+        middle of a pattern) for each entry of `directory` whose name matches."""
+        try:
+            with os.scandir(self.fs(directory)) as entries:
+                found = [(_join(directory, e.name), e.is_dir())
+                         for e in entries if fnmatch.fnmatchcase(e.name, component)]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self._unreadable(directory, exc)
+            return
+        yield from sorted(found)
+
+    def _match_literal(self, host_path: bytes) -> None:
+        try:
+            os.lstat(self.fs(host_path))
+        except FileNotFoundError:
+            return
+        except OSError as exc:  # ENOTDIR (a component is a file), EACCES, ELOOP
+            self._unreadable(host_path, exc)
+            return
+        self._match(host_path)
+
+    def _match(self, host_path: bytes) -> None:
+        """A pattern match: itself, and everything under it if it is a directory."""
+        self._add(host_path)
+        if self._inside_expanded(host_path):
+            return  # `/a/**/*` matches /a/b and /a/b/c: walk /a/b once
+        try:
+            is_dir = stat.S_ISDIR(os.lstat(self.fs(host_path)).st_mode)
+        except OSError:
+            return  # vanished: the describe step records it
+        if is_dir:
+            self.expanded.add(host_path)
+            for _ in self._descendant_dirs(host_path, add_entries=True):
+                pass
+
+    def _inside_expanded(self, host_path: bytes) -> bool:
+        if not self.expanded:
+            return False
+        path = host_path
+        while True:
+            if path in self.expanded:
+                return True
+            parent = posixpath.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+    def _add(self, host_path: bytes) -> None:
+        if host_path in self.current_found:
+            return
+        if len(self.current_found) >= self.limits.max_matches:
+            raise _Truncated
+        self.current_found.add(host_path)
+        self.found.add(host_path)
+
+    def _descendant_dirs(self, top: bytes, add_entries: bool = False) -> Iterator[bytes]:
+        """Every directory below `top` (not `top`), breadth-first, never following a
+        symlink, at most `max_depth` levels down; with `add_entries`, every entry
+        below `top` is added as a match on the way."""
+        level = [top]
+        for depth in range(1, sys.maxsize):
+            next_level: list[bytes] = []
+            for directory in level:
+                for child, is_dir in self._children(directory):
+                    if add_entries:
+                        self._add(child)
+                    if not is_dir:
+                        continue
+                    if depth > self.limits.max_depth:
+                        self.current.max_depth_reached = True
+                        continue
+                    yield child
+                    next_level.append(child)
+            if not next_level:
+                return
+            level = next_level
+
+    def _children(self, directory: bytes) -> list[tuple[bytes, bool]]:
+        try:
+            with os.scandir(self.fs(directory)) as entries:
+                return sorted((_join(directory, e.name), e.is_dir(follow_symlinks=False))
+                              for e in entries)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            self._unreadable(directory, exc)
+            return []
+
+    def _unreadable(self, host_path: bytes, exc: OSError) -> None:
+        key = path_key(host_path)
+        self.problems[(SOURCE_UNREADABLE_TYPE, key)] = _unreadable_record(key, exc)
+
+
+# --- reading one regular file ----------------------------------------------------
+
+class _Changed(Exception):
+    """The file is not the one lstat saw, or its size changed while read."""
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+    | getattr(os, "O_CLOEXEC", 0)
+_NOATIME = getattr(os, "O_NOATIME", 0)  # evidence collection should not touch atime
+_buffers = threading.local()
+# open() errors meaning the regular file lstat saw is gone: removed, or replaced by a
+# symlink (O_NOFOLLOW) or a socket.
+_REPLACED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENXIO})
+
+
+@dataclass
+class _Read:
+    """What reading a regular file gave: its digest (and bytes, when read for
+    content), or why not."""
+
+    digest: str | None = None
+    raw: bytes | None = None
+    error: OSError | None = None
+    changed: bool = False
+    opened: bool = False
+
+
+def _open(path: bytes) -> int:
+    if _NOATIME:
+        try:
+            return os.open(path, _OPEN_FLAGS | _NOATIME)
+        except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
+            pass
+    return os.open(path, _OPEN_FLAGS)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The whole file, which lstat said is `size` bytes; _Changed if it is not."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= size:
+        chunk = os.read(fd, size + 1 - total)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total != size:
+        raise _Changed
+    return b"".join(chunks)
+
+
+def _hash_stream(fd: int, size: int) -> str:
+    """Hex SHA-256 of exactly `size` bytes, read in 1 MiB chunks; _Changed if the
+    file is shorter or longer (one more read, so a growing file cannot keep us)."""
+    buffer: bytearray | None = getattr(_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _buffers.buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    digest = hashlib.sha256()
+    total = 0
+    while total < size:
+        count = os.readv(fd, [view[:min(_CHUNK, size - total)]])
+        if count == 0:
+            raise _Changed
+        digest.update(view[:count])
+        total += count
+    if os.read(fd, 1):
+        raise _Changed
+    return digest.hexdigest()
+
+
+def _read_regular(fs_path: bytes, st: os.stat_result, for_content: bool) -> _Read:
+    """Open without following a symlink or blocking on a FIFO, check that the open
+    file is the regular file lstat saw (TOCTOU), then read it whole (for content)
+    or stream it through SHA-256. Never raises an OSError."""
+    try:
+        fd = _open(fs_path)
+    except OSError as exc:
+        if exc.errno in _REPLACED:
+            return _Read(changed=True)
+        return _Read(error=exc)
+    try:
+        after = os.fstat(fd)
+        if not stat.S_ISREG(after.st_mode) or \
+                (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
+            raise _Changed
+        if for_content:
+            raw = _read_all(fd, st.st_size)
+            return _Read(hashlib.sha256(raw).hexdigest(), raw, opened=True)
+        return _Read(_hash_stream(fd, st.st_size), opened=True)
+    except _Changed:
+        return _Read(changed=True, opened=True)
+    except OSError as exc:  # EIO and the like, mid-read
+        return _Read(error=exc, opened=True)
+    finally:
+        os.close(fd)
+
+
+def _cache_key(st: os.stat_result) -> str:
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+# --- describing one path ---------------------------------------------------------
+
+@dataclass
+class _Outcome:
+    """One path's record data, or the problem record that replaces it, and what
+    reading it cost. `pending` is a hash still running in the pool."""
+
+    key: str
+    data: dict[str, Any] | None
+    problem: Record | None = None
+    cache_key: str | None = None
+    cache_hit: bool = False
+    opened: bool = False
+    pending: Future[_Read] | None = None
+
+
+class _Describer:
+    """Turns host paths into `file` record data, in path order on the calling
+    thread; large files are hashed in the pool, where the GIL is not held."""
+
+    def __init__(self, root: bytes, settings: _Settings, names: _Names,
+                 cache: dict[str, str], pool: ThreadPoolExecutor | None,
+                 cache_before_ns: int) -> None:
+        self.root = root
+        self.cache_before_ns = cache_before_ns
+        self.settings = settings
+        self.names = names
+        self.cache = cache
+        self.pool = pool
+
+    def describe(self, host_path: bytes) -> _Outcome:
+        key = path_key(host_path)
+        fs_path = self.root + host_path
+        try:
+            st = os.lstat(fs_path)
+        except FileNotFoundError:  # removed since the walk
+            return _Outcome(key, None, Record(NAME, SOURCE_MISSING_TYPE, key, {"path": key}))
+        except OSError as exc:
+            return _Outcome(key, None, _unreadable_record(key, exc))
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "other")
+        data: dict[str, Any] = {
+            "path": text_or_b64(host_path),
+            "kind": kind,
+            "size": _safe_int(st.st_size),
+            "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "owner": self.names.user(st.st_uid),
+            "group": self.names.group(st.st_gid),
+            "mtime": _time_ns(st.st_mtime_ns),
+            "inode": str(st.st_ino),
+            "device": str(st.st_dev),
+            "sha256": None,
+            "hash_omitted_reason": None,
+            "symlink_target": None,
+            "content": None,
+            "content_redactions": 0,
+            "content_omitted_reason": None,
+        }
+        outcome = _Outcome(key, data)
+        if kind == "symlink":
+            try:
+                data["symlink_target"] = text_or_b64(os.readlink(fs_path))
+            except OSError as exc:
+                outcome.problem = _unreadable_record(key, exc)
+        elif kind == "file":
+            self._regular(fs_path, st, data, outcome)
+        return outcome
+
+    def _regular(self, fs_path: bytes, st: os.stat_result, data: dict[str, Any],
+                 outcome: _Outcome) -> None:
+        size = st.st_size
+        if size > self.settings.hash_max_bytes:  # never opened: bounded time and memory
+            data["hash_omitted_reason"] = "over_hash_cap"
+            data["content_omitted_reason"] = "over_cap"
+            return
+        if size <= self.settings.content_max_bytes:
+            _finish_read(outcome, _read_regular(fs_path, st, for_content=True))
+            return
+        data["content_omitted_reason"] = "over_cap"
+        if st.st_ctime_ns < self.cache_before_ns:
+            outcome.cache_key = _cache_key(st)
+        cached = self.cache.get(outcome.cache_key) if outcome.cache_key else None
+        if cached is not None:
+            data["sha256"] = cached
+            outcome.cache_hit = True
+        elif self.pool is not None and size >= _POOL_MIN_BYTES:
+            outcome.pending = self.pool.submit(_read_regular, fs_path, st, False)
+        else:
+            _finish_read(outcome, _read_regular(fs_path, st, for_content=False))
+
+
+def _unreadable_record(key: str, exc: OSError) -> Record:
+    return Record(NAME, SOURCE_UNREADABLE_TYPE, key, {"path": key, "reason": os_reason(exc)})
+
+
+def _finish_read(outcome: _Outcome, read: _Read) -> None:
+    """Fill a regular file's hash and content fields from what reading it gave."""
+    data = outcome.data
+    assert data is not None
+    outcome.opened = read.opened  # not `read` itself: its bytes must not outlive this
+    if read.digest is not None:
+        data["sha256"] = read.digest
+        if read.raw is not None:
+            _set_content(read.raw, data)
+        return
+    outcome.cache_key = None
+    reason = "unreadable" if read.error is not None else "changed_during_read"
+    data["hash_omitted_reason"] = reason
+    if data["content_omitted_reason"] is None:
+        data["content_omitted_reason"] = reason
+    if read.error is not None:
+        outcome.problem = _unreadable_record(outcome.key, read.error)
+
+
+def _set_content(raw: bytes, data: dict[str, Any]) -> None:
+    if b"\0" in raw:
+        data["content_omitted_reason"] = "binary"
+        return
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        data["content_omitted_reason"] = "binary"
+        return
+    data["content"], data["content_redactions"] = scrub_text(text)
+
+
+# --- the hash cache --------------------------------------------------------------
+
+def _load_cache(state_dir: Path | None) -> dict[str, str]:
+    if state_dir is None:
+        return {}
+    try:
+        loaded = json.loads((state_dir / CACHE_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}  # absent or damaged: the run rehashes, nothing is lost
+    if not isinstance(loaded, dict) or loaded.get("version") != _CACHE_VERSION:
+        return {}
+    entries = loaded.get("entries")
+    if not isinstance(entries, dict):
+        return {}
+    return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _save_cache(state_dir: Path | None, entries: dict[str, str]) -> None:
+    if state_dir is None:
+        return
+    target = state_dir / CACHE_FILE
+    temp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries},
+                                   sort_keys=True, separators=(",", ":")))
+        os.replace(temp, target)
+    except OSError:
+        temp.unlink(missing_ok=True)  # a cache that cannot be written costs time, not evidence
+
+
+# --- the run ---------------------------------------------------------------------
+
+def _expand_patterns(ctx: CollectContext, limits: Limits) -> tuple[_Walker, list[Record]]:
+    walker = _Walker(os.fsencode(ctx.root).rstrip(b"/"), limits)
+    records: list[Record] = []
+    for pattern in dict.fromkeys(_patterns(ctx)):
+        host_pattern = _normalize(pattern)
+        if host_pattern is None:
+            records.append(Record(NAME, "no_match", pattern,
+                                  {"pattern": pattern, "reason": "not an absolute path"}))
+            continue
+        records += _pattern_records(walker.expand(pattern, host_pattern), limits)
+    return walker, records
+
+
+def _describe_all(ctx: CollectContext, settings: _Settings, paths: list[bytes],
+                  cache: dict[str, str], limits: Limits, root: bytes) -> list[_Outcome]:
+    names = _Names(ctx)
+    cache_before_ns = time.time_ns() - limits.racy_ns
+    if limits.threads <= 1:
+        describer = _Describer(root, settings, names, cache, None, cache_before_ns)
+        return [describer.describe(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=limits.threads,
+                            thread_name_prefix="gamsa-files-hash") as pool:
+        describer = _Describer(root, settings, names, cache, pool, cache_before_ns)
+        outcomes = [describer.describe(p) for p in paths]
+        for outcome in outcomes:
+            if outcome.pending is not None:
+                _finish_read(outcome, outcome.pending.result())
+                outcome.pending = None
+    return outcomes
+
+
+def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
+    """Records for every configured pattern, and what producing them cost."""
+    limits = limits or Limits()
+    settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
+                         _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES))
+    walker, pattern_records = _expand_patterns(ctx, limits)
+    cache = _load_cache(ctx.state_dir)
+    outcomes = _describe_all(ctx, settings, sorted(walker.found), cache, limits, walker.root)
+
+    stats = ScanStats(matches=len(walker.found))
+    records: list[Record] = []
+    problems = dict(walker.problems)
+    seen: dict[str, str] = {}
+    for outcome in outcomes:
+        if outcome.data is not None:
+            records.append(Record(NAME, "file", outcome.key, outcome.data,
+                                  _time_ns(time.time_ns()) or ""))
+        if outcome.problem is not None:
+            problems[(outcome.problem.type, outcome.problem.key)] = outcome.problem
+        if outcome.cache_key is not None and outcome.data is not None:
+            seen[outcome.cache_key] = outcome.data["sha256"]
+        stats.cache_hits += outcome.cache_hit
+        if outcome.opened:
+            stats.files_read += 1
+            stats.bytes_read += outcome.data["size"] if outcome.data else 0
+    if seen != cache:
+        _save_cache(ctx.state_dir, seen)
+    records += [problems[k] for k in sorted(problems)]
+    return ScanResult(records + pattern_records, stats)
+
+
+def _pattern_records(outcome: _PatternOutcome, limits: Limits) -> list[Record]:
+    records = []
+    if outcome.matches == 0:
+        records.append(Record(NAME, "no_match", outcome.pattern,
+                              {"pattern": outcome.pattern, "reason": "nothing matched"}))
+    reasons = [name for name, hit in (("max_matches", outcome.max_matches_reached),
+                                      ("max_depth", outcome.max_depth_reached)) if hit]
+    if reasons:
+        records.append(Record(NAME, "truncated", outcome.pattern,
+                              {"pattern": outcome.pattern, "reasons": reasons,
+                               "max_matches": limits.max_matches,
+                               "max_depth": limits.max_depth}))
+    return records
+
+
+def collect(ctx: CollectContext) -> list[Record]:
+    return scan(ctx).records
+
+
+_NONE = type(None)
+_PATTERN_DOC = "the configured pattern, as written"
+
+COLLECTOR = Collector(
+    name=NAME,
+    version="1",
+    description="Configured files and globs (`paths`; default: sshd, sudoers, PAM, "
+                "login.defs, security limits, resolver and hosts, nftables, environment "
+                "and proxy settings, nginx and gamsa configs, audit rules, time sync, "
+                "crypttab): metadata from lstat, SHA-256 of regular files (cached across "
+                "runs by device, inode, size, mtime and ctime), and the content of small "
+                "text files with secrets scrubbed. `*`, `?`, `[...]` match within a "
+                "component (dotfiles too), `**` any number of directories; a matched "
+                "directory means itself and everything under it. Symlinks are recorded, "
+                "never followed; FIFOs, sockets and devices are recorded, never opened. "
+                "Options: `paths`, `content_max_bytes` (default 65536), "
+                "`hash_max_bytes` (default 1 GiB).",
+    platforms=("linux", "darwin"),
+    record_types={
+        "file": RecordType(
+            doc="One path matched by a configured pattern.",
+            key="the absolute path on the host; `b64:<base64>` of the raw bytes when the "
+                "name is not UTF-8",
+            fields={
+                "path": Field((str, dict), "the absolute path; `{b64}` when not UTF-8"),
+                "kind": Field((str,), "`file`, `dir`, `symlink`, `fifo`, `socket`, "
+                                      "`char_device`, `block_device` or `other` (from "
+                                      "lstat: a symlink is never followed)"),
+                "size": Field((int, str), "size in bytes from lstat (a decimal string if "
+                                          "above 2^53-1, as a sparse file can be)"),
+                "mode": Field((str,), "permission bits in octal, with setuid/setgid/"
+                                      "sticky, e.g. `0644`, `4755`"),
+                "uid": Field((int,), "owner uid"),
+                "gid": Field((int,), "group gid"),
+                "owner": Field((str, _NONE), "owner name (live: the system's user "
+                                             "database; fixture: the root's /etc/passwd); "
+                                             "null if unknown"),
+                "group": Field((str, _NONE), "group name (as `owner`, from /etc/group); "
+                                             "null if unknown"),
+                "mtime": Field((str, _NONE), "modification time, RFC 3339 UTC; null if "
+                                             "outside the years 1-9999"),
+                "inode": Field((str,), "inode number (a string: it can exceed 2^53)"),
+                "device": Field((str,), "device id (a string: it can exceed 2^53)"),
+                "sha256": Field((str, _NONE), "hex SHA-256 of a regular file's bytes; null "
+                                              "for other kinds and when "
+                                              "`hash_omitted_reason` is set"),
+                "hash_omitted_reason": Field((str, _NONE),
+                                             "why a regular file has no hash: "
+                                             "`over_hash_cap` (larger than "
+                                             "`hash_max_bytes`, default 1 GiB: not read at "
+                                             "all), `unreadable` (see the "
+                                             "`source_unreadable` record), "
+                                             "`changed_during_read` (replaced, or its size "
+                                             "changed, between lstat and the end of the "
+                                             "read); null otherwise"),
+                "symlink_target": Field((str, dict, _NONE),
+                                        "a symlink's target as stored (readlink, never "
+                                        "followed); `{b64}` when not UTF-8; null for "
+                                        "other kinds"),
+                "content": Field((str, _NONE),
+                                 "the text of a regular file of at most "
+                                 "`content_max_bytes` that is valid UTF-8 without NUL "
+                                 "bytes, secrets replaced by `[REDACTED:<kind>]` (see "
+                                 "Secret scrubbing); null otherwise"),
+                "content_redactions": Field((int,), "secrets replaced in `content` (0 when "
+                                                    "there is no content)"),
+                "content_omitted_reason": Field((str, _NONE),
+                                                "why a regular file has no content: "
+                                                "`over_cap` (larger than "
+                                                "`content_max_bytes`: never read for "
+                                                "content), `binary` (not UTF-8, or has a "
+                                                "NUL byte), `unreadable`, "
+                                                "`changed_during_read`; null when content "
+                                                "is captured or the path is not a regular "
+                                                "file"),
+            },
+        ),
+        "no_match": RecordType(
+            doc="A configured pattern that matched nothing, so an auditor sees that an "
+                "expected file is absent.",
+            key="the pattern",
+            fields={
+                "pattern": Field((str,), _PATTERN_DOC),
+                "reason": Field((str,), "`nothing matched`, or `not an absolute path` for a "
+                                        "pattern that was not expanded"),
+            },
+        ),
+        "truncated": RecordType(
+            doc="A pattern whose expansion stopped at a limit; the matches before it are "
+                "recorded.",
+            key="the pattern",
+            fields={
+                "pattern": Field((str,), _PATTERN_DOC),
+                "reasons": Field((list,), "`max_matches` (more matches than `max_matches`) "
+                                          "and/or `max_depth` (directories deeper than "
+                                          "`max_depth` levels below a `**` or a matched "
+                                          "directory were not entered)"),
+                "max_matches": Field((int,), "the per-pattern match limit"),
+                "max_depth": Field((int,), "the directory depth limit"),
+            },
+        ),
+    },
+    collect=collect,
+)
