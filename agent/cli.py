@@ -102,6 +102,11 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     state = StateDir(config.state_dir)
     host_id = resolve_host_id(config.host_id)
     with state.locked():
+        spool = state.usage(config.spool.max_bytes)
+        if spool.over_cap:  # seal only a small record saying so; drop nothing sealed
+            from agent.state import spool_full_collector
+
+            collectors = [spool_full_collector(spool)]
         sealed = seal_collection(config, host_id, collectors, trigger, state)
         ship_error: GamsaError | None = None
         shipped: list[str] = []
@@ -118,6 +123,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "collectors": {r.name: r.status for r in sealed.results},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
+        "spool_over_cap": spool.over_cap,
     }
     if as_json:
         emit_json(summary)
@@ -129,6 +135,9 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    if spool.over_cap:
+        warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
+             f"sealed a spool_full record instead of a collection")
     if ship_error is not None:
         warn(f"sealed and spooled, but shipping failed: {ship_error.diagnostics()} "
              f"({spooled} bundle(s) wait in the spool; `gamsa ship` retries)")
@@ -152,7 +161,8 @@ def ship(config_path: Path | None, as_json: bool) -> None:
         state.recover()
         report = ship_spool(state, store, signer.key_id)
     if as_json:
-        emit_json({"shipped": report.shipped, "store": store.url})
+        emit_json({"shipped": report.shipped, "store": store.url,
+                   "remaining": len(state.entries())})
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
 
@@ -161,29 +171,73 @@ def ship(config_path: Path | None, as_json: bool) -> None:
 @config_option
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Spool depth and bytes, oldest unshipped bundle, chain head."""
+    """Spool, last ship, chain head; exit 1 if the spool is over its cap or the last
+    ship failed."""
+    from agent.ship import agent_status
     from agent.state import StateDir
 
     config = load(config_path)
-    state = StateDir(config.state_dir)
-    entries = state.entries()
-    head = state.read_head()
-    info = {
-        "state_dir": str(config.state_dir), "store": config.store.url,
-        "spool": {"bundles": len(entries), "bytes": sum(e.size() for e in entries),
-                  "max_bytes": config.spool.max_bytes,
-                  "oldest": entries[0].name.manifest_key if entries else None},
-        "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
-                                            "key_id": head.key_id,
-                                            "finished_at": head.finished_at},
-    }
+    info = agent_status(StateDir(config.state_dir), config.store.url, config.spool.max_bytes)
     if as_json:
         emit_json(info)
     else:
-        chain = "none yet" if head is None else f"seq {head.seq} ({head.finished_at})"
-        click.echo(f"chain head: {chain}")
-        click.echo(f"spool: {len(entries)} bundle(s), {info['spool']['bytes']} bytes "  # type: ignore[index]
-                   f"(cap {config.spool.max_bytes})")
+        chain, spool = info["chain"], info["spool"]
+        click.echo("chain head: " + ("none yet" if chain is None
+                                     else f"seq {chain['seq']} ({chain['finished_at']})"))
+        age = spool["oldest_age_seconds"]
+        click.echo(f"spool: {spool['bundles']} bundle(s) waiting, {spool['bytes']} bytes "
+                   f"(cap {spool['max_bytes']})"
+                   + (f", oldest sealed {spool['oldest_sealed_at']} ({age} s ago)"
+                      if spool["bundles"] else ""))
+        success, error = info["last_success"], info["last_error"]
+        click.echo("last success: " + (f"{success['at']} to {success['store']}" if success
+                                       else "none yet"))
+        click.echo("last error: " + (f"{error['at']}: {error['message']}" if error
+                                     else "none"))
+    for problem in info["problems"]:
+        warn(problem)
+    if info["problems"]:
+        sys.exit(FINDINGS)
+
+
+@cli.group("store")
+def store_group() -> None:
+    """The object store."""
+
+
+@store_group.command("init")
+@config_option
+@click.option("--force", is_flag=True,
+              help="Change an existing bucket's versioning and Object Lock settings.")
+@json_option
+def store_init(config_path: Path | None, force: bool, as_json: bool) -> None:
+    """Create the bucket with versioning and Object Lock default retention (s3://)."""
+    from agent.store import open_store
+
+    config = load(config_path)
+    store = open_store(config.store.url, config.store)
+    init = getattr(store, "init_bucket", None)
+    if init is None:
+        path = Path(store.url.removeprefix("file://"))
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            raise GamsaError(f"store {store.url}: cannot create {path}: {exc.strerror}") from exc
+        result: dict[str, Any] = {"store": store.url, "done": [f"directory {path} ready"]}
+    else:
+        result = init(force=force)
+    if as_json:
+        emit_json(result)
+        return
+    if result.get("existed"):
+        click.echo(f"bucket {result['bucket']} exists at {result['endpoint']}")
+    for line in result["done"] or ["nothing to change"]:
+        click.echo(line)
+    if "settings" in result:
+        settings = result["settings"]
+        click.echo(f"versioning {settings['versioning']}, Object Lock "
+                   f"{settings['object_lock']}, default retention "
+                   f"{settings['default_retention'] or 'none'}")
 
 
 # verify / prove --------------------------------------------------------------------

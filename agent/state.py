@@ -6,6 +6,7 @@ Layout under `state_dir` (docs/OPERATIONS.md):
     keys/agent.key            Ed25519 private key, PKCS#8 PEM, 0600
     keys/agent.json           its public key document (shipped to v1/keys/)
     chain.json                chain head: id, seq, manifest sha256, finished_at, key_id
+    status.json               the shipper's last success and last error (`gamsa status`)
     checkpoints.json          collector checkpoints (log offsets) of the sealed head
     checkpoints.next.json     checkpoints of a bundle being sealed; promoted once the
                               head names that bundle, discarded otherwise
@@ -34,7 +35,8 @@ from typing import Any
 
 from agent.crashpoints import crashpoint
 from agent.fsutil import fsync_dir, replace_atomic, write_new_file
-from collector.record import utc_now
+from collector.record import Record, from_epoch, utc_now
+from collector.registry import Collector, Field, RecordType
 from signing.bundle import BundleName, manifest_sha256
 from signing.dsse import parse_envelope, parse_statement
 from signing.errors import GamsaError, StoreError, UsageError
@@ -47,6 +49,7 @@ from signing.keys import (
 RECORDS_FILE = "records.jsonl.gz"
 MANIFEST_FILE = "manifest.dsse.json"
 BUNDLE_FILE = "bundle.json"
+STATUS_FILE = "status.json"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,23 @@ class SpoolEntry:
 
     def size(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir())
+
+    def sealed_at(self) -> str:
+        """When the bundle's collection finished (from its own manifest)."""
+        return str(_chain_of(self.manifest_path.read_bytes())["finished_at"])
+
+
+@dataclass(frozen=True)
+class SpoolUsage:
+    """How much sealed evidence waits in the spool."""
+
+    bundles: int
+    bytes: int
+    max_bytes: int
+
+    @property
+    def over_cap(self) -> bool:
+        return self.bytes > self.max_bytes
 
 
 class StateDir:
@@ -123,7 +143,10 @@ class StateDir:
         if created:
             crashpoint("key created")
         if not self.key_doc_path.exists():
-            doc = key_document(signer.public_key(), host_id, utc_now())
+            # created_at comes from the key file, not the clock: a document rebuilt after
+            # loss must be byte-identical to the one already in the create-only store.
+            created_at = from_epoch(self.key_path.stat().st_mtime)
+            doc = key_document(signer.public_key(), host_id, created_at)
             replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(), 0o644)
         return signer, created
 
@@ -199,6 +222,47 @@ class StateDir:
         found.sort(key=lambda e: (e.name.seq, e.path.name))
         return found
 
+    def usage(self, max_bytes: int, entries: list[SpoolEntry] | None = None) -> SpoolUsage:
+        """Bundles and bytes in the spool (or in `entries`), against the configured cap."""
+        entries = self.entries() if entries is None else entries
+        return SpoolUsage(len(entries), sum(e.size() for e in entries), max_bytes)
+
+    # ship status ------------------------------------------------------------------
+
+    @property
+    def status_path(self) -> Path:
+        return self.root / STATUS_FILE
+
+    def read_status(self) -> dict[str, Any]:
+        """The shipper's status file ({} before the first ship or if unreadable)."""
+        try:
+            status = json.loads(self.status_path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return status if isinstance(status, dict) else {}
+
+    def record_ship(self, *, store: str, shipped: list[str], error: str | None) -> None:
+        """Note a ship run's outcome in the status file (atomic; best effort).
+
+        `last_result` is "ok" or "error"; `last_success` / `last_error` keep the
+        latest of each, so `gamsa status` can say since when shipping fails.
+        """
+        status = self.read_status()
+        now = utc_now()
+        if error is None:
+            status["last_result"] = "ok"
+            status["last_success"] = {"at": now, "store": store, "bundles": len(shipped)}
+            status["failing_since"] = None
+        else:
+            status["last_result"] = "error"
+            status["last_error"] = {"at": now, "store": store, "message": error}
+            status["failing_since"] = status.get("failing_since") or now
+        try:
+            replace_atomic(self.status_path, json.dumps(status, sort_keys=True).encode(),
+                           0o644)
+        except OSError:
+            pass  # the status file is a report; never fail a ship (or hide its error) on it
+
     def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
         """Write a sealed bundle into the spool atomically (temp dir, fsync, rename)."""
         self.ensure()
@@ -241,6 +305,8 @@ class StateDir:
                 shutil.rmtree(path)
         head = self.read_head()
         for entry in self.entries():
+            if entry.name.seq != (1 if head is None else head.seq + 1):
+                continue  # cannot follow the head; skip without reading its manifest
             manifest = entry.manifest_path.read_bytes()
             chain = _chain_of(manifest)
             follows = (
@@ -262,3 +328,30 @@ def _chain_of(manifest: bytes) -> dict[str, Any]:
     predicate = statement["predicate"]
     return {**predicate["chain"], "finished_at": predicate["collection"]["finished_at"],
             "key_id": predicate["agent"]["key_id"]}
+
+
+SPOOL_FULL_TYPE = "spool_full"
+
+
+def spool_full_collector(usage: SpoolUsage) -> Collector:
+    """The stand-in collector sealed when the spool is over its cap.
+
+    Sealing goes on (the chain must not stop), but instead of a full collection the
+    bundle holds one small record saying so; nothing already sealed is dropped.
+    """
+    data = {"spool_bytes": usage.bytes, "max_bytes": usage.max_bytes,
+            "bundles": usage.bundles}
+    return Collector(
+        name="agent",
+        version="1",
+        description="The agent's own condition.",
+        platforms=("linux", "darwin", "win32"),
+        record_types={SPOOL_FULL_TYPE: RecordType(
+            doc="The spool was over its byte cap, so this bundle holds this record "
+                "instead of a collection; shipping has not kept up.",
+            key='"spool"',
+            fields={"spool_bytes": Field((int,), "bytes of sealed bundles waiting"),
+                    "max_bytes": Field((int,), "the configured cap (spool.max_bytes)"),
+                    "bundles": Field((int,), "sealed bundles waiting")})},
+        collect=lambda _ctx: [Record("agent", SPOOL_FULL_TYPE, "spool", dict(data))],
+    )

@@ -201,3 +201,13 @@ def test_store_and_spool_files_are_protected(gamsa_env: GamsaEnv) -> None:
     assert (gamsa_env.state_dir).stat().st_mode & 0o077 == 0
     shutil.rmtree(gamsa_env.store / "v1" / "keys")  # keys in the store are never trusted
     assert verify_json(gamsa_env)[0] == 0
+
+
+def test_lost_key_document_is_rebuilt_identically(gamsa_env: GamsaEnv) -> None:
+    collect(gamsa_env, 1)
+    doc = gamsa_env.state_dir / "keys" / "agent.json"
+    before = doc.read_bytes()
+    doc.unlink()
+    result = gamsa_env.run("collect")  # ships the rebuilt document: must not conflict
+    assert result.returncode == 0 and "shipping failed" not in result.stderr, result.stderr
+    assert doc.read_bytes() == before
