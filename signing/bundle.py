@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from signing.canonical import canonical_bytes, canonical_lines
+from signing.canonical import canonical_bytes, canonical_lines, gc_paused
 from signing.dsse import make_statement, sign_envelope
 from signing.errors import FormatError
 from signing.keys import Signer
@@ -101,7 +101,7 @@ def write_records(records: Iterable[Any]) -> RecordsObject:
     """
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     tree = MerkleBuilder()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-gzip") as pool:
+    with gc_paused(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-gzip") as pool:
         pending: list[Future[bytes]] = []
         for batch in _batches(records, BATCH_RECORDS):
             lines = canonical_lines(batch)

@@ -211,9 +211,13 @@ def parse_canonical(line: bytes) -> Any:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Decoding a batch allocates thousands of containers that all stay alive until the
-    # comparison; the cyclic GC would rescan them again and again (JSON has no cycles).
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC around bulk work on JSON values (which have no cycles).
+
+    A batch of thousands of decoded containers stays alive until it is compared; the
+    GC would rescan them again and again. Wrap a whole loop over batches, not one
+    batch: re-enabling after each batch triggers a collection over the live batch.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -236,8 +240,7 @@ def canonical_lines(values: Sequence[Any]) -> list[bytes]:
     # safe integers, string keys) checks every value in C; the comparison then catches
     # what convert coerces silently (a set or tuple becomes a list).
     try:
-        with _gc_paused():
-            same = msgspec.convert({"items": values}, _BATCH_TYPE, strict=True).items == values
+        same = msgspec.convert({"items": values}, _BATCH_TYPE, strict=True).items == values
     except msgspec.ValidationError:
         same = False
     if not same or (not b"".join(lines).isascii()
@@ -255,16 +258,17 @@ def parse_canonical_lines(lines: Sequence[bytes]) -> tuple[list[Any], dict[int, 
     if _FAST is not None and msgspec is not None and lines:
         blob = b"[" + b",".join(lines) + b"]"
         try:
-            with _gc_paused():
-                values = _DECODER.decode(blob)
+            values = _DECODER.decode(blob)
         except (msgspec.DecodeError, CanonicalError):
             values = None
+        # One encode of the whole list checks every line: with as many values as lines
+        # (no line empty or holding two values), element boundaries are the line
+        # boundaries, so equal bytes mean each line is its value's canonical form.
         if (values is not None and len(values) == len(lines)
                 and _SIXTEEN_ZEROS not in blob.translate(_DIGITS_TO_ZERO)
-                and (blob.isascii() or not _ASTRAL_LEAD.search(blob))):
-            encode = _ENCODER.encode
-            if all(encode(v) == line for v, line in zip(values, lines, strict=True)):
-                return values, {}
+                and (blob.isascii() or not _ASTRAL_LEAD.search(blob))
+                and _ENCODER.encode(values) == blob):
+            return values, {}
     parsed: list[Any] = []
     errors: dict[int, str] = {}
     for index, line in enumerate(lines):

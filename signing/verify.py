@@ -27,7 +27,7 @@ from signing.bundle import (
     manifest_sha256,
     parse_bundle_key,
 )
-from signing.canonical import parse_canonical_lines
+from signing.canonical import gc_paused, parse_canonical_lines
 from signing.dsse import is_exact_gamsa_envelope, parse_statement, verify_envelope
 from signing.errors import FormatError, GamsaError, SignatureError
 from signing.keys import PublicKey
@@ -171,13 +171,14 @@ def check_records(data: bytes, key: str, expected_host: str | None = None,
                                         f"{expected_host}"))
 
     try:
-        for line in iter_record_lines(data, key):
-            batch.append(line)
-            if len(batch) == BATCH_RECORDS:
+        with gc_paused():
+            for line in iter_record_lines(data, key):
+                batch.append(line)
+                if len(batch) == BATCH_RECORDS:
+                    check(batch)
+                    batch = []
+            if batch:
                 check(batch)
-                batch = []
-        if batch:
-            check(batch)
     except FormatError as exc:
         findings.append(Finding(key, "records_unreadable", exc.message))
     return tree.size, tree.root().hex(), findings

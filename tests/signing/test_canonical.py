@@ -116,3 +116,15 @@ def test_batch_rejects_what_single_rejects() -> None:
     parsed, errors = canonical.parse_canonical_lines(lines)
     assert sorted(errors) == [1, 2, 3, 4]
     assert parsed[0] == {"a": 1} and parsed[5] == "x" and parsed[1] is None
+
+
+@pytest.mark.parametrize("lines, bad", [
+    ([b"[1", b"2]"], [0, 1]),  # two lines that only form a value together
+    ([b'"a', b'b"'], [0, 1]),
+    ([b" 1", b"2"], [0]),
+    ([b"1", b""], [1]),
+    ([b"1,2", b"3"], [0]),
+])
+def test_batch_line_boundaries_are_line_boundaries(lines: list[bytes], bad: list[int]) -> None:
+    _, errors = canonical.parse_canonical_lines(lines)
+    assert sorted(errors) == bad
