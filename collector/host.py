@@ -135,7 +135,8 @@ def _kernel(ctx: CollectContext, problems: list[Record]) -> dict[str, Any]:
             "version": None if version is None else record_text(version)}
 
 
-def _interfaces() -> list[dict[str, Any]]:
+def interfaces() -> list[dict[str, Any]]:
+    """Live network interfaces sorted by name: name, mac, addresses, is_up, mtu."""
     addrs = psutil.net_if_addrs()
     stats = psutil.net_if_stats()
     result = []
@@ -283,7 +284,7 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
             cpu_count={"logical": psutil.cpu_count(logical=True),
                        "physical": psutil.cpu_count(logical=False)},
             memory_total_bytes=psutil.virtual_memory().total,
-            interfaces=_interfaces(),
+            interfaces=interfaces(),
         )
     yield from problems
     yield Record(NAME, "host", "" if hostname is None else key_text(hostname), data)

@@ -48,6 +48,7 @@ from collector._linux import (
     unreadable_record,
 )
 from collector._proc import ExeHashCache, process_exe
+from collector.host import interfaces
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
 from collector.scrub import scrub_argv, scrub_text
@@ -453,27 +454,9 @@ def _resolution_records(endpoints: list[Endpoint], matcher: Matcher,
 # --- live: interfaces, sockets, processes ----------------------------------------
 
 def _interface_records() -> list[Record]:
-    addrs = psutil.net_if_addrs()
-    stats = psutil.net_if_stats()
-    records = []
-    for name in sorted(set(addrs) | set(stats)):
-        mac = None
-        addresses = []
-        for addr in addrs.get(name, []):
-            if addr.family == psutil.AF_LINK:
-                mac = addr.address
-            elif addr.family in (socket.AF_INET, socket.AF_INET6):
-                family = "inet" if addr.family == socket.AF_INET else "inet6"
-                addresses.append({"family": family, "address": addr.address,
-                                  "netmask": addr.netmask})
-        addresses.sort(key=lambda a: (a["family"], a["address"]))
-        stat_ = stats.get(name)
-        records.append(Record(NAME, "interface", key_text(name), {
-            "name": record_text(name), "mac": mac, "addresses": addresses,
-            "is_up": None if stat_ is None else stat_.isup,
-            "mtu": None if stat_ is None else stat_.mtu,
-        }))
-    return records
+    # The same facts as the host record's interfaces, one record per interface here.
+    return [Record(NAME, "interface", key_text(iface["name"]),
+                   {**iface, "name": record_text(iface["name"])}) for iface in interfaces()]
 
 
 @dataclass
