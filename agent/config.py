@@ -80,6 +80,8 @@ class StoreConfig:
     connect_timeout: int = 10  # seconds
     read_timeout: int = 60  # seconds
     addressing_style: str = "auto"  # one of ADDRESSING_STYLES
+    max_attempts: int = 6  # tries of one store call (throttling, 5xx, timeouts, resets)
+    retry_max_seconds: int = 60  # time one store call may take, backoff included
 
     @property
     def scheme(self) -> str:
@@ -122,6 +124,8 @@ class LogsConfig:
     """`[collectors.logs]`: log files to tail."""
 
     sources: list[LogSource] = field(default_factory=_default_log_sources)
+    first_read_max_bytes: int = 64 << 20  # a source seen for the first time: its last 64 MiB
+    max_bytes_per_run: int = 16 << 20  # of the current file per run; the rest waits, no gap
 
 
 @dataclass(frozen=True)
@@ -521,6 +525,9 @@ class _Parser:
                                        "store.read_timeout"),
             addressing_style=self.choice(t, p, "addressing_style", d.addressing_style,
                                          ADDRESSING_STYLES),
+            max_attempts=self.positive_int(t, p, "max_attempts", d.max_attempts),
+            retry_max_seconds=self.duration(t.get("retry_max_seconds", d.retry_max_seconds),
+                                            "store.retry_max_seconds"),
         )
 
     def check_store_url(self, url: str) -> None:
@@ -591,10 +598,14 @@ class _Parser:
 
     def logs(self, collectors: Mapping[str, Any]) -> LogsConfig:
         p = "collectors.logs"
-        t = self.table(collectors, "collectors", "logs", ("sources",))
+        t = self.table(collectors, "collectors", "logs",
+                       ("sources", "first_read_max_bytes", "max_bytes_per_run"))
+        d = LogsConfig()
+        limits = {name: self.size(t.get(name, getattr(d, name)), f"{p}.{name}")
+                  for name in ("first_read_max_bytes", "max_bytes_per_run")}
         raw = t.get("sources")
         if raw is None:
-            return LogsConfig()
+            return LogsConfig(**limits)
         self.typed(raw, f"{p}.sources", list, "array")
         sources = []
         for index, entry in enumerate(raw):
@@ -611,7 +622,7 @@ class _Parser:
                 format=self.choice(entry, key, "format", "", LOG_FORMATS),
                 kind=self.string(entry, key, "kind", ""),
             ))
-        return LogsConfig(sources=sources)
+        return LogsConfig(sources=sources, **limits)
 
     def schedule(self, doc: Mapping[str, Any]) -> ScheduleConfig:
         p = "schedule"

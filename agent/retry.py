@@ -43,10 +43,12 @@ class RetryPolicy:
         return ceiling * rng()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RetryPolicy:
-        """The defaults, with any `GAMSA_STORE_*` override applied."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 default: RetryPolicy | None = None) -> RetryPolicy:
+        """`default` (the config's policy, else the built-in one), with any
+        `GAMSA_STORE_*` override applied."""
         env = os.environ if env is None else env
-        default = cls()
+        default = default or cls()
 
         def number(name: str, fallback: float, minimum: float) -> float:
             raw = env.get(name, "")

@@ -164,7 +164,9 @@ class S3Store:
         self.url = url.rstrip("/")
         self.bucket, self.prefix = parse_s3_url(url)
         self.config = config
-        self.retry = retry or RetryPolicy.from_env()
+        configured = None if config is None else RetryPolicy(
+            max_attempts=config.max_attempts, max_seconds=float(config.retry_max_seconds))
+        self.retry = retry or RetryPolicy.from_env(default=configured)
         self.multipart_threshold = multipart_threshold or _env_size(
             ENV_MULTIPART_THRESHOLD, MULTIPART_THRESHOLD)
         self.part_size = max(MIN_PART_SIZE, part_size or _env_size(ENV_PART_SIZE, PART_SIZE))

@@ -58,7 +58,9 @@ def collect_context(config: Config, state: StateDir) -> CollectContext:
                   "hash_max_bytes": c.files.hash_max_bytes},
         "network": {"ai_endpoints": list(c.network.ai_endpoints)},
         "logs": {"sources": [{"path": s.path, "format": s.format, "kind": s.kind}
-                             for s in c.logs.sources]},
+                             for s in c.logs.sources],
+                 "first_read_max_bytes": c.logs.first_read_max_bytes,
+                 "max_bytes_per_run": c.logs.max_bytes_per_run},
     }
     state.cache.mkdir(mode=0o700, exist_ok=True)
     return CollectContext(options=options, state_dir=state.root)

@@ -101,3 +101,18 @@ def test_botocore_makes_one_try_per_call_so_tries_never_multiply(
         store.put("k", b"x", "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")
     assert fault_proxy.counts["slowdown"] == 4
     assert "after 4 tries" in caught.value.message and "SlowDown" in caught.value.message
+
+
+def test_config_sets_the_retry_policy_and_environment_overrides_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import StoreConfig
+    from agent.s3_store import S3Store
+
+    for name in ("GAMSA_STORE_MAX_ATTEMPTS", "GAMSA_STORE_RETRY_MAX_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    config = StoreConfig(url="s3://b/p", max_attempts=2, retry_max_seconds=7)
+    store = S3Store("s3://b/p", config)
+    assert (store.retry.max_attempts, store.retry.max_seconds) == (2, 7.0)
+    monkeypatch.setenv("GAMSA_STORE_MAX_ATTEMPTS", "9")
+    store = S3Store("s3://b/p", config)
+    assert (store.retry.max_attempts, store.retry.max_seconds) == (9, 7.0)
