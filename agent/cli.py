@@ -102,11 +102,6 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     state = StateDir(config.state_dir)
     host_id = resolve_host_id(config.host_id)
     with state.locked():
-        spool = state.usage(config.spool.max_bytes)
-        if spool.over_cap:  # seal only a small record saying so; drop nothing sealed
-            from agent.state import spool_full_collector
-
-            collectors = [spool_full_collector(spool)]
         sealed = seal_collection(config, host_id, collectors, trigger, state)
         ship_error: GamsaError | None = None
         shipped: list[str] = []
@@ -123,7 +118,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "collectors": {r.name: r.status for r in sealed.results},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
-        "spool_over_cap": spool.over_cap,
+        "spool_over_cap": sealed.spool.over_cap,
     }
     if as_json:
         emit_json(summary)
@@ -135,6 +130,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    spool = sealed.spool
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
              f"sealed a spool_full record instead of a collection")

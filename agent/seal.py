@@ -16,7 +16,7 @@ from agent import __version__
 from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.identity import host_description
-from agent.state import ChainHead, SpoolEntry, StateDir
+from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
 from collector.privacy import load_pseudonym_key, pseudonymize
 from collector.record import utc_now
 from collector.registry import CollectContext, Collector, CollectorResult, run_collector
@@ -34,6 +34,7 @@ class Sealed:
     results: list[CollectorResult]
     record_count: int
     genesis_reason: str | None
+    spool: SpoolUsage  # before this bundle; over its cap: only a spool_full record was sealed
 
 
 def new_collection_id(now: dt.datetime) -> str:
@@ -74,6 +75,9 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                    if config.privacy.pseudonymize else None)
     signer, key_created = state.signer(host_id)
     head = state.recover()
+    spool = state.usage(config.spool.max_bytes)
+    if spool.over_cap:  # seal only a small record saying so; drop nothing already sealed
+        collectors = [spool_full_collector(spool)]
     checkpoints = state.load_checkpoints(head)
     ctx = context or collect_context(config, state)
     ctx.checkpoints = checkpoints
@@ -129,4 +133,4 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     state.write_head(new_head)
     crashpoint("chain head written")
     state.commit_checkpoints()
-    return Sealed(entry, new_head, results, records_object.count, reason)
+    return Sealed(entry, new_head, results, records_object.count, reason, spool)
