@@ -123,7 +123,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     if as_json:
         emit_json(summary)
     else:
-        statuses = ", ".join(f"{n} {s}" for n, s in summary["collectors"].items())
+        statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results)
         click.echo(f"sealed {host_id} seq {sealed.head.seq}: {sealed.record_count} records "
                    f"({statuses})")
         if sealed.genesis_reason:

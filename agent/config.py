@@ -601,11 +601,13 @@ class _Parser:
         t = self.table(collectors, "collectors", "logs",
                        ("sources", "first_read_max_bytes", "max_bytes_per_run"))
         d = LogsConfig()
-        limits = {name: self.size(t.get(name, getattr(d, name)), f"{p}.{name}")
-                  for name in ("first_read_max_bytes", "max_bytes_per_run")}
+        first_read = self.size(t.get("first_read_max_bytes", d.first_read_max_bytes),
+                               f"{p}.first_read_max_bytes")
+        per_run = self.size(t.get("max_bytes_per_run", d.max_bytes_per_run),
+                            f"{p}.max_bytes_per_run")
         raw = t.get("sources")
         if raw is None:
-            return LogsConfig(**limits)
+            return LogsConfig(first_read_max_bytes=first_read, max_bytes_per_run=per_run)
         self.typed(raw, f"{p}.sources", list, "array")
         sources = []
         for index, entry in enumerate(raw):
@@ -622,7 +624,8 @@ class _Parser:
                 format=self.choice(entry, key, "format", "", LOG_FORMATS),
                 kind=self.string(entry, key, "kind", ""),
             ))
-        return LogsConfig(sources=sources, **limits)
+        return LogsConfig(sources=sources, first_read_max_bytes=first_read,
+                          max_bytes_per_run=per_run)
 
     def schedule(self, doc: Mapping[str, Any]) -> ScheduleConfig:
         p = "schedule"
