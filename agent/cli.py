@@ -292,6 +292,8 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     trusted = _trusted_keys(config, trust)
     result = verify_store(store, trusted, host,
                           _progress_bar(sys.stderr.isatty() and not as_json))
+    if store.url == open_store(config.store.url, config.store).url:
+        result.findings.extend(_truncation_findings(config, result, host))
     if as_json:
         emit_json({"store": store.url, **result.as_dict()})
     else:
@@ -304,6 +306,35 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
                    f"{errors} error finding(s) in {store.url}")
     if not result.ok:
         sys.exit(FINDINGS)
+
+
+def _truncation_findings(config: Config, result: Any, host: str | None) -> list[Any]:
+    """What only this host can tell: has its own store lost the newest bundles?
+
+    The store alone cannot show its last bundles being deleted. On the agent's host,
+    the chain head says how far the chain goes and the spool what is not shipped yet;
+    everything before the oldest spooled bundle must be in the store.
+    """
+    from agent.identity import resolve_host_id
+    from agent.state import StateDir
+    from signing.verify import Finding
+
+    state = StateDir(config.state_dir)
+    if not state.chain_path.exists():
+        return []
+    head = state.read_head()
+    host_id = resolve_host_id(config.host_id)
+    if head is None or (host is not None and host != host_id):
+        return []
+    spooled = [e.name.seq for e in state.entries() if e.name.host_id == host_id]
+    shipped_up_to = min(spooled) - 1 if spooled else head.seq
+    in_store = max((b.seq for b in result.bundles if b.chain_id == head.chain_id
+                    and b.name.host_id == host_id), default=0)
+    if in_store >= shipped_up_to:
+        return []
+    return [Finding(f"v1/host={host_id}/", "chain_truncated",
+                    f"this host's chain {head.chain_id} has shipped up to seq {shipped_up_to} "
+                    f"(head {head.seq}), but the store ends at seq {in_store}")]
 
 
 def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:

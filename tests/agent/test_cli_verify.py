@@ -211,3 +211,25 @@ def test_lost_key_document_is_rebuilt_identically(gamsa_env: GamsaEnv) -> None:
     result = gamsa_env.run("collect")  # ships the rebuilt document: must not conflict
     assert result.returncode == 0 and "shipping failed" not in result.stderr, result.stderr
     assert doc.read_bytes() == before
+
+
+def test_deleting_the_newest_bundle_is_caught_on_the_agent_host(gamsa_env: GamsaEnv) -> None:
+    """The store alone cannot show truncation; the host's chain head can."""
+    collect(gamsa_env, 3)
+    for suffix in (".manifest.dsse.json", ".records.jsonl.gz"):
+        objects(gamsa_env, suffix)[-1].unlink()
+    code, report = verify_json(gamsa_env)
+    assert code == 1
+    (finding,) = [f for f in report["findings"] if f["code"] == "chain_truncated"]
+    assert "shipped up to seq 3" in finding["message"] and "ends at seq 2" in finding["message"]
+    # Bundles still in the spool (not shipped yet) are not counted as missing.
+    result = gamsa_env.run("collect", "--no-ship")
+    assert result.returncode == 0
+    assert "chain_truncated" in gamsa_env.run("verify").stdout  # seq 3 is still gone
+
+
+def test_unshipped_bundles_are_not_truncation(gamsa_env: GamsaEnv) -> None:
+    collect(gamsa_env, 1)
+    assert gamsa_env.run("collect", "--no-ship").returncode == 0
+    code, report = verify_json(gamsa_env)
+    assert code == 0, report["findings"]
