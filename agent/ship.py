@@ -37,14 +37,19 @@ class ShipReport:
     remaining: int = 0
 
 
+def _confirm(store: Store, key: str, size: int) -> None:
+    """HEAD the object just put; raise unless it is there with the expected size."""
+    info = store.head(key)
+    if info is None or info.size != size:
+        found = "missing" if info is None else f"{info.size} bytes"
+        raise StoreError(f"store {store.url}: {key} not confirmed after upload "
+                         f"({found}, expected {size} bytes)")
+
+
 def _put(store: Store, key: str, data: bytes, confirm: bool) -> None:
     store.put(key, data, hashlib.sha256(data).hexdigest())
     if confirm:
-        info = store.head(key)
-        if info is None or info.size != len(data):
-            found = "missing" if info is None else f"{info.size} bytes"
-            raise StoreError(f"store {store.url}: {key} not confirmed after upload "
-                             f"({found}, expected {len(data)} bytes)")
+        _confirm(store, key, len(data))
 
 
 def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
@@ -114,11 +119,7 @@ def _ship_pipelined(state: StateDir, store: Store, entries: list[SpoolEntry],
                 queued += 1
 
         def confirm(entry: SpoolEntry, manifest: bytes) -> None:
-            info = store.head(entry.name.manifest_key)
-            if info is None or info.size != len(manifest):
-                found = "missing" if info is None else f"{info.size} bytes"
-                raise StoreError(f"store {store.url}: {entry.name.manifest_key} not confirmed "
-                                 f"after upload ({found}, expected {len(manifest)} bytes)")
+            _confirm(store, entry.name.manifest_key, len(manifest))
             state.remove_entry(entry)
 
         def collect_confirmed(block: bool) -> None:
@@ -135,8 +136,7 @@ def _ship_pipelined(state: StateDir, store: Store, entries: list[SpoolEntry],
                 fill()
                 crashpoint("records shipped")
                 manifest = entry.manifest_path.read_bytes()
-                store.put(entry.name.manifest_key, manifest,
-                          hashlib.sha256(manifest).hexdigest())
+                _put(store, entry.name.manifest_key, manifest, confirm=False)  # HEAD below
                 crashpoint("manifest shipped")
                 confirms.append((entry, pool.submit(confirm, entry, manifest)))
                 collect_confirmed(block=False)
