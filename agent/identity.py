@@ -9,19 +9,15 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from collector import host as host_collector
+from collector.registry import CollectContext
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def machine_id_sha256(root: Path = Path("/")) -> str | None:
     """SHA-256 of /etc/machine-id (never the id itself), or None where absent."""
-    for candidate in ("etc/machine-id", "var/lib/dbus/machine-id"):
-        try:
-            raw = (root / candidate).read_bytes().strip()
-        except OSError:
-            continue
-        if raw:
-            return hashlib.sha256(raw).hexdigest()
-    return None
+    return host_collector.machine_id_sha256(CollectContext(root=root), [])
 
 
 def auto_host_id() -> str:

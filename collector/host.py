@@ -97,8 +97,9 @@ def _hostname(ctx: CollectContext, problems: list[Record]) -> str | None:
     return _first_line(_read_first(ctx, ("/etc/hostname",), problems))
 
 
-def _machine_id_sha256(ctx: CollectContext, problems: list[Record]) -> str | None:
-    """Hash as `agent.identity` computes it, so the two always agree."""
+def machine_id_sha256(ctx: CollectContext, problems: list[Record]) -> str | None:
+    """SHA-256 of the machine id (never the id itself); `agent.identity` uses this
+    too, so the host record and the manifest's host always agree."""
     if not _reads_linux_files(ctx):
         return None
     raw = _read_first(ctx, _MACHINE_ID, problems)
@@ -269,7 +270,7 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     hostname = _hostname(ctx, problems)
     data: dict[str, Any] = {
         "hostname": None if hostname is None else record_text(hostname),
-        "machine_id_sha256": _machine_id_sha256(ctx, problems),
+        "machine_id_sha256": machine_id_sha256(ctx, problems),
         "os": _os(ctx, problems),
         "kernel": _kernel(ctx, problems),
         "boot_time": None,
