@@ -1,7 +1,9 @@
-"""The `s3://BUCKET/PREFIX` store: any S3-compatible endpoint, create-only, via boto3.
+"""The `s3://BUCKET/PREFIX` store: any S3-compatible endpoint, create-only, via botocore.
 
-The only module of gamsa that imports boto3; `agent.store.open_store` imports it
-when a store URL says `s3://`, so `gamsa --help` and file:// users never pay for it.
+The only module of gamsa that imports boto3's botocore; `agent.store.open_store`
+imports it when a store URL says `s3://`, so `gamsa --help` and file:// users
+never pay for it. It uses botocore's session and client directly: boto3 adds
+nothing this store uses (its transfer manager, resources) but start-up time.
 
 Create-only on a versioned, Object-Locked bucket:
 
@@ -15,7 +17,15 @@ Create-only on a versioned, Object-Locked bucket:
   date of now + `retention_days`; `head` of an object this store just wrote
   checks that the server applied at least that (where the server reports it);
 - objects over `multipart_threshold` (64 MiB) go multipart, each part with its
-  own SHA-256 checksum, completed with `If-None-Match: *`.
+  own SHA-256 checksum, completed with `If-None-Match: *`;
+- `put_file` stores a file whose bytes must hash to a given digest (the shipper
+  passes the one its signed manifest names): small files are hashed before the
+  PUT; large ones are read once, part by part, hashing while the parts upload,
+  and the upload is completed only if the whole file had that digest, so bytes
+  that differ from the manifest never become an object;
+- `head` asks for the object's checksum (`x-amz-checksum-mode: ENABLED`) and
+  reports it as `sha256` for single-part objects, so a caller can confirm the
+  server holds the checksum it was sent.
 
 One try per boto3 call (botocore's retries are off) inside our own loop
 (`agent.retry`): backoff with full jitter on throttling (SlowDown, 503), 5xx,
@@ -30,19 +40,21 @@ import base64
 import collections
 import datetime as dt
 import hashlib
+import io
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import boto3  # type: ignore[import-untyped]
 import botocore.exceptions as bx  # type: ignore[import-untyped]
+import botocore.session  # type: ignore[import-untyped]
 from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 
 from agent.retry import RetriesExhausted, RetryPolicy, call_with_retry
-from agent.store import ObjectInfo
+from agent.store import DigestMismatchError, ObjectInfo
 from signing.errors import ConflictError, StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -55,6 +67,11 @@ MULTIPART_THRESHOLD = 64 * MIB
 PART_SIZE = 16 * MIB
 MIN_PART_SIZE = 5 * MIB  # S3's floor for every part but the last
 PART_WORKERS = 8
+# botocore sends `Expect: 100-continue` with every PUT body: one more round trip
+# (headers, wait for "100 Continue", then the body) before the server can answer.
+# That wait only pays off for a body large enough not to send in vain (a refused
+# multipart part); below this size the header is dropped.
+EXPECT_CONTINUE_MIN_BYTES = 1 * 1024 * 1024
 # Uploads the shipper may run at once (records ahead of the manifests it commits in order).
 CONCURRENCY = 8
 ENV_MULTIPART_THRESHOLD = "GAMSA_STORE_MULTIPART_THRESHOLD"
@@ -79,12 +96,16 @@ REMEMBER_WRITES = 1024
 
 @dataclass(frozen=True)
 class S3ObjectInfo(ObjectInfo):
-    """What HEAD tells of an S3 object, retention included when the server reports it."""
+    """What HEAD tells of an S3 object, retention and checksum included when the
+    server reports them. `sha256` (hex) is the server's SHA-256 checksum of a
+    single-part object; `checksum_sha256` is the checksum as reported (base64, for
+    a multipart object the checksum of its parts' checksums, any "-N" removed)."""
 
     version_id: str | None = None
     lock_mode: str | None = None
     retain_until: dt.datetime | None = None
     sse: str | None = None
+    checksum_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,12 +148,48 @@ def retryable(exc: BaseException) -> bool:
                       | ConnectionError | TimeoutError)
 
 
+def _drop_small_expect(request: Any, **_: Any) -> None:
+    """botocore `before-send` hook: no `Expect: 100-continue` for small bodies.
+
+    Must return None: a value returned from `before-send` is taken as the response.
+    """
+    headers = request.headers
+    if "Expect" in headers:
+        try:
+            length = int(headers.get("Content-Length") or 0)
+        except ValueError:
+            return
+        if length < EXPECT_CONTINUE_MIN_BYTES:
+            del headers["Expect"]
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
 def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+def _hex(b64_digest: str) -> str | None:
+    try:
+        raw = base64.b64decode(b64_digest, validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def _reported_sha256(response: dict[str, Any]) -> tuple[str | None, bool]:
+    """(the SHA-256 checksum a HEAD reported, base64 without any "-N"; whether it is a
+    single-part object's, i.e. the SHA-256 of its bytes)."""
+    value = response.get("ChecksumSHA256")
+    if not isinstance(value, str) or not value:
+        return None, False
+    checksum, dash, _ = value.partition("-")
+    etag = str(response.get("ETag", "")).strip('"')
+    single = (not dash and "-" not in etag
+              and response.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT")
+    return checksum, single
 
 
 def _env_size(name: str, default: int) -> int:
@@ -210,11 +267,17 @@ class S3Store:
             user_agent_extra="gamsa",
         )
         try:
-            session = boto3.Session(profile_name=(c.profile or None) if c else None,
-                                    region_name=(c.region or None) if c else None)
-            return session.client(
+            # What boto3.Session(profile_name=..., region_name=...).client("s3") does.
+            session = botocore.session.get_session()
+            if c and c.profile:
+                session.set_config_variable("profile", c.profile)
+            if c and c.region:
+                session.set_config_variable("region", c.region)
+            client = session.create_client(
                 "s3", endpoint_url=(c.endpoint_url or None) if c else None,
                 verify=(c.ca_bundle or True) if c else True, config=boto_config)
+            client.meta.events.register("before-send.s3", _drop_small_expect)
+            return client
         except bx.ProfileNotFound as exc:
             raise StoreError(f"store {self.url}: credentials profile "
                              f"{c.profile if c else ''!r} not found",
@@ -309,30 +372,59 @@ class S3Store:
 
     def put(self, key: str, data: bytes, sha256: str) -> bool:
         """Create `key` with `data`; False if it already holds the same bytes."""
+        if len(data) > self.multipart_threshold:
+            return self._put_stream(key, io.BytesIO(data), len(data), sha256)
+        return self._put_single(key, data, sha256)
+
+    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+        """Create `key` from the file at `path`, whose bytes must hash to `sha256`.
+
+        Raises `DigestMismatchError` if they do not; nothing is stored then. A
+        large file is read once: the parts upload while it is read and hashed.
+        """
+        with path.open("rb") as source:
+            size = os.fstat(source.fileno()).st_size
+            if size > self.multipart_threshold:
+                return self._put_stream(key, source, size, sha256, path=str(path))
+            data = source.read()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise DigestMismatchError(str(path), actual, sha256)
+        return self._put_single(key, data, sha256)
+
+    def _put_single(self, key: str, data: bytes, sha256: str) -> bool:
+        """One create-only PUT of `data`, whose SHA-256 the caller has checked."""
         full = self._full(key)
         params = self._put_params()
-        if len(data) > self.multipart_threshold:
-            written = self._put_multipart(key, full, data, sha256, params)
-        else:
-            def attempt() -> bool:
-                try:
-                    self._client.put_object(
-                        Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*",
-                        ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256),
-                        ContentLength=len(data), **params)
-                except bx.ClientError as exc:
-                    if _precondition_failed(exc):
-                        return False
-                    raise
-                return True
 
-            written = self._call(f"put {key}", attempt)
-        if not written:
+        def attempt() -> bool:
+            try:
+                self._client.put_object(
+                    Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*",
+                    ChecksumAlgorithm="SHA256", ChecksumSHA256=_b64(sha256),
+                    ContentLength=len(data), **params)
+            except bx.ClientError as exc:
+                if _precondition_failed(exc):
+                    return False
+                raise
+            return True
+
+        if not self._call(f"put {key}", attempt):
             self._check_existing(key, full, sha256)
             return False
         if "ObjectLockMode" in params:
             self._remember(key, _Asked(len(data), params["ObjectLockMode"],
                                        params["ObjectLockRetainUntilDate"]))
+        return True
+
+    def _put_stream(self, key: str, source: BinaryIO, size: int, sha256: str,
+                    path: str | None = None) -> bool:
+        """A large object, multipart; False if it already holds the same bytes."""
+        full = self._full(key)
+        params = self._put_params()
+        if not self._put_multipart(key, full, source, size, sha256, params, path or key):
+            self._check_existing(key, full, sha256)
+            return False
         return True
 
     def _remember(self, key: str, asked: _Asked) -> None:
@@ -377,14 +469,14 @@ class S3Store:
         return self._call(f"read {key}", attempt)
 
     def head(self, key: str) -> S3ObjectInfo | None:
-        """The object's size and retention; for an object this store just wrote, also
-        a check that the server applied the retention the put asked for."""
+        """The object's size, checksum and retention; for an object this store just
+        wrote, also a check that the server applied the retention the put asked for."""
         full = self._full(key)
 
         def attempt() -> dict[str, Any] | None:
             try:
-                response: dict[str, Any] = self._client.head_object(Bucket=self.bucket,
-                                                                    Key=full)
+                response: dict[str, Any] = self._client.head_object(
+                    Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
             except bx.ClientError as exc:
                 if _status(exc) == 404 or _code(exc) in ("404", "NoSuchKey", "NotFound"):
                     return None
@@ -395,10 +487,12 @@ class S3Store:
         if response is None:
             return None
         until = response.get("ObjectLockRetainUntilDate")
-        info = S3ObjectInfo(key, int(response.get("ContentLength", -1)), None,
+        checksum, single_part = _reported_sha256(response)
+        info = S3ObjectInfo(key, int(response.get("ContentLength", -1)),
+                            _hex(checksum) if checksum and single_part else None,
                             response.get("VersionId"), response.get("ObjectLockMode"),
                             until if isinstance(until, dt.datetime) else None,
-                            response.get("ServerSideEncryption"))
+                            response.get("ServerSideEncryption"), checksum)
         with self._lock:
             asked = self._asked.pop(key, None)
         if asked is not None:
@@ -438,33 +532,61 @@ class S3Store:
 
     # multipart --------------------------------------------------------------------
 
-    def _put_multipart(self, key: str, full: str, data: bytes, sha256: str,
-                       params: dict[str, Any]) -> bool:
-        """Upload a large object in parts, each with its SHA-256; False if it existed."""
+    def _put_multipart(self, key: str, full: str, source: BinaryIO, size: int, sha256: str,
+                       params: dict[str, Any], origin: str) -> bool:
+        """Upload `source` in parts, each with its SHA-256; False if the key existed.
+
+        `source` is read once, in order, one part at a time: each part is added to
+        the SHA-256 of the whole and handed to a worker that hashes and uploads it,
+        so reading, hashing and uploading overlap, with at most PART_WORKERS parts
+        held in memory. The upload is completed only if the whole hashed to
+        `sha256`; otherwise it is aborted (`DigestMismatchError`) and no object is
+        created. After completion a HEAD confirms the size, the composite checksum
+        of our parts (where the server reports it) and the retention.
+        """
         if self._exists(full):
             return False  # the caller compares our hash of the stored bytes
         upload = self._call(f"start upload of {key}", lambda: self._client.create_multipart_upload(
             Bucket=self.bucket, Key=full, ChecksumAlgorithm="SHA256", **params))
         upload_id: str = upload["UploadId"]
-        view = memoryview(data)
-        bounds = [(n + 1, offset, min(offset + self.part_size, len(data)))
-                  for n, offset in enumerate(range(0, len(data), self.part_size))]
 
-        def send(part: tuple[int, int, int]) -> dict[str, Any]:
-            number, start, end = part
-            body = bytes(view[start:end])
-            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        def send(number: int, body: bytes) -> tuple[dict[str, Any], bytes]:
+            digest = hashlib.sha256(body).digest()
+            checksum = base64.b64encode(digest).decode()
             response = self._call(f"upload part {number} of {key}",
                                   lambda: self._client.upload_part(
                                       Bucket=self.bucket, Key=full, UploadId=upload_id,
                                       PartNumber=number, Body=body, ChecksumSHA256=checksum,
                                       ChecksumAlgorithm="SHA256", ContentLength=len(body)))
-            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+            return ({"PartNumber": number, "ETag": response["ETag"],
+                     "ChecksumSHA256": checksum}, digest)
 
         try:
-            with ThreadPoolExecutor(max_workers=min(PART_WORKERS, len(bounds)),
+            whole = hashlib.sha256()
+            read = 0
+            sent: list[Future[tuple[dict[str, Any], bytes]]] = []
+            with ThreadPoolExecutor(max_workers=PART_WORKERS,
                                     thread_name_prefix="gamsa-part") as pool:
-                parts = list(pool.map(send, bounds))
+                try:
+                    while body := source.read(self.part_size):
+                        whole.update(body)  # hashlib drops the GIL: parts upload meanwhile
+                        read += len(body)
+                        sent.append(pool.submit(send, len(sent) + 1, body))
+                        del body  # only the workers hold parts in memory
+                        while sum(not f.done() for f in sent) >= PART_WORKERS:
+                            wait(sent, return_when=FIRST_COMPLETED)
+                        for future in sent:  # fail fast on a part that gave up
+                            if future.done() and future.exception() is not None:
+                                future.result()
+                    results = [future.result() for future in sent]
+                except BaseException:
+                    for future in sent:
+                        future.cancel()
+                    raise
+            actual = whole.hexdigest()
+            if actual != sha256 or read != size:
+                raise DigestMismatchError(origin, actual, sha256)
+            parts = [part for part, _ in results]
 
             def complete() -> bool:
                 try:
@@ -486,16 +608,26 @@ class S3Store:
         if not written:
             return False
         info = self.head(key)
-        if info is None or info.size != len(data):
+        if info is None or info.size != size:
             raise StoreError(f"store {self.url}: {key} not confirmed after multipart upload "
                              f"({'missing' if info is None else f'{info.size} bytes'}, "
-                             f"expected {len(data)})")
-        if "ObjectLockMode" in params and info.lock_mode is None:
-            # Some servers do not apply retention given at CreateMultipartUpload.
-            retention = {"Mode": params["ObjectLockMode"],
-                         "RetainUntilDate": params["ObjectLockRetainUntilDate"]}
-            self._call(f"set retention of {key}", lambda: self._client.put_object_retention(
-                Bucket=self.bucket, Key=full, Retention=retention))
+                             f"expected {size})")
+        composite = base64.b64encode(
+            hashlib.sha256(b"".join(digest for _, digest in results)).digest()).decode()
+        if info.checksum_sha256 is not None and info.checksum_sha256 != composite:
+            raise StoreError(f"store {self.url}: {key} reports checksum "
+                             f"{info.checksum_sha256} after multipart upload, not the "
+                             f"{composite} of the parts sent")
+        if "ObjectLockMode" in params:
+            asked = _Asked(size, params["ObjectLockMode"], params["ObjectLockRetainUntilDate"])
+            if info.lock_mode is None:
+                # Some servers do not apply retention given at CreateMultipartUpload.
+                retention = {"Mode": asked.mode, "RetainUntilDate": asked.retain_until}
+                self._call(f"set retention of {key}",
+                           lambda: self._client.put_object_retention(
+                               Bucket=self.bucket, Key=full, Retention=retention))
+            else:
+                self._check_retention(key, info, asked)
         return True
 
     def _exists(self, full: str) -> bool:

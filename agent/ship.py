@@ -1,13 +1,16 @@
 """The shipper: moves sealed bundles from the spool to the store, in seq order.
 
 Per bundle: the records object, then the manifest (the commit mark), each
-create-only; a HEAD confirms the manifest (size, and on S3 the retention the put
-asked for); only then is the spool entry removed. The agent's public key document
-goes first, once per run. A crash anywhere repeats at most a put of identical
-bytes, which the store treats as success, so a resumed run neither conflicts nor
-duplicates. Retries (backoff with jitter, bounded) happen inside the store; an
-error that outlasts them stops the run at that bundle, leaving it and every later
-one in the spool.
+create-only; a HEAD confirms the manifest (size, checksum, and on S3 the retention
+the put asked for); only then is the spool entry removed. Before its records
+object is stored, the spooled records file is hashed and compared with the digest
+its signed manifest names: bytes that changed in the spool are never stored, and
+the run stops at that bundle. The agent's public key document is stored before
+the first manifest, once per run. A crash anywhere repeats at most a put of
+identical bytes, which the store treats as success, so a resumed run neither
+conflicts nor duplicates. Retries (backoff with jitter, bounded) happen inside the
+store; an error that outlasts them stops the run at that bundle, leaving it and
+every later one in the spool.
 
 Each run that had something to ship notes its outcome in the state dir's status
 file, which `gamsa status` reads.
@@ -15,6 +18,8 @@ file, which `gamsa status` reads.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -23,12 +28,18 @@ from typing import Any
 
 from agent.crashpoints import crashpoint
 from agent.state import SpoolEntry, StateDir
-from agent.store import Store
-from signing.errors import GamsaError, StoreError
+from agent.store import DigestMismatchError, Store, put_file
+from signing.dsse import parse_envelope, parse_statement
+from signing.errors import FINDINGS, GamsaError, StoreError
 from signing.keys import key_object_name
 
 # Records bytes read into memory for uploads running ahead (one object always may).
 MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
+# Threads confirming manifests (HEAD) and removing their spool entries, beside the
+# records uploads. One keeps up with the manifest puts (a HEAD costs what a PUT
+# does), and every extra concurrent request only slows the commit chain down.
+CONFIRM_WORKERS = 1
+KEEP_HINT = "the entry is kept in the spool; investigate (disk fault or tampering)"
 
 
 @dataclass
@@ -37,19 +48,73 @@ class ShipReport:
     remaining: int = 0
 
 
-def _confirm(store: Store, key: str, size: int) -> None:
-    """HEAD the object just put; raise unless it is there with the expected size."""
+@dataclass(frozen=True)
+class _Staged:
+    """A bundle whose records object is stored: its manifest, ready to commit."""
+
+    entry: SpoolEntry
+    manifest: bytes
+    sha256: str
+
+
+def _signed_records_digest(entry: SpoolEntry, manifest: bytes) -> str:
+    """The records digest the spooled manifest signs (its subject), checked to name
+    this bundle's records object. The signature itself is checked by `verify`."""
+    try:
+        envelope = parse_envelope(manifest)
+        subject = parse_statement(base64.b64decode(envelope["payload"]))["subject"][0]
+    except (GamsaError, binascii.Error, ValueError) as exc:
+        detail = exc.message if isinstance(exc, GamsaError) else str(exc)
+        raise GamsaError(f"spool entry {entry.path}: the manifest is unreadable ({detail})",
+                         hint=KEEP_HINT, exit_code=FINDINGS) from exc
+    if subject["name"] != entry.name.records_key:
+        raise GamsaError(f"spool entry {entry.path}: the manifest signs "
+                         f"{subject['name']!r}, not {entry.name.records_key!r}",
+                         hint=KEEP_HINT, exit_code=FINDINGS)
+    digest: str = subject["digest"]["sha256"]
+    return digest
+
+
+def _store_records(store: Store, entry: SpoolEntry) -> _Staged:
+    """Store the records object, verified against its signed manifest; the manifest."""
+    manifest = entry.manifest_path.read_bytes()
+    expected = _signed_records_digest(entry, manifest)
+    try:
+        put_file(store, entry.name.records_key, entry.records_path, expected)
+    except DigestMismatchError as exc:
+        raise GamsaError(f"spool entry {entry.path}: the records file hashes to "
+                         f"{exc.actual}, not to the {exc.expected} its signed manifest "
+                         f"names; it was not stored", hint=KEEP_HINT,
+                         exit_code=FINDINGS) from exc
+    return _Staged(entry, manifest, hashlib.sha256(manifest).hexdigest())
+
+
+def _confirm(store: Store, key: str, size: int, sha256: str) -> None:
+    """HEAD the object just put; raise unless it is there with the expected size and,
+    where the store reports one, the expected checksum."""
     info = store.head(key)
     if info is None or info.size != size:
         found = "missing" if info is None else f"{info.size} bytes"
         raise StoreError(f"store {store.url}: {key} not confirmed after upload "
                          f"({found}, expected {size} bytes)")
+    if info.sha256 is not None and info.sha256 != sha256:
+        raise StoreError(f"store {store.url}: {key} not confirmed after upload (the store "
+                         f"reports sha256 {info.sha256}, expected {sha256})")
 
 
-def _put(store: Store, key: str, data: bytes, confirm: bool) -> None:
-    store.put(key, data, hashlib.sha256(data).hexdigest())
-    if confirm:
-        _confirm(store, key, len(data))
+def _commit(store: Store, staged: _Staged) -> None:
+    """The manifest put: the commit mark of its bundle."""
+    store.put(staged.entry.name.manifest_key, staged.manifest, staged.sha256)
+
+
+def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged) -> None:
+    _confirm(store, staged.entry.name.manifest_key, len(staged.manifest), staged.sha256)
+    state.remove_entry(staged.entry)
+
+
+def _put_key_document(state: StateDir, store: Store, key_id: str) -> None:
+    data = state.key_document_bytes()
+    store.put(key_object_name(key_id), data, hashlib.sha256(data).hexdigest())
 
 
 def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
@@ -59,12 +124,12 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
     if not entries:
         return report
     try:
-        _put(store, key_object_name(key_id), state.key_document_bytes(), confirm=False)
         window = max(1, int(getattr(store, "concurrency", 1)))
         if window == 1:
+            _put_key_document(state, store, key_id)
             _ship_in_turn(state, store, entries, report)
         else:
-            _ship_pipelined(state, store, entries, report, window)
+            _ship_pipelined(state, store, key_id, entries, report, window)
     except GamsaError as exc:
         state.record_ship(store=store.url, shipped=report.shipped, error=exc.diagnostics())
         raise
@@ -80,33 +145,36 @@ def _ship_in_turn(state: StateDir, store: Store, entries: list[SpoolEntry],
         report.remaining = len(entries) - index
         # The records object is confirmed by the put itself (the store checks our
         # SHA-256); the manifest, the commit mark, also by a HEAD.
-        _put(store, entry.name.records_key, entry.records_path.read_bytes(), confirm=False)
+        staged = _store_records(store, entry)
         crashpoint("records shipped")
-        _put(store, entry.name.manifest_key, entry.manifest_path.read_bytes(), confirm=True)
+        _commit(store, staged)
         crashpoint("manifest shipped")
-        state.remove_entry(entry)
+        _confirm_and_remove(state, store, staged)
         report.shipped.append(entry.name.manifest_key)
 
 
-def _ship_pipelined(state: StateDir, store: Store, entries: list[SpoolEntry],
+def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[SpoolEntry],
                     report: ShipReport, window: int) -> None:
     """Network stores: the same order of commits, with the waiting overlapped.
 
-    Records objects of the next `window` bundles upload in parallel. Manifests are
-    put one at a time in seq order, each only after its own records object is
-    stored and the previous manifest's put succeeded, so the store always holds a
-    gap-free prefix of the chain's manifests. The HEAD confirming a manifest and
-    the removal of its spool entry run in parallel with the next puts; an entry
-    is removed only after its manifest is confirmed.
+    The commit chain, in this thread, is one manifest put after another, in seq
+    order, each only after its own records object is stored and the previous
+    manifest's put succeeded, so the store always holds a gap-free prefix of the
+    chain's manifests; between two of them this thread does nothing else. Around
+    it: `window` workers store the records objects of the bundles ahead (each
+    verified against its signed manifest first, which they also read and hash for
+    the commit), and CONFIRM_WORKERS confirm each committed manifest by a HEAD and
+    only then remove its spool entry. The key document is stored before the first
+    manifest.
     """
-    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="gamsa-ship") as pool:
-        uploads: dict[int, Future[None]] = {}
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="gamsa-ship") as pool, \
+            ThreadPoolExecutor(max_workers=CONFIRM_WORKERS,
+                               thread_name_prefix="gamsa-confirm") as confirmer:
+        key_document = pool.submit(_put_key_document, state, store, key_id)
+        uploads: dict[int, Future[_Staged]] = {}
         confirms: list[tuple[SpoolEntry, Future[None]]] = []
         sizes = [entry.records_path.stat().st_size for entry in entries]
         queued = 0
-
-        def put_records(entry: SpoolEntry) -> None:
-            _put(store, entry.name.records_key, entry.records_path.read_bytes(), False)
 
         def fill() -> None:
             """Start records uploads ahead, within the window and the byte budget."""
@@ -115,12 +183,8 @@ def _ship_pipelined(state: StateDir, store: Store, entries: list[SpoolEntry],
                 in_flight = sum(sizes[i] for i in uploads)
                 if uploads and in_flight + sizes[queued] > MAX_IN_FLIGHT_BYTES:
                     break
-                uploads[queued] = pool.submit(put_records, entries[queued])
+                uploads[queued] = pool.submit(_store_records, store, entries[queued])
                 queued += 1
-
-        def confirm(entry: SpoolEntry, manifest: bytes) -> None:
-            _confirm(store, entry.name.manifest_key, len(manifest))
-            state.remove_entry(entry)
 
         def collect_confirmed(block: bool) -> None:
             while confirms and (block or confirms[0][1].done()):
@@ -130,27 +194,28 @@ def _ship_pipelined(state: StateDir, store: Store, entries: list[SpoolEntry],
 
         try:
             fill()
+            key_document.result()
             for index, entry in enumerate(entries):
                 report.remaining = len(entries) - index
-                uploads.pop(index).result()
-                fill()
+                staged = uploads.pop(index).result()
                 crashpoint("records shipped")
-                manifest = entry.manifest_path.read_bytes()
-                _put(store, entry.name.manifest_key, manifest, confirm=False)  # HEAD below
+                _commit(store, staged)
                 crashpoint("manifest shipped")
-                confirms.append((entry, pool.submit(confirm, entry, manifest)))
+                confirms.append((entry, confirmer.submit(_confirm_and_remove, state, store,
+                                                         staged)))
+                fill()
                 collect_confirmed(block=False)
             collect_confirmed(block=True)
         except BaseException:
-            for future in uploads.values():
-                future.cancel()
-            for _, future in confirms:
+            pending: list[Future[Any]] = [key_document, *uploads.values(),
+                                          *(done for _, done in confirms)]
+            for future in pending:
                 future.cancel()
             # Let the puts and confirmations already running finish, so the report
             # names every entry that was removed from the spool.
-            wait([*uploads.values(), *(f for _, f in confirms)])
-            for entry, future in confirms:
-                if not future.cancelled() and future.exception() is None:
+            wait(pending)
+            for entry, done in confirms:
+                if not done.cancelled() and done.exception() is None:
                     report.shipped.append(entry.name.manifest_key)
             raise
 

@@ -7,12 +7,14 @@ relative to the store's prefix and use "/" separators (docs/FORMAT.md).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from signing.errors import UsageError
+from signing.errors import GamsaError, UsageError
 
 if TYPE_CHECKING:
     from agent.config import StoreConfig
@@ -41,6 +43,36 @@ class Store(Protocol):
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def list(self, prefix: str) -> Iterable[str]: ...
+
+
+class DigestMismatchError(GamsaError):
+    """Bytes about to be stored do not hash to the digest they must have; nothing
+    was stored."""
+
+    def __init__(self, source: str, actual: str, expected: str) -> None:
+        super().__init__(f"{source}: sha256 is {actual}, not {expected} as expected; "
+                         f"nothing was stored")
+        self.source = source
+        self.actual = actual
+        self.expected = expected
+
+
+def put_file(store: Store, key: str, path: Path, sha256: str) -> bool:
+    """`store.put` of the file at `path`, whose bytes must hash to `sha256`.
+
+    Raises `DigestMismatchError`, storing nothing, when they do not. Stores that
+    can do better (S3: a large file read once, hashed while its parts upload)
+    provide their own `put_file`.
+    """
+    streaming = getattr(store, "put_file", None)
+    if streaming is not None:
+        written: bool = streaming(key, path, sha256)
+        return written
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise DigestMismatchError(str(path), actual, sha256)
+    return store.put(key, data, sha256)
 
 
 # Scheme -> module defining `open_store(url, config) -> Store`; imported only when used,

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.agent.s3_fixtures import (
+    ISOLATED_AWS_ENV,
+    TEST_CREDENTIALS,
     FaultProxy,
     MotoServer,
     S3GamsaEnv,
@@ -37,6 +39,15 @@ def s3_client(moto_server: MotoServer) -> Any:
 def lock_bucket(s3_client: Any) -> str:
     """A fresh versioned bucket with Object Lock enabled."""
     return make_lock_bucket(s3_client)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials and an isolated AWS config for in-process stores."""
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**ISOLATED_AWS_ENV, **TEST_CREDENTIALS}.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

@@ -18,24 +18,13 @@ from agent.config import StoreConfig
 from agent.retry import RetryPolicy
 from signing.errors import ConflictError, StoreError
 from tests.agent.s3_fixtures import (
-    ISOLATED_AWS_ENV,
     REGION,
-    TEST_CREDENTIALS,
     MotoServer,
     S3GamsaEnv,
     object_versions,
 )
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials and an isolated AWS config for in-process stores."""
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in {**ISOLATED_AWS_ENV, **TEST_CREDENTIALS}.items():
-        monkeypatch.setenv(name, value)
 
 
 def store_config(server: MotoServer, bucket: str, **overrides: Any) -> StoreConfig:
