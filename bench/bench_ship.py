@@ -11,6 +11,10 @@ One run, one moto server (a real subprocess on loopback), the same files:
    second Object Lock bucket on the same server;
 4. `gamsa verify` the small-bundle store over s3:// (reads and re-hashes every object).
 
+Beside the wall time of each run it reports the HTTP requests the server logged,
+the server's CPU time and the client's (the tool's process and its children), so
+a reader can tell whether a run was bound by the server, the client or latency.
+
 Prints a Markdown table and, with --out, writes it with the command line and the
 machine. awscli must come from its own virtualenv (not gamsa's).
 """
@@ -21,6 +25,7 @@ import argparse
 import base64
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -28,8 +33,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -138,14 +146,52 @@ def stage_for_awscli(state_dir: Path, target: Path) -> tuple[int, int]:
     return files, total
 
 
-def timed(args: list[str], env: dict[str, str]) -> float:
+@dataclass
+class Run:
+    """One timed run: wall seconds, requests the server logged, CPU seconds of each side."""
+
+    seconds: float
+    requests: int = 0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+
+class Server:
+    """The moto process, for its CPU time and the requests in its access log."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = psutil.Process(process.pid)
+        self.log = log
+
+    def cpu(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def requests(self) -> int:
+        with self.log.open("rb") as lines:
+            return sum(b'" 2' in line or b'" 4' in line or b'" 5' in line for line in lines)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(args: list[str], env: dict[str, str], server: Server | None = None) -> Run:
+    before = (server.requests(), server.cpu()) if server else (0, 0.0)
+    client_before = children_cpu()
     started = time.perf_counter()
     result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({result.returncode}): "
                          f"{result.stderr[-2000:]}")
-    return elapsed
+    run = Run(elapsed, client_cpu=children_cpu() - client_before)
+    if server:
+        time.sleep(0.2)  # let the server flush its access log
+        run.requests = server.requests() - before[0]
+        run.server_cpu = server.cpu() - before[1]
+    return run
 
 
 def prepare(work: Path, endpoint: str, name: str, bundles: int, records: int,
@@ -163,10 +209,11 @@ def prepare(work: Path, endpoint: str, name: str, bundles: int, records: int,
 def run(args: argparse.Namespace) -> str:
     work = Path(tempfile.mkdtemp(prefix="gamsa-bench-"))
     process, endpoint = start_moto(work)
+    server = Server(process, work / "moto.log")
     s3 = client(endpoint)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GAMSA_"))}
     env.update(CREDS)
-    results: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[Run]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     big_records = max(1, args.big_mb * 1024 * 1024 // int(1024 * 4 / 3 * 0.77 + 60))
     try:
@@ -188,18 +235,19 @@ def run(args: argparse.Namespace) -> str:
                         copy.mkdir()
                         shutil.copytree(state_dir, copy / "state")
                         config = write_config(copy, endpoint, bucket, f"bench-{key}")
-                        seconds = timed([GAMSA, "ship"], {**env, "GAMSA_CONFIG": str(config)})
+                        outcome = timed([GAMSA, "ship"], {**env, "GAMSA_CONFIG": str(config)},
+                                        server)
                         name = "gamsa ship"
                     else:
-                        seconds = timed([args.aws, "s3", "cp", "--recursive",
+                        outcome = timed([args.aws, "s3", "cp", "--recursive",
                                          "--only-show-errors", "--endpoint-url", endpoint,
-                                         str(stage), f"s3://{bucket}/evidence"], env)
+                                         str(stage), f"s3://{bucket}/evidence"], env, server)
                         name = "aws s3 cp --recursive"
-                    results.setdefault((label, name), []).append(seconds)
+                    results.setdefault((label, name), []).append(outcome)
         small_copy = work / "run-small-0"
         trust = str(small_copy / "state" / "keys" / "agent.json")
         t_verify = timed([GAMSA, "verify", "--trust", trust],
-                         {**env, "GAMSA_CONFIG": str(small_copy / "agent.toml")})
+                         {**env, "GAMSA_CONFIG": str(small_copy / "agent.toml")}).seconds
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -209,14 +257,19 @@ def run(args: argparse.Namespace) -> str:
     aws_version = subprocess.run([args.aws, "--version"], capture_output=True, text=True,
                                  check=False)
     lines = [
-        "| workload | tool | objects | MB | median s | best s | objects/s | MB/s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| workload | tool | objects | MB | median s | best s | objects/s | MB/s "
+        "| requests | server CPU s | client CPU s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (label, tool), runs in results.items():
         count, nbytes = sizes[label]
-        median = statistics.median(runs)
-        lines.append(f"| {label} | {tool} | {count} | {nbytes / 1e6:.1f} | {median:.2f} | "
-                     f"{min(runs):.2f} | {count / median:.0f} | {nbytes / 1e6 / median:.1f} |")
+        median = statistics.median(r.seconds for r in runs)
+        lines.append(
+            f"| {label} | {tool} | {count} | {nbytes / 1e6:.1f} | {median:.2f} | "
+            f"{min(r.seconds for r in runs):.2f} | {count / median:.0f} | "
+            f"{nbytes / 1e6 / median:.1f} | {statistics.median(r.requests for r in runs):.0f} | "
+            f"{statistics.median(r.server_cpu for r in runs):.2f} | "
+            f"{statistics.median(r.client_cpu for r in runs):.2f} |")
     cpu = ""
     with open("/proc/cpuinfo", encoding="utf-8") as info:
         for line in info:
