@@ -234,6 +234,10 @@ def store_init(config_path: Path | None, force: bool, as_json: bool) -> None:
         click.echo(f"versioning {settings['versioning']}, Object Lock "
                    f"{settings['object_lock']}, default retention "
                    f"{settings['default_retention'] or 'none'}")
+        days = settings.get("abort_incomplete_uploads_days")
+        click.echo(f"incomplete multipart uploads aborted after {days} days" if days else
+                   "no lifecycle rule aborts incomplete multipart uploads (recommended: "
+                   "docs/OPERATIONS-S3.md)")
 
 
 # verify / prove --------------------------------------------------------------------

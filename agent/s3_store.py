@@ -72,6 +72,9 @@ PART_WORKERS = 8
 # That wait only pays off for a body large enough not to send in vain (a refused
 # multipart part); below this size the header is dropped.
 EXPECT_CONTINUE_MIN_BYTES = 1 * 1024 * 1024
+# `store init` on a bucket it creates: a lifecycle rule aborting abandoned uploads.
+ABORT_UPLOADS_RULE = "gamsa-abort-incomplete-multipart-uploads"
+ABORT_INCOMPLETE_UPLOADS_DAYS = 7
 # Uploads the shipper may run at once (records ahead of the manifests it commits in order).
 CONCURRENCY = 8
 ENV_MULTIPART_THRESHOLD = "GAMSA_STORE_MULTIPART_THRESHOLD"
@@ -546,6 +549,7 @@ class S3Store:
         """
         if self._exists(full):
             return False  # the caller compares our hash of the stored bytes
+        self._abort_stale_uploads(full)
         upload = self._call(f"start upload of {key}", lambda: self._client.create_multipart_upload(
             Bucket=self.bucket, Key=full, ChecksumAlgorithm="SHA256", **params))
         upload_id: str = upload["UploadId"]
@@ -645,6 +649,22 @@ class S3Store:
 
         return self._call(f"check {full}", attempt)
 
+    def _abort_stale_uploads(self, full: str) -> None:
+        """Abort uploads of `full` left behind by a shipper that was killed mid-way.
+
+        Keys are unique to one host's bundle and one shipper runs at a time (the
+        state lock), so an upload of this very key still in progress is ours and
+        dead. Best effort: without s3:ListBucketMultipartUploads nothing is listed,
+        and the bucket's lifecycle rule (`store init`) removes such uploads later.
+        """
+        try:
+            found = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=full)
+        except (bx.BotoCoreError, bx.ClientError):
+            return
+        for upload in found.get("Uploads", []):
+            if upload.get("Key") == full and upload.get("UploadId"):
+                self._abort(full, upload["UploadId"])
+
     def _abort(self, full: str, upload_id: str) -> None:
         try:
             self._client.abort_multipart_upload(Bucket=self.bucket, Key=full,
@@ -673,6 +693,7 @@ class S3Store:
             self._call(f"create bucket {self.bucket}",
                        lambda: self._client.create_bucket(**create))
             done.append("created bucket with Object Lock enabled")
+            done.append(self._set_abort_uploads_rule())
         wanted = {"versioning": "Enabled", "object_lock": "Enabled",
                   "default_retention": f"{mode} {days} days" if mode else None}
         found = self._bucket_settings() if exists else {}
@@ -700,6 +721,47 @@ class S3Store:
         return {"store": self.url, "bucket": self.bucket, "endpoint": self.endpoint,
                 "existed": exists, "found": found, "done": done,
                 "settings": self._bucket_settings()}
+
+    def _set_abort_uploads_rule(self) -> str:
+        """On a bucket `store init` created: a lifecycle rule that aborts multipart
+        uploads left incomplete (a shipper killed mid-upload on a host without
+        s3:ListBucketMultipartUploads). Not set on an existing bucket: a put
+        replaces the whole lifecycle configuration, which may hold the bank's rules."""
+        rule = {"ID": ABORT_UPLOADS_RULE, "Status": "Enabled", "Filter": {"Prefix": ""},
+                "AbortIncompleteMultipartUpload": {
+                    "DaysAfterInitiation": ABORT_INCOMPLETE_UPLOADS_DAYS}}
+
+        def attempt() -> bool:
+            try:
+                self._client.put_bucket_lifecycle_configuration(
+                    Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]})
+            except bx.ClientError as exc:
+                if _code(exc) in ("NotImplemented", "NotSupported", "MalformedXML"):
+                    return False
+                raise
+            return True
+
+        if self._call(f"set lifecycle rule on {self.bucket}", attempt):
+            return (f"lifecycle rule: incomplete multipart uploads aborted after "
+                    f"{ABORT_INCOMPLETE_UPLOADS_DAYS} days")
+        return "lifecycle rule not set: the server does not support it"
+
+    def _abort_uploads_days(self) -> int | None:
+        """Days after which a lifecycle rule aborts incomplete uploads, if one does."""
+        def attempt() -> list[dict[str, Any]]:
+            try:
+                response = self._client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+            except bx.ClientError as exc:
+                if _code(exc) in ("NoSuchLifecycleConfiguration", "NotImplemented"):
+                    return []
+                raise
+            return list(response.get("Rules", []))
+
+        days = [rule["AbortIncompleteMultipartUpload"].get("DaysAfterInitiation")
+                for rule in self._call(f"read lifecycle of {self.bucket}", attempt)
+                if rule.get("Status") == "Enabled" and rule.get("AbortIncompleteMultipartUpload")]
+        known = [d for d in days if isinstance(d, int)]
+        return min(known) if known else None
 
     def _bucket_exists(self) -> bool:
         def attempt() -> bool:
@@ -736,7 +798,8 @@ class S3Store:
             default = f"{retention.get('Mode')} {amount}"
         return {"versioning": versioning.get("Status"),
                 "object_lock": config.get("ObjectLockEnabled"),
-                "default_retention": default}
+                "default_retention": default,
+                "abort_incomplete_uploads_days": self._abort_uploads_days()}
 
 
 def open_store(url: str, config: StoreConfig | None = None) -> S3Store:

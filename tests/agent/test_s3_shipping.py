@@ -25,6 +25,8 @@ from tests.agent.s3_fixtures import (
 )
 from tests.conftest import GamsaEnv
 
+MIB = 1024 * 1024
+
 
 def verify_clean(env: GamsaEnv, bundles: int) -> dict[str, Any]:
     trust = str(env.state_dir / "keys" / "agent.json")
@@ -186,3 +188,61 @@ def test_spool_cap_seals_spool_full_records_and_status_says_why(gamsa_env: Gamsa
     assert full.returncode == 0
     assert json.loads(full.stdout)["collectors"] == {"host": "ok"}
     verify_clean(gamsa_env, 3)
+
+
+def seal_big_bundle(env: S3GamsaEnv, megabytes: int) -> None:
+    """One bundle whose records object is about `megabytes` MB (incompressible)."""
+    import base64
+    import os
+
+    from agent.config import load_config
+    from agent.seal import seal_collection
+    from agent.state import StateDir
+    from collector.record import Record
+    from collector.registry import Collector, Field, RecordType
+
+    count = megabytes * 1024 * 1024 // 1000  # base64 of 1 KiB gzips back to ~1 KiB
+    big = Collector(
+        name="blob", version="1", description="random payload (tests)",
+        platforms=("linux", "darwin", "win32"),
+        record_types={"blob": RecordType(doc="a blob", key="n", fields={
+            "n": Field((int,), "a counter"), "blob": Field((str,), "random")})},
+        collect=lambda _ctx: [Record("blob", "blob", f"{n:08d}", {
+            "n": n, "blob": base64.b64encode(os.urandom(1024)).decode()})
+            for n in range(count)])
+    config = load_config(env.config, {})
+    state = StateDir(config.state_dir)
+    with state.locked():
+        seal_collection(config, "test-host", [big], "schedule", state)
+
+
+def test_shipper_killed_during_a_multipart_upload_leaves_no_upload_behind(
+        tmp_path: Path, moto_server: MotoServer, lock_bucket: str, s3_client: Any) -> None:
+    from agent.state import StateDir
+
+    env = s3_env(tmp_path, moto_server.url, lock_bucket)
+    env.env = {"GAMSA_STORE_MULTIPART_THRESHOLD": str(5 * MIB),
+               "GAMSA_STORE_PART_SIZE": str(5 * MIB)}
+    seal_big_bundle(env, 16)
+    (entry,) = StateDir(env.state_dir).entries()
+    assert 15 * MIB < entry.records_path.stat().st_size < 20 * MIB  # 4 parts of 5 MiB
+    full = f"{env.prefix}/{entry.name.records_key}"
+    # What a shipper killed after starting its upload leaves: an upload in progress.
+    s3_client.create_multipart_upload(Bucket=lock_bucket, Key=full)
+    rng = random.Random(7)
+    for _ in range(6):  # and real kills at random instants, wherever the shipper is
+        process = env.start("ship")
+        time.sleep(rng.uniform(0.3, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        assert process.returncode in (0, -signal.SIGKILL), process.returncode
+    if env.spool_names():
+        final = env.run("ship")
+        assert final.returncode == 0, final.stderr
+    assert env.spool_names() == []
+    uploads = s3_client.list_multipart_uploads(Bucket=lock_bucket).get("Uploads", [])
+    assert uploads == [], [u["Key"] for u in uploads]
+    verify_clean(env, 1)
+    assert_each_key_written_once(s3_client, env, 1)
+    head = s3_client.head_object(Bucket=lock_bucket, Key=full)
+    assert head["ETag"].endswith('-4"'), head["ETag"]

@@ -210,13 +210,18 @@ def test_store_init_creates_and_refuses_to_change(tmp_path: Path, moto_server: M
     report = json.loads(result.stdout)
     assert report["existed"] is False
     assert report["settings"] == {"versioning": "Enabled", "object_lock": "Enabled",
-                                  "default_retention": "COMPLIANCE 3 days"}
+                                  "default_retention": "COMPLIANCE 3 days",
+                                  "abort_incomplete_uploads_days": 7}
+    (rule,) = s3_client.get_bucket_lifecycle_configuration(Bucket=env.bucket)["Rules"]
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    assert "Expiration" not in rule and "NoncurrentVersionExpiration" not in rule
     lock = s3_client.get_object_lock_configuration(Bucket=env.bucket)["ObjectLockConfiguration"]
     retention = lock["Rule"]["DefaultRetention"]
     assert (retention["Mode"], retention["Days"]) == ("COMPLIANCE", 3)
     # Same settings again: nothing to do.
     again = env.run("store", "init")
     assert again.returncode == 0 and "nothing to change" in again.stdout, again.stderr
+    assert "incomplete multipart uploads aborted after 7 days" in again.stdout
     # Other settings: refused without --force, applied with it.
     env.write_config(store_extra="")
     env.config.write_text(env.config.read_text().replace("retention_days = 3",
@@ -230,6 +235,19 @@ def test_store_init_creates_and_refuses_to_change(tmp_path: Path, moto_server: M
     # And the bucket works for shipping.
     collected = env.run("collect")
     assert collected.returncode == 0 and "shipped 1 bundle" in collected.stdout, collected.stderr
+
+
+def test_store_init_never_replaces_an_existing_buckets_lifecycle(
+        aws_env: None, moto_server: MotoServer, lock_bucket: str, s3_client: Any) -> None:
+    """A lifecycle put replaces every rule of the bucket: on a bucket that exists,
+    `store init` only reports whether incomplete uploads are cleaned up."""
+    store = open_s3(moto_server, lock_bucket)
+    result = store.init_bucket(force=True)
+    assert result["existed"] is True
+    assert result["settings"]["abort_incomplete_uploads_days"] is None
+    assert not any("lifecycle" in line for line in result["done"]), result["done"]
+    with pytest.raises(Exception, match="NoSuchLifecycleConfiguration"):
+        s3_client.get_bucket_lifecycle_configuration(Bucket=lock_bucket)
 
 
 def test_store_init_on_a_file_store_makes_the_directory(gamsa_env: Any) -> None:
