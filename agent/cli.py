@@ -295,7 +295,8 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     store = open_store(store_url or config.store.url, config.store)
     trusted = _trusted_keys(config, trust)
     result = verify_store(store, trusted, host,
-                          _progress_bar(sys.stderr.isatty() and not as_json))
+                          _progress_bar(sys.stderr.isatty() and not as_json),
+                          workers=int(getattr(store, "concurrency", 1)))
     if store.url == open_store(config.store.url, config.store).url:
         result.findings.extend(_truncation_findings(config, result, host))
     if as_json:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,7 @@ from signing.bundle import (
     sign_manifest,
     write_records,
 )
-from signing.errors import FormatError
+from signing.errors import FormatError, StoreError
 from signing.keys import FileSigner, PublicKey, generate_private_key
 from signing.merkle import leaf_hash, root_from_leaf_hashes
 from signing.verify import DirectoryReader, verify_store
@@ -159,3 +162,63 @@ def test_records_without_manifest_is_a_warning(tmp_path: Path) -> None:
     result = verify_store(DirectoryReader(tmp_path), trusted(signer))
     assert result.ok
     assert [f.code for f in result.findings if f.severity == "warning"] == ["manifest_missing"]
+
+
+class CountingReader:
+    """A directory store that records how many `get`s run at the same moment."""
+
+    def __init__(self, root: Path, fail_on: str | None = None) -> None:
+        self.directory = DirectoryReader(root)
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return self.directory.list(prefix)
+
+    def get(self, key: str) -> bytes:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.01)  # a network round trip, so that workers overlap
+            if key == self.fail_on:
+                raise StoreError(f"store: cannot read {key}")
+            return self.directory.get(key)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_parallel_verify_finds_exactly_what_one_worker_finds(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 24)
+    # Tamper in several places: a records byte, a deleted bundle, a records-only bundle.
+    path = tmp_path / names[5].records_key
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 1
+    path.write_bytes(bytes(data))
+    for suffix in (".records.jsonl.gz", ".manifest.dsse.json"):
+        (tmp_path / (names[11].stem + suffix)).unlink()
+    (tmp_path / names[17].manifest_key).unlink()
+
+    serial = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    reader = CountingReader(tmp_path)
+    seen: list[tuple[int, int]] = []
+    parallel = verify_store(reader, trusted(signer), workers=6,
+                            progress=lambda done, total: seen.append((done, total)))
+    assert not serial.ok and serial.findings
+    assert parallel.as_dict() == serial.as_dict()
+    assert [f.code for f in parallel.findings] == [f.code for f in serial.findings]
+    assert seen == [(n, 23) for n in range(1, 24)]  # in order, once per bundle
+    assert 2 <= reader.most <= 6
+
+
+def test_parallel_verify_passes_a_store_error_on(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 12)
+    reader = CountingReader(tmp_path, fail_on=names[7].records_key)
+    with pytest.raises(StoreError, match=names[7].records_key):
+        verify_store(reader, trusted(signer), workers=4)
+    assert reader.now == 0  # nothing left running
