@@ -5,7 +5,9 @@ become an object in the write-once store: once there it could not be removed, an
 it would be indistinguishable from evidence until someone ran `gamsa verify`. The
 shipper stops at that bundle, with a one-line error naming the spool entry, exit 1,
 and keeps it and every later bundle in the spool. Shown on file:// and on s3://
-(moto over HTTP), and for the multipart path of the S3 store in-process.
+(moto over HTTP), and for the multipart path of the S3 store in-process. And a
+spool entry leaves only once its manifest is confirmed: a store whose HEAD reports
+another checksum keeps every entry spooled.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from agent.file_store import FileStore
 from agent.state import RECORDS_FILE
-from agent.store import DigestMismatchError
+from agent.store import DigestMismatchError, ObjectInfo
+from signing.errors import StoreError
 from tests.agent.s3_fixtures import MotoServer, S3GamsaEnv, object_versions, seal_many
 from tests.agent.test_s3_store import MIB, open_s3, sha
 from tests.conftest import GamsaEnv
@@ -114,3 +118,37 @@ def test_s3_put_file_of_a_small_file_checks_its_digest_before_the_put(
     assert store.put_file("v1/small", path, sha(b"evidence\n")) is True
     info = store.head("v1/small")
     assert info is not None and info.sha256 == sha(b"evidence\n")  # reported by the server
+
+
+class MisreportingStore(FileStore):
+    """A real directory store whose HEAD reports a wrong checksum for manifests, as
+    a faulty server might; `concurrency` > 1 takes the shipper's pipelined path."""
+
+    def __init__(self, root: Path, concurrency: int) -> None:
+        super().__init__(root)
+        self.concurrency = concurrency
+
+    def head(self, key: str) -> ObjectInfo | None:
+        info = super().head(key)
+        if info is None or not key.endswith(".manifest.dsse.json"):
+            return info
+        return ObjectInfo(info.key, info.size, "0" * 64)
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_manifest_the_store_reports_with_another_checksum_stays_spooled(
+        gamsa_env: GamsaEnv, concurrency: int) -> None:
+    from agent.config import load_config
+    from agent.ship import ship_spool
+    from agent.state import StateDir
+
+    seal_many(gamsa_env, 3)
+    config = load_config(gamsa_env.config, {})
+    state = StateDir(config.state_dir)
+    store = MisreportingStore(gamsa_env.store, concurrency)
+    with state.locked():
+        signer, _ = state.signer("test-host")
+        with pytest.raises(StoreError, match=r"not confirmed after upload .*reports sha256 0{64}"):
+            ship_spool(state, store, signer.key_id)
+    assert len(state.entries()) == 3  # nothing removed from the spool unconfirmed
+    assert "not confirmed" in state.read_status()["last_error"]["message"]
