@@ -105,9 +105,11 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         sealed = seal_collection(config, host_id, collectors, trigger, state)
         ship_error: GamsaError | None = None
         shipped: list[str] = []
+        quarantined: list[str] = []
         if store is not None:
             try:
-                shipped = ship_spool(state, store, sealed.head.key_id).shipped
+                report = ship_spool(state, store, sealed.head.key_id)
+                shipped, quarantined = report.shipped, report.quarantined
             except GamsaError as exc:
                 ship_error = exc
         spooled = len(state.entries())
@@ -118,6 +120,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "collectors": {r.name: r.status for r in sealed.results},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
+        "quarantined": quarantined,
         "spool_over_cap": sealed.spool.over_cap,
     }
     if as_json:
@@ -134,6 +137,8 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
              f"sealed a spool_full record instead of a collection")
+    for line in quarantined:
+        warn(f"spool entry quarantined, its records not stored: {line}")
     if ship_error is not None:
         warn(f"sealed and spooled, but shipping failed: {ship_error.diagnostics()} "
              f"({spooled} bundle(s) wait in the spool; `gamsa ship` retries)")
@@ -158,9 +163,13 @@ def ship(config_path: Path | None, as_json: bool) -> None:
         report = ship_spool(state, store, signer.key_id)
     if as_json:
         emit_json({"shipped": report.shipped, "store": store.url,
-                   "remaining": len(state.entries())})
+                   "remaining": len(state.entries()), "quarantined": report.quarantined})
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
+    for line in report.quarantined:
+        warn(f"spool entry quarantined, its records not stored: {line}")
+    if report.quarantined:
+        sys.exit(FINDINGS)
 
 
 @cli.command()
@@ -190,6 +199,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
                                        else "none yet"))
         click.echo("last error: " + (f"{error['at']}: {error['message']}" if error
                                      else "none"))
+        if info["quarantined"]:
+            click.echo(f"quarantined: {len(info['quarantined'])} spool entry(ies) in "
+                       f"{Path(info['state_dir']) / 'quarantine'}")
     for problem in info["problems"]:
         warn(problem)
     if info["problems"]:

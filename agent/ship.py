@@ -4,13 +4,18 @@ Per bundle: the records object, then the manifest (the commit mark), each
 create-only; a HEAD confirms the manifest (size, checksum, and on S3 the retention
 the put asked for); only then is the spool entry removed. Before its records
 object is stored, the spooled records file is hashed and compared with the digest
-its signed manifest names: bytes that changed in the spool are never stored, and
-the run stops at that bundle. The agent's public key document is stored before
-the first manifest, once per run. A crash anywhere repeats at most a put of
-identical bytes, which the store treats as success, so a resumed run neither
-conflicts nor duplicates. Retries (backoff with jitter, bounded) happen inside the
-store; an error that outlasts them stops the run at that bundle, leaving it and
-every later one in the spool.
+its signed manifest names: bytes that changed in the spool (disk fault, tampering)
+are never stored. Such an entry is quarantined (moved whole to the state dir's
+`quarantine/`, with the reason) after its manifest alone is committed, so the store
+shows that bundle as signed with its records missing, `gamsa status` reports it
+until someone removes it, and the chain after it ships on (an entry whose manifest
+itself is unreadable is quarantined without committing anything: a gap in the
+chain). The agent's public key document is stored before the first manifest, once
+per run. A crash anywhere repeats at most a put of identical bytes, which the
+store treats as success, so a resumed run neither conflicts nor duplicates.
+Retries (backoff with jitter, bounded) happen inside the store; an error that
+outlasts them stops the run at that bundle, leaving it and every later one in the
+spool.
 
 Each run that had something to ship notes its outcome in the state dir's status
 file, which `gamsa status` reads.
@@ -30,7 +35,7 @@ from agent.crashpoints import crashpoint
 from agent.state import SpoolEntry, StateDir
 from agent.store import DigestMismatchError, Store, put_file
 from signing.dsse import parse_envelope, parse_statement
-from signing.errors import FINDINGS, GamsaError, StoreError
+from signing.errors import GamsaError, StoreError
 from signing.keys import key_object_name
 
 # Records bytes read into memory for uploads running ahead (one object always may).
@@ -39,22 +44,31 @@ MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 # records uploads. One keeps up with the manifest puts (a HEAD costs what a PUT
 # does), and every extra concurrent request only slows the commit chain down.
 CONFIRM_WORKERS = 1
-KEEP_HINT = "the entry is kept in the spool; investigate (disk fault or tampering)"
+QUARANTINE_HINT = ("investigate (disk fault or tampering), then remove it; "
+                   "`gamsa status` reports it until then")
 
 
 @dataclass
 class ShipReport:
     shipped: list[str] = field(default_factory=list)  # manifest keys
     remaining: int = 0
+    quarantined: list[str] = field(default_factory=list)  # one line each: where and why
 
 
 @dataclass(frozen=True)
 class _Staged:
-    """A bundle whose records object is stored: its manifest, ready to commit."""
+    """A bundle ready to commit: its records object stored, or, if `problem` says
+    why not, a spool entry to quarantine (after its manifest, if `commit`)."""
 
     entry: SpoolEntry
     manifest: bytes
     sha256: str
+    problem: str | None = None
+    commit: bool = True
+
+
+class _UnreadableManifest(Exception):
+    """A spooled manifest that does not parse or does not name its records object."""
 
 
 def _signed_records_digest(entry: SpoolEntry, manifest: bytes) -> str:
@@ -65,28 +79,34 @@ def _signed_records_digest(entry: SpoolEntry, manifest: bytes) -> str:
         subject = parse_statement(base64.b64decode(envelope["payload"]))["subject"][0]
     except (GamsaError, binascii.Error, ValueError) as exc:
         detail = exc.message if isinstance(exc, GamsaError) else str(exc)
-        raise GamsaError(f"spool entry {entry.path}: the manifest is unreadable ({detail})",
-                         hint=KEEP_HINT, exit_code=FINDINGS) from exc
+        raise _UnreadableManifest(f"the manifest is unreadable ({detail})") from exc
     if subject["name"] != entry.name.records_key:
-        raise GamsaError(f"spool entry {entry.path}: the manifest signs "
-                         f"{subject['name']!r}, not {entry.name.records_key!r}",
-                         hint=KEEP_HINT, exit_code=FINDINGS)
+        raise _UnreadableManifest(f"the manifest signs {subject['name']!r}, "
+                                  f"not {entry.name.records_key!r}")
     digest: str = subject["digest"]["sha256"]
     return digest
 
 
 def _store_records(store: Store, entry: SpoolEntry) -> _Staged:
-    """Store the records object, verified against its signed manifest; the manifest."""
+    """Store the records object, verified against its signed manifest; the manifest.
+
+    Bytes that do not match are not stored: the entry comes back with a problem.
+    """
     manifest = entry.manifest_path.read_bytes()
-    expected = _signed_records_digest(entry, manifest)
+    sha256 = hashlib.sha256(manifest).hexdigest()
+    try:
+        expected = _signed_records_digest(entry, manifest)
+    except _UnreadableManifest as exc:
+        return _Staged(entry, manifest, sha256, f"{exc}; nothing of it was stored",
+                       commit=False)
     try:
         put_file(store, entry.name.records_key, entry.records_path, expected)
     except DigestMismatchError as exc:
-        raise GamsaError(f"spool entry {entry.path}: the records file hashes to "
-                         f"{exc.actual}, not to the {exc.expected} its signed manifest "
-                         f"names; it was not stored", hint=KEEP_HINT,
-                         exit_code=FINDINGS) from exc
-    return _Staged(entry, manifest, hashlib.sha256(manifest).hexdigest())
+        return _Staged(entry, manifest, sha256,
+                       f"the records file hashes to {exc.actual}, not to the "
+                       f"{exc.expected} its signed manifest names; only the manifest "
+                       f"was stored")
+    return _Staged(entry, manifest, sha256)
 
 
 def _confirm(store: Store, key: str, size: int, sha256: str) -> None:
@@ -104,12 +124,27 @@ def _confirm(store: Store, key: str, size: int, sha256: str) -> None:
 
 def _commit(store: Store, staged: _Staged) -> None:
     """The manifest put: the commit mark of its bundle."""
-    store.put(staged.entry.name.manifest_key, staged.manifest, staged.sha256)
+    if staged.commit:
+        store.put(staged.entry.name.manifest_key, staged.manifest, staged.sha256)
 
 
 def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged) -> None:
-    _confirm(store, staged.entry.name.manifest_key, len(staged.manifest), staged.sha256)
-    state.remove_entry(staged.entry)
+    """Confirm the committed manifest, then drop the entry, or quarantine it."""
+    if staged.commit:
+        _confirm(store, staged.entry.name.manifest_key, len(staged.manifest), staged.sha256)
+    if staged.problem is None:
+        state.remove_entry(staged.entry)
+    else:
+        state.quarantine_entry(staged.entry, staged.problem)
+
+
+def _note(report: ShipReport, state: StateDir, staged: _Staged) -> None:
+    """Count a bundle whose confirmation finished."""
+    if staged.problem is None:
+        report.shipped.append(staged.entry.name.manifest_key)
+    else:
+        report.quarantined.append(f"{state.quarantine / staged.entry.path.name}: "
+                                  f"{staged.problem}")
 
 
 def _put_key_document(state: StateDir, store: Store, key_id: str) -> None:
@@ -150,7 +185,7 @@ def _ship_in_turn(state: StateDir, store: Store, entries: list[SpoolEntry],
         _commit(store, staged)
         crashpoint("manifest shipped")
         _confirm_and_remove(state, store, staged)
-        report.shipped.append(entry.name.manifest_key)
+        _note(report, state, staged)
 
 
 def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[SpoolEntry],
@@ -172,7 +207,7 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
                                thread_name_prefix="gamsa-confirm") as confirmer:
         key_document = pool.submit(_put_key_document, state, store, key_id)
         uploads: dict[int, Future[_Staged]] = {}
-        confirms: list[tuple[SpoolEntry, Future[None]]] = []
+        confirms: list[tuple[_Staged, Future[None]]] = []
         sizes = [entry.records_path.stat().st_size for entry in entries]
         queued = 0
 
@@ -188,21 +223,21 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
 
         def collect_confirmed(block: bool) -> None:
             while confirms and (block or confirms[0][1].done()):
-                entry, done = confirms.pop(0)
+                staged, done = confirms.pop(0)
                 done.result()
-                report.shipped.append(entry.name.manifest_key)
+                _note(report, state, staged)
 
         try:
             fill()
             key_document.result()
-            for index, entry in enumerate(entries):
+            for index in range(len(entries)):
                 report.remaining = len(entries) - index
                 staged = uploads.pop(index).result()
                 crashpoint("records shipped")
                 _commit(store, staged)
                 crashpoint("manifest shipped")
-                confirms.append((entry, confirmer.submit(_confirm_and_remove, state, store,
-                                                         staged)))
+                confirms.append((staged, confirmer.submit(_confirm_and_remove, state, store,
+                                                          staged)))
                 fill()
                 collect_confirmed(block=False)
             collect_confirmed(block=True)
@@ -214,9 +249,9 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
             # Let the puts and confirmations already running finish, so the report
             # names every entry that was removed from the spool.
             wait(pending)
-            for entry, done in confirms:
+            for staged, done in confirms:
                 if not done.cancelled() and done.exception() is None:
-                    report.shipped.append(entry.name.manifest_key)
+                    _note(report, state, staged)
             raise
 
 
@@ -233,7 +268,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
     """What `gamsa status` shows, with `problems`: reasons to exit non-zero.
 
     Problems: the spool is over its cap (new bundles hold only a `spool_full`
-    record), or the last ship run failed.
+    record), an entry is quarantined, or the last ship run failed.
     """
     now = now or dt.datetime.now(dt.UTC)
     entries = state.entries()
@@ -247,6 +282,9 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
         problems.append(f"spool over its cap: {usage.bytes} bytes in {usage.bundles} "
                         f"bundle(s), cap {max_bytes} (spool.max_bytes); new collections "
                         f"seal only a spool_full record until shipping catches up")
+    quarantined = state.quarantined()
+    for path, reason in quarantined:
+        problems.append(f"spool entry quarantined in {path}: {reason} ({QUARANTINE_HINT})")
     last_error = status.get("last_error")
     if status.get("last_result") == "error" and isinstance(last_error, dict):
         problems.append(f"last ship failed at {last_error.get('at')}: "
@@ -261,6 +299,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
                   "oldest": entries[0].name.manifest_key if entries else None,
                   "oldest_sealed_at": oldest_at,
                   "oldest_age_seconds": _age_seconds(oldest_at, now) if oldest_at else None},
+        "quarantined": [{"path": str(path), "reason": reason} for path, reason in quarantined],
         "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
                                             "key_id": head.key_id,
                                             "finished_at": head.finished_at},

@@ -48,6 +48,7 @@ from signing.keys import (
 
 RECORDS_FILE = "records.jsonl.gz"
 MANIFEST_FILE = "manifest.dsse.json"
+QUARANTINE_REASON_FILE = "quarantine-reason.txt"
 BUNDLE_FILE = "bundle.json"
 STATUS_FILE = "status.json"
 
@@ -105,6 +106,7 @@ class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.spool = root / "spool"
+        self.quarantine = root / "quarantine"
         self.keys = root / "keys"
         self.key_path = self.keys / "agent.key"
         self.key_doc_path = self.keys / "agent.json"
@@ -282,6 +284,31 @@ class StateDir:
         fsync_dir(self.spool)
         crashpoint("spool dir synced")
         return SpoolEntry(final, name)
+
+    def quarantine_entry(self, entry: SpoolEntry, reason: str) -> Path:
+        """Move an entry whose records do not match its signed manifest out of the
+        spool, kept whole for investigation, with `reason` beside it (atomic rename)."""
+        self.quarantine.mkdir(mode=0o700, exist_ok=True)
+        (entry.path / QUARANTINE_REASON_FILE).write_text(reason + "\n", encoding="utf-8")
+        crashpoint("quarantine reason written")
+        target = self.quarantine / entry.path.name
+        os.rename(entry.path, target)
+        fsync_dir(self.spool)
+        fsync_dir(self.quarantine)
+        return target
+
+    def quarantined(self) -> list[tuple[Path, str]]:
+        """Quarantined entries and why, oldest name first."""
+        if not self.quarantine.is_dir():
+            return []
+        found = []
+        for path in sorted(self.quarantine.iterdir()):
+            try:
+                reason = (path / QUARANTINE_REASON_FILE).read_text(encoding="utf-8").strip()
+            except OSError:
+                reason = "reason not recorded"
+            found.append((path, reason))
+        return found
 
     def remove_entry(self, entry: SpoolEntry) -> None:
         """Drop a shipped entry: rename to .done-* (atomic), then delete."""

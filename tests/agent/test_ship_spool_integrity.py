@@ -1,10 +1,12 @@
 """The shipper stores only spooled bytes that match their signed manifest.
 
 A records file changed in the spool after sealing (disk fault, tampering) must never
-become an object in the write-once store: once there it could not be removed, and
-it would be indistinguishable from evidence until someone ran `gamsa verify`. The
-shipper stops at that bundle, with a one-line error naming the spool entry, exit 1,
-and keeps it and every later bundle in the spool. Shown on file:// and on s3://
+become an object in the write-once store: once there it could not be removed. The
+shipper commits that bundle's signed manifest alone, moves the entry whole to the
+state dir's quarantine/ with the reason, ships the rest of the chain, and exits 1
+naming it; `gamsa status` exits 1 until someone removes it, and `gamsa verify`
+reports exactly that bundle's records as missing. A spooled manifest that is itself
+unreadable is quarantined with nothing stored: a gap. Shown on file:// and on s3://
 (moto over HTTP), and for the multipart path of the S3 store in-process. And a
 spool entry leaves only once its manifest is confirmed: a store whose HEAD reports
 another checksum keeps every entry spooled.
@@ -13,6 +15,8 @@ another checksum keeps every entry spooled.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,49 +41,81 @@ def spool_entries(env: GamsaEnv) -> list[Path]:
     return sorted((env.state_dir / "spool").iterdir())
 
 
-def ship_with_second_bundle_tampered(env: GamsaEnv) -> tuple[Any, list[Path]]:
+def ship_with_second_bundle_tampered(env: GamsaEnv, part: str = RECORDS_FILE,
+                                     ) -> tuple[Any, list[Path]]:
     seal_many(env, 3)
     entries = spool_entries(env)
     assert len(entries) == 3
-    flip_byte(entries[1] / RECORDS_FILE)
+    flip_byte(entries[1] / part)
     return env.run("ship"), entries
 
 
-def assert_refused(result: Any, entries: list[Path]) -> None:
+def assert_quarantined(env: GamsaEnv, result: Any, entries: list[Path], why: str) -> None:
+    """Bundles 1 and 3 shipped; bundle 2 moved whole to quarantine/, with the reason;
+    `ship` and `status` exit 1 naming it, in one line each."""
     assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "shipped 2 bundle(s)" in result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert str(entries[1]) in lines[0] and "signed manifest" in lines[0], lines[0]
-    # The first bundle shipped; the tampered one and the one after it stay spooled.
-    assert [p.exists() for p in entries] == [False, True, True]
+    kept = env.state_dir / "quarantine" / entries[1].name
+    assert str(kept) in lines[0] and why in lines[0], lines[0]
+    assert [p.exists() for p in entries] == [False, False, False]
+    assert {"bundle.json", "manifest.dsse.json", RECORDS_FILE,
+            "quarantine-reason.txt"} == {p.name for p in kept.iterdir()}
+    assert why in (kept / "quarantine-reason.txt").read_text()
+    assert (kept / RECORDS_FILE).is_file()  # the changed bytes, kept for investigation
+
+    status = env.run("status", "--json")
+    assert status.returncode == 1
+    problems = json.loads(status.stdout)["problems"]
+    assert len(problems) == 1 and str(kept) in problems[0] and why in problems[0]
+    # Once someone has looked and removed it, status is clean again.
+    shutil.rmtree(kept)
+    assert env.run("status").returncode == 0
 
 
-def assert_only_first_manifest_and_no_tampered_records(stored: list[str]) -> None:
-    """Bundle 1 committed; nothing of bundle 2. (A pipelined store may already hold
-    bundle 3's records object: it matched its manifest, and a later run's put of the
-    same bytes is a success.)"""
-    manifests = [key for key in stored if key.endswith(".manifest.dsse.json")]
-    assert len(manifests) == 1 and "/0000000001-" in "/" + manifests[0].split("/")[-1]
-    assert not [key for key in stored if key.split("/")[-1].startswith("0000000002-")], stored
+def verify_findings(env: GamsaEnv) -> set[tuple[str, str]]:
+    trust = str(env.state_dir / "keys" / "agent.json")
+    report = json.loads(env.run("verify", "--trust", trust, "--json").stdout)
+    return {(f["code"], f["key"].split("/")[-1][:10]) for f in report["findings"]
+            if f["severity"] == "error"}
 
 
-def test_file_store_refuses_a_records_file_changed_in_the_spool(gamsa_env: GamsaEnv) -> None:
-    gamsa_env.write_config(collectors='["host"]')
+def test_file_store_never_stores_a_records_file_changed_in_the_spool(
+        gamsa_env: GamsaEnv) -> None:
     result, entries = ship_with_second_bundle_tampered(gamsa_env)
-    assert_refused(result, entries)
     stored = sorted(p.name for p in gamsa_env.store.rglob("*") if p.is_file())
-    assert_only_first_manifest_and_no_tampered_records(stored)
+    assert_quarantined(gamsa_env, result, entries, "signed manifest names")
+    # The store holds bundle 2's signed manifest, never its changed records: verify
+    # names exactly that, and the chain around it is whole.
+    assert [n[:10] for n in stored if n.endswith(".records.jsonl.gz")] == [
+        "0000000001", "0000000003"]
+    assert len([n for n in stored if n.endswith(".manifest.dsse.json")]) == 3
+    assert verify_findings(gamsa_env) == {("records_missing", "0000000002")}
 
-    status = gamsa_env.run("status")
-    assert status.returncode == 1 and "signed manifest" in status.stdout + status.stderr
 
-
-def test_s3_store_refuses_a_records_file_changed_in_the_spool(
+def test_s3_store_never_stores_a_records_file_changed_in_the_spool(
         s3_gamsa: S3GamsaEnv, s3_client: Any) -> None:
     result, entries = ship_with_second_bundle_tampered(s3_gamsa)
-    assert_refused(result, entries)
+    assert_quarantined(s3_gamsa, result, entries, "signed manifest names")
     keys = object_versions(s3_client, s3_gamsa.bucket, f"{s3_gamsa.prefix}/")
-    assert_only_first_manifest_and_no_tampered_records(sorted(keys))
+    names = sorted(key.split("/")[-1] for key in keys)
+    assert [n[:10] for n in names if n.endswith(".records.jsonl.gz")] == [
+        "0000000001", "0000000003"]
+    assert len([n for n in names if n.endswith(".manifest.dsse.json")]) == 3
+    assert all(len(versions) == 1 for versions in keys.values())
+    assert verify_findings(s3_gamsa) == {("records_missing", "0000000002")}
+
+
+def test_an_unreadable_spooled_manifest_is_quarantined_and_nothing_of_it_stored(
+        gamsa_env: GamsaEnv) -> None:
+    manifest = "manifest.dsse.json"
+    result, entries = ship_with_second_bundle_tampered(gamsa_env, part=manifest)
+    assert_quarantined(gamsa_env, result, entries, "manifest is unreadable")
+    stored = sorted(p.name for p in gamsa_env.store.rglob("*") if p.is_file())
+    assert not [n for n in stored if n.startswith("0000000002")], stored
+    # What is lost is visible: a gap in the chain before bundle 3.
+    assert {code for code, _ in verify_findings(gamsa_env)} == {"chain_gap"}
 
 
 def test_s3_put_file_streams_a_large_file_and_refuses_a_wrong_digest(
@@ -152,3 +188,31 @@ def test_a_manifest_the_store_reports_with_another_checksum_stays_spooled(
             ship_spool(state, store, signer.key_id)
     assert len(state.entries()) == 3  # nothing removed from the spool unconfirmed
     assert "not confirmed" in state.read_status()["last_error"]["message"]
+
+
+def test_killed_at_every_step_around_a_quarantine_then_one_ship_settles_it(
+        gamsa_env: GamsaEnv, tmp_path: Path) -> None:
+    seal_many(gamsa_env, 3)
+    entries = spool_entries(gamsa_env)
+    flip_byte(entries[1] / RECORDS_FILE)
+    template = tmp_path / "template"
+    shutil.copytree(gamsa_env.state_dir, template)
+    steps_hit: list[str] = []
+    for step in range(1, 20):  # from the same start, killed at each crash point in turn
+        shutil.rmtree(gamsa_env.state_dir)
+        shutil.rmtree(gamsa_env.store, ignore_errors=True)
+        shutil.copytree(template, gamsa_env.state_dir)
+        crashed = gamsa_env.run("ship", crash_at=step)
+        if crashed.returncode != -9:
+            assert crashed.returncode == 1, crashed.stderr  # past the last crash point
+            break
+        steps_hit.append(crashed.stderr.strip().split(": ", 1)[1])
+        resumed = gamsa_env.run("ship")
+        assert resumed.returncode in (0, 1), resumed.stderr  # 1: this run quarantined
+        assert "Traceback" not in resumed.stderr
+        assert spool_entries(gamsa_env) == []
+        quarantined = list((gamsa_env.state_dir / "quarantine").iterdir())
+        assert [p.name for p in quarantined] == [entries[1].name]
+        assert verify_findings(gamsa_env) == {("records_missing", "0000000002")}, step
+    assert "quarantine reason written" in steps_hit and "manifest shipped" in steps_hit
+    assert len(steps_hit) >= 9, steps_hit  # 3 bundles, 3 crash points each
