@@ -335,7 +335,10 @@ class StateDir:
             if entry.name.seq != (1 if head is None else head.seq + 1):
                 continue  # cannot follow the head; skip without reading its manifest
             manifest = entry.manifest_path.read_bytes()
-            chain = _chain_of(manifest)
+            try:
+                chain = _chain_of(manifest)
+            except (GamsaError, KeyError, TypeError, ValueError):
+                continue  # not a manifest the head can follow; the shipper quarantines it
             follows = (
                 (head is None and chain["seq"] == 1 and chain["prev"] is None)
                 or (head is not None and chain["id"] == head.chain_id

@@ -216,3 +216,23 @@ def test_killed_at_every_step_around_a_quarantine_then_one_ship_settles_it(
         assert verify_findings(gamsa_env) == {("records_missing", "0000000002")}, step
     assert "quarantine reason written" in steps_hit and "manifest shipped" in steps_hit
     assert len(steps_hit) >= 9, steps_hit  # 3 bundles, 3 crash points each
+
+
+def test_a_lost_head_update_and_a_corrupt_manifest_neither_block_nor_fork(
+        gamsa_env: GamsaEnv) -> None:
+    """Bundle 2 spooled, its head update lost in a crash, its manifest then corrupted:
+    recovery cannot follow it, the shipper quarantines it, and the next collection
+    takes seq 2 again, so the store's chain stays whole."""
+    seal_many(gamsa_env, 1)
+    head_after_first = (gamsa_env.state_dir / "chain.json").read_bytes()
+    seal_many(gamsa_env, 1)
+    (gamsa_env.state_dir / "chain.json").write_bytes(head_after_first)
+    entries = spool_entries(gamsa_env)
+    flip_byte(entries[1] / "manifest.dsse.json")
+
+    result = gamsa_env.run("ship")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "manifest is unreadable" in result.stderr and "shipped 1 bundle" in result.stdout
+    collected = gamsa_env.run("collect")
+    assert collected.returncode == 0 and "seq 2" in collected.stdout, collected.stderr
+    assert verify_findings(gamsa_env) == set()
