@@ -2,10 +2,9 @@
 
 Shared by the collectors that name processes (`processes` lists them all, `network`
 names the one behind a connection). Executables are hashed in 1 MiB chunks and the
-digests kept in an `ExeHashCache`, keyed by the file's identity (device, inode,
-size, mtime and ctime in nanoseconds), so a rerun hashes only what changed. ctime
-is in the key although the issue asked for mtime only: `touch -d` can put back an
-old mtime after a binary is swapped in place, but nothing can put back a ctime.
+digests kept in a `collector._hashcache.HashCache`, keyed by the file's identity
+(device, inode, size, mtime and ctime in nanoseconds; ctime although the issue
+asked for mtime only, see that module), so a rerun hashes only what changed.
 
 On Linux the file hashed is `/proc/<pid>/exe`, the very inode the process runs,
 so a process in a container (another mount namespace) is not given the hash of
@@ -15,25 +14,22 @@ deleted or replaced (link count 0) gets no hash: the file at its path is another
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from collector._hashcache import HashCache, file_identity
 from collector._linux import record_text
 from collector.record import from_epoch, text_or_b64
 
 CHUNK_BYTES = 1 << 20
 CACHE_FILE = Path("cache") / "exe_hashes.json"
-_CACHE_VERSION = 1
 _LINUX = sys.platform.startswith("linux")
 _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_BINARY", 0))
@@ -47,89 +43,12 @@ def as_text(value: str) -> str | dict[str, str]:
         return text_or_b64(value.encode("utf-8", "surrogatepass"))
 
 
-def file_identity(info: os.stat_result) -> str:
-    """The cache key of a file: `<dev>:<ino>:<size>:<mtime_ns>:<ctime_ns>`."""
-    return (f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:"
-            f"{info.st_ctime_ns}")
+def exe_hash_cache(state_dir: Path | None) -> HashCache:
+    """The loaded cache at `<state_dir>/cache/exe_hashes.json` (memory only if None)."""
+    return HashCache.under(state_dir, CACHE_FILE)
 
 
-class ExeHashCache:
-    """SHA-256 digests by file identity, optionally persisted as JSON.
-
-    `path` None keeps the cache in memory only. `load()` never fails (a missing,
-    unreadable or corrupt file is an empty cache); `save()` writes atomically
-    (temp file in the same directory, fsync, `os.replace`) and by default keeps
-    only the entries used since this object was made. `computed` counts files
-    actually read and hashed, `hits` answers given from the cache.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self._entries: dict[str, str] = {}
-        self._used: set[str] = set()
-        self.computed = 0
-        self.hits = 0
-
-    @classmethod
-    def for_state_dir(cls, state_dir: Path | None) -> ExeHashCache:
-        """The loaded cache at `<state_dir>/cache/exe_hashes.json` (memory only if None)."""
-        cache = cls(None if state_dir is None else state_dir / CACHE_FILE)
-        cache.load()
-        return cache
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def load(self) -> None:
-        if self.path is None:
-            return
-        try:
-            document = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
-            return
-        if not isinstance(document, dict) or document.get("version") != _CACHE_VERSION:
-            return
-        entries = document.get("entries")
-        if isinstance(entries, dict):
-            self._entries.update(
-                (k, v) for k, v in entries.items()
-                if isinstance(k, str) and isinstance(v, str) and len(v) == 64)
-
-    def get(self, identity: str) -> str | None:
-        digest = self._entries.get(identity)
-        if digest is not None:
-            self._used.add(identity)
-            self.hits += 1
-        return digest
-
-    def put(self, identity: str, digest: str) -> None:
-        self._entries[identity] = digest
-        self._used.add(identity)
-
-    def save(self, prune: bool = True) -> None:
-        """Write the cache; `prune` drops entries not used since it was made (pass
-        False from a collector that looks at a few processes, not all). Raises OSError."""
-        if self.path is None:
-            return
-        if prune:
-            self._entries = {k: v for k, v in self._entries.items() if k in self._used}
-        document = {"version": _CACHE_VERSION, "entries": dict(sorted(self._entries.items()))}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                    dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(json.dumps(document, separators=(",", ":")).encode("ascii"))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-
-
-def exe_hash(path: str, cache: ExeHashCache) -> str | None:
+def exe_hash(path: str, cache: HashCache) -> str | None:
     """Hex SHA-256 of the regular file at `path` (symlinks followed), from `cache`
     when its identity is known; None when it cannot be opened or is not a regular
     file (a FIFO is never waited on). A file that changes while being hashed gets
@@ -178,7 +97,7 @@ class ExeInfo:
     deleted: bool
 
 
-def process_exe(proc: psutil.Process, cache: ExeHashCache) -> ExeInfo:
+def process_exe(proc: psutil.Process, cache: HashCache) -> ExeInfo:
     """The executable of a live process. Raises psutil.AccessDenied when its path
     cannot be read, psutil.NoSuchProcess when the process is gone."""
     path = proc.exe()
@@ -217,7 +136,7 @@ class FieldReader:
         return None
 
 
-def process_identity(proc: psutil.Process, cache: ExeHashCache,
+def process_identity(proc: psutil.Process, cache: HashCache,
                      reader: FieldReader | None = None) -> dict[str, Any]:
     """`{pid, name, user, exe, exe_sha256, exe_deleted, started}` as record data.
 

@@ -24,10 +24,10 @@ records stay in path order.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fnmatch
 import hashlib
-import json
 import os
 import posixpath
 import stat
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector._hashcache import HashCache, file_identity
 from collector._linux import MAX_SAFE_INT, os_reason, parse_colon_file
 from collector.record import Record, text_or_b64
 from collector.registry import (
@@ -84,7 +85,6 @@ DEFAULT_CONTENT_MAX_BYTES = 65536
 DEFAULT_HASH_MAX_BYTES = 1024**3
 
 CACHE_FILE = Path("cache") / "file_hashes.json"
-_CACHE_VERSION = 1
 _CHUNK = 1024 * 1024  # hashlib releases the GIL on buffers this size
 _POOL_MIN_BYTES = 256 * 1024  # smaller files: hashing costs less than handing them over
 
@@ -501,10 +501,6 @@ def _read_regular(fs_path: bytes, st: os.stat_result, for_content: bool) -> _Rea
         os.close(fd)
 
 
-def _cache_key(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
-
-
 # --- describing one path ---------------------------------------------------------
 
 @dataclass
@@ -526,7 +522,7 @@ class _Describer:
     thread; large files are hashed in the pool, where the GIL is not held."""
 
     def __init__(self, root: bytes, settings: _Settings, names: _Names,
-                 cache: dict[str, str], pool: ThreadPoolExecutor | None,
+                 cache: HashCache, pool: ThreadPoolExecutor | None,
                  cache_before_ns: int) -> None:
         self.root = root
         self.cache_before_ns = cache_before_ns
@@ -586,8 +582,8 @@ class _Describer:
             return
         data["content_omitted_reason"] = "over_cap"
         if st.st_ctime_ns < self.cache_before_ns:
-            outcome.cache_key = _cache_key(st)
-        cached = self.cache.get(outcome.cache_key) if outcome.cache_key else None
+            outcome.cache_key = file_identity(st)
+        cached = self.cache.lookup(outcome.cache_key) if outcome.cache_key else None
         if cached is not None:
             data["sha256"] = cached
             outcome.cache_hit = True
@@ -632,37 +628,6 @@ def _set_content(raw: bytes, data: dict[str, Any]) -> None:
     data["content"], data["content_redactions"] = scrub_text(text)
 
 
-# --- the hash cache --------------------------------------------------------------
-
-def _load_cache(state_dir: Path | None) -> dict[str, str]:
-    if state_dir is None:
-        return {}
-    try:
-        loaded = json.loads((state_dir / CACHE_FILE).read_bytes())
-    except (OSError, ValueError):
-        return {}  # absent or damaged: the run rehashes, nothing is lost
-    if not isinstance(loaded, dict) or loaded.get("version") != _CACHE_VERSION:
-        return {}
-    entries = loaded.get("entries")
-    if not isinstance(entries, dict):
-        return {}
-    return {k: v for k, v in entries.items() if isinstance(k, str) and isinstance(v, str)}
-
-
-def _save_cache(state_dir: Path | None, entries: dict[str, str]) -> None:
-    if state_dir is None:
-        return
-    target = state_dir / CACHE_FILE
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries},
-                                   sort_keys=True, separators=(",", ":")))
-        os.replace(temp, target)
-    except OSError:
-        temp.unlink(missing_ok=True)  # a cache that cannot be written costs time, not evidence
-
-
 # --- the run ---------------------------------------------------------------------
 
 def _expand_patterns(ctx: CollectContext, limits: Limits) -> tuple[_Walker, list[Record]]:
@@ -679,7 +644,7 @@ def _expand_patterns(ctx: CollectContext, limits: Limits) -> tuple[_Walker, list
 
 
 def _describe_all(ctx: CollectContext, settings: _Settings, paths: list[bytes],
-                  cache: dict[str, str], limits: Limits, root: bytes) -> list[_Outcome]:
+                  cache: HashCache, limits: Limits, root: bytes) -> list[_Outcome]:
     names = _Names(ctx)
     cache_before_ns = time.time_ns() - limits.racy_ns
     if limits.threads <= 1:
@@ -702,13 +667,12 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
     settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
                          _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES))
     walker, pattern_records = _expand_patterns(ctx, limits)
-    cache = _load_cache(ctx.state_dir)
+    cache = HashCache.under(ctx.state_dir, CACHE_FILE)
     outcomes = _describe_all(ctx, settings, sorted(walker.found), cache, limits, walker.root)
 
     stats = ScanStats(matches=len(walker.found))
     records: list[Record] = []
     problems = dict(walker.problems)
-    seen: dict[str, str] = {}
     for outcome in outcomes:
         if outcome.data is not None:
             records.append(Record(NAME, "file", outcome.key, outcome.data,
@@ -716,13 +680,13 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
         if outcome.problem is not None:
             problems[(outcome.problem.type, outcome.problem.key)] = outcome.problem
         if outcome.cache_key is not None and outcome.data is not None:
-            seen[outcome.cache_key] = outcome.data["sha256"]
+            cache.put(outcome.cache_key, outcome.data["sha256"])
         stats.cache_hits += outcome.cache_hit
         if outcome.opened:
             stats.files_read += 1
             stats.bytes_read += outcome.data["size"] if outcome.data else 0
-    if seen != cache:
-        _save_cache(ctx.state_dir, seen)
+    with contextlib.suppress(OSError):  # a cache not written costs time, not evidence
+        cache.save()
     records += [problems[k] for k in sorted(problems)]
     return ScanResult(records + pattern_records, stats)
 

@@ -38,6 +38,7 @@ from collector._endpoints import (
     parse_endpoints,
     parse_hosts,
 )
+from collector._hashcache import HashCache
 from collector._linux import (
     decode,
     key_text,
@@ -47,7 +48,7 @@ from collector._linux import (
     record_text,
     unreadable_record,
 )
-from collector._proc import ExeHashCache, process_exe
+from collector._proc import exe_hash_cache, process_exe
 from collector.host import interfaces
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
@@ -478,7 +479,7 @@ def _attr(proc: Any, method: str) -> Any:
 class _Processes:
     """Process facts by pid, looked up once; exe hashes cached by file identity."""
 
-    def __init__(self, hashes: ExeHashCache) -> None:
+    def __init__(self, hashes: HashCache) -> None:
         self.cache: dict[int, _Process] = {}
         self.hashes = hashes
 
@@ -579,7 +580,7 @@ def _socket_records(conns: list[_Conn], processes: _Processes,
 
 
 def _live_records(matcher: Matcher, problems: list[Record],
-                  hashes: ExeHashCache) -> list[Record]:
+                  hashes: HashCache) -> list[Record]:
     records: list[Record] = []
     try:
         records += _interface_records()
@@ -621,7 +622,7 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     matcher, resolutions = build_matcher(endpoints, hosts_names(hosts), ctx.is_live)
     records += _resolution_records(endpoints, matcher, resolutions)
     if ctx.is_live:
-        hashes = ExeHashCache.for_state_dir(ctx.state_dir)
+        hashes = exe_hash_cache(ctx.state_dir)
         records += _live_records(matcher, problems, hashes)
         try:
             hashes.save(prune=False)  # processes prunes; here only a few exes were seen

@@ -17,11 +17,12 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
+from collector._hashcache import HashCache
 from collector._linux import os_reason
 from collector._proc import (
-    ExeHashCache,
     FieldReader,
     as_text,
+    exe_hash_cache,
     process_identity,
     process_key,
 )
@@ -111,7 +112,7 @@ def _listening(proc: psutil.Process, table: Listening | None, own_netns: str | N
     return table.get(proc.pid, [])
 
 
-def _process_record(proc: psutil.Process, cache: ExeHashCache, table: Listening | None,
+def _process_record(proc: psutil.Process, cache: HashCache, table: Listening | None,
                     own_netns: str | None) -> Record:
     """Raises psutil.NoSuchProcess when the process has gone meanwhile."""
     reader = FieldReader(proc)
@@ -134,10 +135,10 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
         yield unsupported(NAME, "process table",
                           "fixture mode: processes are read on the live system only")
         return
-    yield from collect_processes(ExeHashCache.for_state_dir(ctx.state_dir))
+    yield from collect_processes(exe_hash_cache(ctx.state_dir))
 
 
-def collect_processes(cache: ExeHashCache) -> Iterator[Record]:
+def collect_processes(cache: HashCache) -> Iterator[Record]:
     """The live records, hashing through `cache` (saved, pruned to what ran, at the end)."""
     table = _all_listening()
     if table is None:

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from collector._endpoints import Endpoint, parse_endpoint, parse_endpoints, resolve_names
-from collector._proc import ExeHashCache, exe_hash
+from collector._hashcache import HashCache
+from collector._proc import exe_hash
 from collector.network import COLLECTOR
 from collector.registry import CollectContext, run_collector
 
@@ -253,7 +254,7 @@ def test_exe_hash_shared_with_processes(tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)  # several chunks and a tail
     path = tmp_path / "blob"
     path.write_bytes(data)
-    cache = ExeHashCache()
+    cache = HashCache()
     assert exe_hash(str(path), cache) == hashlib.sha256(data).hexdigest()
     assert exe_hash(str(tmp_path / "absent"), cache) is None
     assert exe_hash(str(tmp_path), cache) is None  # a directory

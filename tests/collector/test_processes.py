@@ -19,7 +19,8 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from collector._proc import ExeHashCache, exe_hash
+from collector._hashcache import HashCache
+from collector._proc import exe_hash, exe_hash_cache
 from collector.processes import COLLECTOR, collect_processes
 from collector.registry import CollectContext, run_collector
 
@@ -110,12 +111,12 @@ def test_live_child_process(tmp_path: Path,
 
 def test_rerun_reuses_the_cache(tmp_path: Path,
                                 listener: tuple[subprocess.Popen[str], int, int]) -> None:
-    first = ExeHashCache.for_state_dir(tmp_path)
+    first = exe_hash_cache(tmp_path)
     list(collect_processes(first))
     assert first.computed >= 1  # at least the child's interpreter
     saved = set(json.loads((tmp_path / "cache" / "exe_hashes.json").read_text())["entries"])
 
-    second = ExeHashCache.for_state_dir(tmp_path)
+    second = exe_hash_cache(tmp_path)
     assert len(second) == len(saved)
     records = list(collect_processes(second))
     now = set(json.loads((tmp_path / "cache" / "exe_hashes.json").read_text())["entries"])
@@ -130,13 +131,13 @@ def test_exe_hash_cache_invalidation(tmp_path: Path) -> None:
     target = tmp_path / "tool"
     target.write_bytes(b"#!/bin/sh\necho one\n")
     state = tmp_path / "state"
-    cache = ExeHashCache.for_state_dir(state)
+    cache = exe_hash_cache(state)
     assert exe_hash(str(target), cache) == sha256_file(target)
     assert exe_hash(str(target), cache) == sha256_file(target)
     assert (cache.computed, cache.hits) == (1, 1)
     cache.save()
 
-    cache = ExeHashCache.for_state_dir(state)
+    cache = exe_hash_cache(state)
     assert exe_hash(str(target), cache) == sha256_file(target)
     assert (cache.computed, cache.hits) == (0, 1)
 
@@ -158,7 +159,7 @@ def test_exe_hash_cache_invalidation(tmp_path: Path) -> None:
 
     # save prunes: a run that saw only the current file keeps only its entry
     cache.save()
-    cache = ExeHashCache.for_state_dir(state)
+    cache = exe_hash_cache(state)
     assert len(cache) == 4
     assert exe_hash(str(target), cache) == sha256_file(target)
     cache.save()
@@ -172,8 +173,8 @@ def test_exe_hash_cache_tolerates_bad_files(tmp_path: Path) -> None:
     for junk in (b"{not json", b"[]", b'{"version": 1, "entries": {"k": 5}}',
                  b'{"version": 99, "entries": {}}'):
         path.write_bytes(junk)
-        assert len(ExeHashCache.for_state_dir(tmp_path)) == 0
-    memory_only = ExeHashCache.for_state_dir(None)
+        assert len(exe_hash_cache(tmp_path)) == 0
+    memory_only = exe_hash_cache(None)
     target = tmp_path / "f"
     target.write_bytes(b"x" * (3 << 20))  # several 1 MiB chunks
     assert exe_hash(str(target), memory_only) == sha256_file(target)
@@ -184,7 +185,7 @@ def test_exe_hash_cache_tolerates_bad_files(tmp_path: Path) -> None:
 def test_exe_hash_refuses_non_files(tmp_path: Path) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    cache = ExeHashCache()
+    cache = HashCache()
     results: list[str | None] = []
     worker = threading.Thread(target=lambda: results.append(exe_hash(str(fifo), cache)))
     worker.start()
