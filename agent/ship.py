@@ -23,7 +23,6 @@ file, which `gamsa status` reads.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import hashlib
@@ -32,9 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.crashpoints import crashpoint
-from agent.state import SpoolEntry, StateDir
+from agent.state import SpoolEntry, StateDir, spooled_statement
 from agent.store import DigestMismatchError, Store, put_file
-from signing.dsse import parse_envelope, parse_statement
 from signing.errors import GamsaError, StoreError
 from signing.keys import key_object_name
 
@@ -75,8 +73,7 @@ def _signed_records_digest(entry: SpoolEntry, manifest: bytes) -> str:
     """The records digest the spooled manifest signs (its subject), checked to name
     this bundle's records object. The signature itself is checked by `verify`."""
     try:
-        envelope = parse_envelope(manifest)
-        subject = parse_statement(base64.b64decode(envelope["payload"]))["subject"][0]
+        subject = spooled_statement(manifest)["subject"][0]
     except (GamsaError, binascii.Error, ValueError) as exc:
         detail = exc.message if isinstance(exc, GamsaError) else str(exc)
         raise _UnreadableManifest(f"the manifest is unreadable ({detail})") from exc

@@ -351,11 +351,18 @@ class StateDir:
         return head
 
 
+def spooled_statement(manifest: bytes) -> dict[str, Any]:
+    """The statement of one of our own spooled manifests (signature not checked).
+
+    Raises GamsaError, binascii.Error or ValueError on bytes that are not one.
+    """
+    envelope = parse_envelope(manifest)
+    return parse_statement(base64.b64decode(envelope["payload"]))
+
+
 def _chain_of(manifest: bytes) -> dict[str, Any]:
     """The chain fields of one of our own spooled manifests (signature not checked)."""
-    envelope = parse_envelope(manifest)
-    statement = parse_statement(base64.b64decode(envelope["payload"]))
-    predicate = statement["predicate"]
+    predicate = spooled_statement(manifest)["predicate"]
     return {**predicate["chain"], "finished_at": predicate["collection"]["finished_at"],
             "key_id": predicate["agent"]["key_id"]}
 
