@@ -577,8 +577,10 @@ class S3Store:
                         read += len(body)
                         sent.append(pool.submit(send, len(sent) + 1, body))
                         del body  # only the workers hold parts in memory
-                        while sum(not f.done() for f in sent) >= PART_WORKERS:
-                            wait(sent, return_when=FIRST_COMPLETED)
+                        running = [f for f in sent if not f.done()]
+                        while len(running) >= PART_WORKERS:  # wait for a free worker
+                            wait(running, return_when=FIRST_COMPLETED)
+                            running = [f for f in running if not f.done()]
                         for future in sent:  # fail fast on a part that gave up
                             if future.done() and future.exception() is not None:
                                 future.result()
