@@ -11,6 +11,10 @@ One run, one moto server (a real subprocess on loopback), the same files:
    second Object Lock bucket on the same server;
 4. `gamsa verify` the small-bundle store over s3:// (reads and re-hashes every object).
 
+With `--without-head`, a third row runs `gamsa ship` with the HEAD that confirms
+each manifest switched off (patched in the benchmark process only, never in
+gamsa): what the confirmation costs, for deciding on issue 4's target.
+
 Beside the wall time of each run it reports the HTTP requests the server logged,
 the server's CPU time and the client's (the tool's process and its children), so
 a reader can tell whether a run was bound by the server, the client or latency.
@@ -48,6 +52,11 @@ MOTO = str(BIN / "moto_server")
 CREDS = {"AWS_ACCESS_KEY_ID": "AKIABENCH000000000001", "AWS_SECRET_ACCESS_KEY": "bench",
          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
          "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+
+
+# `gamsa ship` with the manifest confirmation (HEAD) patched out, for --without-head.
+NO_HEAD = ("import sys, agent.ship as ship; ship._confirm = lambda *args: None; "
+           "from agent.cli import main; main(sys.argv[1:])")
 
 
 def free_port() -> int:
@@ -227,24 +236,27 @@ def run(args: argparse.Namespace) -> str:
             sizes[label] = (files, size)
             for rep in range(args.repeat):
                 order = ("gamsa", "aws") if rep % 2 == 0 else ("aws", "gamsa")
-                for tool in order:
+                tools = (*order, "gamsa-no-head") if args.without_head else order
+                for tool in tools:
                     bucket = f"{tool}-{key}-{rep}"
                     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-                    if tool == "gamsa":
-                        copy = work / f"run-{key}-{rep}"
+                    if tool.startswith("gamsa"):
+                        copy = work / f"run-{key}-{rep}-{tool}"
                         copy.mkdir()
                         shutil.copytree(state_dir, copy / "state")
                         config = write_config(copy, endpoint, bucket, f"bench-{key}")
-                        outcome = timed([GAMSA, "ship"], {**env, "GAMSA_CONFIG": str(config)},
-                                        server)
-                        name = "gamsa ship"
+                        command = [GAMSA, "ship"] if tool == "gamsa" else [
+                            sys.executable, "-c", NO_HEAD, "ship"]
+                        outcome = timed(command, {**env, "GAMSA_CONFIG": str(config)}, server)
+                        name = ("gamsa ship" if tool == "gamsa"
+                                else "gamsa ship, no HEAD per manifest (bench only)")
                     else:
                         outcome = timed([args.aws, "s3", "cp", "--recursive",
                                          "--only-show-errors", "--endpoint-url", endpoint,
                                          str(stage), f"s3://{bucket}/evidence"], env, server)
                         name = "aws s3 cp --recursive"
                     results.setdefault((label, name), []).append(outcome)
-        small_copy = work / "run-small-0"
+        small_copy = work / "run-small-0-gamsa"
         trust = str(small_copy / "state" / "keys" / "agent.json")
         t_verify = timed([GAMSA, "verify", "--trust", trust],
                          {**env, "GAMSA_CONFIG": str(small_copy / "agent.toml")}).seconds
@@ -304,6 +316,8 @@ def main() -> None:
     parser.add_argument("--aws", default=shutil.which("aws") or "/tmp/awsvenv/bin/aws")
     parser.add_argument("--out", type=Path, help="append the results to this Markdown file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--without-head", action="store_true",
+                        help="also time gamsa ship without the per-manifest HEAD (bench only)")
     args = parser.parse_args()
     report = run(args)
     print(report)
