@@ -137,8 +137,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
              f"sealed a spool_full record instead of a collection")
-    for line in quarantined:
-        warn(f"spool entry quarantined, its records not stored: {line}")
+    _warn_quarantined(quarantined)
     if ship_error is not None:
         warn(f"sealed and spooled, but shipping failed: {ship_error.diagnostics()} "
              f"({spooled} bundle(s) wait in the spool; `gamsa ship` retries)")
@@ -166,23 +165,29 @@ def ship(config_path: Path | None, as_json: bool) -> None:
                    "remaining": len(state.entries()), "quarantined": report.quarantined})
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
-    for line in report.quarantined:
-        warn(f"spool entry quarantined, its records not stored: {line}")
+    _warn_quarantined(report.quarantined)
     if report.quarantined:
         sys.exit(FINDINGS)
+
+
+def _warn_quarantined(lines: list[str]) -> None:
+    """One warning per spool entry the shipper quarantined (collect and ship)."""
+    for line in lines:
+        warn(f"spool entry quarantined, its records not stored: {line}")
 
 
 @cli.command()
 @config_option
 @json_option
 def status(config_path: Path | None, as_json: bool) -> None:
-    """Spool, last ship, chain head; exit 1 if the spool is over its cap or the last
-    ship failed."""
+    """Spool, last ship, chain head; exit 1 if the spool is over its cap, a spool
+    entry is quarantined or the last ship failed."""
     from agent.ship import agent_status
     from agent.state import StateDir
 
     config = load(config_path)
-    info = agent_status(StateDir(config.state_dir), config.store.url, config.spool.max_bytes)
+    state = StateDir(config.state_dir)
+    info = agent_status(state, config.store.url, config.spool.max_bytes)
     if as_json:
         emit_json(info)
     else:
@@ -201,7 +206,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
                                      else "none"))
         if info["quarantined"]:
             click.echo(f"quarantined: {len(info['quarantined'])} spool entry(ies) in "
-                       f"{Path(info['state_dir']) / 'quarantine'}")
+                       f"{state.quarantine}")
     for problem in info["problems"]:
         warn(problem)
     if info["problems"]:
