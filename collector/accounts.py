@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import os
 import re
@@ -44,8 +45,14 @@ SUDOERS_D = "/etc/sudoers.d"
 AUTHORIZED_KEYS = ("authorized_keys", "authorized_keys2")
 
 _NO_LOGIN_SHELLS = frozenset({"nologin", "false"})
-_SHADOW_INTS = ("last_change_days", "min_days", "max_days", "warn_days", "inactive_days",
-                "expire_days")
+# /etc/shadow fields 3-8: two dates counted in days since 1970-01-01, four durations
+# in days. The dates are recorded as dates: a day count read as "days since the
+# change" would be off by fifty years.
+_SHADOW_FIELDS = ("last_change", "min_days", "max_days", "warn_days", "inactive_days",
+                  "expires")
+_SHADOW_DATES = frozenset({"last_change", "expires"})
+_EPOCH_DAY = dt.date(1970, 1, 1)
+_MAX_DAY = (dt.date.max - _EPOCH_DAY).days
 _MAX_INCLUDE_DEPTH = 128  # as sudo
 
 
@@ -135,10 +142,7 @@ def _read_shadow(ctx: CollectContext, problems: list[Record]) -> dict[str, dict[
                 raise ValueError("user name is empty")
             if name in aging:
                 raise ValueError("duplicate user name")
-            values: dict[str, Any] = {
-                field: parse_int(text, field, -MAX_SAFE_INT, MAX_SAFE_INT) if text else None
-                for field, text in zip(_SHADOW_INTS, numbers, strict=False)
-            }
+            values = _shadow_aging(numbers)
         except ValueError as exc:  # reasons name fields, never their content
             problems.append(malformed_record(NAME, SHADOW, entry.lineno, str(exc)))
             continue
@@ -146,6 +150,23 @@ def _read_shadow(ctx: CollectContext, problems: list[Record]) -> dict[str, dict[
         values["no_password"] = secret == ""
         aging[name] = values
     return aging
+
+
+def _shadow_aging(numbers: list[str]) -> dict[str, Any]:
+    """Fields 3-8 of a shadow line as record values. A last change of 0 means the
+    user must change the password at next login (shadow(5)); that day is not a date."""
+    values: dict[str, Any] = {}
+    for field, text in zip(_SHADOW_FIELDS, numbers, strict=False):
+        if field not in _SHADOW_DATES:
+            values[field] = parse_int(text, field, -MAX_SAFE_INT, MAX_SAFE_INT) if text else None
+            continue
+        day = parse_int(text, field, 0, _MAX_DAY) if text else None
+        must_change = field == "last_change" and day == 0
+        values[field] = None if day is None or must_change else (
+            _EPOCH_DAY + dt.timedelta(days=day)).isoformat()
+        if field == "last_change":
+            values["must_change"] = must_change
+    return values
 
 
 # --- sudoers ---------------------------------------------------------------------
@@ -504,7 +525,7 @@ _TEXT = (str, dict)  # dict: {"b64": ...} for bytes that are not UTF-8
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Local accounts: users (with password aging from /etc/shadow, never a "
                 "hash), groups, sudoers rules (following includes) and SSH authorized "
                 "keys, read under the root.",
@@ -532,9 +553,17 @@ COLLECTOR = Collector(
                               "supplementary), User_Alias or ALL; host and command "
                               "parts are not evaluated"),
                 "password_aging": Field((dict, _NONE),
-                                        "from /etc/shadow: `{last_change_days, min_days, "
-                                        "max_days, warn_days, inactive_days, expire_days}` "
-                                        "(integers or null when empty), `locked` (hash "
+                                        "from /etc/shadow: `{last_change, must_change, "
+                                        "min_days, max_days, warn_days, inactive_days, "
+                                        "expires}`: `last_change` the date of the last "
+                                        "password change and `expires` the date the "
+                                        "account expires (`YYYY-MM-DD`, UTC; shadow counts "
+                                        "days since 1970-01-01), null when empty; "
+                                        "`must_change` true when the last change field is "
+                                        "0 (change forced at next login; `last_change` is "
+                                        "then null); the `_days` fields are durations in "
+                                        "days, integers or null when empty (99999 is "
+                                        "shadow's \"no maximum\"), `locked` (hash "
                                         "field starts with `!` or `*`), `no_password` "
                                         "(hash field empty). Never the hash. Null when "
                                         "shadow is missing or unreadable or has no line "

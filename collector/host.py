@@ -1,17 +1,14 @@
-"""The `host` collector: what machine this is (name, OS, kernel, hardware, network, clock).
+"""The `host` collector: what machine this is (name, OS, kernel, hardware, network).
 
 Files are read under the context root, so a fixture tree stands in for a machine.
 Values that only a running system can give (psutil: boot time, CPUs, memory,
-interfaces; the kernel clock state) are read only when the root is `/` and are
-null otherwise. No command is run.
+interfaces) are read only when the root is `/` and are null otherwise. No command
+is run. Clock synchronization is a posture check (`collector._timesync`), not here.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
-import os
 import platform
 import socket
 import sys
@@ -23,7 +20,6 @@ import psutil  # type: ignore[import-untyped]  # no stubs installed
 from collector._linux import (
     decode,
     key_text,
-    lines,
     missing_record,
     parse_os_release,
     read_source,
@@ -39,25 +35,11 @@ _OS_RELEASE = ("/etc/os-release", "/usr/lib/os-release")
 _OS_RELEASE_KEYS = {"name": "NAME", "version_id": "VERSION_ID", "id": "ID",
                     "pretty_name": "PRETTY_NAME"}
 
-TIMESYNCD_MARKER = "/run/systemd/timesync/synchronized"
-_TIMESYNCD_ENABLED = "/etc/systemd/system/sysinit.target.wants/systemd-timesyncd.service"
-_TIMESYNCD_CONF = "/etc/systemd/timesyncd.conf"
-_CHRONY_CONFS = ("/etc/chrony/chrony.conf", "/etc/chrony.conf")
-_NTPD_CONFS = ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf")
-# Daemon process name -> service, for live runs.
-_TIME_DAEMONS = {"chronyd": "chrony", "ntpd": "ntpd", "systemd-timesyncd": "systemd-timesyncd"}
-_TIME_ERROR = 5  # adjtimex(2) clock state when the kernel clock is unsynchronized
 
 
 def _reads_linux_files(ctx: CollectContext) -> bool:
     """A fixture tree is a Linux layout; live, only Linux has these files."""
     return not ctx.is_live or sys.platform.startswith("linux")
-
-
-def _exists(ctx: CollectContext, path: str) -> bool:
-    """Present under the root. A symlink counts as itself (a systemd enablement link
-    in a fixture tree points at the real host); False on any OSError."""
-    return os.path.lexists(ctx.path(path))
 
 
 def _read_first(ctx: CollectContext, paths: tuple[str, ...],
@@ -159,112 +141,6 @@ def interfaces() -> list[dict[str, Any]]:
     return result
 
 
-def _kernel_clock_synchronized() -> bool | None:
-    """The kernel's own view (what `timedatectl` shows), read with adjtimex(2) modes=0."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        timex = ctypes.create_string_buffer(512)  # > sizeof(struct timex); modes = 0: read
-        state = int(libc.adjtimex(timex))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state != _TIME_ERROR
-
-
-def _running_time_daemon() -> str | None:
-    for proc in psutil.process_iter(["name"]):
-        service = _TIME_DAEMONS.get(proc.info.get("name") or "")
-        if service is not None:
-            return service
-    return None
-
-
-def _conf_lines(ctx: CollectContext, path: str, problems: list[Record]) -> list[list[str]]:
-    raw = _read_optional(ctx, path, problems)
-    if raw is None:
-        return []
-    return [line.split("#")[0].split() for _n, line in lines(raw)]
-
-
-def _glob(ctx: CollectContext, pattern: str) -> list[str]:
-    """Absolute paths (as on the host) matching `pattern`, wildcards in the last part."""
-    directory, _, name = pattern.rstrip("/").rpartition("/")
-    try:
-        found = sorted(p.name for p in ctx.path(directory or "/").glob(name) if p.is_file())
-    except OSError:
-        return []
-    return [f"{directory}/{n}" for n in found]
-
-
-def _ntp_servers(ctx: CollectContext, path: str, problems: list[Record],
-                 depth: int = 0) -> list[str]:
-    """`server`/`pool`/`peer` hosts of a chrony or ntpd config, following chrony's
-    `include`, `confdir` (*.conf) and `sourcedir` (*.sources)."""
-    servers: list[str] = []
-    for words in _conf_lines(ctx, path, problems):
-        if len(words) < 2:
-            continue
-        directive, args = words[0].lower(), words[1:]
-        if directive in ("server", "pool", "peer"):
-            servers += [a for a in args if not a.startswith("-")][:1]  # ntpd: server -4 x
-        elif depth < 8 and directive == "include":
-            for included in _glob(ctx, args[0]):
-                servers += _ntp_servers(ctx, included, problems, depth + 1)
-        elif depth < 8 and directive in ("confdir", "sourcedir"):
-            suffix = "*.conf" if directive == "confdir" else "*.sources"
-            for directory in args:
-                for included in _glob(ctx, f"{directory.rstrip('/')}/{suffix}"):
-                    servers += _ntp_servers(ctx, included, problems, depth + 1)
-    return servers
-
-
-def _timesyncd_servers(ctx: CollectContext, problems: list[Record]) -> list[str]:
-    """`NTP=` of timesyncd.conf and its drop-ins (a later assignment replaces)."""
-    servers: list[str] = []
-    for path in (_TIMESYNCD_CONF, *_glob(ctx, _TIMESYNCD_CONF + ".d/*.conf")):
-        raw = _read_optional(ctx, path, problems)
-        for _n, line in lines(raw or b""):
-            key, equals, value = line.partition("=")
-            if equals and key.strip() == "NTP":
-                servers = value.split()
-    return servers
-
-
-def _time_sync(ctx: CollectContext, problems: list[Record]) -> dict[str, Any]:
-    chrony = next((p for p in _CHRONY_CONFS if _exists(ctx, p)), None)
-    ntpd = next((p for p in _NTPD_CONFS if _exists(ctx, p)), None)
-    service: str | None = _running_time_daemon() if ctx.is_live else None
-    if service is None:
-        if _exists(ctx, TIMESYNCD_MARKER):
-            service = "systemd-timesyncd"
-        elif chrony is not None:
-            service = "chrony"
-        elif ntpd is not None:
-            service = "ntpd"
-        elif _exists(ctx, _TIMESYNCD_ENABLED):
-            service = "systemd-timesyncd"
-    servers: list[str] = []
-    if service == "chrony" and chrony is not None:
-        servers = _ntp_servers(ctx, chrony, problems)
-    elif service == "ntpd" and ntpd is not None:
-        servers = _ntp_servers(ctx, ntpd, problems)
-    elif service == "systemd-timesyncd":
-        servers = _timesyncd_servers(ctx, problems)
-
-    synchronized: bool | None = None
-    source: str | None = None
-    if service == "systemd-timesyncd" and _exists(ctx, TIMESYNCD_MARKER):
-        synchronized, source = True, TIMESYNCD_MARKER
-    elif ctx.is_live:
-        synchronized = _kernel_clock_synchronized()
-        source = None if synchronized is None else "adjtimex"
-    return {"service": service, "synchronized": synchronized, "source": source,
-            "servers": [key_text(s) for s in dict.fromkeys(servers)]}
-
-
 def collect(ctx: CollectContext) -> Iterator[Record]:
     problems: list[Record] = []
     hostname = _hostname(ctx, problems)
@@ -277,7 +153,6 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
         "cpu_count": None,
         "memory_total_bytes": None,
         "interfaces": None,
-        "time_sync": _time_sync(ctx, problems),
     }
     if ctx.is_live:
         data.update(
@@ -296,10 +171,10 @@ _NONE = type(None)
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="What machine this is: name, machine-id hash, OS, kernel, CPUs, memory, "
-                "network interfaces and clock synchronization. Files are read under the "
-                "root; psutil and kernel-clock values only on the live system.",
+                "network interfaces. Files are read under the root; psutil values only on "
+                "the live system.",
     platforms=("linux", "darwin", "win32"),
     record_types={
         "host": RecordType(
@@ -334,16 +209,6 @@ COLLECTOR = Collector(
                                     "network interfaces sorted by name: `{name, mac, "
                                     "addresses: [{family: inet|inet6, address, netmask}], "
                                     "is_up, mtu}` from psutil." + _LIVE),
-                "time_sync": Field((dict,),
-                                   "`{service, synchronized, source, servers}`: `service` "
-                                   "chrony | systemd-timesyncd | ntpd | null (live: the "
-                                   "running daemon; else by config files under the "
-                                   "root); `synchronized` true/false/null; `source` the "
-                                   "evidence for it: "
-                                   "`/run/systemd/timesync/synchronized` (timesyncd "
-                                   "synced), `adjtimex` (the kernel clock state, live "
-                                   "Linux only) or null; `servers` the NTP servers/pools "
-                                   "configured for that service"),
             },
         ),
     },

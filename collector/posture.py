@@ -21,6 +21,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
+from collector import _timesync as timesync
 from collector._linux import decode, key_text, lines, malformed_record, read_source
 from collector._tools import run_tool, which
 from collector.record import Record
@@ -28,15 +29,6 @@ from collector.registry import CollectContext, Collector, Field, RecordType, uns
 
 NAME = "posture"
 
-TIMESYNCD_MARKER = "/run/systemd/timesync/synchronized"
-# Time daemon -> its config files and its process names.
-TIME_SERVICES = {
-    "chrony": (("/etc/chrony/chrony.conf", "/etc/chrony.conf"), ("chronyd",)),
-    "ntpd": (("/etc/ntpsec/ntp.conf", "/etc/ntp.conf", "/etc/openntpd/ntpd.conf"),
-             ("ntpd",)),
-    "systemd-timesyncd": (("/etc/systemd/timesyncd.conf",), ("systemd-timesyncd",)),
-}
-_TIME_PROCESSES_OTHER_OS = {"darwin": ("timed",), "win32": ()}
 AUDIT_RULES = "/etc/audit/audit.rules"
 AUDIT_RULES_D = "/etc/audit/rules.d"
 SELINUX_FS = "/sys/fs/selinux"
@@ -111,75 +103,8 @@ def _tool(name: str, env: _Env) -> str | None:
 
 # --- time_sync -------------------------------------------------------------------
 
-def _chrony_synchronized(env: _Env) -> tuple[bool | None, str]:
-    chronyc = _tool("chronyc", env)
-    if chronyc is None:
-        return None, "chronyc is not installed"
-    run = run_tool([chronyc, "-n", "tracking"], TOOL_TIMEOUT_S)
-    if not run.ok:
-        return None, f"chronyc tracking: {run.failure()}"
-    for _n, line in lines(run.stdout):
-        key, colon, value = line.partition(":")
-        if colon and key.strip() == "Leap status":
-            status = value.strip()
-            synced = {"Normal": True, "Not synchronised": False}.get(status)
-            return synced, f"chronyc tracking: Leap status {status}"
-    return None, "chronyc tracking: no Leap status line"
-
-
-def _sync_status(env: _Env, service: str | None,
-                 running: bool) -> tuple[bool | None, str | None]:
-    """(synchronized, how we know) for the chosen time service."""
-    if service == "systemd-timesyncd" and env.exists(TIMESYNCD_MARKER):
-        return True, f"{TIMESYNCD_MARKER} exists"
-    if service == "systemd-timesyncd" and running:
-        return False, f"running, but no {TIMESYNCD_MARKER}"
-    if service == "chrony" and env.ctx.is_live:
-        return _chrony_synchronized(env)
-    if service == "chrony":
-        return None, "chronyc tracking is asked only on the live system"
-    if service is not None:
-        return None, "no synchronization status source (not running, or no status)"
-    return None, None
-
-
 def _time_sync(env: _Env) -> Record:
-    if not sys.platform.startswith("linux") and env.ctx.is_live:
-        return _time_sync_other_os(env)
-    configured = {service: [p for p in paths if env.exists(p)]
-                  for service, (paths, _procs) in TIME_SERVICES.items()}
-    running = [s for s, (_paths, procs) in TIME_SERVICES.items() if env.running(procs)]
-    if running:
-        service: str | None = running[0]
-    elif env.exists(TIMESYNCD_MARKER):
-        service = "systemd-timesyncd"
-    else:
-        service = next((s for s, paths in configured.items() if paths), None)
-    synchronized, detail = _sync_status(env, service, service in running)
-    return _check("time_sync", {
-        "service": service,
-        "running": None if env.processes is None or service is None
-                   else service in running,
-        "configured": [p for paths in configured.values() for p in paths],
-        "synchronized": synchronized,
-        "detail": detail,
-    })
-
-
-def _time_sync_other_os(env: _Env) -> Record:
-    """macOS (timed) and Windows (the W32Time service), through psutil."""
-    service: str | None = None
-    running: bool | None = None
-    if sys.platform == "darwin":
-        service, running = "timed", env.running(_TIME_PROCESSES_OTHER_OS["darwin"])
-    elif sys.platform == "win32":
-        service = "W32Time"
-        try:
-            running = psutil.win_service_get("W32Time").status() == "running"
-        except Exception:  # noqa: BLE001 - psutil raises several kinds; unknown then
-            running = None
-    return _check("time_sync", {"service": service, "running": running, "configured": [],
-                                "synchronized": None, "detail": None})
+    return _check("time_sync", timesync.detect(env.ctx, NAME, env.processes, env.problems))
 
 
 # --- auditd ----------------------------------------------------------------------
@@ -470,7 +395,7 @@ _LIVE = "null in a fixture tree (live only)"
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Security posture, one record per check: time sync, auditd and its "
                 "rules hash, SELinux, AppArmor, disk encryption (dm-crypt, crypttab), "
                 "screen lock (where a desktop exists) and USB storage blocking. An "
@@ -480,11 +405,7 @@ COLLECTOR = Collector(
         "check": RecordType(
             doc="One check's findings. `value` by check (running-process fields are "
                 + _LIVE + "): "
-                "**time_sync** `{service: chrony|ntpd|systemd-timesyncd|null (the running "
-                "daemon, else /run/systemd/timesync/synchronized, else the first "
-                "configured; macOS `timed`, Windows `W32Time`), running, configured: "
-                "[config files present], synchronized: true|false|null (timesyncd's "
-                "marker file, or `chronyc -n tracking` Leap status live), detail}`; "
+                "**time_sync** " + timesync.DOC + "; "
                 "**auditd** `{running, files: [/etc/audit/audit.rules, "
                 "/etc/audit/rules.d/*.rules read, sorted], rule_count (-a/-A/-w lines), "
                 "rules_sha256 (of the files' bytes concatenated in that order; null "

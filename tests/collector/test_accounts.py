@@ -33,12 +33,12 @@ def run(root: Path) -> list[Triple]:
     return [(r.type, r.key, r.data) for r in result.records]
 
 
-def aging(last: int | None, min_: int | None, max_: int | None, warn: int | None,
-          inactive: int | None = None, expire: int | None = None, *, locked: bool = False,
-          no_password: bool = False) -> dict[str, Any]:
-    return {"last_change_days": last, "min_days": min_, "max_days": max_, "warn_days": warn,
-            "inactive_days": inactive, "expire_days": expire, "locked": locked,
-            "no_password": no_password}
+def aging(last: str | None, min_: int | None, max_: int | None, warn: int | None,
+          inactive: int | None = None, expires: str | None = None, *, locked: bool = False,
+          no_password: bool = False, must_change: bool = False) -> dict[str, Any]:
+    return {"last_change": last, "must_change": must_change, "min_days": min_,
+            "max_days": max_, "warn_days": warn, "inactive_days": inactive,
+            "expires": expires, "locked": locked, "no_password": no_password}
 
 
 def user(uid: int, gid: int, gecos: str | dict[str, str], home: str, shell: str, *, login: bool,
@@ -60,12 +60,14 @@ def malformed(file: str, line: int, reason: str) -> Triple:
     return ("malformed_line", f"{file}:{line}", {"file": file, "line": line, "reason": reason})
 
 
+# shadow counts days since 1970-01-01: day 19000 is 2022-01-08, 19500 is 2023-05-23,
+# 19400 is 2023-02-12, 20000 is 2024-10-04 (checked by `date -d @$((N*86400))`).
 AGING = {
-    "root": aging(19000, 0, 99999, 7, locked=True),
-    "daemon": aging(19000, 0, 99999, 7, locked=True),
-    "alice": aging(19500, 1, 90, 14, 30, 20000),
-    "bob": aging(19400, 0, 99999, 7, locked=True),
-    "svc": aging(19000, 0, 99999, 7, no_password=True),
+    "root": aging("2022-01-08", 0, 99999, 7, locked=True),
+    "daemon": aging("2022-01-08", 0, 99999, 7, locked=True),
+    "alice": aging("2023-05-23", 1, 90, 14, 30, "2024-10-04"),
+    "bob": aging("2023-02-12", 0, 99999, 7, locked=True),
+    "svc": aging("2022-01-08", 0, 99999, 7, no_password=True),
 }
 
 
@@ -137,7 +139,7 @@ def test_basic_fixture_exact() -> None:
     assert run(BASIC) == [
         malformed("/etc/passwd", 4, "uid is not a number"),
         malformed("/etc/passwd", 6, "expected 7 fields, found 3"),
-        malformed("/etc/shadow", 5, "last_change_days is not a number"),
+        malformed("/etc/shadow", 5, "last_change is not a number"),
         ("source_missing", "/etc/sudoers.local", {"path": "/etc/sudoers.local"}),
         malformed("/home/alice/.ssh/authorized_keys", 5, "not a public key line"),
         *users(AGING),
@@ -307,10 +309,26 @@ def test_non_utf8_and_odd_lines(tmp_path: Path) -> None:
         malformed("/etc/shadow", 2, "expected 9 fields, found 2"),
         ("user", "u1", user(1001, 1001, {"b64": base64.b64encode(b"Jos\xe9").decode()},
                             "/home/u1", "/bin/sh", login=True, groups=["g"], sudo=False,
-                            password_aging=aging(1, 2, 3, 4, 5, 6))),
+                            password_aging=aging("1970-01-02", 2, 3, 4, 5, "1970-01-07"))),
         ("group", "g", {"gid": 1, "members": ["u1"]}),
         rule("/etc/sudoers", 1, "garbage without equals", "unparsed", None),
     ]
+
+
+def test_shadow_dates_are_dates_and_zero_forces_a_change(tmp_path: Path) -> None:
+    """shadow(5) counts days since 1970-01-01; 0 as last change forces a change."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("a:x:1:1::/:/bin/sh\nb:x:2:2::/:/bin/sh\n"
+                                             "c:x:3:3::/:/bin/sh\n")
+    (tmp_path / "etc" / "shadow").write_text("a:*:0:0:90:7:::\nb:*:20424::::::\n"
+                                             "c:*:99999999::::::\n")
+    records = run(tmp_path)
+    assert malformed("/etc/shadow", 3, "last_change is out of range") in records
+    by_key = {key: data for kind, key, data in records if kind == "user"}
+    assert by_key["a"]["password_aging"] == aging(None, 0, 90, 7, must_change=True,
+                                                  locked=True)
+    assert by_key["b"]["password_aging"]["last_change"] == "2025-12-02"  # date -d @(20424*86400)
+    assert by_key["c"]["password_aging"] is None
 
 
 def test_live_accounts() -> None:

@@ -52,8 +52,9 @@ def test_fixture_exact() -> None:
         ("malformed_line", "/etc/crypttab:5",
          {"file": "/etc/crypttab", "line": 5, "reason": "expected at least name and device"}),
         check("time_sync", service="chrony", running=None,
-              configured=["/etc/chrony/chrony.conf"], synchronized=None,
-              detail="chronyc tracking is asked only on the live system"),
+              configured=["/etc/chrony/chrony.conf"], servers=["time1.bank.example"],
+              synchronized=None, source=None,
+              detail="status is read only on the live system"),
         # 3 rules in audit.rules + 4 in 50-ai-gateway.rules; -D, -b, -f, -e are control
         check("auditd", running=None, files=AUDIT_FILES, rule_count=7,
               rules_sha256=rules_sha256(FIXTURE, AUDIT_FILES), enabled=None, detail=None),
@@ -106,8 +107,11 @@ def test_key_file_content_never_read(tmp_path: Path) -> None:
 
 def test_basic_fixture() -> None:
     assert run(BASIC) == [
+        # the drop-in's NTP= replaces the main file's
         check("time_sync", service="systemd-timesyncd", running=None,
-              configured=["/etc/systemd/timesyncd.conf"], synchronized=True,
+              configured=["/etc/systemd/timesyncd.conf"],
+              servers=["time1.bank.example", "time2.bank.example"], synchronized=True,
+              source="/run/systemd/timesync/synchronized",
               detail="/run/systemd/timesync/synchronized exists"),
         check("auditd", running=None, files=[], rule_count=0, rules_sha256=None, enabled=None,
               detail=None),
@@ -121,8 +125,8 @@ def test_basic_fixture() -> None:
 
 def test_empty_root(tmp_path: Path) -> None:
     assert run(tmp_path) == [
-        check("time_sync", service=None, running=None, configured=[], synchronized=None,
-              detail=None),
+        check("time_sync", service=None, running=None, configured=[], servers=[],
+              synchronized=None, source=None, detail=None),
         check("auditd", running=None, files=[], rule_count=0, rules_sha256=None, enabled=None,
               detail=None),
         NO_SELINUX,
