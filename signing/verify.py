@@ -383,5 +383,11 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                 for future in pending:
                     future.cancel()
                 raise
+    if not any("manifest" in kinds for kinds in names.values()):
+        # Nothing to verify is not a pass: a wrong --host, prefix or store, or evidence
+        # that was never shipped or was removed, must not read as "OK".
+        what = f"host {host}" if host else "any host"
+        result.findings.append(Finding(prefix, "no_bundles",
+                                       f"no bundles found for {what} (nothing under {prefix})"))
     result.findings.extend(check_chains(result.bundles))
     return result

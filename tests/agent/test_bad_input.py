@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -69,11 +70,22 @@ def test_missing_config_file(gamsa_env: GamsaEnv) -> None:
     assert_one_line_error(gamsa_env.run("collect"), USAGE, str(gamsa_env.config))
 
 
-def test_verify_store_that_does_not_exist_is_empty_not_a_crash(gamsa_env: GamsaEnv,
-                                                              tmp_path: Path) -> None:
+def test_verify_with_nothing_to_verify_is_a_finding(gamsa_env: GamsaEnv,
+                                                    tmp_path: Path) -> None:
+    """An empty or absent store, or a host with no bundles, is never "OK: 0 bundles"."""
     assert gamsa_env.run("collect").returncode == 0
     result = gamsa_env.run("verify", "--store", f"file://{tmp_path}/empty")
-    assert result.returncode == 0 and "0 bundle(s)" in result.stdout
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no_bundles: v1/host=: no bundles found for any host" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("FAILED: 0 bundle(s)")
+    result = gamsa_env.run("verify", "--host", "no-such-host", "--json")
+    assert result.returncode == 1
+    findings = json.loads(result.stdout)["findings"]
+    assert [(f["code"], f["key"]) for f in findings] == [
+        ("no_bundles", "v1/host=no-such-host/")]
+    assert "no bundles found for host no-such-host" in findings[0]["message"]
+    assert gamsa_env.run("verify").returncode == 0  # the host itself has its bundle
 
 
 @pytest.mark.parametrize("url", ["ftp://x/y", "file://relative/path", "nonsense"])

@@ -222,3 +222,16 @@ def test_parallel_verify_passes_a_store_error_on(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=names[7].records_key):
         verify_store(reader, trusted(signer), workers=4)
     assert reader.now == 0  # nothing left running
+
+
+def test_nothing_to_verify_is_an_error_finding(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    empty = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    assert not empty.ok
+    assert [(f.code, f.key, f.severity) for f in empty.findings] == [
+        ("no_bundles", "v1/host=", "error")]
+    write_chain(tmp_path, signer, 2)
+    assert verify_store(DirectoryReader(tmp_path), trusted(signer)).ok
+    other = verify_store(DirectoryReader(tmp_path), trusted(signer), host="elsewhere")
+    assert [f.code for f in other.findings] == ["no_bundles"]
+    assert "host elsewhere" in other.findings[0].message
