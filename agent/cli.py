@@ -490,9 +490,26 @@ def collectors_cmd(as_json: bool) -> None:
                     "supported_here": c.supported(), "description": c.description,
                     "record_types": sorted(c.record_types)} for c in found.values()])
         return
+    import shutil
+    import textwrap
+
+    from collector.registry import COMMON_RECORD_TYPES
+
+    width = max(40, shutil.get_terminal_size().columns - 1)  # honours $COLUMNS
+
+    def block(label: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=f"    {label}",
+                             subsequent_indent=" " * (4 + len(label)),
+                             break_on_hyphens=False)
+
     for c in found.values():
         here = "" if c.supported() else "  (not on this platform)"
-        click.echo(f"{c.name:12} {','.join(c.platforms):20} {c.description}{here}")
+        click.echo(f"{c.name} (version {c.version}; {', '.join(c.platforms)}){here}")
+        click.echo(block("", c.description))
+        click.echo(block("record types: ", ", ".join(c.record_types)))
+        click.echo()
+    click.echo(textwrap.fill("Any collector may also emit: " + ", ".join(COMMON_RECORD_TYPES)
+                             + ". Every field: docs/COLLECTORS.md.", width))
 
 
 @cli.group("config")
@@ -505,16 +522,18 @@ def config_group() -> None:
 @json_option
 def config_check(config_path: Path | None, as_json: bool) -> None:
     """Load and validate the config; print the effective settings."""
-    from agent.config import config_as_dict
+    from agent.config import config_as_dict, config_as_toml
+    from agent.identity import resolve_host_id
 
     config = load(config_path)
     _selected_collectors(config, ())
     if as_json:
-        emit_json(config_as_dict(config))
+        emit_json({**config_as_dict(config), "resolved_host_id": resolve_host_id(config.host_id)})
     else:
-        click.echo(f"OK: {config.source or 'built-in defaults'}")
-        click.echo(f"state_dir {config.state_dir}")
-        click.echo(f"store     {config.store.url}")
+        click.echo(f"# OK: {config.source or 'built-in defaults'}; the effective settings, "
+                   f"defaults filled in (sizes in bytes, durations in seconds)")
+        click.echo(f"# host_id resolves to {resolve_host_id(config.host_id)}")
+        click.echo(config_as_toml(config), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

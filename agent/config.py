@@ -38,6 +38,7 @@ from urllib.parse import quote, urlparse
 
 from collector._endpoints import parse_endpoint
 from collector.files import DEFAULT_PATHS
+from collector.registry import collector_names
 from signing.errors import UsageError
 
 CONFIG_ENV = "GAMSA_CONFIG"
@@ -299,6 +300,47 @@ def parse_config(data: bytes, source: str, env: Mapping[str, str] | None = None)
 def config_as_dict(cfg: Config) -> dict[str, Any]:
     """JSON-serializable view (for `gamsa config check --json`); paths as strings."""
     return {key: _jsonable(value) for key, value in dataclasses.asdict(cfg).items()}
+
+
+def config_as_toml(cfg: Config) -> str:
+    """The effective settings as a config file (every key, defaults filled in), for
+    `gamsa config check`. Loading it again gives the same settings."""
+    data = config_as_dict(cfg)
+    del data["source"], data["sha256"]
+    schedule = data["schedule"]
+    schedule.update(schedule.pop("per_collector"))
+    lines: list[str] = []
+
+    def table(name: str, values: dict[str, Any]) -> None:
+        if name:
+            lines.extend(["", f"[{name}]"])
+        for key, value in values.items():
+            if isinstance(value, dict):
+                continue
+            text = _toml_value(value)
+            if isinstance(value, list) and len(text) > 88:  # one item a line
+                text = "[\n" + "".join(f"  {_toml_value(v)},\n" for v in value) + "]"
+            lines.append(f"{key} = {text}")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                table(f"{name}.{key}" if name else key, value)
+
+    table("", data)
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- internals
@@ -633,14 +675,18 @@ class _Parser:
         d = ScheduleConfig()
         reserved = ("default", "heartbeat")
         per_collector = {}
+        collectors = collector_names()
         for name, value in t.items():
             if name in reserved:
                 continue
             key = _join(p, name)
-            close = difflib.get_close_matches(name, reserved, n=1, cutoff=0.8)
-            if close:
-                self.fail(f'unknown key "{key}"', f'did you mean "{_join(p, close[0])}"?')
-            self.collector_name(name, key)
+            if name not in collectors:  # a typo (`pakages`) would silently never apply
+                close = difflib.get_close_matches(name, (*reserved, *collectors), n=1,
+                                                  cutoff=0.6)
+                self.fail(f'unknown key "{key}"',
+                          f'did you mean "{_join(p, close[0])}"?' if close else
+                          f"keys: default, heartbeat, or a collector name: "
+                          f"{', '.join(collectors)}")
             per_collector[name] = self.duration(value, key)
         return ScheduleConfig(
             default=self.duration(t.get("default", d.default), "schedule.default"),

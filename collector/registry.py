@@ -184,6 +184,12 @@ def collector_modules() -> list[str]:
                   if not info.name.startswith("_") and info.name not in NOT_COLLECTORS)
 
 
+def collector_names() -> list[str]:
+    """Every collector's name without importing the collectors (config checks use it;
+    the contract test holds each module's COLLECTOR.name to its module name)."""
+    return [name.removeprefix("collector.") for name in collector_modules()]
+
+
 def all_collectors() -> dict[str, Collector]:
     """Every declared collector by name, in run order."""
     found: dict[str, Collector] = {}

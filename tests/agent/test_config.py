@@ -558,6 +558,17 @@ def test_misspelled_schedule_key_gets_suggestion(tmp_path: Path, env: dict[str, 
     assert err.hint == 'did you mean "schedule.heartbeat"?'
 
 
+def test_schedule_key_that_names_no_collector_is_an_error(tmp_path: Path,
+                                                           env: dict[str, str]) -> None:
+    """A typo such as `pakages` would otherwise be a schedule that never applies."""
+    err = load_error(write(tmp_path, '[schedule]\npakages = "6h"\n'), env)
+    assert_one_line(err, str(tmp_path), 'unknown key "schedule.pakages"')
+    assert err.hint == 'did you mean "schedule.packages"?'
+    err = load_error(write(tmp_path, '[schedule]\nzzz = "6h"\n'), env)
+    assert_one_line(err, 'unknown key "schedule.zzz"')
+    assert "default, heartbeat, or a collector name: accounts, files" in err.hint
+
+
 # --------------------------------------------------------------------------- accepted edge cases
 
 

@@ -20,6 +20,7 @@ from collector.registry import (
     CollectContext,
     Collector,
     all_collectors,
+    collector_names,
     run_collector,
 )
 from signing.canonical import canonical_bytes
@@ -55,6 +56,10 @@ def contract_violations(collector: Collector, record: Record) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - reported as a violation
         problems.append(f"{where}: not canonical-encodable: {exc}")
     return problems
+
+
+def test_collector_names_without_import_match_the_declarations() -> None:
+    assert collector_names() == list(COLLECTORS)
 
 
 @pytest.mark.parametrize("name", list(COLLECTORS))
