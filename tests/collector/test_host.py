@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from pathlib import Path
@@ -101,3 +102,8 @@ def test_live_host() -> None:
     lo = data["interfaces"][names.index("lo")]
     assert {"family": "inet", "address": "127.0.0.1", "netmask": "255.0.0.0"} in lo["addresses"]
     assert "time_sync" not in data  # one detector: the posture check time_sync
+    if Path("/proc/stat").exists():  # the kernel's own boot time, read independently
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        booted = dt.datetime.strptime(data["boot_time"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs(booted.replace(tzinfo=dt.UTC).timestamp() - btime) <= 1
