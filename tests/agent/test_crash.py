@@ -40,6 +40,7 @@ def assert_one_clean_chain(env: GamsaEnv, step: int, min_bundles: int) -> None:
     assert not [p for p in (env.state_dir / "spool").iterdir()], step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("established", [False, True], ids=["first-run", "existing-chain"])
 def test_sigkill_at_every_step_loses_nothing(tmp_path_factory: pytest.TempPathFactory,
                                              established: bool) -> None:

@@ -11,6 +11,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from signing.bundle import iter_record_lines
 from tests.conftest import GamsaEnv
 
@@ -88,6 +90,7 @@ def test_rotation_both_styles_sealed_exactly_once(gamsa_env: GamsaEnv) -> None:
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_at_every_step_still_exactly_once(gamsa_env: GamsaEnv) -> None:
     log = AuthLog(gamsa_env.root / "auth.log")
     configure(gamsa_env, log)

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.agent.s3_fixtures import (
     FaultProxy,
     MotoServer,
@@ -52,6 +54,7 @@ def status_of(env: GamsaEnv) -> tuple[int, dict[str, Any]]:
     return result.returncode, json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_outage_spools_then_ships_everything_in_order(
         tmp_path: Path, moto_server: MotoServer, lock_bucket: str, s3_client: Any,
         fault_proxy: FaultProxy) -> None:
@@ -91,6 +94,7 @@ def test_outage_spools_then_ships_everything_in_order(
     assert_each_key_written_once(s3_client, env, 6)
 
 
+@pytest.mark.slow
 def test_200_bundles_through_resets_stalls_and_slowdowns(
         tmp_path: Path, moto_server: MotoServer, lock_bucket: str, s3_client: Any,
         fault_proxy: FaultProxy) -> None:
@@ -116,6 +120,7 @@ def test_200_bundles_through_resets_stalls_and_slowdowns(
     assert_each_key_written_once(s3_client, env, 200)
 
 
+@pytest.mark.slow
 def test_shipper_killed_50_times_then_completes(
         tmp_path: Path, moto_server: MotoServer, lock_bucket: str, s3_client: Any) -> None:
     env = s3_env(tmp_path, moto_server.url, lock_bucket)
@@ -216,6 +221,7 @@ def seal_big_bundle(env: S3GamsaEnv, megabytes: int) -> None:
         seal_collection(config, "test-host", [big], "schedule", state)
 
 
+@pytest.mark.slow
 def test_shipper_killed_during_a_multipart_upload_leaves_no_upload_behind(
         tmp_path: Path, moto_server: MotoServer, lock_bucket: str, s3_client: Any) -> None:
     from agent.state import StateDir

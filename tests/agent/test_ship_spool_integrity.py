@@ -190,6 +190,7 @@ def test_a_manifest_the_store_reports_with_another_checksum_stays_spooled(
     assert "not confirmed" in state.read_status()["last_error"]["message"]
 
 
+@pytest.mark.slow
 def test_killed_at_every_step_around_a_quarantine_then_one_ship_settles_it(
         gamsa_env: GamsaEnv, tmp_path: Path) -> None:
     seal_many(gamsa_env, 3)
