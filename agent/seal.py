@@ -17,9 +17,16 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.identity import host_description
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
-from collector.privacy import load_pseudonym_key, pseudonymize
+from collector.accounts import system_account_names
+from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
 from collector.record import utc_now
-from collector.registry import CollectContext, Collector, CollectorResult, run_collector
+from collector.registry import (
+    CollectContext,
+    Collector,
+    CollectorResult,
+    all_collectors,
+    run_collector,
+)
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
 
 TRIGGERS = ("schedule", "on-demand", "file-change")
@@ -92,10 +99,15 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     collection_id = new_collection_id(started)
     results = [run_collector(c, ctx) for c in collectors]
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
-    if privacy_key is not None:
-        fields = frozenset(config.privacy.pseudonymize)
-        for record in records:
-            record["data"] = pseudonymize(record["data"], fields, privacy_key)
+    errors = [r.error for r in results]
+    privacy: dict[str, Any] | None = None
+    if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
+        names = config.privacy.pseudonymize
+        rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()),
+                                       system_account_names(ctx))
+        records = rewriter.apply(records)
+        errors = [None if e is None else rewriter.text(e) for e in errors]
+        privacy = {"pseudonymized": sorted(set(names)), "key_id": key_id(privacy_key)}
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
@@ -116,11 +128,14 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                   "key_id": signer.key_id},
         "collection": collection,
         "collectors": [{"name": r.name, "version": r.version, "status": r.status,
-                        "records": len(r.records), "error": r.error,
-                        "duration_ms": r.duration_ms} for r in results],
+                        "records": len(r.records), "error": error,
+                        "duration_ms": r.duration_ms} for r, error in zip(results, errors,
+                                                                          strict=True)],
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
         "chain": chain,
     }
+    if privacy is not None:
+        predicate["privacy"] = privacy
     name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")

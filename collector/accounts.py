@@ -99,6 +99,20 @@ def _read_passwd(ctx: CollectContext, problems: list[Record]) -> list[_User]:
     return users
 
 
+SYSTEM_UID_MAX = 999  # login.defs SYS_UID_MAX as most distributions ship it
+NOBODY_UID = 65534
+
+
+def system_account_names(ctx: CollectContext) -> frozenset[str]:
+    """Names of /etc/passwd accounts that are not people: uid <= SYSTEM_UID_MAX, nobody.
+
+    An unreadable or missing passwd gives only "root".
+    """
+    users = _read_passwd(ctx, [])
+    return frozenset({"root"} | {u.name for u in users
+                                 if u.uid <= SYSTEM_UID_MAX or u.uid == NOBODY_UID})
+
+
 def _read_group(ctx: CollectContext, problems: list[Record]) -> list[_Group]:
     raw = _read(ctx, GROUP, problems)
     groups: list[_Group] = []
@@ -513,11 +527,12 @@ COLLECTOR = Collector(
         "user": RecordType(
             doc="One line of /etc/passwd.",
             key="the user name",
+            key_field="user",
             fields={
                 "uid": Field((int,), "numeric user id"),
                 "gid": Field((int,), "numeric primary group id"),
-                "gecos": Field(_TEXT, "GECOS (full name, contact) field"),
-                "home": Field(_TEXT, "home directory"),
+                "gecos": Field(_TEXT, "GECOS (full name, contact) field", personal=True),
+                "home": Field(_TEXT, "home directory", personal=True),
                 "shell": Field(_TEXT, "login shell as written (empty means /bin/sh)"),
                 "login_allowed": Field((bool,),
                                        "false when the shell is `nologin` or `false` "
@@ -546,7 +561,7 @@ COLLECTOR = Collector(
             key="the group name",
             fields={
                 "gid": Field((int,), "numeric group id"),
-                "members": Field((list,), "member user names, sorted"),
+                "members": Field((list,), "member user names, sorted", personal=True),
             },
         ),
         "sudoers_rule": RecordType(
@@ -579,13 +594,14 @@ COLLECTOR = Collector(
                 "place. sshd's AuthorizedKeysFile setting is not consulted.",
             key="`<user>:<fingerprint>`",
             fields={
-                "user": Field(_TEXT, "the user whose home holds the file"),
+                "user": Field(_TEXT, "the user whose home holds the file", personal=True),
                 "file": Field(_TEXT, "the file's absolute path"),
                 "key_type": Field((str,), "e.g. `ssh-ed25519`, `ssh-rsa`"),
                 "fingerprint": Field((str,),
                                      "`SHA256:` + unpadded base64 of the SHA-256 of the key "
                                      "blob, as `ssh-keygen -lf` prints"),
-                "comment": Field((str, dict, _NONE), "the comment after the key, or null"),
+                "comment": Field((str, dict, _NONE), "the comment after the key, or null",
+                                 personal=True),
                 "options": Field((str, dict, _NONE),
                                  "the options before the key as written (e.g. "
                                  "`from=\"10.0.0.0/8\",no-pty`), or null"),

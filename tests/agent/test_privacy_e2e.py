@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
-import socket
 from pathlib import Path
 
 from tests.conftest import GamsaEnv
@@ -23,15 +23,25 @@ def test_named_fields_are_pseudonymized_before_sealing(gamsa_env: GamsaEnv,
     key = tmp_path / "pseudonym.key"
     key.write_bytes(os.urandom(32))
     os.chmod(key, 0o600)
-    gamsa_env.write_config(extra=f'[privacy]\npseudonymize = ["hostname"]\n'
-                                 f'key_file = "{key}"\n')
+    log = tmp_path / "auth.log"
+    log.write_text("Dec  2 10:00:01 web-01 sshd[812]: Accepted publickey for jiwoo from "
+                   "10.77.1.23 port 52311 ssh2: ED25519 SHA256:abc\n")
+    gamsa_env.write_config(
+        extra=f'[collectors.logs]\nsources = [{{ path = "{log}", format = "auth" }}]\n'
+              f'[privacy]\npseudonymize = ["account", "source"]\nkey_file = "{key}"\n',
+        collectors='["logs"]')
     result = gamsa_env.run("collect")
     assert result.returncode == 0, result.stderr
-    (host,) = [r for r in sealed_records(gamsa_env) if r["type"] == "host"]
-    assert host["data"]["hostname"].startswith("psn:")
-    hostname = socket.gethostname()
+    (access,) = [r for r in sealed_records(gamsa_env) if r["type"] == "access"]
+    assert access["data"]["account"].startswith("psn:")
+    assert access["data"]["source"].startswith("psn:")
+    assert access["data"]["raw_sha256"] is None and len(access["data"]["raw_hmac"]) == 64
+    assert "Accepted publickey for psn:" in access["data"]["raw"]
     blob = b"".join(gzip.decompress(p.read_bytes()) for p in gamsa_env.store.rglob("*.gz"))
-    assert f'"hostname":"{hostname}"'.encode() not in blob
+    assert b"jiwoo" not in blob and b"10.77.1.23" not in blob
+    manifest = next(gamsa_env.store.rglob("*.manifest.dsse.json")).read_bytes()
+    payload = json.loads(base64.b64decode(json.loads(manifest)["payload"]))
+    assert payload["predicate"]["privacy"]["pseudonymized"] == ["account", "source"]
     assert gamsa_env.run("verify").returncode == 0
 
 
@@ -39,7 +49,7 @@ def test_unsafe_pseudonym_key_stops_before_sealing(gamsa_env: GamsaEnv, tmp_path
     key = tmp_path / "pseudonym.key"
     key.write_bytes(os.urandom(32))
     os.chmod(key, 0o644)
-    gamsa_env.write_config(extra=f'[privacy]\npseudonymize = ["hostname"]\n'
+    gamsa_env.write_config(extra=f'[privacy]\npseudonymize = ["user"]\n'
                                  f'key_file = "{key}"\n')
     result = gamsa_env.run("collect")
     assert result.returncode == 2
