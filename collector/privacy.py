@@ -252,18 +252,18 @@ def _node_regex(node: dict[str, Any]) -> str:
 class _Matcher:
     """Replaces person values standing as whole tokens, in one pass per string.
 
-    A token may not touch a letter, digit or `_` on either side, nor a `.` or `-` that
-    is joined to one: `jiwoo` is found in `/home/jiwoo`, `jiwoo@pc`, `USER=jiwoo`,
-    `jiwoo.` and `(jiwoo)`, not in `jiwoos`, `jiwoo.kim` or `x-jiwoo`; `10.0.0.5` not
-    in `10.0.0.50`. Where values overlap the longest wins. Case matters (user names
-    are case-sensitive), except in the spellings of IPv6 addresses.
+    A token may not touch a letter, digit or `_` on either side: `jiwoo` is found in
+    `/home/jiwoo`, `jiwoo@pc`, `USER=jiwoo`, `(jiwoo)`, `jiwoo-pc` and `jiwoo.corp`,
+    not in `jiwoos` or `jiwoo_1`; `10.0.0.5` not in `10.0.0.50`. Where values overlap
+    the longest wins (`jiwoo.kim` before `jiwoo`). Case matters (user names are
+    case-sensitive), except in the spellings of IPv6 addresses.
     """
 
     def __init__(self, forms: Mapping[str, str], replace: Mapping[str, str]) -> None:
         self.forms = forms  # spelling -> the value it stands for
         self.replace = replace  # value -> its pseudonym
-        self.regex = (re.compile(r"(?<!\w)(?<!\w[.\-])(?:" + _trie_regex(forms) +
-                                 r")(?!\w)(?![.\-]\w)") if forms else None)
+        self.regex = (re.compile(r"(?<!\w)(?:" + _trie_regex(forms) + r")(?!\w)")
+                      if forms else None)
 
     def sub(self, text: str) -> str:
         if self.regex is None:

@@ -104,7 +104,8 @@ def test_a_name_seen_in_one_record_is_replaced_in_every_other() -> None:
     ("USER=a ; PWD=/home/a", "USER=¤ ; PWD=/home/¤"),
     ("a: a.", "¤: ¤."),
     ("(a) [a] 'a' \"a\" a@pc a,b", "(¤) [¤] '¤' \"¤\" ¤@pc ¤,b"),
-    ("alpha abc a1 a_b x-a a-x a.b b.a", "alpha abc a1 a_b x-a a-x a.b b.a"),
+    ("alpha abc a1 a_b _a Ba", "alpha abc a1 a_b _a Ba"),
+    ("x-a a-x a.b b.a a/b", "x-¤ ¤-x ¤.b b.¤ ¤/b"),
     ("a-", "¤-"),
     ("", ""),
 ])
