@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -138,8 +137,7 @@ def seed(upper: Path) -> None:
         _utmp.pack(_utmp.DEAD_PROCESS, pid=812, line=b"pts/0", sec=NOW - 1800),
         login("minsu.park", "pts/1", "2001:db8:77::23", v6, 600, 900)))
     (log / "btmp").write_bytes(utmp(
-        login("seoyeon", "ssh:notty", "192.0.2.45", v4[:0] + bytes([192, 0, 2, 45]), 500,
-              901)))
+        login("seoyeon", "ssh:notty", "192.0.2.45", bytes([192, 0, 2, 45]), 500, 901)))
     run.mkdir()
     (run / "utmp").write_bytes(utmp(
         login("minsu.park", "pts/1", "2001:db8:77::23", v6, 600, os.getpid())))
