@@ -17,7 +17,7 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.identity import host_description
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
-from collector.accounts import system_account_names
+from collector.accounts import local_account_names
 from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
 from collector.record import utc_now
 from collector.registry import (
@@ -103,8 +103,11 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     privacy: dict[str, Any] | None = None
     if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
         names = config.privacy.pseudonymize
-        rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()),
-                                       system_account_names(ctx))
+        system, people = local_account_names(ctx)
+        # The host's own user names are searched for in every bundle, whether or not
+        # the accounts collector ran in this one, so a file-change bundle agrees.
+        rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()), system,
+                                       people if "user" in names else frozenset())
         records = rewriter.apply(records)
         errors = [None if e is None else rewriter.text(e) for e in errors]
         privacy = {"pseudonymized": sorted(set(names)), "key_id": key_id(privacy_key)}

@@ -103,14 +103,13 @@ SYSTEM_UID_MAX = 999  # login.defs SYS_UID_MAX as most distributions ship it
 NOBODY_UID = 65534
 
 
-def system_account_names(ctx: CollectContext) -> frozenset[str]:
-    """Names of /etc/passwd accounts that are not people: uid <= SYSTEM_UID_MAX, nobody.
-
-    An unreadable or missing passwd gives only "root".
-    """
+def local_account_names(ctx: CollectContext) -> tuple[frozenset[str], frozenset[str]]:
+    """/etc/passwd names split: (system accounts: uid <= SYSTEM_UID_MAX or nobody, and
+    root always; people: every other account). An unreadable passwd gives ({root}, {})."""
     users = _read_passwd(ctx, [])
-    return frozenset({"root"} | {u.name for u in users
-                                 if u.uid <= SYSTEM_UID_MAX or u.uid == NOBODY_UID})
+    system = {u.name for u in users if u.uid <= SYSTEM_UID_MAX or u.uid == NOBODY_UID}
+    system.add("root")
+    return frozenset(system), frozenset(u.name for u in users if u.name not in system)
 
 
 def _read_group(ctx: CollectContext, problems: list[Record]) -> list[_Group]:

@@ -10,7 +10,8 @@ rewritten once, just before sealing (agent/seal.py):
    type whose `RecordType.key_field` is named) is a person value, except values that
    are not people: system accounts (uid <= 999 and nobody in the host's /etc/passwd,
    and root), terminal names (`pts/0`, `tty1`, `:0`), loopback and unspecified
-   addresses, and values already pseudonymized.
+   addresses, and values already pseudonymized. When `user` is named, the host's
+   other /etc/passwd names are person values of every bundle, whatever ran in it.
 2. Replace: a named field's value becomes `"psn:" + hex(HMAC-SHA256(key, value))[:32]`
    (an IP address by its normal form, so `::ffff:10.0.0.5` and `10.0.0.5` agree).
 3. Rewrite: every other string of every record of the bundle (its `key`, all of
@@ -281,10 +282,15 @@ class BundlePseudonymizer:
     """Rewrites one bundle's records (and manifest strings) as the module doc says."""
 
     def __init__(self, key: bytes, type_scopes: Mapping[tuple[str, str], TypeScope],
-                 keep_clear: frozenset[str] = frozenset({"root"})) -> None:
+                 keep_clear: frozenset[str] = frozenset({"root"}),
+                 known_people: frozenset[str] = frozenset()) -> None:
+        """`keep_clear`: names of no person (system accounts); `known_people`: values
+        searched for in every bundle even when no record of it holds them (the host's
+        own user names)."""
         self.key = key
         self.scopes = type_scopes
         self.keep_clear = keep_clear
+        self.known_people = known_people
         self.matcher = _Matcher({}, {})
         self._pseudonyms: dict[str | bytes, str] = {}
 
@@ -325,7 +331,8 @@ class BundlePseudonymizer:
         record_scopes = [self._scope(r) for r in records]
         people = [self._people(r, s) for r, s in zip(records, record_scopes, strict=True)]
         forms: dict[str, str] = {}
-        for values in people:
+        known: list[str | bytes] = sorted(self.known_people)
+        for values in [*people, known]:
             for value in values:
                 if isinstance(value, str):
                     forms.update(_forms(value))

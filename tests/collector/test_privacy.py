@@ -230,6 +230,15 @@ def test_vocabulary_comes_from_the_declarations() -> None:
         ["source"], collectors)[("logs", "access")]}
 
 
+def test_the_hosts_own_users_are_found_in_a_bundle_without_accounts() -> None:
+    rewriter = BundlePseudonymizer(KEY, scopes(["user"], all_collectors()),
+                                   frozenset({"root"}), frozenset({"jiwoo"}))
+    (out,) = rewriter.apply([rec("files", "file", "/home/jiwoo/.bashrc",
+                                 path="/home/jiwoo/.bashrc", owner="jiwoo")])
+    assert out["key"] == out["data"]["path"] == f"/home/{psn('jiwoo')}/.bashrc"
+    assert out["data"]["owner"] == psn("jiwoo")  # as a token: owner is not named here
+
+
 def test_manifest_text_is_rewritten_alike() -> None:
     rewriter = BundlePseudonymizer(KEY, scopes(["user"], all_collectors()))
     rewriter.apply([rec("sessions", "login", "k", user="jiwoo")])
