@@ -53,7 +53,8 @@ MIN_KEY_BYTES = 16
 MAX_TOKEN_CHARS = 256
 RAW, RAW_SHA256, RAW_HMAC, RAW_TRUNCATED = "raw", "raw_sha256", "raw_hmac", "raw_truncated"
 
-_TERMINAL_RE = re.compile(r"(?:/dev/)?(?:pts/\d+|tty\w*|console|ssh:\w+|:\d+(?:\.\d+)?)")
+_TERMINAL_RE = re.compile(
+    r"(?:/dev/)?(?:pts/\d+|tty(?:[A-Za-z]{0,4}\d+)?|console|ssh:[a-z]+|:\d+(?:\.\d+)?)")
 _DIGITS_RE = re.compile(r"\d+")
 _ADDRESS_CHARS_RE = re.compile(r"\[?[0-9A-Fa-f:.]+\]?")
 

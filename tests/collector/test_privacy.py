@@ -16,6 +16,7 @@ import pytest
 from collector.privacy import (
     BundlePseudonymizer,
     field_name_problem,
+    is_person,
     key_id,
     load_pseudonym_key,
     personal_fields,
@@ -153,6 +154,17 @@ def test_system_accounts_terminals_and_loopback_are_no_people() -> None:
     assert out[2]["data"]["source"] == "pts/0"
     assert out[3]["data"]["source"] == "127.0.0.1" and out[3]["data"]["account"] == psn("svc")
     assert out[4]["key"] == "/usr/bin/id" and out[4]["data"]["owner"] == "root"
+
+
+@pytest.mark.parametrize(("value", "person"), [
+    ("pts/0", False), ("/dev/pts/12", False), ("tty1", False), ("ttyS0", False),
+    ("ttyUSB0", False), ("ssh:notty", False), (":0", False), (":1.0", False),
+    ("console", False), ("127.0.0.1", False), ("::1", False), ("0.0.0.0", False),
+    ("::ffff:127.0.0.1", False), ("", False), ("psn:0123", False), ("root", False),
+    ("ttyler", True), ("10.0.0.1", True), ("pts", True), ("jiwoo", True),
+])
+def test_what_names_no_person(value: str, person: bool) -> None:
+    assert is_person(value, frozenset({"root"})) is person
 
 
 def test_raw_sha256_becomes_a_keyed_digest() -> None:
