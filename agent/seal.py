@@ -99,8 +99,7 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     collection_id = new_collection_id(started)
     results = [run_collector(c, ctx) for c in collectors]
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
-    errors = [r.error for r in results]
-    privacy: dict[str, Any] | None = None
+    rewriter: BundlePseudonymizer | None = None
     if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
         names = config.privacy.pseudonymize
         system, people = local_account_names(ctx)
@@ -109,8 +108,6 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()), system,
                                        people if "user" in names else frozenset())
         records = rewriter.apply(records)
-        errors = [None if e is None else rewriter.text(e) for e in errors]
-        privacy = {"pseudonymized": sorted(set(names)), "key_id": key_id(privacy_key)}
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
@@ -125,20 +122,23 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                                   "started_at": started_at, "finished_at": finished_at}
     if clock_at != started_at:
         collection["clock_started_at"] = clock_at
-    predicate = {
+    predicate: dict[str, Any] = {
         "host": host_description(host_id),
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
                   "key_id": signer.key_id},
         "collection": collection,
         "collectors": [{"name": r.name, "version": r.version, "status": r.status,
-                        "records": len(r.records), "error": error,
-                        "duration_ms": r.duration_ms} for r, error in zip(results, errors,
-                                                                          strict=True)],
+                        "records": len(r.records), "error": r.error,
+                        "duration_ms": r.duration_ms} for r in results],
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
         "chain": chain,
     }
-    if privacy is not None:
-        predicate["privacy"] = privacy
+    if rewriter is not None and privacy_key is not None:  # an error may quote a home path
+        predicate["collectors"] = [{k: v if k in ("name", "version", "status")
+                                    else rewriter.rewrite(v) for k, v in entry.items()}
+                                   for entry in predicate["collectors"]]
+        predicate["privacy"] = {"pseudonymized": sorted(set(config.privacy.pseudonymize)),
+                                "key_id": key_id(privacy_key)}
     name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")

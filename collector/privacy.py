@@ -344,9 +344,9 @@ class BundlePseudonymizer:
         return [self._record(r, s, v)
                 for r, s, v in zip(records, record_scopes, people, strict=True)]
 
-    def text(self, value: str) -> str:
-        """A string outside the records (a manifest's collector error) rewritten alike."""
-        return self.matcher.sub(value)
+    def rewrite(self, value: Any) -> Any:
+        """A value outside the records (a manifest's collector error) rewritten alike."""
+        return self._rewrite(value)
 
     def _record(self, record: dict[str, Any], scope: TypeScope,
                 people: list[str | bytes]) -> dict[str, Any]:

@@ -254,7 +254,7 @@ def test_the_hosts_own_users_are_found_in_a_bundle_without_accounts() -> None:
 def test_manifest_text_is_rewritten_alike() -> None:
     rewriter = BundlePseudonymizer(KEY, scopes(["user"], all_collectors()))
     rewriter.apply([rec("sessions", "login", "k", user="jiwoo")])
-    assert rewriter.text("PermissionError: '/home/jiwoo/.ssh'") == (
+    assert rewriter.rewrite("PermissionError: '/home/jiwoo/.ssh'") == (
         f"PermissionError: '/home/{psn('jiwoo')}/.ssh'")
 
 
