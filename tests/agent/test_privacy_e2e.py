@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import GamsaEnv
 
@@ -56,3 +57,37 @@ def test_unsafe_pseudonym_key_stops_before_sealing(gamsa_env: GamsaEnv, tmp_path
     assert "Traceback" not in result.stderr and str(key) in result.stderr
     assert "chmod 600" in result.stderr
     assert not list(gamsa_env.store.rglob("*.gz"))
+
+
+def test_collector_errors_in_the_manifest_lose_the_name_too(gamsa_env: GamsaEnv,
+                                                           tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.seal import collect_context, seal_collection
+    from agent.state import StateDir
+    from collector.registry import CollectContext, Collector
+
+    def fail(ctx: CollectContext) -> list[Any]:
+        raise PermissionError(f"cannot read {ctx.root}/home/jiwoo/.ssh/authorized_keys")
+
+    broken = Collector(name="broken", version="1", description="raises (tests)",
+                       platforms=("linux", "darwin", "win32"), record_types={}, collect=fail)
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n"
+                                         "jiwoo:x:2001:2001::/home/jiwoo:/bin/bash\n")
+    key = tmp_path / "pseudonym.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    gamsa_env.write_config(extra=f'[privacy]\npseudonymize = ["user"]\nkey_file = "{key}"\n')
+    config = load_config(gamsa_env.config, {})
+    state = StateDir(config.state_dir)
+    with state.locked():
+        ctx = collect_context(config, state)
+        ctx.root = root
+        sealed = seal_collection(config, "test-host", [broken], "on-demand", state, ctx)
+    manifest = sealed.entry.manifest_path.read_bytes()
+    payload = json.loads(base64.b64decode(json.loads(manifest)["payload"]))
+    (entry,) = payload["predicate"]["collectors"]
+    assert entry["status"] == "error" and "/home/psn:" in entry["error"]
+    records = gzip.decompress(sealed.entry.records_path.read_bytes())
+    assert b"/home/psn:" in records and b"jiwoo" not in records + manifest
