@@ -328,7 +328,7 @@ class BundlePseudonymizer:
         return [v for v in values if isinstance(v, bytes) or is_person(v, self.keep_clear)]
 
     def apply(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The records rewritten; after this, `text()` rewrites manifest strings alike."""
+        """The records rewritten; after this, `rewrite()` treats manifest values alike."""
         record_scopes = [self._scope(r) for r in records]
         people = [self._people(r, s) for r, s in zip(records, record_scopes, strict=True)]
         forms: dict[str, str] = {}
