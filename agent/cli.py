@@ -527,6 +527,10 @@ def config_check(config_path: Path | None, as_json: bool) -> None:
 
     config = load(config_path)
     _selected_collectors(config, ())
+    if config.privacy.pseudonymize:  # a missing or unsafe key would stop every collection
+        from collector.privacy import load_pseudonym_key
+
+        load_pseudonym_key(config.privacy.key_file)
     if as_json:
         emit_json({**config_as_dict(config), "resolved_host_id": resolve_host_id(config.host_id)})
     else:

@@ -701,8 +701,18 @@ class _Parser:
         key_file = self.string(t, p, "key_file", str(d.key_file))
         if not key_file:
             self.fail('"privacy.key_file" must not be empty')
+        names = self.string_list(t, p, "pseudonymize", [])
+        if names:  # only then: the check imports every collector's declarations
+            from collector.privacy import field_name_problem
+            from collector.registry import all_collectors
+
+            collectors = all_collectors()
+            for index, name in enumerate(names):
+                problem = field_name_problem(name, collectors)
+                if problem is not None:
+                    self.fail(f'"privacy.pseudonymize[{index}]": {problem[0]}', problem[1])
         return PrivacyConfig(
-            pseudonymize=self.string_list(t, p, "pseudonymize", []),
+            pseudonymize=names,
             key_file=self.absolute_path(key_file, "privacy.key_file"),
         )
 

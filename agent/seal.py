@@ -17,9 +17,16 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.identity import host_description
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
-from collector.privacy import load_pseudonym_key, pseudonymize
+from collector.accounts import local_account_names
+from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
 from collector.record import utc_now
-from collector.registry import CollectContext, Collector, CollectorResult, run_collector
+from collector.registry import (
+    CollectContext,
+    Collector,
+    CollectorResult,
+    all_collectors,
+    run_collector,
+)
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
 
 TRIGGERS = ("schedule", "on-demand", "file-change")
@@ -92,10 +99,15 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     collection_id = new_collection_id(started)
     results = [run_collector(c, ctx) for c in collectors]
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
-    if privacy_key is not None:
-        fields = frozenset(config.privacy.pseudonymize)
-        for record in records:
-            record["data"] = pseudonymize(record["data"], fields, privacy_key)
+    rewriter: BundlePseudonymizer | None = None
+    if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
+        names = config.privacy.pseudonymize
+        system, people = local_account_names(ctx)
+        # The host's own user names are searched for in every bundle, whether or not
+        # the accounts collector ran in this one, so a file-change bundle agrees.
+        rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()), system,
+                                       people if "user" in names else frozenset())
+        records = rewriter.apply(records)
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
@@ -110,7 +122,7 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                                   "started_at": started_at, "finished_at": finished_at}
     if clock_at != started_at:
         collection["clock_started_at"] = clock_at
-    predicate = {
+    predicate: dict[str, Any] = {
         "host": host_description(host_id),
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
                   "key_id": signer.key_id},
@@ -121,6 +133,12 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
         "chain": chain,
     }
+    if rewriter is not None and privacy_key is not None:  # an error may quote a home path
+        predicate["collectors"] = [{k: v if k in ("name", "version", "status")
+                                    else rewriter.rewrite(v) for k, v in entry.items()}
+                                   for entry in predicate["collectors"]]
+        predicate["privacy"] = {"pseudonymized": sorted(set(config.privacy.pseudonymize)),
+                                "key_id": key_id(privacy_key)}
     name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")

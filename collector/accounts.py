@@ -106,6 +106,19 @@ def _read_passwd(ctx: CollectContext, problems: list[Record]) -> list[_User]:
     return users
 
 
+SYSTEM_UID_MAX = 999  # login.defs SYS_UID_MAX as most distributions ship it
+NOBODY_UID = 65534
+
+
+def local_account_names(ctx: CollectContext) -> tuple[frozenset[str], frozenset[str]]:
+    """/etc/passwd names split: (system accounts: uid <= SYSTEM_UID_MAX or nobody, and
+    root always; people: every other account). An unreadable passwd gives ({root}, {})."""
+    users = _read_passwd(ctx, [])
+    system = {u.name for u in users if u.uid <= SYSTEM_UID_MAX or u.uid == NOBODY_UID}
+    system.add("root")
+    return frozenset(system), frozenset(u.name for u in users if u.name not in system)
+
+
 def _read_group(ctx: CollectContext, problems: list[Record]) -> list[_Group]:
     raw = _read(ctx, GROUP, problems)
     groups: list[_Group] = []
@@ -534,11 +547,12 @@ COLLECTOR = Collector(
         "user": RecordType(
             doc="One line of /etc/passwd.",
             key="the user name",
+            key_field="user",
             fields={
                 "uid": Field((int,), "numeric user id"),
                 "gid": Field((int,), "numeric primary group id"),
-                "gecos": Field(_TEXT, "GECOS (full name, contact) field"),
-                "home": Field(_TEXT, "home directory"),
+                "gecos": Field(_TEXT, "GECOS (full name, contact) field", personal=True),
+                "home": Field(_TEXT, "home directory", personal=True),
                 "shell": Field(_TEXT, "login shell as written (empty means /bin/sh)"),
                 "login_allowed": Field((bool,),
                                        "false when the shell is `nologin` or `false` "
@@ -575,7 +589,7 @@ COLLECTOR = Collector(
             key="the group name",
             fields={
                 "gid": Field((int,), "numeric group id"),
-                "members": Field((list,), "member user names, sorted"),
+                "members": Field((list,), "member user names, sorted", personal=True),
             },
         ),
         "sudoers_rule": RecordType(
@@ -608,13 +622,14 @@ COLLECTOR = Collector(
                 "place. sshd's AuthorizedKeysFile setting is not consulted.",
             key="`<user>:<fingerprint>`",
             fields={
-                "user": Field(_TEXT, "the user whose home holds the file"),
+                "user": Field(_TEXT, "the user whose home holds the file", personal=True),
                 "file": Field(_TEXT, "the file's absolute path"),
                 "key_type": Field((str,), "e.g. `ssh-ed25519`, `ssh-rsa`"),
                 "fingerprint": Field((str,),
                                      "`SHA256:` + unpadded base64 of the SHA-256 of the key "
                                      "blob, as `ssh-keygen -lf` prints"),
-                "comment": Field((str, dict, _NONE), "the comment after the key, or null"),
+                "comment": Field((str, dict, _NONE), "the comment after the key, or null",
+                                 personal=True),
                 "options": Field((str, dict, _NONE),
                                  "the options before the key as written (e.g. "
                                  "`from=\"10.0.0.0/8\",no-pty`), or null"),

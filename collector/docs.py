@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from collector.privacy import personal_fields
 from collector.registry import COMMON_RECORD_TYPES, Collector, RecordType, all_collectors
 from collector.scrub import PATTERNS
 
@@ -32,14 +33,18 @@ def _type_name(types: tuple[type, ...]) -> str:
 def _record_types(record_types: Mapping[str, RecordType], heading: str) -> list[str]:
     out: list[str] = []
     for name, record_type in record_types.items():
-        out += [f"{heading} `{name}`", "", record_type.doc, "",
-                f"Key: {record_type.key}.", "",
+        key = f"Key: {record_type.key}."
+        if record_type.key_field is not None:
+            key += (f" Personal: the key stands for field `{record_type.key_field}` in "
+                    "`[privacy] pseudonymize`.")
+        out += [f"{heading} `{name}`", "", record_type.doc, "", key, "",
                 "| field | type | required | description |",
                 "|---|---|---|---|"]
         for field_name, field in record_type.fields.items():
             required = "yes" if field.required else "no"
+            personal = " **Personal.**" if field.personal else ""
             out.append(f"| `{field_name}` | {_type_name(field.types)} | {required} | "
-                       f"{_cell(field.doc)} |")
+                       f"{_cell(field.doc)}{personal} |")
         out.append("")
     return out
 
@@ -77,8 +82,21 @@ def render_collectors_markdown() -> str:
             "Declared once in `collector/registry.py` (`COMMON_RECORD_TYPES`): failures "
             "are evidence too, never dropped silently.", ""]
     out += _record_types(COMMON_RECORD_TYPES, "###")
+    out += _personal(collectors)
     out += _scrubbing()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _personal(collectors: Mapping[str, Collector]) -> list[str]:
+    out = ["## Personal fields", "",
+           "Fields marked **Personal.** hold a person's name or address; they are the "
+           "names `[privacy] pseudonymize` accepts (any other name is a config error). "
+           "What pseudonymization does to a record: docs/FORMAT.md, \"Pseudonymized "
+           "records\".", "",
+           "| field | declared in |", "|---|---|"]
+    out += [f"| `{name}` | {', '.join(places)} |"
+            for name, places in personal_fields(collectors).items()]
+    return [*out, ""]
 
 
 def _scrubbing() -> list[str]:

@@ -746,7 +746,7 @@ COLLECTOR = Collector(
                 "gid": Field((int,), "group gid"),
                 "owner": Field((str, _NONE), "owner name (live: the system's user "
                                              "database; fixture: the root's /etc/passwd); "
-                                             "null if unknown"),
+                                             "null if unknown", personal=True),
                 "group": Field((str, _NONE), "group name (as `owner`, from /etc/group); "
                                              "null if unknown"),
                 "mtime": Field((str, _NONE), "modification time, RFC 3339 UTC; null if "

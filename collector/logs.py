@@ -660,8 +660,9 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
 _NULL_DOC = "; null when the line does not say"
 
 
-def _f(types: tuple[type, ...], doc: str) -> Field:
-    return Field(types, doc)
+def _f(types: tuple[type, ...], doc: str, personal: bool = False,
+       required: bool = True) -> Field:
+    return Field(types, doc, required=required, personal=personal)
 
 
 _S = (str, type(None))
@@ -678,15 +679,18 @@ ACCESS_DOCS: dict[str, Field] = {
                    "read in the host's /etc/localtime zone, the year from the file's "
                    "mtime); null when a JSON line has no usable time"),
     "account": _f(_S, "who: the user logging in / running sudo or su, the HTTP remote "
-                      "user, the gateway's user" + _NULL_DOC),
-    "source": _f(_S, "from where: client address, or terminal (sudo TTY, su tty)" + _NULL_DOC),
+                      "user, the gateway's user" + _NULL_DOC, personal=True),
+    "source": _f(_S, "from where: client address, or terminal (sudo TTY, su tty)" + _NULL_DOC,
+                 personal=True),
     "source_port": _f(_I, "client port (sshd)" + _NULL_DOC),
-    "data_subject": _f(_S, "whose data the access concerns (gateway `subject`)" + _NULL_DOC),
+    "data_subject": _f(_S, "whose data the access concerns (gateway `subject`)" + _NULL_DOC,
+                       personal=True),
     "action": _f((str,), "ssh_login, ssh_login_failed, ssh_invalid_user, ssh_disconnect, "
                          "session_open, session_close, sudo, sudo_failed, sudo_denied, su, "
                          "su_failed, http_request, or a JSON line's `action`/`event`"),
     "target_account": _f(_S, "the account acted as (sudo USER, su target, the user a "
-                             "PAM session was opened for by another)" + _NULL_DOC),
+                             "PAM session was opened for by another)" + _NULL_DOC,
+                             personal=True),
     "auth_method": _f(_S, "sshd method: publickey, password, keyboard-interactive, ..."
                       + _NULL_DOC),
     "attempts": _f(_I, "incorrect password attempts (sudo_failed)" + _NULL_DOC),
@@ -715,6 +719,11 @@ ACCESS_DOCS: dict[str, Field] = {
                          "newline), to match the record against a copy of the log; null "
                          "when a secret was redacted from `raw` (the hash would let a "
                          "guess of the secret be checked)"),
+    "raw_hmac": _f(_S, "present only when `[privacy] pseudonymize` is set, and then "
+                       "`raw_sha256` is null: hex HMAC-SHA256 under the pseudonym key of "
+                       "the 32 bytes of that SHA-256, so only the key's holder can match the "
+                       "record against a copy of the log (docs/FORMAT.md); null when "
+                       "`raw_sha256` would be", required=False),
 }
 
 RECORD_TYPES = {

@@ -639,7 +639,8 @@ _OWNER = {
     "pid": Field((int, _NONE), "owning process id; null when the OS does not tell (another "
                                "user's socket without privilege, TIME_WAIT)"),
     "process_name": Field((str, dict, _NONE), "the owning process's name, or null"),
-    "user": Field((str, dict, _NONE), "the owning process's user name, or null"),
+    "user": Field((str, dict, _NONE), "the owning process's user name, or null",
+                  personal=True),
 }
 _ENDS = {
     "local_address": Field((str,), "local IP address"),

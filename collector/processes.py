@@ -182,7 +182,8 @@ COLLECTOR = Collector(
                 "ppid": Field((int, _NONE), "parent process id." + _DENIED),
                 "name": Field((*_TEXT, _NONE), "process name." + _DENIED),
                 "user": Field((*_TEXT, _NONE), "owning user name (the uid as text when it "
-                                               "has no name)." + _DENIED),
+                                               "has no name)." + _DENIED,
+                              personal=True),
                 "exe": Field((*_TEXT, _NONE), "absolute path of the executable; null for "
                                               "kernel threads and zombies." + _DENIED),
                 "exe_sha256": Field((str, _NONE),

@@ -33,20 +33,31 @@ MALFORMED_LINE_TYPE = "malformed_line"
 
 @dataclass(frozen=True)
 class Field:
-    """One declared field of a record type: its JSON type(s) and a line of doc."""
+    """One declared field of a record type: its JSON type(s) and a line of doc.
+
+    `personal`: the field holds a person's name or address (a user name, a login's
+    source address, a home directory, a GECOS), so `[privacy] pseudonymize` may name
+    it (collector/privacy.py).
+    """
 
     types: tuple[type, ...]
     doc: str
     required: bool = True
+    personal: bool = False
 
 
 @dataclass(frozen=True)
 class RecordType:
-    """A record type a collector emits: what its `key` is and its `data` fields."""
+    """A record type a collector emits: what its `key` is and its `data` fields.
+
+    `key_field`: the personal field whose value the key is, when the record has no such
+    data field (accounts `user` records are keyed by the user name, declared as `user`).
+    """
 
     doc: str
     key: str
     fields: Mapping[str, Field]
+    key_field: str | None = None
 
 
 @dataclass

@@ -369,7 +369,8 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
 _NONE = type(None)
 _TEXT = (str, dict)  # dict: {"b64": ...} for bytes that are not UTF-8
 _FILE = Field((str,), "the wtmp or btmp file (as on the host) the entry was read from")
-_ADDRESS = Field((str, _NONE), "`ut_addr_v6` as an IPv4 or IPv6 address; null when zero")
+_ADDRESS = Field((str, _NONE), "`ut_addr_v6` as an IPv4 or IPv6 address; null when zero",
+                 personal=True)
 
 COLLECTOR = Collector(
     name=NAME,
@@ -401,10 +402,10 @@ COLLECTOR = Collector(
             key="`<terminal>:<start epoch microseconds>:<user>` (`#2`, `#3` appended to a "
                 "repeated key)",
             fields={
-                "user": Field(_TEXT, "user name"),
+                "user": Field(_TEXT, "user name", personal=True),
                 "terminal": Field((*_TEXT, _NONE), "tty or pseudo-tty; null when none"),
                 "host": Field((*_TEXT, _NONE), "remote host name or address; null when "
-                                               "local"),
+                                               "local", personal=True),
                 "started": Field((str,), "session start (RFC 3339 UTC)"),
                 "pid": Field((int, _NONE), "the session's process id; null where psutil "
                                            "does not tell (Windows)"),
@@ -420,10 +421,10 @@ COLLECTOR = Collector(
             key="`<terminal>:<login epoch microseconds>:<user>` (`#2`, `#3` appended to a "
                 "repeated key)",
             fields={
-                "user": Field(_TEXT, "user name as logged"),
+                "user": Field(_TEXT, "user name as logged", personal=True),
                 "terminal": Field((*_TEXT, _NONE), "`ut_line` (tty, `pts/0`, `ssh:notty`)"),
                 "host": Field((*_TEXT, _NONE), "`ut_host`: remote host or address; null "
-                                               "when empty"),
+                                               "when empty", personal=True),
                 "address": _ADDRESS,
                 "pid": Field((int,), "`ut_pid` of the login process"),
                 "login_time": Field((str,), "login time (RFC 3339 UTC, microseconds)"),
@@ -461,9 +462,11 @@ COLLECTOR = Collector(
             key="`<terminal>:<epoch microseconds>:<user>` (`#2`, `#3` appended to a "
                 "repeated key)",
             fields={
-                "user": Field(_TEXT, "the user name as typed (may be no real account)"),
+                "user": Field(_TEXT, "the user name as typed (may be no real account)",
+                              personal=True),
                 "terminal": Field((*_TEXT, _NONE), "`ut_line`"),
-                "host": Field((*_TEXT, _NONE), "`ut_host`: where the attempt came from"),
+                "host": Field((*_TEXT, _NONE), "`ut_host`: where the attempt came from",
+                              personal=True),
                 "address": _ADDRESS,
                 "pid": Field((int,), "`ut_pid` of the process that logged it"),
                 "time": Field((str,), "when (RFC 3339 UTC, microseconds)"),
@@ -475,10 +478,10 @@ COLLECTOR = Collector(
                 "entry wins a tie). Sorted by user name (bytes).",
             key="the user name (bytes that are not UTF-8 as `\\xNN`)",
             fields={
-                "user": Field(_TEXT, "user name"),
+                "user": Field(_TEXT, "user name", personal=True),
                 "time": Field((str,), "login time (RFC 3339 UTC, microseconds)"),
                 "terminal": Field((*_TEXT, _NONE), "`ut_line` of that login"),
-                "host": Field((*_TEXT, _NONE), "`ut_host` of that login"),
+                "host": Field((*_TEXT, _NONE), "`ut_host` of that login", personal=True),
                 "address": _ADDRESS,
             },
         ),

@@ -268,7 +268,7 @@ packages = "6h"
 accounts = "1d"
 
 [privacy]
-pseudonymize = ["user", "src"]
+pseudonymize = ["user", "source"]
 key_file = "/etc/gamsa/other.key"
 
 [spool]
@@ -299,7 +299,7 @@ max_bytes = 123456
     assert cfg.schedule.per_collector == {"packages": 6 * 3600, "accounts": 86400}
     assert cfg.schedule.interval("packages") == 6 * 3600
     assert cfg.schedule.interval("files") == 600
-    assert cfg.privacy.pseudonymize == ["user", "src"]
+    assert cfg.privacy.pseudonymize == ["user", "source"]
     assert cfg.privacy.key_file == Path("/etc/gamsa/other.key")
     assert cfg.spool.max_bytes == 123456
 
