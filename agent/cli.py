@@ -118,6 +118,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "records": sealed.record_count, "manifest_key": sealed.entry.name.manifest_key,
         "genesis_reason": sealed.genesis_reason,
         "collectors": {r.name: r.status for r in sealed.results},
+        "gaps": {r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
         "quarantined": quarantined,
@@ -133,6 +134,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    _warn_partial(sealed.results)
     spool = sealed.spool
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
@@ -168,6 +170,15 @@ def ship(config_path: Path | None, as_json: bool) -> None:
     _warn_quarantined(report.quarantined)
     if report.quarantined:
         sys.exit(FINDINGS)
+
+
+def _warn_partial(results: list[Any]) -> None:
+    """One line per collector that could not see all it covers (docs/OPERATIONS.md)."""
+    for result in results:
+        if result.status == "partial":
+            reasons = "; ".join(f"{g.reason} (x{g.count})" for g in result.gaps)
+            warn(f"{result.name} partial: {result.gap_count} item(s) not collected: "
+                 f"{reasons}")
 
 
 def _warn_quarantined(lines: list[str]) -> None:

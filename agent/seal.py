@@ -115,9 +115,7 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
                   "key_id": signer.key_id},
         "collection": collection,
-        "collectors": [{"name": r.name, "version": r.version, "status": r.status,
-                        "records": len(r.records), "error": r.error,
-                        "duration_ms": r.duration_ms} for r in results],
+        "collectors": [r.manifest_entry() for r in results],
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
         "chain": chain,
     }

@@ -85,7 +85,9 @@ def test_records_match_declarations(name: str, mode: str) -> None:
     result = run_collector(collector, ctx)
     if result.status == "unsupported":
         pytest.skip(f"{name} does not run on this platform")
-    assert result.status == "ok", result.error
+    # live, a sandbox may deny even root part of the machine (then partial, with gaps)
+    assert result.status in ("ok", "partial"), result.error
+    assert (result.status == "partial") == bool(result.gaps)
     assert result.records
     problems = [p for record in result.records for p in contract_violations(collector, record)]
     assert problems == []
