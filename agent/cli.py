@@ -14,11 +14,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from signing.errors import FINDINGS, OK, RUNTIME, USAGE, GamsaError, UsageError
+from signing.errors import (
+    FINDINGS,
+    OK,
+    RUNTIME,
+    USAGE,
+    GamsaError,
+    UsageError,
+    is_os_failure,
+    os_error,
+)
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -545,10 +554,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # Last resort for a write site that does not map its own errors: a path that is
+        # full, read-only or not ours is the machine's state, not a bug.
+        if _verbose:
+            traceback.print_exc()
+        if not is_os_failure(exc):
+            _bug(exc)
+        click.echo(f"gamsa: error: {os_error(exc).diagnostics()}", err=True)
+        sys.exit(RUNTIME)
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 3
         if _verbose:
             traceback.print_exc()
-        click.echo(f"gamsa: internal error (this is a bug, please report it): "
-                   f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(RUNTIME)
+        _bug(exc)
     sys.exit(OK)
+
+
+def _bug(exc: BaseException) -> NoReturn:
+    click.echo(f"gamsa: internal error (this is a bug, please report it): "
+               f"{type(exc).__name__}: {exc}", err=True)
+    sys.exit(RUNTIME)

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from signing.errors import KeyFileError, SignatureError
+from signing.errors import GamsaError, KeyFileError, SignatureError, os_error
 
 ALGORITHM = "ed25519"
 # A PEM Ed25519 key is about 120 bytes; anything far larger is not one of ours.
@@ -178,8 +178,8 @@ def save_private_key(path: Path, key: Ed25519PrivateKey) -> None:
             raise KeyFileError(f"key file exists: {path}",
                                hint="refusing to overwrite a key; move it away first") from None
         _fsync_dir(parent)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write private key {path}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # the machine's fault (no space, no permission): exit 3
+        raise os_error(exc, path, "write the private key") from exc
     finally:
         # A leftover temp file would be harmless: the key itself is in place or not.
         with contextlib.suppress(OSError):
@@ -234,7 +234,7 @@ def load_or_create_signer(path: Path) -> tuple[FileSigner, bool]:
         key = generate_private_key()
         try:
             save_private_key(path, key)
-        except KeyFileError:
+        except GamsaError:
             if not os.path.lexists(path):
                 raise
             # Another process created the key between our check and our link: use theirs.
