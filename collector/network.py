@@ -618,8 +618,8 @@ def _unowned_sockets(conns: list[_Conn]) -> list[Record]:
     if not denied:
         return []
     return [coverage_gap(NAME, "socket owner",
-                         f"no owning process (pid, user) for {unowned} socket(s): the open "
-                         f"files of {denied} process(es) are denied (not root)", unowned)]
+                         f"unknown: the open files of {denied} process(es) are denied "
+                         f"(not root)", unowned)]
 
 
 def _live_records(matcher: Matcher, problems: list[Record],
