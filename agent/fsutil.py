@@ -21,11 +21,12 @@ from signing.errors import os_error
 @contextlib.contextmanager
 def failing(action: str, path: Path | None = None) -> Iterator[None]:
     """Turn an OSError inside into a GamsaError naming the path and cause (exit 3).
-    `path` is the fallback when the error names none (os.write, os.fsync)."""
+    The line names `path` (the file meant, not a temp file beside it), else the
+    path the error names."""
     try:
         yield
     except OSError as exc:
-        raise os_error(exc, path if exc.filename is None else None, action) from exc
+        raise os_error(exc, path, action) from exc
 
 
 def _name(exc: OSError, path: Path) -> None:

@@ -294,11 +294,10 @@ class StateDir:
         self.ensure()
         temp = self.spool / f".tmp-{name.seq:010d}-{name.collection_id}"
         try:
-            with failing("write to the spool", temp):
-                return self._spool_bundle(name, temp, records, manifest)
-        except GamsaError:
+            return self._spool_bundle(name, temp, records, manifest)
+        except OSError as exc:  # named by the spool: the temp dir is gone
             shutil.rmtree(temp, ignore_errors=True)
-            raise
+            raise os_error(exc, self.spool, "write the bundle to the spool") from exc
 
     def _spool_bundle(self, name: BundleName, temp: Path, records: bytes,
                       manifest: bytes) -> SpoolEntry:
