@@ -119,6 +119,8 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             try:
                 report = ship_spool(state, store, sealed.head.key_id)
                 shipped, quarantined = report.shipped, report.quarantined
+                if report.status_problem:
+                    warn(report.status_problem)
             except GamsaError as exc:
                 ship_error = exc
         spooled = len(state.entries())
@@ -177,6 +179,8 @@ def ship(config_path: Path | None, as_json: bool) -> None:
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
     _warn_quarantined(report.quarantined)
+    if report.status_problem:
+        warn(report.status_problem)
     if report.quarantined:
         sys.exit(FINDINGS)
 

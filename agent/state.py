@@ -264,8 +264,9 @@ class StateDir:
             return {}
         return status if isinstance(status, dict) else {}
 
-    def record_ship(self, *, store: str, shipped: list[str], error: str | None) -> None:
-        """Note a ship run's outcome in the status file (atomic; best effort).
+    def record_ship(self, *, store: str, shipped: list[str], error: str | None) -> str | None:
+        """Note a ship run's outcome in the status file (atomic; best effort: returns
+        the one-line problem when it could not be written, for a warning).
 
         `last_result` is "ok" or "error"; `last_success` / `last_error` keep the
         latest of each, so `gamsa status` can say since when shipping fails.
@@ -281,10 +282,12 @@ class StateDir:
             status["last_error"] = {"at": now, "store": store, "message": error}
             status["failing_since"] = status.get("failing_since") or now
         try:
-            replace_atomic(self.status_path, json.dumps(status, sort_keys=True).encode(),
-                           0o644)
-        except OSError:
-            pass  # the status file is a report; never fail a ship (or hide its error) on it
+            with failing("write the ship status", self.status_path):
+                replace_atomic(self.status_path, json.dumps(status, sort_keys=True).encode(),
+                               0o644)
+        except GamsaError as exc:  # a report: never fail a ship (or hide its error) on it
+            return f"{exc.diagnostics()}; `gamsa status` shows an older outcome"
+        return None
 
     def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
         """Write a sealed bundle into the spool atomically (temp dir, fsync, rename).

@@ -192,8 +192,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise KeyFileError(f"private key {path} does not exist") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot open private key {path}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # EACCES, EMFILE: the machine's state, not the input (exit 3)
+        raise os_error(exc, path, "open the private key") from exc
     try:
         # fstat on the open descriptor: the mode checked is that of the bytes read.
         st = os.fstat(fd)
@@ -206,7 +206,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
                                hint=f"run: chmod 600 {path}")
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
-        raise KeyFileError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, path, "read the private key") from exc
     finally:
         os.close(fd)
     if len(data) > MAX_KEY_FILE_BYTES:

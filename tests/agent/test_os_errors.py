@@ -197,3 +197,25 @@ def test_file_where_a_store_directory_should_be(gamsa_env: GamsaEnv) -> None:
     assert collected.returncode == 0 and "shipping failed" in collected.stderr
     one_error_line(gamsa_env.run("ship"), gamsa_env.store_url, "a file is in the way")
     assert len(list((gamsa_env.state_dir / "spool").iterdir())) == 1
+
+
+def test_private_key_not_readable(user_env: UserEnv) -> None:
+    assert user_env.run_as_user("collect", "--no-ship").returncode == 0
+    key = user_env.state_dir / "keys" / "agent.key"
+    os.chown(key, 0, 0)  # root's 0600 key: the agent's user may not read it
+    before = snapshot(user_env.state_dir)
+    one_error_line(user_env.run_as_user("collect", "--no-ship"), str(key), "Permission denied")
+    assert snapshot(user_env.state_dir) == before
+
+
+def test_unwritable_ship_status_is_a_warning_not_silence(gamsa_env: GamsaEnv) -> None:
+    assert gamsa_env.run("collect", "--no-ship").returncode == 0
+    (gamsa_env.state_dir / "status.json").mkdir()  # a directory where the file goes
+    shipped = gamsa_env.run("ship")
+    assert shipped.returncode == 0, shipped.stderr  # the bundle is stored all the same
+    assert "shipped 1 bundle(s)" in shipped.stdout
+    lines = [line for line in shipped.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in shipped.stderr, shipped.stderr
+    assert lines[0].startswith("gamsa: cannot write the ship status "
+                               f"{gamsa_env.state_dir / 'status.json'}: Is a directory")
+    assert "`gamsa status` shows an older outcome" in lines[0]
