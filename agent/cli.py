@@ -145,7 +145,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
-    _warn_partial(sealed.results)
+    _warn_coverage(sealed.results)
     spool = sealed.spool
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
@@ -185,10 +185,14 @@ def ship(config_path: Path | None, as_json: bool) -> None:
         sys.exit(FINDINGS)
 
 
-def _warn_partial(results: list[Any]) -> None:
-    """One line per collector that could not see all it covers (docs/OPERATIONS.md)."""
+def _warn_coverage(results: list[Any]) -> None:
+    """One line per collector that failed or could not see all it covers
+    (docs/OPERATIONS.md): a sealed bundle that says less must not look complete."""
     for result in results:
-        if result.status == "partial":
+        if result.status == "error":
+            warn(f"{result.name} error: {result.error} (its records up to the error are "
+                 f"sealed, with a collector_error record)")
+        elif result.status == "partial":
             reasons = "; ".join(f"{g.reason} (x{g.count})" for g in result.gaps)
             warn(f"{result.name} partial: {result.gap_count} item(s) not collected: "
                  f"{reasons}")

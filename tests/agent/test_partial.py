@@ -12,8 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent.cli import _warn_coverage
 from agent.state import spooled_statement
+from collector.registry import CollectContext, coverage_gap, run_collector
 from tests.agent.unprivileged import UserEnv
+from tests.collector.test_coverage import fake
 
 
 def sealed_collectors(state_dir: Path) -> dict[str, dict[str, Any]]:
@@ -89,3 +94,17 @@ def test_root_collect_of_the_same_sources_is_ok(user_env: UserEnv) -> None:
     assert " partial" not in result.stderr
     assert {n: e["status"] for n, e in sealed_collectors(user_env.state_dir).items()} == {
         "files": "ok", "host": "ok"}
+
+
+def test_collect_warns_one_line_per_failed_or_partial_collector(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    results = [run_collector(fake([coverage_gap("fake", "exe", "access denied", 3)]),
+                             CollectContext()),
+               run_collector(fake([], fail=True), CollectContext()),
+               run_collector(fake([]), CollectContext())]
+    _warn_coverage(results)
+    assert capsys.readouterr().err.splitlines() == [
+        "gamsa: fake partial: 3 item(s) not collected: exe: access denied (x3)",
+        "gamsa: fake error: RuntimeError: boom (its records up to the error are sealed, "
+        "with a collector_error record)",
+    ]

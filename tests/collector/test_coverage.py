@@ -64,3 +64,4 @@ def test_error_wins_and_keeps_its_gaps() -> None:
     status, gaps = gaps_of(coverage_gap("fake", "exe", "access denied", 2), fail=True)
     assert status == "error"
     assert gaps == [{"reason": "exe: access denied", "count": 2}]
+
