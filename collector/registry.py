@@ -41,8 +41,6 @@ MALFORMED_LINE_TYPE = "malformed_line"
 COVERAGE_GAP_TYPE = "coverage_gap"
 COMMAND_FAILED_TYPE = "command_failed"  # its RecordType: collector._tools.COMMAND_FAILED
 
-STATUSES = ("ok", "partial", "error", "unsupported")
-
 
 @dataclass(frozen=True)
 class Field:
@@ -141,7 +139,7 @@ class CollectorResult:
 
     name: str
     version: str
-    status: str  # one of STATUSES
+    status: str  # ok | partial | error | unsupported
     records: list[Record]
     error: str | None = None
     duration_ms: int = 0
