@@ -14,11 +14,20 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from signing.errors import FINDINGS, OK, RUNTIME, USAGE, GamsaError, UsageError
+from signing.errors import (
+    FINDINGS,
+    OK,
+    RUNTIME,
+    USAGE,
+    GamsaError,
+    UsageError,
+    is_os_failure,
+    os_error,
+)
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -110,6 +119,8 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             try:
                 report = ship_spool(state, store, sealed.head.key_id)
                 shipped, quarantined = report.shipped, report.quarantined
+                if report.status_problem:
+                    warn(report.status_problem)
             except GamsaError as exc:
                 ship_error = exc
         spooled = len(state.entries())
@@ -118,6 +129,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "records": sealed.record_count, "manifest_key": sealed.entry.name.manifest_key,
         "genesis_reason": sealed.genesis_reason,
         "collectors": {r.name: r.status for r in sealed.results},
+        "gaps": {r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
         "quarantined": quarantined,
@@ -133,6 +145,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    _warn_coverage(sealed.results)
     spool = sealed.spool
     if spool.over_cap:
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
@@ -166,8 +179,23 @@ def ship(config_path: Path | None, as_json: bool) -> None:
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
     _warn_quarantined(report.quarantined)
+    if report.status_problem:
+        warn(report.status_problem)
     if report.quarantined:
         sys.exit(FINDINGS)
+
+
+def _warn_coverage(results: list[Any]) -> None:
+    """One line per collector that failed or could not see all it covers
+    (docs/OPERATIONS.md): a sealed bundle that says less must not look complete."""
+    for result in results:
+        if result.status == "error":
+            warn(f"{result.name} error: {result.error} (its records up to the error are "
+                 f"sealed, with a collector_error record)")
+        elif result.status == "partial":
+            reasons = "; ".join(f"{g.reason} (x{g.count})" for g in result.gaps)
+            warn(f"{result.name} partial: {result.gap_count} item(s) not collected: "
+                 f"{reasons}")
 
 
 def _warn_quarantined(lines: list[str]) -> None:
@@ -557,10 +585,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        # Last resort for a write site that does not map its own errors: a path that is
+        # full, read-only or not ours is the machine's state, not a bug.
+        if _verbose:
+            traceback.print_exc()
+        if not is_os_failure(exc):
+            _bug(exc)
+        click.echo(f"gamsa: error: {os_error(exc).diagnostics()}", err=True)
+        sys.exit(RUNTIME)
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into exit 3
         if _verbose:
             traceback.print_exc()
-        click.echo(f"gamsa: internal error (this is a bug, please report it): "
-                   f"{type(exc).__name__}: {exc}", err=True)
-        sys.exit(RUNTIME)
+        _bug(exc)
     sys.exit(OK)
+
+
+def _bug(exc: BaseException) -> NoReturn:
+    click.echo(f"gamsa: internal error (this is a bug, please report it): "
+               f"{type(exc).__name__}: {exc}", err=True)
+    sys.exit(RUNTIME)

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 from agent.fsutil import create_atomic
 from agent.store import ObjectInfo
-from signing.errors import ConflictError, StoreError, UsageError
+from signing.errors import ConflictError, StoreError, UsageError, os_error
 from signing.verify import DirectoryReader
 
 if TYPE_CHECKING:
@@ -28,6 +28,20 @@ def _safe_key(key: str) -> str:
     return key
 
 
+def _check_is_dir(root: Path) -> None:
+    """A file where the store's directory should be is the machine's state, not the
+    config's: exit 3 naming it."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"store.url file://{root}: {root} exists and is not a directory",
+                         hint="move it away")
+
+
+def _store_error(exc: OSError, url: str, action: str) -> StoreError:
+    """An OS error on the store as one line: the store, what failed, the cause, a hint."""
+    return StoreError(f"store {url}: cannot {action}: {exc.strerror or exc}",
+                      hint=os_error(exc).hint)
+
+
 class FileStore:
     """A directory that holds objects under their keys."""
 
@@ -37,13 +51,11 @@ class FileStore:
         self._reader = DirectoryReader(root)
 
     def _ensure_root(self) -> None:
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"store.url {self.url}: {self.root} exists and is not a directory")
+        _check_is_dir(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot create {self.root}: "
-                             f"{exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"create {self.root}") from exc
 
     def put(self, key: str, data: bytes, sha256: str) -> bool:
         self._ensure_root()
@@ -54,9 +66,10 @@ class FileStore:
                 return True
             existing = hashlib.sha256(path.read_bytes()).hexdigest()
         except NotADirectoryError as exc:
-            raise StoreError(f"store {self.url}: a file is in the way of {key}") from exc
+            raise StoreError(f"store {self.url}: a file is in the way of {key}",
+                             hint=os_error(exc).hint) from exc
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot write {key}: {exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"write {key}") from exc
         if existing != sha256:
             raise ConflictError(f"store {self.url}: {key} exists with sha256 {existing}, "
                                 f"refusing to replace it with {sha256}")
@@ -78,8 +91,7 @@ class FileStore:
         return ObjectInfo(key, size, None)
 
     def list(self, prefix: str) -> Iterator[str]:
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"store.url {self.url}: {self.root} exists and is not a directory")
+        _check_is_dir(self.root)
         if not self.root.exists():
             return iter(())
         return self._reader.list(prefix)
@@ -92,6 +104,5 @@ def open_store(url: str, config: StoreConfig | None = None) -> FileStore:
     path = Path(unquote(parsed.path))
     if not path.is_absolute():
         raise UsageError(f"store.url {url!r}: the path must be absolute")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"store.url {url}: {path} exists and is not a directory")
+    _check_is_dir(path)
     return FileStore(path)

@@ -2,13 +2,37 @@
 
 Every piece of state gamsa writes goes through these, so that a SIGKILL or power
 loss at any instant leaves either the old content or the new, never a torn file.
+An OS error (no space, no permission, a read-only filesystem) leaves no partial
+file behind and names the path it happened on; `failing` turns it into the one
+line the CLI shows (exit 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
+
+from signing.errors import os_error
+
+
+@contextlib.contextmanager
+def failing(action: str, path: Path | None = None) -> Iterator[None]:
+    """Turn an OSError inside into a GamsaError naming the path and cause (exit 3).
+    The line names `path` (the file meant, not a temp file beside it), else the
+    path the error names."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, path, action) from exc
+
+
+def _name(exc: OSError, path: Path) -> None:
+    """Make `exc` name `path` when it names nothing (errors on a descriptor)."""
+    if exc.filename is None:
+        exc.filename = str(path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -16,6 +40,9 @@ def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        _name(exc, path)
+        raise
     finally:
         os.close(fd)
 
@@ -35,13 +62,18 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Create `path` (it must not exist), write `data`, fsync."""
+    """Create `path` (it must not exist), write `data`, fsync; on failure remove it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         write_all(fd, data)
         os.fsync(fd)
-    finally:
+    except OSError as exc:  # ENOSPC, EFBIG, EIO: no partial file stays behind
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        _name(exc, path)
+        raise
+    os.close(fd)
 
 
 def replace_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -6,6 +6,7 @@ so a daemon and an on-demand run never interleave their chains.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ from typing import Any
 from agent import __version__
 from agent.config import Config
 from agent.crashpoints import crashpoint
+from agent.fsutil import failing
 from agent.identity import host_description
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
 from collector.accounts import local_account_names
@@ -28,6 +30,7 @@ from collector.registry import (
     run_collector,
 )
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+from signing.errors import GamsaError
 
 TRIGGERS = ("schedule", "on-demand", "file-change")
 
@@ -70,7 +73,8 @@ def collect_context(config: Config, state: StateDir) -> CollectContext:
                  "first_read_max_bytes": c.logs.first_read_max_bytes,
                  "max_bytes_per_run": c.logs.max_bytes_per_run},
     }
-    state.cache.mkdir(mode=0o700, exist_ok=True)
+    with failing("create the cache directory", state.cache):
+        state.cache.mkdir(mode=0o700, exist_ok=True)
     return CollectContext(options=options, state_dir=state.root)
 
 
@@ -127,9 +131,7 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
                   "key_id": signer.key_id},
         "collection": collection,
-        "collectors": [{"name": r.name, "version": r.version, "status": r.status,
-                        "records": len(r.records), "error": r.error,
-                        "duration_ms": r.duration_ms} for r in results],
+        "collectors": [r.manifest_entry() for r in results],
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
         "chain": chain,
     }
@@ -146,7 +148,13 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     if ctx.new_checkpoints:
         state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
         crashpoint("checkpoints staged")
-    entry = state.spool_bundle(name, records_object.data, manifest)
+    try:
+        entry = state.spool_bundle(name, records_object.data, manifest)
+    except GamsaError:  # not sealed (no space, ...): leave the state as it was
+        if ctx.new_checkpoints:
+            with contextlib.suppress(GamsaError):
+                state.discard_staged_checkpoints()
+        raise
     new_head = ChainHead(chain_id, seq, digest, finished_at, signer.key_id)
     state.write_head(new_head)
     crashpoint("chain head written")

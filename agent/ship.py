@@ -51,6 +51,7 @@ class ShipReport:
     shipped: list[str] = field(default_factory=list)  # manifest keys
     remaining: int = 0
     quarantined: list[str] = field(default_factory=list)  # one line each: where and why
+    status_problem: str | None = None  # the status file could not be written
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
         state.record_ship(store=store.url, shipped=report.shipped, error=exc.diagnostics())
         raise
     report.remaining = 0
-    state.record_ship(store=store.url, shipped=report.shipped, error=None)
+    report.status_problem = state.record_ship(store=store.url, shipped=report.shipped,
+                                              error=None)
     return report
 
 

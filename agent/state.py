@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from agent.crashpoints import crashpoint
-from agent.fsutil import fsync_dir, replace_atomic, write_new_file
+from agent.fsutil import failing, fsync_dir, replace_atomic, write_new_file
 from collector.record import Record, from_epoch, utc_now
 from collector.registry import Collector, Field, RecordType
 from signing.bundle import BundleName, manifest_sha256
 from signing.dsse import parse_envelope, parse_statement
-from signing.errors import GamsaError, StoreError, UsageError
+from signing.errors import GamsaError, os_error
 from signing.keys import (
     FileSigner,
     key_document,
@@ -80,7 +80,8 @@ class SpoolEntry:
         return self.path / MANIFEST_FILE
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self.path.iterdir())
+        with failing("read the spool entry", self.path):
+            return sum(p.stat().st_size for p in self.path.iterdir())
 
     def sealed_at(self) -> str:
         """When the bundle's collection finished (from its own manifest)."""
@@ -117,21 +118,23 @@ class StateDir:
 
     def ensure(self) -> None:
         """Create the directory tree (0700: it holds the private key)."""
-        if self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"state_dir {self.root} exists and is not a directory")
-        try:
-            for path in (self.root, self.spool, self.keys):
+        for path in (self.root, self.spool, self.keys):
+            if path.exists() and not path.is_dir():
+                raise GamsaError(f"state_dir: {path} exists and is not a directory",
+                                 hint="move it away")
+            with failing("create the state directory", path):
                 path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise StoreError(f"state_dir {self.root}: {exc.strerror}") from exc
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the state lock (blocks while another gamsa seals or ships)."""
         self.ensure()
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        lock = self.root / "lock"
+        with failing("open the state lock", lock):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with failing("take the state lock", lock):
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -147,13 +150,16 @@ class StateDir:
         if not self.key_doc_path.exists():
             # created_at comes from the key file, not the clock: a document rebuilt after
             # loss must be byte-identical to the one already in the create-only store.
-            created_at = from_epoch(self.key_path.stat().st_mtime)
-            doc = key_document(signer.public_key(), host_id, created_at)
-            replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(), 0o644)
+            with failing("write the public key document", self.key_doc_path):
+                created_at = from_epoch(self.key_path.stat().st_mtime)
+                doc = key_document(signer.public_key(), host_id, created_at)
+                replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(),
+                               0o644)
         return signer, created
 
     def key_document_bytes(self) -> bytes:
-        return self.key_doc_path.read_bytes()
+        with failing("read the public key document", self.key_doc_path):
+            return self.key_doc_path.read_bytes()
 
     # chain head ---------------------------------------------------------------
 
@@ -162,6 +168,8 @@ class StateDir:
             raw = self.chain_path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise os_error(exc, self.chain_path, "read the chain head") from exc
         try:
             return ChainHead(**json.loads(raw))
         except (ValueError, TypeError) as exc:
@@ -170,12 +178,17 @@ class StateDir:
                                   "show the new genesis") from exc
 
     def write_head(self, head: ChainHead) -> None:
-        replace_atomic(self.chain_path, json.dumps(asdict(head), sort_keys=True).encode())
+        with failing("write the chain head", self.chain_path):
+            replace_atomic(self.chain_path, json.dumps(asdict(head), sort_keys=True).encode())
 
     # collector checkpoints ------------------------------------------------------
 
     def load_checkpoints(self, head: ChainHead | None) -> dict[str, Any]:
         """The checkpoints that belong to the sealed head (after `recover`)."""
+        with failing("read the collector checkpoints", self.checkpoints_path):
+            return self._load_checkpoints(head)
+
+    def _load_checkpoints(self, head: ChainHead | None) -> dict[str, Any]:
         try:
             pending = json.loads(self.next_checkpoints_path.read_bytes())
         except FileNotFoundError:
@@ -195,13 +208,21 @@ class StateDir:
     def stage_checkpoints(self, values: dict[str, Any], manifest_digest: str) -> None:
         """Write the checkpoints of a bundle about to be spooled (promoted on load)."""
         data = {"manifest_sha256": manifest_digest, "values": values}
-        replace_atomic(self.next_checkpoints_path, json.dumps(data, sort_keys=True).encode())
+        with failing("write the collector checkpoints", self.next_checkpoints_path):
+            replace_atomic(self.next_checkpoints_path,
+                           json.dumps(data, sort_keys=True).encode())
+
+    def discard_staged_checkpoints(self) -> None:
+        """Drop checkpoints staged for a bundle that was not sealed after all."""
+        with failing("remove the staged checkpoints", self.next_checkpoints_path):
+            self.next_checkpoints_path.unlink(missing_ok=True)
 
     def commit_checkpoints(self) -> None:
         """After the head moved: make the staged checkpoints the current ones."""
         if self.next_checkpoints_path.exists():
-            os.replace(self.next_checkpoints_path, self.checkpoints_path)
-            fsync_dir(self.root)
+            with failing("commit the collector checkpoints", self.checkpoints_path):
+                os.replace(self.next_checkpoints_path, self.checkpoints_path)
+                fsync_dir(self.root)
 
     # spool --------------------------------------------------------------------
 
@@ -243,8 +264,9 @@ class StateDir:
             return {}
         return status if isinstance(status, dict) else {}
 
-    def record_ship(self, *, store: str, shipped: list[str], error: str | None) -> None:
-        """Note a ship run's outcome in the status file (atomic; best effort).
+    def record_ship(self, *, store: str, shipped: list[str], error: str | None) -> str | None:
+        """Note a ship run's outcome in the status file (atomic; best effort: returns
+        the one-line problem when it could not be written, for a warning).
 
         `last_result` is "ok" or "error"; `last_success` / `last_error` keep the
         latest of each, so `gamsa status` can say since when shipping fails.
@@ -260,16 +282,29 @@ class StateDir:
             status["last_error"] = {"at": now, "store": store, "message": error}
             status["failing_since"] = status.get("failing_since") or now
         try:
-            replace_atomic(self.status_path, json.dumps(status, sort_keys=True).encode(),
-                           0o644)
-        except OSError:
-            pass  # the status file is a report; never fail a ship (or hide its error) on it
+            with failing("write the ship status", self.status_path):
+                replace_atomic(self.status_path, json.dumps(status, sort_keys=True).encode(),
+                               0o644)
+        except GamsaError as exc:  # a report: never fail a ship (or hide its error) on it
+            return f"{exc.diagnostics()}; `gamsa status` shows an older outcome"
+        return None
 
     def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
-        """Write a sealed bundle into the spool atomically (temp dir, fsync, rename)."""
+        """Write a sealed bundle into the spool atomically (temp dir, fsync, rename).
+
+        On an OS error (no space, ...) the temp dir is removed: the spool is as before.
+        """
         self.ensure()
-        final = self.spool / f"{name.seq:010d}-{name.collection_id}"
         temp = self.spool / f".tmp-{name.seq:010d}-{name.collection_id}"
+        try:
+            return self._spool_bundle(name, temp, records, manifest)
+        except OSError as exc:  # named by the spool: the temp dir is gone
+            shutil.rmtree(temp, ignore_errors=True)
+            raise os_error(exc, self.spool, "write the bundle to the spool") from exc
+
+    def _spool_bundle(self, name: BundleName, temp: Path, records: bytes,
+                      manifest: bytes) -> SpoolEntry:
+        final = self.spool / f"{name.seq:010d}-{name.collection_id}"
         temp.mkdir(mode=0o700)
         crashpoint("spool temp dir made")
         meta = {"host_id": name.host_id, "date": name.date, "seq": name.seq,
@@ -288,6 +323,10 @@ class StateDir:
     def quarantine_entry(self, entry: SpoolEntry, reason: str) -> Path:
         """Move an entry whose records do not match its signed manifest out of the
         spool, kept whole for investigation, with `reason` beside it (atomic rename)."""
+        with failing("quarantine the spool entry", entry.path):
+            return self._quarantine_entry(entry, reason)
+
+    def _quarantine_entry(self, entry: SpoolEntry, reason: str) -> Path:
         self.quarantine.mkdir(mode=0o700, exist_ok=True)
         (entry.path / QUARANTINE_REASON_FILE).write_text(reason + "\n", encoding="utf-8")
         crashpoint("quarantine reason written")
@@ -313,10 +352,11 @@ class StateDir:
     def remove_entry(self, entry: SpoolEntry) -> None:
         """Drop a shipped entry: rename to .done-* (atomic), then delete."""
         done = self.spool / f".done-{entry.path.name}"
-        os.rename(entry.path, done)
-        fsync_dir(self.spool)
-        crashpoint("spool entry marked done")
-        shutil.rmtree(done)
+        with failing("remove the shipped spool entry", entry.path):
+            os.rename(entry.path, done)
+            fsync_dir(self.spool)
+            crashpoint("spool entry marked done")
+            shutil.rmtree(done)
 
     def recover(self) -> ChainHead | None:
         """Clean up after a crash and return the chain head.
@@ -327,14 +367,16 @@ class StateDir:
         update was lost.
         """
         self.ensure()
-        for path in self.spool.iterdir():
-            if path.name.startswith((".tmp-", ".done-")):
-                shutil.rmtree(path)
+        with failing("clean up the spool", self.spool):
+            for path in self.spool.iterdir():
+                if path.name.startswith((".tmp-", ".done-")):
+                    shutil.rmtree(path)
         head = self.read_head()
         for entry in self.entries():
             if entry.name.seq != (1 if head is None else head.seq + 1):
                 continue  # cannot follow the head; skip without reading its manifest
-            manifest = entry.manifest_path.read_bytes()
+            with failing("read the spooled manifest", entry.manifest_path):
+                manifest = entry.manifest_path.read_bytes()
             try:
                 chain = _chain_of(manifest)
             except (GamsaError, KeyError, TypeError, ValueError):

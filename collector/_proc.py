@@ -52,9 +52,12 @@ def exe_hash(path: str, cache: HashCache) -> str | None:
     """Hex SHA-256 of the regular file at `path` (symlinks followed), from `cache`
     when its identity is known; None when it cannot be opened or is not a regular
     file (a FIFO is never waited on). A file that changes while being hashed gets
-    its digest returned but not cached."""
+    its digest returned but not cached. Raises PermissionError when it may not be
+    opened: a gap in the agent's coverage, not an absent hash."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
+    except PermissionError:
+        raise
     except OSError:
         return None
     try:
@@ -95,6 +98,7 @@ class ExeInfo:
     path: str | None
     sha256: str | None
     deleted: bool
+    hash_denied: bool = False  # the file exists but the agent may not read it
 
 
 def process_exe(proc: psutil.Process, cache: HashCache) -> ExeInfo:
@@ -107,11 +111,19 @@ def process_exe(proc: psutil.Process, cache: HashCache) -> ExeInfo:
         running = f"/proc/{proc.pid}/exe"
         try:
             deleted = os.stat(running).st_nlink == 0
+        except PermissionError:
+            return ExeInfo(path, None, False, hash_denied=True)
         except OSError:
             return ExeInfo(path, None, False)
-        return ExeInfo(path, None if deleted else exe_hash(running, cache), deleted)
-    deleted = not os.path.lexists(path)
-    return ExeInfo(path, None if deleted else exe_hash(path, cache), deleted)
+    else:
+        running = path
+        deleted = not os.path.lexists(path)
+    if deleted:
+        return ExeInfo(path, None, True)
+    try:
+        return ExeInfo(path, exe_hash(running, cache), False)
+    except PermissionError:
+        return ExeInfo(path, None, False, hash_denied=True)
 
 
 class FieldReader:
@@ -154,6 +166,8 @@ def process_identity(proc: psutil.Process, cache: HashCache,
         exe = None
     except psutil.ZombieProcess:
         exe = None
+    if exe is not None and exe.hash_denied:
+        reader.denied.append("exe_sha256")
     return {
         "pid": proc.pid,
         "name": None if name is None else as_text(name),

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 
 from collector._linux import decode, key_text, os_reason
 from collector.record import Record
-from collector.registry import Field, RecordType
+from collector.registry import COMMAND_FAILED_TYPE, Field, RecordType
 from collector.scrub import scrub_text
 
-COMMAND_FAILED_TYPE = "command_failed"
+__all__ = ["COMMAND_FAILED", "COMMAND_FAILED_TYPE", "TOOL_PATH", "ToolRun",
+           "command_failed_record", "run_tool", "which"]
 
 
 @dataclass
@@ -126,7 +127,8 @@ def command_failed_record(collector: str, tool: str, run: ToolRun) -> Record:
 
 COMMAND_FAILED = RecordType(
     doc="An installed tool was run but gave no usable output (non-zero exit, timeout, "
-        "output over the cap); the records it would have given are absent.",
+        "output over the cap); the records it would have given are absent. Makes the "
+        "collector `partial`.",
     key="the tool's name (`rpm`, `systemctl`, ...)",
     fields={
         "argv": Field((list,), "the command line run (no shell)"),

@@ -1,8 +1,9 @@
 """The `firewall` collector: the packet-filter rulesets, and the allow rules that reach AI.
 
 Live, it runs `nft list ruleset`, `nft -j list ruleset`, `iptables-save` and
-`ip6tables-save` (found on PATH plus /usr/sbin and /sbin; a tool that is absent or
-fails, e.g. without root, becomes an `unsupported` record with the reason). It reads
+`ip6tables-save` (found on PATH plus /usr/sbin and /sbin; a tool that is absent
+becomes an `unsupported` record, one that fails, e.g. without root, a
+`coverage_gap` that makes the run `partial`). It reads
 firewalld zones and policies and the saved-rules files under the root. In a fixture
 tree the command outputs are captured files under `/cmd` (`_run_or_fixture`), so
 tests run the very parsers the live run uses.
@@ -47,7 +48,14 @@ from collector._linux import (
 )
 from collector._tools import run_tool, which
 from collector.record import Record
-from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
+from collector.registry import (
+    CollectContext,
+    Collector,
+    Field,
+    RecordType,
+    coverage_gap,
+    unsupported,
+)
 from collector.scrub import scrub_text
 
 NAME = "firewall"
@@ -596,16 +604,24 @@ def _rule_files(ctx: CollectContext, problems: list[Record]) -> list[Record]:
 
 # --- the collector ---------------------------------------------------------------
 
+def _tool_problem(tool: str, output: _Output) -> Record:
+    """A tool that is not installed has nothing to show (unsupported); one that is
+    installed but failed (no root: "Permission denied") hides rules: a gap."""
+    if not output.installed:
+        return unsupported(NAME, tool, str(output.reason))
+    return coverage_gap(NAME, tool, str(output.reason))
+
+
 def _nftables(ctx: CollectContext, problems: list[Record],
               allows: list[_Allow]) -> list[Record]:
     text = _run_or_fixture(ctx, ["nft", "list", "ruleset"], "nft-list-ruleset.txt")
     if text.raw is None:  # absent, or failing (no root, no kernel support): JSON would too
-        problems.append(unsupported(NAME, "nft", str(text.reason)))
+        problems.append(_tool_problem("nft", text))
         return []
     as_json = _run_or_fixture(ctx, ["nft", "-j", "list", "ruleset"], "nft-j-list-ruleset.json")
     count: int | None = None
     if as_json.raw is None:
-        problems.append(unsupported(NAME, "nft-json", str(as_json.reason)))
+        problems.append(_tool_problem("nft-json", as_json))
     else:
         try:
             doc = json.loads(as_json.raw)
@@ -623,7 +639,7 @@ def _iptables(ctx: CollectContext, problems: list[Record],
     for tool, family in (("iptables", "ip"), ("ip6tables", "ip6")):
         output = _run_or_fixture(ctx, [f"{tool}-save"], f"{tool}-save.txt")
         if output.raw is None:
-            problems.append(unsupported(NAME, f"{tool}-save", str(output.reason)))
+            problems.append(_tool_problem(f"{tool}-save", output))
             continue
         found, count = _iptables_allows(output.raw, tool, family, problems)
         allows += found

@@ -50,6 +50,7 @@ from collector._linux import malformed_record, missing_record, unreadable_record
 from collector._logformats import LineContext, Malformed, Parser, parser_for
 from collector.record import Record
 from collector.registry import (
+    SOURCE_UNREADABLE_TYPE,
     CollectContext,
     Collector,
     Field,
@@ -215,8 +216,10 @@ def open_regular(host_path: Path, display: str) -> OpenFile:
     return OpenFile(display, fd, st)
 
 
-def _candidates(ctx: CollectContext, path: str) -> list[tuple[str, Path, os.stat_result]]:
-    """Rotated siblings of `path` (host path, path under root, lstat), newest first."""
+def _candidates(ctx: CollectContext, path: str,
+                problems: list[Record]) -> list[tuple[str, Path, os.stat_result]]:
+    """Rotated siblings of `path` (host path, path under root, lstat), newest first.
+    A directory that may not be listed is recorded: its rotated files are unseen."""
     directory, base = os.path.split(path)
     found = []
     try:
@@ -233,7 +236,10 @@ def _candidates(ctx: CollectContext, path: str) -> list[tuple[str, Path, os.stat
                     found.append((f"{directory}/{name}", Path(entry.path), st))
                 if len(found) >= _MAX_CANDIDATES:
                     break
-    except OSError:
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        problems.append(unreadable_record(NAME, directory or "/", exc))
         return []
     found.sort(key=lambda item: (-item[2].st_mtime_ns, item[0]))
     return found
@@ -372,7 +378,7 @@ class SourceRun:
 
     def candidates(self) -> list[tuple[str, Path, os.stat_result]]:
         if self._candidates is None:
-            self._candidates = _candidates(self.ctx, self.source.path)
+            self._candidates = _candidates(self.ctx, self.source.path, self.records)
         return self._candidates
 
     def open_candidate(self, display: str, host: Path, st: os.stat_result,
@@ -381,7 +387,10 @@ class SourceRun:
         `keep` accepts it."""
         try:
             opened = open_regular(host, display)
-        except OSError:
+        except FileNotFoundError:
+            return None  # rotated away meanwhile
+        except OSError as exc:  # a rotated file the agent may not read: its lines unseen
+            self.records.append(unreadable_record(NAME, display, exc))
             return None
         opened.own_head()
         if opened.identity == (str(st.st_dev), str(st.st_ino)) and keep(opened):
@@ -636,6 +645,7 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     limits = Limits(int(ctx.option(NAME, "first_read_max_bytes", FIRST_READ_MAX)),
                     int(ctx.option(NAME, "max_bytes_per_run", RUN_READ_MAX)))
     proposed: dict[str, Any] = {}
+    unreadable: set[str] = set()
     for source in _sources(ctx):
         if isinstance(source, Record):
             yield source
@@ -651,7 +661,12 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
         # Propose before yielding: should a later source raise, what was yielded so far
         # is sealed together with the positions that cover it.
         ctx.set_checkpoint(NAME, dict(proposed))
-        yield from records
+        for record in records:  # a directory or rotated file shared by sources: once
+            if record.type == SOURCE_UNREADABLE_TYPE:
+                if record.key in unreadable:
+                    continue
+                unreadable.add(record.key)
+            yield record
     ctx.set_checkpoint(NAME, dict(proposed))
 
 

@@ -51,7 +51,14 @@ from collector._linux import (
 from collector._proc import exe_hash_cache, process_exe
 from collector.host import interfaces
 from collector.record import Record
-from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
+from collector.registry import (
+    CollectContext,
+    Collector,
+    Field,
+    RecordType,
+    coverage_gap,
+    unsupported,
+)
 from collector.scrub import scrub_argv, scrub_text
 
 NAME = "network"
@@ -579,18 +586,55 @@ def _socket_records(conns: list[_Conn], processes: _Processes,
     return [*_unique_keys(listening), *_unique_keys(established), *_unique_keys(egress)]
 
 
+def _not_read(source: str, exc: Exception) -> Record:
+    """A live table that could not be read: denied is a gap, anything else unsupported."""
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (psutil.AccessDenied, PermissionError)):
+        return coverage_gap(NAME, source, reason)
+    return unsupported(NAME, source, reason)
+
+
+def _fd_denied_processes() -> int:
+    """Processes whose open files (Linux /proc/<pid>/fd) the agent may not list: the
+    sockets they hold cannot be tied to them (psutil gives no pid)."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    denied = 0
+    for pid in (name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            os.listdir(f"/proc/{pid}/fd")
+        except PermissionError:
+            denied += 1
+        except OSError:
+            continue  # gone meanwhile
+    return denied
+
+
+def _unowned_sockets(conns: list[_Conn]) -> list[Record]:
+    """A gap for sockets with no owner while some processes' files were denied.
+    (A TIME_WAIT socket has no owner anyway; it is not counted.)"""
+    unowned = sum(1 for c in conns if c.pid is None and c.status != psutil.CONN_TIME_WAIT)
+    denied = _fd_denied_processes() if unowned else 0
+    if not denied:
+        return []
+    return [coverage_gap(NAME, "socket owner",
+                         f"unknown: the open files of {denied} process(es) are denied "
+                         f"(not root)", unowned)]
+
+
 def _live_records(matcher: Matcher, problems: list[Record],
                   hashes: HashCache) -> list[Record]:
     records: list[Record] = []
     try:
         records += _interface_records()
     except (psutil.Error, OSError) as exc:
-        problems.append(unsupported(NAME, "interfaces", f"{type(exc).__name__}: {exc}"))
+        problems.append(_not_read("interfaces", exc))
     try:
         conns = _connections()
     except (psutil.Error, OSError) as exc:  # macOS without root: AccessDenied
-        problems.append(unsupported(NAME, "connections", f"{type(exc).__name__}: {exc}"))
+        problems.append(_not_read("connections", exc))
         conns = []
+    problems += _unowned_sockets(conns)
     return records + _socket_records(conns, _Processes(hashes), matcher)
 
 

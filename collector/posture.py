@@ -22,7 +22,14 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from collector import _timesync as timesync
-from collector._linux import decode, key_text, lines, malformed_record, read_source
+from collector._linux import (
+    decode,
+    key_text,
+    lines,
+    malformed_record,
+    read_source,
+    unreadable_record,
+)
 from collector._tools import run_tool, which
 from collector.record import Record
 from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
@@ -76,7 +83,10 @@ class _Env:
             with os.scandir(self.ctx.path(directory)) as entries:
                 names = sorted(e.name for e in entries
                                if e.name.endswith(suffix) and e.is_file())
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:  # exists but may not be listed: its files are unseen
+            self.problems.append(unreadable_record(NAME, directory, exc))
             return []
         return [f"{directory}/{name}" for name in names]
 

@@ -27,7 +27,14 @@ from collector._proc import (
     process_key,
 )
 from collector.record import Record
-from collector.registry import CollectContext, Collector, Field, RecordType, unsupported
+from collector.registry import (
+    CollectContext,
+    Collector,
+    Field,
+    RecordType,
+    coverage_gap,
+    unsupported,
+)
 from collector.scrub import scrub_argv
 
 NAME = "processes"
@@ -130,6 +137,16 @@ def _process_record(proc: psutil.Process, cache: HashCache, table: Listening | N
     return Record(NAME, "process", process_key(proc.pid, created), data)
 
 
+def _denied_gaps(records: list[Record]) -> Iterator[Record]:
+    """One `coverage_gap` per field denied to the agent, counting the processes."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for name in record.data["access_denied"]:
+            counts[name] = counts.get(name, 0) + 1
+    for name, count in sorted(counts.items()):
+        yield coverage_gap(NAME, name, "access denied (not root, or a sandbox)", count)
+
+
 def collect(ctx: CollectContext) -> Iterator[Record]:
     if not ctx.is_live:
         yield unsupported(NAME, "process table",
@@ -142,9 +159,9 @@ def collect_processes(cache: HashCache) -> Iterator[Record]:
     """The live records, hashing through `cache` (saved, pruned to what ran, at the end)."""
     table = _all_listening()
     if table is None:
-        yield unsupported(NAME, "net_connections",
-                          "psutil.net_connections: AccessDenied (needs root here); "
-                          "listening ports only of processes the agent may inspect")
+        yield coverage_gap(NAME, "net_connections",
+                           "psutil.net_connections: AccessDenied (needs root here); "
+                           "listening ports only of processes the agent may inspect")
     own_netns = _own_netns() if sys.platform.startswith("linux") else None
     records = []
     for proc in sorted(psutil.process_iter(), key=lambda p: p.pid):
@@ -152,6 +169,7 @@ def collect_processes(cache: HashCache) -> Iterator[Record]:
             records.append(_process_record(proc, cache, table, own_netns))
         except psutil.NoSuchProcess:
             continue  # exited meanwhile: it no longer exists, nothing is lost
+    yield from _denied_gaps(records)
     try:
         cache.save()
     except OSError as exc:
@@ -190,7 +208,8 @@ COLLECTOR = Collector(
                                     "hex SHA-256 of the executable (on Linux of "
                                     "`/proc/<pid>/exe`, the file actually running); null "
                                     "when there is none, it is deleted, or it cannot be "
-                                    "read"),
+                                    "read (then `exe_sha256` or `exe` is listed in "
+                                    "`access_denied`)"),
                 "exe_deleted": Field((bool, _NONE),
                                      "the running executable was deleted or replaced "
                                      "since start (Linux: link count 0; elsewhere: no "
@@ -210,9 +229,12 @@ COLLECTOR = Collector(
                                    "told: denied (another user's process when not root, "
                                    "or a sandbox; listed in `access_denied`), another "
                                    "network namespace (Linux containers), or macOS "
-                                   "without root (see the `unsupported` record)"),
+                                   "without root (see the `coverage_gap` record)"),
                 "access_denied": Field((list,), "names of the fields denied to the agent, "
-                                                "sorted"),
+                                                "sorted (`exe_sha256`: the executable's "
+                                                "path is known but it may not be read); "
+                                                "each is counted in a `coverage_gap` "
+                                                "record, which makes the run `partial`"),
             },
         ),
     },

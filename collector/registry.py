@@ -5,6 +5,15 @@ data (name, platforms, record types with typed, documented fields) next to the
 function that collects. `docs/COLLECTORS.md` and the contract test read these.
 A collector that raises yields a `collector_error` record; one whose platform is
 not this one yields an `unsupported` record. The run always goes on.
+
+Coverage (`coverage_gaps`, the one place the rule lives): a collector is `partial`
+when its records say it could not see part of what it covers: a source that exists
+but could not be read (`source_unreadable`), an installed tool that failed
+(`command_failed`), or items it could only see in part (`coverage_gap`, e.g.
+executables of other users' processes when not root). A source that does not
+exist (`source_missing`) or that this host cannot provide (`unsupported`: another
+platform, a tool not installed, no desktop) is recorded but is not a gap: there
+is nothing there to miss.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ UNSUPPORTED_TYPE = "unsupported"
 SOURCE_MISSING_TYPE = "source_missing"
 SOURCE_UNREADABLE_TYPE = "source_unreadable"
 MALFORMED_LINE_TYPE = "malformed_line"
+COVERAGE_GAP_TYPE = "coverage_gap"
+COMMAND_FAILED_TYPE = "command_failed"  # its RecordType: collector._tools.COMMAND_FAILED
 
 
 @dataclass(frozen=True)
@@ -120,16 +131,41 @@ class Collector:
         return any(platform.startswith(p) for p in self.platforms)
 
 
+@dataclass(frozen=True)
+class Gap:
+    """Part of a collector's coverage it could not see: why, and how many items
+    (sources, processes, ...). Never a path or a name: it goes into the manifest,
+    which is not pseudonymized."""
+
+    reason: str
+    count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "count": self.count}
+
+
 @dataclass
 class CollectorResult:
     """What one collector produced in one run, for the manifest's `collectors`."""
 
     name: str
     version: str
-    status: str  # ok | error | unsupported
+    status: str  # ok | partial | error | unsupported
     records: list[Record]
     error: str | None = None
     duration_ms: int = 0
+    gaps: list[Gap] = field(default_factory=list)
+
+    @property
+    def gap_count(self) -> int:
+        return sum(gap.count for gap in self.gaps)
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """This result as an entry of the manifest's `predicate.collectors`."""
+        return {"name": self.name, "version": self.version, "status": self.status,
+                "records": len(self.records), "error": self.error,
+                "duration_ms": self.duration_ms,
+                "gaps": [gap.as_dict() for gap in self.gaps]}
 
 
 _PATH_DOC = "the source's absolute path as seen on the host (under the root)"
@@ -148,7 +184,8 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
     UNSUPPORTED_TYPE: RecordType(
         doc="The collector, or one of its sources, cannot run here: another platform, "
             "a tool that is not installed (nft, rpm), a feature absent on this host "
-            "(no desktop, no SELinux), or a privilege the agent lacks.",
+            "(no desktop, no SELinux). Not a gap: a privilege the agent lacks is a "
+            "`coverage_gap` or `source_unreadable` instead.",
         key="the collector name, or `<collector>:<source>` for one source",
         fields={
             "platform": Field((str,), "this machine's `sys.platform`"),
@@ -160,13 +197,27 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
             "reason": Field((str,), "why, in a few words", required=False),
         },
     ),
+    COVERAGE_GAP_TYPE: RecordType(
+        doc="Part of what the collector covers that it could see only in part, "
+            "counted: e.g. the executables of other users' processes when the agent "
+            "is not root. Makes the collector `partial`.",
+        key="`<collector>:<source>`",
+        fields={
+            "source": Field((str,), "what could not be read: a field (`exe`), a table "
+                                    "(`net_connections`), a tool (`nft`); never a path "
+                                    "or a name"),
+            "reason": Field((str,), "why, e.g. `AccessDenied: not root`"),
+            "count": Field((int,), "how many items (processes, sockets, ...) it affects"),
+        },
+    ),
     SOURCE_MISSING_TYPE: RecordType(
         doc="A file or directory the collector reads does not exist.",
         key="the path",
         fields={"path": Field((str,), _PATH_DOC)},
     ),
     SOURCE_UNREADABLE_TYPE: RecordType(
-        doc="A source exists but could not be read (permission, a directory, ...).",
+        doc="A source exists but could not be read (permission, a directory, ...). "
+            "Makes the collector `partial`.",
         key="the path",
         fields={
             "path": Field((str,), _PATH_DOC),
@@ -217,8 +268,36 @@ def unsupported(collector: str, source: str, reason: str) -> Record:
                   {"platform": sys.platform, "source": source, "reason": reason})
 
 
+def coverage_gap(collector: str, source: str, reason: str, count: int = 1) -> Record:
+    """The record for `count` items of `source` the collector could not see."""
+    return Record(collector, COVERAGE_GAP_TYPE, f"{collector}:{source}",
+                  {"source": source, "reason": reason, "count": count})
+
+
+def coverage_gaps(records: Iterable[Record]) -> list[Gap]:
+    """What the records say the collector could not see, grouped by reason.
+
+    The rule (docs/DESIGN.md): `source_unreadable` and `command_failed` records count
+    one each, `coverage_gap` records their `count`; nothing else is a gap.
+    """
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.type == SOURCE_UNREADABLE_TYPE:
+            reason, count = f"unreadable: {record.data.get('reason')}", 1
+        elif record.type == COMMAND_FAILED_TYPE:
+            reason, count = f"{record.key} failed: {record.data.get('reason')}", 1
+        elif record.type == COVERAGE_GAP_TYPE:
+            reason = f"{record.data.get('source')}: {record.data.get('reason')}"
+            count = int(record.data.get("count", 1))
+        else:
+            continue
+        counts[reason] = counts.get(reason, 0) + count
+    return [Gap(reason, count) for reason, count in sorted(counts.items())]
+
+
 def run_collector(collector: Collector, ctx: CollectContext) -> CollectorResult:
-    """Run one collector; failures become records, never exceptions."""
+    """Run one collector; failures become records, never exceptions; a collector
+    whose records show gaps (`coverage_gaps`) is `partial`."""
     started = time.monotonic()
     if not collector.supported():
         record = Record(collector.name, UNSUPPORTED_TYPE, collector.name,
@@ -234,9 +313,11 @@ def run_collector(collector: Collector, ctx: CollectContext) -> CollectorResult:
                               {"error": reason, "records_before_error": len(records)}))
         elapsed = int((time.monotonic() - started) * 1000)
         return CollectorResult(collector.name, collector.version, "error", records,
-                               reason, elapsed)
+                               reason, elapsed, coverage_gaps(records))
     elapsed = int((time.monotonic() - started) * 1000)
-    return CollectorResult(collector.name, collector.version, "ok", records, None, elapsed)
+    gaps = coverage_gaps(records)
+    return CollectorResult(collector.name, collector.version, "partial" if gaps else "ok",
+                           records, None, elapsed, gaps)
 
 
 def run_collectors(collectors: Iterable[Collector], ctx: CollectContext) -> list[CollectorResult]:

@@ -177,11 +177,17 @@ def _is_unit_name(name: str) -> bool:
     return bool(dot and stem and suffix in UNIT_TYPES)
 
 
-def _scan(ctx: CollectContext, directory: str) -> list[os.DirEntry[str]]:
+def _scan(ctx: CollectContext, directory: str,
+          problems: list[Record]) -> list[os.DirEntry[str]]:
+    """The entries of `directory`; one that exists but may not be listed is recorded
+    (its units are unseen)."""
     try:
         with os.scandir(ctx.path(directory)) as entries:
             return sorted(entries, key=lambda e: e.name)
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        problems.append(_unreadable(directory, os_reason(exc)))
         return []
 
 
@@ -236,7 +242,7 @@ def _units_on_disk(ctx: CollectContext, directories: list[str],
         real_dir = resolve_in_root(ctx, directory).path
         if real_dir is None:
             continue  # _search_dirs resolved it a moment ago
-        for entry in _scan(ctx, real_dir):
+        for entry in _scan(ctx, real_dir, problems):
             shown, real = f"{directory}/{entry.name}", f"{real_dir}/{entry.name}"
             if _is_unit_name(entry.name) and not entry.is_dir(follow_symlinks=False):
                 unit = units.setdefault(entry.name, _Unit(entry.name))
@@ -253,7 +259,7 @@ def _add_dropins(ctx: CollectContext, unit: _Unit, shown: str, real: str,
     if resolved.path is None:
         problems.append(_unreadable(shown, resolved.problem or "unresolvable"))
         return
-    for dropin in _scan(ctx, resolved.path):
+    for dropin in _scan(ctx, resolved.path, problems):
         if dropin.name.endswith(".conf") and dropin.name not in unit.dropins:
             unit.dropins[dropin.name] = _read_entry(ctx, f"{shown}/{dropin.name}",
                                                     f"{resolved.path}/{dropin.name}")
@@ -268,15 +274,15 @@ def _template_of(name: str) -> str | None:
 
 
 def _add_links(ctx: CollectContext, units: dict[str, _Unit], directory: str,
-               runtime: bool) -> None:
+               runtime: bool, problems: list[Record]) -> None:
     """Note each `<x>.wants/<unit>` (and .requires, .upholds) link on its unit."""
     real_dir = resolve_in_root(ctx, directory).path
     if real_dir is None:
         return
-    for sub in _scan(ctx, real_dir):
+    for sub in _scan(ctx, real_dir, problems):
         if not sub.name.endswith(LINK_DIR_SUFFIXES) or not sub.is_dir(follow_symlinks=False):
             continue
-        for link in _scan(ctx, f"{real_dir}/{sub.name}"):
+        for link in _scan(ctx, f"{real_dir}/{sub.name}", problems):
             name = link.name
             if name not in units:
                 name = _template_of(name) or name
@@ -465,9 +471,10 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     if ETC_UNITS not in directories and not os.path.lexists(ctx.path(ETC_UNITS)):
         yield missing_record(NAME, ETC_UNITS)
     units = _units_on_disk(ctx, directories, problems)
-    _add_links(ctx, units, ETC_UNITS, runtime=False)
-    _add_links(ctx, units, RUN_UNITS, runtime=True)
-    yield from problems
+    _add_links(ctx, units, ETC_UNITS, runtime=False, problems=problems)
+    _add_links(ctx, units, RUN_UNITS, runtime=True, problems=problems)
+    # a directory both searched for units and for links is recorded once
+    yield from {(r.type, r.key): r for r in problems}.values()
     yield from _problems(units)
     data = {name: _unit_data(units[name]) for name in sorted(units)}
     why_not = _systemctl_unavailable(ctx)

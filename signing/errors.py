@@ -7,6 +7,9 @@ of ours so that `signing/` stays usable alone.
 
 from __future__ import annotations
 
+import errno
+import os
+
 OK = 0
 FINDINGS = 1  # verification failed, drift found
 USAGE = 2  # bad command line, bad config, bad input file
@@ -72,3 +75,38 @@ class StoreError(GamsaError):
 
 class ConflictError(StoreError):
     """A create-only write found a different object already at the key."""
+
+
+# What an operator does about an OS error on a path gamsa reads or writes.
+_FIX_PERMISSION = "check its owner and mode, or run gamsa as the user that owns the state dir"
+_OS_HINTS = {
+    errno.EACCES: _FIX_PERMISSION,
+    errno.EPERM: _FIX_PERMISSION,
+    errno.ENOSPC: "free space on that filesystem",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota",
+    errno.EFBIG: "over the file size limit: raise ulimit -f or systemd LimitFSIZE=",
+    errno.EROFS: "the filesystem is mounted read-only",
+    errno.ENOTDIR: "a file is where a directory should be: move it away",
+    errno.EISDIR: "a directory is where a file should be: move it away",
+    errno.EMFILE: "too many open files: raise ulimit -n or systemd LimitNOFILE=",
+    errno.ENFILE: "the system's open file table is full",
+    errno.ELOOP: "too many symbolic links on the way",
+    errno.EIO: "an I/O error: check the disk",
+    errno.ENAMETOOLONG: "the path is too long",
+}
+
+
+def is_os_failure(exc: OSError) -> bool:
+    """An OS error about the machine (a path, space, permissions, limits), not a bug."""
+    return exc.filename is not None or exc.errno in _OS_HINTS
+
+
+def os_error(exc: OSError, path: str | os.PathLike[str] | None = None,
+             action: str = "access") -> GamsaError:
+    """One line for an OS error on a path: the action, the path, the cause and what to do;
+    exit RUNTIME. `path` defaults to the one the error names."""
+    target = path if path is not None else exc.filename
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    where = f" {os.fsdecode(target)}" if target is not None else ""
+    return GamsaError(f"cannot {action}{where}: {cause}", hint=_OS_HINTS.get(exc.errno or 0, ""),
+                      exit_code=RUNTIME)

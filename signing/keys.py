@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
-from signing.errors import KeyFileError, SignatureError
+from signing.errors import GamsaError, KeyFileError, SignatureError, os_error
 
 ALGORITHM = "ed25519"
 # A PEM Ed25519 key is about 120 bytes; anything far larger is not one of ours.
@@ -178,8 +178,8 @@ def save_private_key(path: Path, key: Ed25519PrivateKey) -> None:
             raise KeyFileError(f"key file exists: {path}",
                                hint="refusing to overwrite a key; move it away first") from None
         _fsync_dir(parent)
-    except OSError as exc:
-        raise KeyFileError(f"cannot write private key {path}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # the machine's fault (no space, no permission): exit 3
+        raise os_error(exc, path, "write the private key") from exc
     finally:
         # A leftover temp file would be harmless: the key itself is in place or not.
         with contextlib.suppress(OSError):
@@ -192,8 +192,8 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise KeyFileError(f"private key {path} does not exist") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot open private key {path}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # EACCES, EMFILE: the machine's state, not the input (exit 3)
+        raise os_error(exc, path, "open the private key") from exc
     try:
         # fstat on the open descriptor: the mode checked is that of the bytes read.
         st = os.fstat(fd)
@@ -206,7 +206,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
                                hint=f"run: chmod 600 {path}")
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
-        raise KeyFileError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, path, "read the private key") from exc
     finally:
         os.close(fd)
     if len(data) > MAX_KEY_FILE_BYTES:
@@ -234,7 +234,7 @@ def load_or_create_signer(path: Path) -> tuple[FileSigner, bool]:
         key = generate_private_key()
         try:
             save_private_key(path, key)
-        except KeyFileError:
+        except GamsaError:
             if not os.path.lexists(path):
                 raise
             # Another process created the key between our check and our link: use theirs.

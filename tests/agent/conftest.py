@@ -18,6 +18,7 @@ from tests.agent.s3_fixtures import (
     s3_env,
     start_moto,
 )
+from tests.agent.unprivileged import UserEnv, make_user_env
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,10 @@ def fault_proxy(moto_server: MotoServer) -> Iterator[FaultProxy]:
     """A fault-injecting proxy in front of the moto server (passes everything until told)."""
     with FaultProxy(moto_server.port) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def user_env() -> Iterator[UserEnv]:
+    """A gamsa world owned by an unprivileged user (skips when that is not possible)."""
+    with make_user_env() as env:
+        yield env

@@ -56,7 +56,7 @@ def test_world_readable_private_key(gamsa_env: GamsaEnv) -> None:
 
 def test_store_path_that_is_a_file(gamsa_env: GamsaEnv) -> None:
     gamsa_env.store.write_text("not a directory")
-    assert_one_line_error(gamsa_env.run("collect"), USAGE, str(gamsa_env.store))
+    assert_one_line_error(gamsa_env.run("collect"), 3, str(gamsa_env.store), "move it away")
 
 
 def test_unknown_collector_name(gamsa_env: GamsaEnv) -> None:

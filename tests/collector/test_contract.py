@@ -62,6 +62,15 @@ def test_collector_names_without_import_match_the_declarations() -> None:
     assert collector_names() == list(COLLECTORS)
 
 
+# The records that mean "could not see part of what it covers" (docs/DESIGN.md).
+GAP_TYPES = frozenset({"source_unreadable", "command_failed", "coverage_gap"})
+
+
+def expected_status(records: list[Record]) -> str:
+    """What a run that did not raise must report, by the rule stated in the docs."""
+    return "partial" if any(r.type in GAP_TYPES for r in records) else "ok"
+
+
 @pytest.mark.parametrize("name", list(COLLECTORS))
 def test_declaration_is_well_formed(name: str) -> None:
     collector = COLLECTORS[name]
@@ -90,7 +99,9 @@ def test_records_match_declarations(name: str, mode: str) -> None:
     result = run_collector(collector, ctx)
     if result.status == "unsupported":
         pytest.skip(f"{name} does not run on this platform")
-    assert result.status == "ok", result.error
+    # live, a sandbox may deny even root part of the machine (then partial, with gaps)
+    assert result.status == expected_status(result.records), result.error
+    assert (result.status == "partial") == bool(result.gaps)
     assert result.records
     problems = [p for record in result.records for p in contract_violations(collector, record)]
     assert problems == []

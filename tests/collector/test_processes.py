@@ -39,8 +39,11 @@ def sha256_file(path: str | Path) -> str:
 
 def records_of(ctx: CollectContext) -> list[tuple[str, str, dict[str, Any]]]:
     result = run_collector(COLLECTOR, ctx)
-    assert result.status == "ok", result.error
-    return [(r.type, r.key, r.data) for r in result.records]
+    # Partial only for what the agent is denied (another user's or a sandbox's process:
+    # pid 1 of some CI sandboxes denies even root); that is checked below.
+    assert result.status in ("ok", "partial"), result.error
+    assert all("access denied" in gap.reason for gap in result.gaps), result.gaps
+    return [(r.type, r.key, r.data) for r in result.records if r.type != "coverage_gap"]
 
 
 @pytest.fixture
@@ -123,7 +126,7 @@ def test_rerun_reuses_the_cache(tmp_path: Path,
     # only executables first seen now (a process started meanwhile) were read again
     assert second.computed == len(now - saved)
     assert second.hits >= 1
-    child = next(r for r in records if r.data["pid"] == listener[0].pid)
+    child = next(r for r in records if r.data.get("pid") == listener[0].pid)
     assert child.data["exe_sha256"] == sha256_file(os.path.realpath(sys.executable))
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from signing.errors import KeyFileError, SignatureError, UsageError
+from signing.errors import RUNTIME, GamsaError, KeyFileError, SignatureError, UsageError
 from signing.keys import (
     FileSigner,
     PublicKey,
@@ -81,22 +81,27 @@ def test_save_refuses_to_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["host.key"]
 
 
-def test_save_into_unwritable_dir_is_key_file_error(tmp_path: Path) -> None:
+# A key that cannot be written is the machine's fault (permission, space, a file in
+# the way), not bad input: a runtime error (exit 3) naming the path and the cause.
+
+def test_save_into_unwritable_dir_is_a_runtime_error(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root writes anywhere")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    with pytest.raises(KeyFileError, match="cannot write private key"):
+    with pytest.raises(GamsaError, match="cannot write the private key") as info:
         save_private_key(locked / "host.key", generate_private_key())
+    assert info.value.exit_code == RUNTIME and "Permission denied" in info.value.message
 
 
-def test_save_under_a_file_is_key_file_error(tmp_path: Path) -> None:
+def test_save_under_a_file_is_a_runtime_error(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-dir"
     blocker.write_bytes(b"")
     path = blocker / "host.key"
-    with pytest.raises(KeyFileError, match="cannot write private key") as info:
+    with pytest.raises(GamsaError, match="cannot write the private key") as info:
         save_private_key(path, generate_private_key())
-    assert str(path) in info.value.message
+    assert str(path) in info.value.message and "Not a directory" in info.value.message
+    assert info.value.exit_code == RUNTIME and "move it away" in info.value.hint
 
 
 def test_world_readable_key_is_refused(tmp_path: Path) -> None:
