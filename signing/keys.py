@@ -243,6 +243,11 @@ def load_or_create_signer(path: Path) -> tuple[FileSigner, bool]:
     return FileSigner.from_key(load_private_key(path)), False
 
 
+def open_signer(location: str) -> FileSigner:
+    """The `file:` backend of `signing.signer.load_signer`: a key file at `location`."""
+    return FileSigner.from_key(load_private_key(Path(location)))
+
+
 def public_key_from_pem(pem: bytes | str) -> PublicKey:
     """Parse a SubjectPublicKeyInfo PEM Ed25519 public key."""
     data = pem.encode("utf-8") if isinstance(pem, str) else pem
