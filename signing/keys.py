@@ -200,11 +200,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"private key {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
         if mode & 0o077:
+            if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
+                # Hinting "chmod 600" at a public key given for a private one misleads.
+                raise KeyFileError(f"private key {path} is a public key", hint=KEY_FILE_HINT)
             what = "readable" if mode & 0o044 else "writable"
             raise KeyFileError(f"private key {path} is {what} by group or others (mode {mode:04o})",
                                hint=f"run: chmod 600 {path}")
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise KeyFileError(f"cannot read private key {path}: {exc.strerror or exc}") from exc
     finally:
