@@ -375,3 +375,31 @@ def test_signing_alone_verifies_a_fleet_with_org_trust(fleet: Fleet, tmp_path: P
     assert out["modules"] == []
     assert out["signing"].startswith(str(alone))
     assert [f["code"] for f in out["findings"]] == ["key_not_enrolled_for_host"]
+
+
+@pytest.mark.parametrize(("answer", "code"), [("n", 1), ("y", 0)])
+def test_sign_enrollment_asks_on_a_terminal(tmp_path: Path, answer: str, code: int) -> None:
+    import pty
+
+    store = tmp_path / "store"
+    env = host_env(tmp_path, "web-01", store)
+    ok(env.run("org", "init", "--out", str(tmp_path / "org")))
+    ok(env.run("keys", "enroll"))
+    master, slave = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())
+        run_env = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
+        run_env["GAMSA_CONFIG"] = str(env.config)
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "gamsa"), "org", "sign-enrollment",
+             "--org-key", str(tmp_path / "org" / "org.key"), "--store", env.store_url,
+             "--pending"], stdin=slave, capture_output=True, text=True, timeout=60,
+            env=run_env, check=False)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert result.returncode == code, result.stderr
+    assert "will sign 1 enrollment(s)" in result.stderr and "host web-01" in result.stderr
+    assert "sign 1 enrollment(s)? [y/N]" in result.stderr
+    signed = list((store / "v1" / "keys").glob("*.enrollment.*"))
+    assert len(signed) == (1 if answer == "y" else 0)
