@@ -313,7 +313,7 @@ def _org_keys(trust_org: tuple[Path, ...]) -> dict[str, PublicKey] | None:
               help="Trusted public key (PEM or key document), for any host; repeatable.")
 @click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
               help="Organisation root public key: trust each enrolled key for its enrolled "
-                   "host and validity window only; repeatable.")
+                   "host and validity window only; repeatable (default: verify.trust_org).")
 @json_option
 def verify(config_path: Path | None, store_url: str | None, host: str | None,
            trust: tuple[Path, ...], trust_org: tuple[Path, ...], as_json: bool) -> None:
@@ -323,7 +323,7 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
 
     config = load(config_path)
     store = open_store(store_url or config.store.url, config.store)
-    org_keys = _org_keys(trust_org)
+    org_keys = _org_keys(trust_org or tuple(config.verify.trust_org))
     # With an organisation root, the agent's own key is not trusted by default.
     trusted = _trusted_keys(config, trust) if trust or org_keys is None else {}
     result = verify_store(store, trusted, host,

@@ -172,6 +172,17 @@ def test_direct_trust_still_works_and_says_it_is_unbound(fleet: Fleet,
     assert "host(s) web-01" in result.stdout
 
 
+def test_verify_takes_the_org_root_from_config(fleet: Fleet) -> None:
+    env = fleet.hosts["web-01"]
+    config = env.config.read_text()
+    env.config.write_text(config + f'[verify]\ntrust_org = ["{fleet.org_pub}"]\n')
+    result = ok(env.run("verify"))
+    assert "trusting this agent's own key" not in result.stderr
+    assert "key_unbound" not in result.stdout and "OK: 4 bundle(s)" in result.stdout
+    env.config.write_text(config + '[verify]\ntrust_org = ["org.pub"]\n')
+    assert "verify.trust_org" in one_line_error(env.run("verify"), 2)
+
+
 def forge_appended(fleet: Fleet, tmp_path: Path, attacker: str, victim: str) -> GamsaEnv:
     """The attacker's key, the victim's chain head: seal under the victim's host id."""
     victim_env, attacker_env = fleet.hosts[victim], fleet.hosts[attacker]
