@@ -615,6 +615,10 @@ def org_init(out: Path, as_json: bool) -> None:
 @click.option("--pending", is_flag=True, help="Sign every pending request in --store.")
 @click.option("--valid-days", type=click.IntRange(min=1, max=3660),
               default=365, show_default=True, help="Validity from now.")
+@click.option("--renew-within", "renew_within", type=click.IntRange(min=0, max=3660),
+              default=30, show_default=True, metavar="DAYS",
+              help="With --pending: re-sign a key whose enrollment for its host ends "
+                   "within DAYS; skip it otherwise.")
 @click.option("--out", type=click.Path(path_type=Path), metavar="DIR",
               help="Write each signed enrollment here (default: . without --store).")
 @click.option("--publish/--no-publish", default=True, show_default=True,
@@ -623,7 +627,8 @@ def org_init(out: Path, as_json: bool) -> None:
 @json_option
 def org_sign_enrollment(config_path: Path | None, requests: tuple[Path, ...],
                         org_key: str, store_url: str | None, pending: bool, valid_days: int,
-                        out: Path | None, publish: bool, yes: bool, as_json: bool) -> None:
+                        renew_within: int, out: Path | None, publish: bool, yes: bool,
+                        as_json: bool) -> None:
     """Review and sign enrollment requests (files, or all pending in a store)."""
     from agent.org import (
         now_utc,
@@ -647,7 +652,7 @@ def org_sign_enrollment(config_path: Path | None, requests: tuple[Path, ...],
     if store_url:
         store = open_store(store_url, load(config_path).store)
     if pending and store is not None:
-        plan = plan_from_store(store, org_public, now, valid_days)
+        plan = plan_from_store(store, org_public, now, valid_days, renew_within)
     else:
         plan = plan_from_files(list(requests), now, valid_days)
     out_dir = out if out is not None else (None if store is not None else Path("."))

@@ -33,7 +33,6 @@ from signing.keys import PublicKey, Signer, generate_private_key, save_private_k
 
 ORG_KEY_FILE = "org.key"
 ORG_PUB_FILE = "org.pub"
-DEFAULT_VALID_DAYS = 365
 
 
 @dataclass(frozen=True)
@@ -145,9 +144,11 @@ def plan_from_files(paths: list[Path], now: dt.datetime, valid_days: int) -> Pla
     return plan_from_sources(sources, now, valid_days)
 
 
-def plan_from_store(store: Store, org: PublicKey, now: dt.datetime, valid_days: int) -> Plan:
-    """Every pending request in the store, less those already enrolled by `org`
-    (for the same host, still valid) and refusing keys `org` enrolled for another host."""
+def plan_from_store(store: Store, org: PublicKey, now: dt.datetime, valid_days: int,
+                    renew_within_days: int) -> Plan:
+    """Every pending request in the store, less those already enrolled by `org` for
+    the same host beyond `renew_within_days` from now (renewals are due inside
+    that), and refusing keys `org` enrolled for another host."""
     sources: list[tuple[str, bytes]] = []
     expected: dict[str, tuple[str, str]] = {}
     plan = Plan()
@@ -163,7 +164,8 @@ def plan_from_store(store: Store, org: PublicKey, now: dt.datetime, valid_days: 
     plan.rejected.extend(found.rejected)
     plan.skipped.extend(found.skipped)
     for candidate in found.sign:
-        reason = _already(store, org, candidate, now)
+        reason = _already(store, org, candidate,
+                          now + dt.timedelta(days=renew_within_days))
         if reason is None:
             plan.sign.append(candidate)
         elif reason[0] == "skip":
@@ -174,9 +176,9 @@ def plan_from_store(store: Store, org: PublicKey, now: dt.datetime, valid_days: 
 
 
 def _already(store: Store, org: PublicKey, candidate: Candidate,
-             now: dt.datetime) -> tuple[str, str] | None:
+             until: dt.datetime) -> tuple[str, str] | None:
     """("skip", why) if `org` already enrolled this key for this host until later
-    than now; ("reject", why) if it enrolled the key for another host."""
+    than `until`; ("reject", why) if it enrolled the key for another host."""
     key_id = candidate.request.key.key_id
     for name in store.list(f"v1/keys/{key_id}.enrollment."):
         try:
@@ -188,7 +190,7 @@ def _already(store: Store, org: PublicKey, candidate: Candidate,
         if enrollment.host_id != candidate.request.host_id:
             return ("reject", f"key {key_id} is already enrolled for host "
                               f"{enrollment.host_id} ({name})")
-        if enrollment.not_after > now:
+        if enrollment.not_after > until:
             return ("skip", f"already enrolled until {format_time(enrollment.not_after)} "
                             f"({name})")
     return None

@@ -160,6 +160,12 @@ def test_a_fleet_enrolled_by_the_org_verifies(tmp_path: Path) -> None:
     again = ok(fleet.sign_pending("--yes"))
     assert "nothing to sign" in again.stderr
     assert again.stderr.count("already enrolled until") == 2
+    # Renewal: enrollments ending within --renew-within days are signed anew, beside
+    # the old ones (a write-once store keeps both), and the fleet still verifies.
+    renewed = ok(fleet.sign_pending("--yes", "--renew-within", "400", "--valid-days", "500"))
+    assert "will sign 2 enrollment(s)" in renewed.stderr
+    assert len(list((fleet.store / "v1" / "keys").glob("*.enrollment.*"))) == 5
+    assert fleet.verify("--trust-org", str(fleet.org_pub))[0] == 0
 
 
 def test_direct_trust_still_works_and_says_it_is_unbound(fleet: Fleet,
