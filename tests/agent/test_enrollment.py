@@ -420,3 +420,23 @@ def test_sign_enrollment_asks_on_a_terminal(tmp_path: Path, answer: str, code: i
     assert "sign 1 enrollment(s)? [y/N]" in result.stderr
     signed = list((store / "v1" / "keys").glob("*.enrollment.*"))
     assert len(signed) == (1 if answer == "y" else 0)
+
+
+def test_enrollment_through_an_s3_store(s3_gamsa: GamsaEnv, tmp_path: Path) -> None:
+    """Pending requests, the batch and publishing on a moto S3 bucket (Object Lock)."""
+    env = s3_gamsa
+    org = tmp_path / "org"
+    ok(env.run("org", "init", "--out", str(org)))
+    ok(env.run("collect"))
+    first = json.loads(ok(env.run("keys", "enroll", "--json")).stdout)
+    assert first["store_key"] == f"v1/enroll/pending/test-host/{first['key_id']}.json"
+    assert json.loads(ok(env.run("keys", "enroll", "--json")).stdout)["already_pending"]
+    signed = json.loads(ok(env.run("org", "sign-enrollment", "--org-key", str(org / "org.key"),
+                                   "--store", env.store_url, "--pending", "--yes",
+                                   "--json")).stdout)
+    (entry,) = signed["signed"]
+    assert entry["object"].startswith(f"v1/keys/{first['key_id']}.enrollment.")
+    ok(env.run("collect"))
+    result = ok(env.run("verify", "--trust-org", str(org / "org.pub"), "--json"))
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["bundles"] == 2
