@@ -512,6 +512,8 @@ def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
     config = load(config_path)
     if out is None and not submit:
         raise UsageError("nothing to do: --no-submit without --out FILE")
+    if as_json and out is not None and str(out) == "-":
+        raise UsageError("--out - and --json both write to stdout; give --out a file")
     store = open_store(config.store.url, config.store) if submit else None
     state = StateDir(config.state_dir)
     host_id = resolve_host_id(config.host_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -195,6 +196,9 @@ def check_records(data: bytes, key: str, expected_host: str | None = None,
     return tree.size, tree.root().hex(), findings
 
 
+KEY_DOCUMENT_KEY = re.compile(r"^v1/keys/[0-9a-f]{64}\.json$")
+
+
 @dataclass(frozen=True)
 class Trust:
     """Which keys a manifest signature may verify with, and what each is trusted for.
@@ -227,7 +231,15 @@ def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     if org_keys is None:
         return Trust.direct(trusted), []
     org = dict(org_keys)
-    names = [k for k in reader.list(KEYS_PREFIX) if ENROLLMENT_KEY.match(k)]
+    names: list[str] = []
+    strays: list[Finding] = []
+    for key in reader.list(KEYS_PREFIX):
+        if ENROLLMENT_KEY.match(key):
+            names.append(key)
+        elif not KEY_DOCUMENT_KEY.match(key):
+            strays.append(Finding(key, "unexpected_object", "object under v1/keys/ is neither "
+                                  "a key document nor an enrollment (docs/FORMAT.md §7)",
+                                  WARNING))
 
     def one(key: str) -> Enrollment | Finding:
         try:
@@ -250,7 +262,7 @@ def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
             outcomes = list(pool.map(one, names))
     else:
         outcomes = [one(key) for key in names]
-    findings = [o for o in outcomes if isinstance(o, Finding)]
+    findings = strays + [o for o in outcomes if isinstance(o, Finding)]
     enrollments: dict[str, list[Enrollment]] = defaultdict(list)
     for outcome in outcomes:
         if isinstance(outcome, Enrollment):

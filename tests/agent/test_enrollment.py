@@ -307,6 +307,7 @@ def test_tampered_or_misfiled_enrollment_is_a_finding(fleet: Fleet) -> None:
     (db_enrollment,) = keys.glob(f"{db}.enrollment.*")
     misfiled = keys / db_enrollment.name.replace(db, web)
     shutil.copy(db_enrollment, misfiled)
+    (keys / "notes.txt").write_text("not ours")
     code, report = fleet.verify("--trust-org", str(fleet.org_pub))
     assert code == 1
     by_key = {(Path(f["key"]).name, f["code"]) for f in errors(report)}
@@ -314,6 +315,8 @@ def test_tampered_or_misfiled_enrollment_is_a_finding(fleet: Fleet) -> None:
     assert (misfiled.name, "enrollment_invalid") in by_key
     assert any(code == "untrusted_key" for _, code in by_key)  # web-01 lost its enrollment
     assert not [f for f in errors(report) if "/host=db-01/" in f["key"]]
+    assert {"key": "v1/keys/notes.txt", "code": "unexpected_object"}.items() <= next(
+        f for f in report["findings"] if f["key"] == "v1/keys/notes.txt").items()
 
 
 def test_install_enrollment_refuses_another_hosts_enrollment(fleet: Fleet) -> None:
