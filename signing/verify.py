@@ -1,4 +1,5 @@
-"""The verifier: proves a store's bundles untampered, trusting only given public keys.
+"""The verifier: proves a store's bundles untampered, trusting only given public keys
+(or agent keys an organisation root enrolled, each for its host and window only).
 
 Per bundle: the manifest's DSSE signature by a trusted key, the statement's shape,
 the object key against the predicate, the records object's digest, every line
