@@ -323,25 +323,40 @@ def _progress_bar(enabled: bool) -> Callable[[int, int], None] | None:
     return update
 
 
+def _org_keys(trust_org: tuple[Path, ...]) -> dict[str, PublicKey] | None:
+    """The organisation root public keys given (None: no org trust)."""
+    from signing.keys import load_public_key_pem
+
+    if not trust_org:
+        return None
+    keys = [load_public_key_pem(p) for p in trust_org]
+    return {k.key_id: k for k in keys}
+
+
 @cli.command()
 @config_option
 @click.option("--store", "store_url", metavar="URL", help="Store to verify (default: config).")
 @click.option("--host", metavar="HOST_ID", help="Only this host's bundles.")
 @click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
-              help="Trusted public key (PEM or key document); repeatable.")
+              help="Trusted public key (PEM or key document), for any host; repeatable.")
+@click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
+              help="Organisation root public key: trust each enrolled key for its enrolled "
+                   "host and validity window only; repeatable (default: verify.trust_org).")
 @json_option
 def verify(config_path: Path | None, store_url: str | None, host: str | None,
-           trust: tuple[Path, ...], as_json: bool) -> None:
+           trust: tuple[Path, ...], trust_org: tuple[Path, ...], as_json: bool) -> None:
     """Verify every bundle and chain in a store; exit 1 on any finding."""
     from agent.store import open_store
     from signing.verify import verify_store
 
     config = load(config_path)
     store = open_store(store_url or config.store.url, config.store)
-    trusted = _trusted_keys(config, trust)
+    org_keys = _org_keys(trust_org or tuple(config.verify.trust_org))
+    # With an organisation root, the agent's own key is not trusted by default.
+    trusted = _trusted_keys(config, trust) if trust or org_keys is None else {}
     result = verify_store(store, trusted, host,
                           _progress_bar(sys.stderr.isatty() and not as_json),
-                          workers=int(getattr(store, "concurrency", 1)))
+                          workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys)
     if store.url == open_store(config.store.url, config.store).url:
         result.findings.extend(_truncation_findings(config, result, host))
     if as_json:
@@ -504,6 +519,224 @@ def keys_show(config_path: Path | None, as_json: bool) -> None:
     else:
         click.echo(f"key_id {public.key_id}")
         click.echo(public.pem().rstrip())
+
+
+@keys.command("enroll")
+@config_option
+@click.option("--out", "-o", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the request to FILE ('-': stdout).")
+@click.option("--submit/--no-submit", default=True, show_default=True,
+              help="Put the request in the store's pending area (v1/enroll/pending/).")
+@json_option
+def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
+                as_json: bool) -> None:
+    """Ask the organisation to enroll this agent's key for this host."""
+    from agent.enroll import build_request, submit_request
+    from agent.fsutil import create_atomic
+    from agent.identity import resolve_host_id
+    from agent.state import StateDir
+    from agent.store import open_store
+
+    config = load(config_path)
+    if out is None and not submit:
+        raise UsageError("nothing to do: --no-submit without --out FILE")
+    if as_json and out is not None and str(out) == "-":
+        raise UsageError("--out - and --json both write to stdout; give --out a file")
+    store = open_store(config.store.url, config.store) if submit else None
+    state = StateDir(config.state_dir)
+    host_id = resolve_host_id(config.host_id)
+    with state.locked():
+        request = build_request(state, host_id)
+    data = request.to_bytes()
+    written = None
+    if out is not None and str(out) == "-":
+        click.echo(data.decode())
+    elif out is not None:
+        try:
+            if not create_atomic(out.absolute(), data, 0o644):
+                raise UsageError(f"{out} exists", hint="refusing to overwrite; choose another "
+                                                       "--out")
+        except OSError as exc:
+            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        written = str(out)
+    submitted = submit_request(store, request) if store is not None else None
+    summary = {"host_id": host_id, "key_id": request.key.key_id, "file": written,
+               "store_key": None if submitted is None else submitted.key,
+               "already_pending": bool(submitted and submitted.already)}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"enrollment request: host {host_id} key_id {request.key.key_id}", err=True)
+    if written:
+        click.echo(f"written to {written}", err=True)
+    if submitted is not None and store is not None:
+        state_word = "already pending at" if submitted.already else "submitted to"
+        click.echo(f"{state_word} {store.url} {submitted.key}", err=True)
+
+
+@keys.command("install-enrollment")
+@config_option
+@click.argument("enrollment", type=click.Path(path_type=Path))
+@click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
+              help="Also check the organisation's signature.")
+@click.option("--no-ship", is_flag=True, help="Keep it only; publish with the next ship.")
+def keys_install_enrollment(config_path: Path | None, enrollment: Path,
+                            trust_org: tuple[Path, ...], no_ship: bool) -> None:
+    """Keep a signed enrollment of this agent's key and publish it to the store."""
+    from agent.enroll import install_enrollment, publish_enrollments
+    from agent.identity import resolve_host_id
+    from agent.state import StateDir
+    from agent.store import open_store
+
+    config = load(config_path)
+    try:
+        data = enrollment.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"enrollment {enrollment}: {exc.strerror or exc}") from exc
+    org_keys = _org_keys(trust_org)
+    state = StateDir(config.state_dir)
+    host_id = resolve_host_id(config.host_id)
+    with state.locked():
+        signer, _ = state.signer(host_id)
+        path = install_enrollment(state, data, str(enrollment), signer.key_id, host_id,
+                                  org_keys)
+        click.echo(f"installed {path} (key {signer.key_id}, host {host_id})")
+        if no_ship:
+            return
+        store = open_store(config.store.url, config.store)
+        try:
+            for name in publish_enrollments(state, store):
+                click.echo(f"published {name} to {store.url}")
+        except GamsaError as exc:
+            warn(f"installed, but publishing failed: {exc.diagnostics()} (every ship "
+                 f"retries)")
+
+
+@cli.group()
+def org() -> None:
+    """The organisation root key: enroll host keys (keep the key offline)."""
+
+
+@org.command("init")
+@click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="Directory for org.key (0600) and org.pub.")
+@json_option
+def org_init(out: Path, as_json: bool) -> None:
+    """Make the organisation's Ed25519 root key (never replaces one)."""
+    from agent.org import init_org
+
+    made = init_org(out)
+    if as_json:
+        emit_json({"key_id": made.key_id, "private_key": str(made.private_path),
+                   "public_key": str(made.public_path)})
+        return
+    click.echo(f"organisation key_id {made.key_id}")
+    click.echo(f"private key {made.private_path} (0600: keep it offline)")
+    click.echo(f"public key {made.public_path} (give it to verifiers: --trust-org)")
+
+
+@org.command("sign-enrollment")
+@config_option
+@click.argument("requests", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--org-key", required=True, metavar="URI",
+              help="Organisation signing key: a key file path or file:PATH.")
+@click.option("--store", "store_url", metavar="URL",
+              help="Store to read pending requests from (with --pending) and publish to.")
+@click.option("--pending", is_flag=True, help="Sign every pending request in --store.")
+@click.option("--valid-days", type=click.IntRange(min=1, max=3660),
+              default=365, show_default=True, help="Validity from now.")
+@click.option("--renew-within", "renew_within", type=click.IntRange(min=0, max=3660),
+              default=30, show_default=True, metavar="DAYS",
+              help="With --pending: re-sign a key whose enrollment for its host ends "
+                   "within DAYS; skip it otherwise.")
+@click.option("--out", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write each signed enrollment here (default: . without --store).")
+@click.option("--publish/--no-publish", default=True, show_default=True,
+              help="With --store: put each signed enrollment in the store.")
+@click.option("--yes", is_flag=True, help="Sign without asking.")
+@json_option
+def org_sign_enrollment(config_path: Path | None, requests: tuple[Path, ...],
+                        org_key: str, store_url: str | None, pending: bool, valid_days: int,
+                        renew_within: int, out: Path | None, publish: bool, yes: bool,
+                        as_json: bool) -> None:
+    """Review and sign enrollment requests (files, or all pending in a store)."""
+    from agent.org import (
+        now_utc,
+        plan_from_files,
+        plan_from_store,
+        publish_signed,
+        sign_plan,
+        write_signed,
+    )
+    from agent.store import open_store
+    from signing.signer import load_signer
+
+    if pending == bool(requests):
+        raise UsageError("give REQUEST.json files or --store URL --pending (one of the two)")
+    if pending and not store_url:
+        raise UsageError("--pending needs --store URL")
+    signer = load_signer(org_key)
+    org_public = signer.public_key()
+    now = now_utc()
+    store = None
+    if store_url:
+        store = open_store(store_url, load(config_path).store)
+    if pending and store is not None:
+        plan = plan_from_store(store, org_public, now, valid_days, renew_within)
+    else:
+        plan = plan_from_files(list(requests), now, valid_days)
+    out_dir = out if out is not None else (None if store is not None else Path("."))
+    _show_plan(plan, org_public.key_id)
+    if plan.sign and not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to sign without confirmation (not a terminal)",
+                             hint="review the list above, then pass --yes")
+        if not click.confirm(f"sign {len(plan.sign)} enrollment(s)?", err=True):
+            raise GamsaError("nothing signed", exit_code=FINDINGS)
+    signed = sign_plan(plan, signer, now)
+    done = []
+    for item in signed:
+        entry: dict[str, Any] = {"host_id": item.candidate.request.host_id,
+                                 "key_id": item.candidate.request.key.key_id,
+                                 "source": item.candidate.source, "file": None,
+                                 "object": None}
+        if out_dir is not None:
+            entry["file"] = str(write_signed(item, out_dir))
+        if store is not None and publish:
+            entry["object"] = publish_signed(item, store)
+        done.append(entry)
+        if not as_json:
+            where = " and ".join(w for w in (entry["file"], entry["object"]) if w)
+            click.echo(f"signed {entry['host_id']} key {entry['key_id']}: {where or '-'}",
+                       err=True)
+    if as_json:
+        emit_json({"org_key_id": org_public.key_id, "signed": done,
+                   "rejected": [{"source": s, "reason": r} for s, r in plan.rejected],
+                   "skipped": [{"source": s, "reason": r} for s, r in plan.skipped]})
+    if plan.rejected:
+        sys.exit(FINDINGS)
+
+
+def _show_plan(plan: Any, org_key_id: str) -> None:
+    """Exactly what will be signed (on stderr, so --json stays data), and what not."""
+    from signing.enrollment import format_time, show
+
+    if not plan.sign:
+        click.echo("nothing to sign", err=True)
+    else:
+        click.echo(f"will sign {len(plan.sign)} enrollment(s) with organisation key "
+                   f"{org_key_id}:", err=True)
+    for c in plan.sign:
+        r = c.request
+        facts = " ".join(f"{k}={show(str(v))}" for k, v in sorted(r.facts.items()))
+        click.echo(f"  host {r.host_id}  key {r.key.key_id}\n"
+                   f"    valid {format_time(c.not_before)} .. {format_time(c.not_after)}\n"
+                   f"    facts {facts or '(none)'}\n"
+                   f"    from {show(c.source)} (requested {r.created_at})", err=True)
+    for source, reason in plan.skipped:
+        click.echo(f"  skipped {show(source)}: {reason}", err=True)
+    for source, reason in plan.rejected:
+        click.echo(f"  REJECTED {show(source)}: {show(reason)}", err=True)
 
 
 @cli.command("collectors")

@@ -167,6 +167,13 @@ class SpoolConfig:
     max_bytes: int = GIB
 
 
+@dataclass(frozen=True)
+class VerifyConfig:
+    """`[verify]`: organisation root public keys `gamsa verify` trusts (--trust-org)."""
+
+    trust_org: list[Path] = field(default_factory=list)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration, resolved (no "" placeholders left). Keyword-only."""
@@ -178,6 +185,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     source: Path | None = None  # the file loaded; None for built-in defaults
     sha256: str = hashlib.sha256(b"").hexdigest()  # of the file's raw bytes
 
@@ -507,7 +515,7 @@ class _Parser:
 
     def config(self, doc: Mapping[str, Any], sha256: str) -> Config:
         self.check_keys(doc, "", ("host_id", "state_dir", "store", "collectors", "schedule",
-                                  "privacy", "spool"))
+                                  "privacy", "spool", "verify"))
         host_id = self.string(doc, "", "host_id", "auto")
         if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
             self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ - '
@@ -524,6 +532,7 @@ class _Parser:
             schedule=self.schedule(doc),
             privacy=self.privacy(doc),
             spool=self.spool(doc),
+            verify=self.verify(doc),
             source=None,
             sha256=sha256,
         )
@@ -720,3 +729,9 @@ class _Parser:
         t = self.table(doc, "", "spool", ("max_bytes",))
         return SpoolConfig(max_bytes=self.size(t.get("max_bytes", SpoolConfig.max_bytes),
                                                "spool.max_bytes"))
+
+    def verify(self, doc: Mapping[str, Any]) -> VerifyConfig:
+        t = self.table(doc, "", "verify", ("trust_org",))
+        paths = self.string_list(t, "verify", "trust_org", [])
+        return VerifyConfig(trust_org=[self.absolute_path(p, "verify.trust_org")
+                                       for p in paths])

@@ -10,9 +10,9 @@ are never stored. Such an entry is quarantined (moved whole to the state dir's
 shows that bundle as signed with its records missing, `gamsa status` reports it
 until someone removes it, and the chain after it ships on (an entry whose manifest
 itself is unreadable is quarantined without committing anything: a gap in the
-chain). The agent's public key document is stored before the first manifest, once
-per run. A crash anywhere repeats at most a put of identical bytes, which the
-store treats as success, so a resumed run neither conflicts nor duplicates.
+chain). The agent's public key document (with its enrollments) goes before the
+first manifest, once per run. A crash anywhere repeats at most a put of identical
+bytes, which the store treats as success, so a resumed run neither conflicts nor duplicates.
 Retries (backoff with jitter, bounded) happen inside the store; an error that
 outlasts them stops the run at that bundle, leaving it and every later one in the
 spool.
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.crashpoints import crashpoint
+from agent.enroll import publish_enrollments
 from agent.state import SpoolEntry, StateDir, spooled_statement
 from agent.store import DigestMismatchError, Store, put_file
 from signing.errors import GamsaError, StoreError
@@ -148,6 +149,7 @@ def _note(report: ShipReport, state: StateDir, staged: _Staged) -> None:
 def _put_key_document(state: StateDir, store: Store, key_id: str) -> None:
     data = state.key_document_bytes()
     store.put(key_object_name(key_id), data, hashlib.sha256(data).hexdigest())
+    publish_enrollments(state, store)  # its signed enrollments, beside it
 
 
 def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:

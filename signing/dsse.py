@@ -126,6 +126,12 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
     return envelope
 
 
+def envelope_payload(data: bytes) -> bytes:
+    """The payload bytes of a DSSE envelope, NOT authenticated (for a sender's own
+    checks before anything is trusted; verifiers use `verify_envelope`)."""
+    return _b64decode(parse_envelope(data)["payload"], "payload")
+
+
 def _show_keyid(keyid: str) -> str:
     if not keyid:
         return "(none)"

@@ -200,11 +200,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileError(f"private key {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
         if mode & 0o077:
+            if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
+                # Hinting "chmod 600" at a public key given for a private one misleads.
+                raise KeyFileError(f"private key {path} is a public key", hint=KEY_FILE_HINT)
             what = "readable" if mode & 0o044 else "writable"
             raise KeyFileError(f"private key {path} is {what} by group or others (mode {mode:04o})",
                                hint=f"run: chmod 600 {path}")
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
     except OSError as exc:
         raise os_error(exc, path, "read the private key") from exc
     finally:
@@ -241,6 +244,11 @@ def load_or_create_signer(path: Path) -> tuple[FileSigner, bool]:
         else:
             return FileSigner.from_key(key), True
     return FileSigner.from_key(load_private_key(path)), False
+
+
+def open_signer(location: str) -> FileSigner:
+    """The `file:` backend of `signing.signer.load_signer`: a key file at `location`."""
+    return FileSigner.from_key(load_private_key(Path(location)))
 
 
 def public_key_from_pem(pem: bytes | str) -> PublicKey:

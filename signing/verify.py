@@ -1,4 +1,5 @@
-"""The verifier: proves a store's bundles untampered, trusting only given public keys.
+"""The verifier: proves a store's bundles untampered, trusting only given public keys
+(or agent keys an organisation root enrolled, each for its host and window only).
 
 Per bundle: the manifest's DSSE signature by a trusted key, the statement's shape,
 the object key against the predicate, the records object's digest, every line
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +35,13 @@ from signing.bundle import (
 )
 from signing.canonical import gc_paused, parse_canonical_lines
 from signing.dsse import is_exact_gamsa_envelope, parse_statement, verify_envelope
+from signing.enrollment import (
+    ENROLLMENT_KEY,
+    KEYS_PREFIX,
+    Enrollment,
+    check_binding,
+    verify_enrollment,
+)
 from signing.errors import FormatError, GamsaError, SignatureError
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
@@ -188,12 +197,104 @@ def check_records(data: bytes, key: str, expected_host: str | None = None,
     return tree.size, tree.root().hex(), findings
 
 
+KEY_DOCUMENT_KEY = re.compile(r"^v1/keys/[0-9a-f]{64}\.json$")
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Which keys a manifest signature may verify with, and what each is trusted for.
+
+    A key in `unbound` (given directly: `--trust`, or the agent's own key) is
+    trusted for any host at any time. A key with `enrollments` is trusted only for
+    the host and window one of them names (docs/FORMAT.md, "Enrollment").
+    """
+
+    keys: Mapping[str, PublicKey]
+    unbound: frozenset[str]
+    enrollments: Mapping[str, list[Enrollment]] = field(default_factory=dict)
+
+    @classmethod
+    def direct(cls, trusted: Mapping[str, PublicKey]) -> Trust:
+        return cls(trusted, frozenset(trusted))
+
+
+def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
+               org_keys: Mapping[str, PublicKey] | None,
+               workers: int = 1) -> tuple[Trust, list[Finding]]:
+    """The trust a verification runs under, and findings about enrollment objects.
+
+    Without `org_keys`, the `trusted` keys are trusted directly. With them, every
+    `v1/keys/<key_id>.enrollment.<sha256>.dsse.json` in the store is verified with
+    the organisation key(s); one that does not verify, or is filed under another
+    key's name, is an error finding and trusts nothing. A key both given directly
+    and enrolled is held to its enrollments.
+    """
+    if org_keys is None:
+        return Trust.direct(trusted), []
+    org = dict(org_keys)
+    names: list[str] = []
+    strays: list[Finding] = []
+    for key in reader.list(KEYS_PREFIX):
+        if ENROLLMENT_KEY.match(key):
+            names.append(key)
+        elif not KEY_DOCUMENT_KEY.match(key):
+            strays.append(Finding(key, "unexpected_object", "object under v1/keys/ is neither "
+                                  "a key document nor an enrollment (docs/FORMAT.md §7)",
+                                  WARNING))
+
+    def one(key: str) -> Enrollment | Finding:
+        try:
+            enrollment = verify_enrollment(reader.get(key), org, key)
+        except SignatureError as exc:
+            code = ("enrollment_untrusted" if "trusted key" in exc.message
+                    else "enrollment_invalid")
+            return Finding(key, code, f"enrollment not accepted: {exc.message}")
+        except FormatError as exc:
+            return Finding(key, "enrollment_invalid", f"enrollment not accepted: {exc.message}")
+        match = ENROLLMENT_KEY.match(key)
+        if match is not None and match.group(1) != enrollment.key.key_id:
+            return Finding(key, "enrollment_invalid",
+                           f"enrollment of key {enrollment.key.key_id} (host "
+                           f"{enrollment.host_id}) is filed under key {match.group(1)}")
+        return enrollment
+
+    if workers > 1 and len(names) > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gamsa-trust") as pool:
+            outcomes = list(pool.map(one, names))
+    else:
+        outcomes = [one(key) for key in names]
+    findings = strays + [o for o in outcomes if isinstance(o, Finding)]
+    enrollments: dict[str, list[Enrollment]] = defaultdict(list)
+    for outcome in outcomes:
+        if isinstance(outcome, Enrollment):
+            enrollments[outcome.key.key_id].append(outcome)
+    keys = {key_id: found[0].key for key_id, found in enrollments.items()}
+    keys.update({k: v for k, v in trusted.items() if k not in keys})
+    unbound = frozenset(k for k in trusted if k not in enrollments)
+    return Trust(keys, unbound, dict(enrollments)), findings
+
+
+def unbound_findings(trust: Trust, bundles: Iterable[BundleSummary]) -> list[Finding]:
+    """One note per directly trusted key that signed bundles: it is bound to no host."""
+    hosts: dict[str, set[str]] = defaultdict(set)
+    counts: dict[str, int] = defaultdict(int)
+    for b in bundles:
+        if b.key_id in trust.unbound:
+            hosts[b.key_id].add(b.name.host_id)
+            counts[b.key_id] += 1
+    return [Finding(f"{KEYS_PREFIX}{key_id}.json", "key_unbound",
+                    f"key {key_id} is trusted as given (--trust), not bound to a host by an "
+                    f"organisation enrollment: it signed {counts[key_id]} bundle(s) of host(s) "
+                    f"{', '.join(sorted(hosts[key_id]))} and would pass for any host", INFO)
+            for key_id in sorted(hosts)]
+
+
 def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
-                   trusted: Mapping[str, PublicKey], result: VerifyResult) -> None:
+                   trust: Trust, result: VerifyResult) -> None:
     mkey = name.manifest_key
     manifest = reader.get(mkey)
     try:
-        envelope = verify_envelope(manifest, trusted)
+        envelope = verify_envelope(manifest, trust.keys)
         statement = parse_statement(envelope.payload)
         predicate = statement["predicate"]
         subject = statement["subject"][0]
@@ -228,6 +329,11 @@ def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
         ok = False
         result.findings.append(Finding(key, code, message))
 
+    enrolled = trust.enrollments.get(envelope.key_id)
+    if enrolled is not None:
+        problem = check_binding(enrolled, envelope.key_id, host_id, started_at, finished_at)
+        if problem is not None:
+            fail(mkey, *problem)
     if not is_exact_gamsa_envelope(manifest, envelope):
         fail(mkey, "manifest_not_exact",
              "signature verifies but the manifest bytes differ from the form gamsa writes "
@@ -323,8 +429,13 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
 
 def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  host: str | None = None, progress: Progress | None = None,
-                 workers: int = 1) -> VerifyResult:
+                 workers: int = 1,
+                 org_keys: Mapping[str, PublicKey] | None = None) -> VerifyResult:
     """Verify every bundle under `v1/` (or one host's) in `reader`.
+
+    `trusted` keys are trusted for any host (reported as `key_unbound`); with
+    `org_keys`, keys enrolled by the organisation are trusted too, each only for
+    its enrolled host and window (`load_trust`).
 
     With `workers` > 1, that many bundles are read and checked at once (each
     worker holds one bundle's objects); results are taken in key order, so the
@@ -333,6 +444,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     """
     prefix = f"v1/host={host}/" if host else "v1/host="
     result = VerifyResult()
+    trust, trust_findings = load_trust(reader, trusted, org_keys, workers)
+    result.findings.extend(trust_findings)
     names: dict[BundleName, set[str]] = {}
     for key in reader.list(prefix):
         parsed = parse_bundle_key(key)
@@ -353,7 +466,7 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                 "records object without a manifest (an upload in progress, or a manifest "
                 "removed: the chain check tells which)", WARNING))
         else:
-            _verify_bundle(reader, name, "records" in kinds, trusted, found)
+            _verify_bundle(reader, name, "records" in kinds, trust, found)
         return found
 
     def take(done: int, found: VerifyResult) -> None:
@@ -390,4 +503,5 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
         result.findings.append(Finding(prefix, "no_bundles",
                                        f"no bundles found for {what} (nothing under {prefix})"))
     result.findings.extend(check_chains(result.bundles))
+    result.findings.extend(unbound_findings(trust, result.bundles))
     return result
