@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.record import format_time
-from collector.scrub import SECRET_NAMES, redaction, scrub_argv, scrub_text
+from collector.scrub import redaction, scrub_argv, scrub_text
 
 MAX_SAFE_INT = 2**53 - 1
 MAX_TEXT = 1024  # characters kept of one free-text value (a command, a user agent)
@@ -100,31 +100,8 @@ def scrub_command(command: str, limit: int = MAX_TEXT) -> str:
     """A command line as sudo logs it (argv joined by spaces), secrets removed:
     per argument (`--password X`, `-pX`), then across arguments (`Authorization:
     Bearer X` spans three); cut to `limit` characters."""
-    args, _count = scrub_argv(_unglue(_window(command, limit).split(" ")))
+    args, _count = scrub_argv(_window(command, limit).split(" "))
     return scrub_text(" ".join(args))[0][:limit]
-
-
-_SECRET_SHORT_FLAG = re.compile(r"(?i)-(?:" + SECRET_NAMES + r")")
-
-
-def _unglue(args: list[str]) -> list[str]:
-    """Glued `-pSECRET` redacted before scrub_argv sees it: scrub_argv takes
-    `-pMySecret` (it contains "secret") for a `--secret VALUE` flag, keeps it and
-    redacts the next argument instead. When both readings are possible
-    (`-password X`, `-pass X`: a secret name right after the dash), both the
-    argument and the next one are redacted."""
-    result: list[str] = []
-    redact_next = False
-    for arg in args:
-        if redact_next:
-            result.append(redaction("argument"))
-            redact_next = False
-        elif arg.startswith("-p") and not arg.startswith("--") and len(arg) > 2:
-            result.append("-p" + redaction("argument"))
-            redact_next = _SECRET_SHORT_FLAG.match(arg) is not None
-        else:
-            result.append(arg)
-    return result
 
 
 def _small_int(text: str | None) -> int | None:

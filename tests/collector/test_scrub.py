@@ -67,7 +67,7 @@ def test_argv() -> None:
 def test_glued_password_with_a_secret_name_does_not_leak() -> None:
     scrubbed, count = scrub_argv(["mysql", "-pMyPassw0rd", "-h", "db", "-password", "X1y2z3"])
     assert "MyPassw0rd" not in " ".join(scrubbed) and "X1y2z3" not in " ".join(scrubbed)
-    assert scrubbed[2:4] == ["-h", "db"] and count == 2
+    assert scrubbed[2:4] == ["-h", "db"] and count == 3  # -p[R] of -password, and X1y2z3
 
 
 def test_long_tokens_are_scrubbed_in_linear_time() -> None:
