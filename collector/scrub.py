@@ -47,17 +47,20 @@ def _p(kind: str, pattern: str, group: int, doc: str, flags: int = 0) -> SecretP
 
 
 _SCHEMES = r"(?:bearer|basic|digest|token|negotiate|ntlm|apikey|sso-key)"
+# Words that follow `authorization:` as a setting, not a credential (mongod.conf).
+_NOT_TOKENS = r"(?:enabled|disabled|true|false|yes|no|on|off|none|required|optional|deny|allow)"
 PATTERNS: tuple[SecretPattern, ...] = (
     _p("private_key",
        r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY(?: BLOCK)?-----.*?"
        r"(?:-----END \1PRIVATE KEY(?: BLOCK)?-----|\Z)", 0,
        "PEM private key blocks (RSA, EC, OPENSSH, PKCS#8, encrypted, PGP), up to their "
        "END line", re.DOTALL),
-    _p("url_password", r"\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@", 1,
+    _p("url_password", r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:([^/\s@]+)@", 1,
        "the password in scheme://user:password@host URLs (database, proxy, index URLs)"),
     _p("authorization", r"(?i)\b(?:authorization|proxy-authorization)[\"']?"
        r"(?:\s*[:=]\s*[\"']?|\s+[\"']|\s+(?=" + _SCHEMES + r"\s))"
-       r"(?:" + _SCHEMES + r"\s+)?([^\s,;\"'$%{}]+)", 1,
+       r"(?:" + _SCHEMES + r"\s+)?(?!" + _NOT_TOKENS + r"[\s\"',;]|" + _NOT_TOKENS + r"$)"
+       r"([^\s,;\"'$%{}]+)", 1,
        "HTTP Authorization header values (after `:`, `=` or a header directive)"),
     _p("bearer", r"(?i)\bbearer\s+([A-Za-z0-9._~+/=-]{8,})", 1, "bearer tokens anywhere"),
     _p("aws_access_key_id", r"\b((?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16})\b", 1,
@@ -70,6 +73,7 @@ PATTERNS: tuple[SecretPattern, ...] = (
        "OpenAI / Anthropic style API keys (sk-...)"),
     _p("google_api_key", r"\b(AIza[0-9A-Za-z_-]{35})\b", 1, "Google API keys"),
     _p("slack_token", r"\b(xox[abposre]-[A-Za-z0-9-]{10,})\b", 1, "Slack tokens"),
+    _p("vault_token", r"\b(hv[sbr]\.[A-Za-z0-9_-]{20,})", 1, "HashiCorp Vault tokens"),
     _p("jwt", r"\b(eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,})", 1,
        "JSON Web Tokens"),
     _p("password_hash",
@@ -77,6 +81,19 @@ PATTERNS: tuple[SecretPattern, ...] = (
        r"(?:-sha\d+)?)\$[A-Za-z0-9./+=$,:-]{8,})", 1,
        "crypt(3) password hashes ($1$, $2y$, $5$, $6$, $y$, $apr1$, argon2): crackable "
        "offline"),
+    _p("login_password", r"(?i)(?<![\w-])login=[^\s:=]+:([^\s\"']+)", 1,
+       "the password of `login=user:password` (squid `cache_peer`)"),
+    _p("netrc_password",
+       r"(?im)^[ \t]*(?:default|machine[ \t]+\S+)\b[^\n]*?[ \t]password[ \t]+(\S+)", 1,
+       "the password of one-line `.netrc` / apt `auth.conf` entries (`machine H login U "
+       "password P`)"),
+    _p("mysql_password",
+       r"(?<![\w.-])(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlsh|mariadb"
+       r"(?:-dump|-admin)?)\b[^\n]{0,512}?[ \t]-p([^\s\"';]+)", 1,
+       "the glued password of `mysql ... -pPASSWORD` in text (unit files, scripts)"),
+    _p("redis_acl_password", r"(?im)(?:^[ \t]*user[ \t]+\S+|\bacl[ \t]+setuser[ \t]+\S+)"
+       r"(?:[ \t]+[^\s>]\S*)*[ \t]+>(\S+)", 1,
+       "the first `>password` of a Redis ACL `user` line (`#<sha256>` hashes are kept)"),
     _p("pgpass_password", r"(?m)^[ \t]*[^\s:#][^\s:]*:(?:\d{1,5}|\*):[^\s:]+:[^\s:]+:(\S[^\n]*)", 1,
        "the password field of `.pgpass`-style `host:port:db:user:password` lines"),
     _p("snmp_auth",
@@ -130,7 +147,8 @@ _KEEP_ANY = re.compile(
     r"(?i)(?:yes|no|true|false|on|off|none|null|nil|enabled?|disabled?|\*+|[{\[|>]|[|>][-+]"
     r"|<[^<>]*>|\$\{[^}]*\}|\$\(?[A-Za-z_][A-Za-z0-9_]*\)?|%\([^)]*\)[sd]|%\{[^}]*\}"
     r"|\{\{[^}]*\}\}|\[REDACTED:[a-z_]+\]|!vault"
-    r"|\[[a-z_]+=\w+)")  # a PAM control `[success=1 default=ignore]`
+    r"|\[[a-z_]+=\w+"  # a PAM control `[success=1 default=ignore]`
+    r"|(?:\$\{[^}]*\}|~)/\S*|os\.environ/\w+|env:\w+|[a-z]+:/[^\s]*)")
 _ENUM_WORDS = frozenset({
     # PAM control values and nsswitch sources (`password requisite ...`, `passwd: files`)
     "required", "requisite", "sufficient", "optional", "include", "substack",
@@ -142,6 +160,8 @@ _ENUM_WORDS = frozenset({
     "yescrypt", "des", "aes", "bearer", "basic", "digest", "negotiate", "ntlm",
     # where a secret comes from, not the secret
     "prompt", "ask", "stdin", "env", "file", "keyring", "vault", "kms", "any", "auto",
+    # EAP inner methods (`phase2="auth=MSCHAPV2"`, `phase2-auth=mschapv2`)
+    "mschapv2", "mschap", "chap", "pap", "gtc", "peap", "ttls", "tls", "md5-challenge",
 })
 _PATH = re.compile(r"(?:/|~/|\.\.?/|file:|[A-Za-z]:\\)[^\s]*")
 _PATH_PREFIXES = ("/etc/", "/var/", "/run/", "/opt/", "/usr/", "/home/", "/root/", "/srv/",
@@ -196,6 +216,9 @@ def _keep_value(value: str, verdict: NameVerdict) -> bool:
         return True
     if verdict.exact:
         return False
+    first = value.split(None, 1)[0]
+    if first != value and first.startswith(_PATH_PREFIXES) and _PATH.fullmatch(first):
+        return True  # a command line (`credential_process = /usr/bin/x --flag`)
     return bool(_NUMBER.fullmatch(value) or _URL.fullmatch(value) or _PATH.fullmatch(value)
                 or (len(value) <= 32 and _ENUM.fullmatch(value)
                     and sum(c.isdigit() for c in value) <= 4))
@@ -223,7 +246,7 @@ _DIRECTIVE = re.compile(
     r"(?i)[ \t]*(?:proxy_set_header|add_header|more_set_headers|more_set_input_headers"
     r"|grpc_set_header|fastcgi_param|uwsgi_param|scgi_param|env|setenv|passenv"
     r"|requestheader|header|http-request|http-response|http-check|request_header_add"
-    r"|reqadd|rspadd|set-header|add-header)\b")
+    r"|reqadd|rspadd|set-header|add-header|stats|user)\b")
 _SCHEME = re.compile(r"(?i)(?:bearer|basic|digest|token|negotiate|ntlm|apikey|sso-key)[ \t]+")
 
 
@@ -360,6 +383,8 @@ _MYSQL_TOOLS = frozenset({
 # net-snmp tool).
 _TOOL_SECRET_FLAGS: dict[str, frozenset[str]] = {
     "sshpass": frozenset({"-p"}),
+    "docker": frozenset({"-p"}),
+    "podman": frozenset({"-p"}),
     "redis-cli": frozenset({"-a"}),
     "snmp*": frozenset({"-A", "-X", "-c"}),
     "smbclient": frozenset({"-U", "--user"}),
@@ -476,6 +501,8 @@ SECRET_FILES: tuple[SecretFile, ...] = (
     SecretFile("*/.azure/*token*", "Azure CLI token caches"),
     SecretFile("*/.terraform.d/credentials.tfrc.json", "Terraform Cloud tokens"),
     SecretFile(".vault-token", "HashiCorp Vault token"),
+    SecretFile("*/apt/auth.conf", "apt repository credentials (netrc format)"),
+    SecretFile("*/apt/auth.conf.d/*", "apt repository credentials (netrc format)"),
     SecretFile("*/ppp/*-secrets", "PPP CHAP/PAP secrets"),
     SecretFile("*.secrets", "rsync and similar secrets files"),
     SecretFile("*/davfs2/secrets", "WebDAV credentials"),
