@@ -81,20 +81,22 @@ PATTERNS: tuple[SecretPattern, ...] = (
        r"(?:-sha\d+)?)\$[A-Za-z0-9./+=$,:-]{8,})", 1,
        "crypt(3) password hashes ($1$, $2y$, $5$, $6$, $y$, $apr1$, argon2): crackable "
        "offline"),
-    _p("login_password", r"(?i)(?<![\w-])login=[^\s:=]+:([^\s\"']+)", 1,
+    _p("login_password", r"(?i)(?<![\w-])login=[^\s:=]+:(?!\[REDACTED:)([^\s\"']+)", 1,
        "the password of `login=user:password` (squid `cache_peer`)"),
     _p("netrc_password",
-       r"(?im)^[ \t]*(?:default|machine[ \t]+\S+)\b[^\n]*?[ \t]password[ \t]+(\S+)", 1,
+       r"(?im)^[ \t]*(?:default|machine[ \t]+\S+)\b[^\n]*?[ \t]password[ \t]+"
+       r"(?!\[REDACTED:)(\S+)", 1,
        "the password of one-line `.netrc` / apt `auth.conf` entries (`machine H login U "
        "password P`)"),
     _p("mysql_password",
        r"(?<![\w.-])(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mysqlshow|mysqlsh|mariadb"
-       r"(?:-dump|-admin)?)\b[^\n]{0,512}?[ \t]-p([^\s\"';]+)", 1,
+       r"(?:-dump|-admin)?)\b[^\n]{0,512}?[ \t]-p(?!\[REDACTED:)([^\s\"';]+)", 1,
        "the glued password of `mysql ... -pPASSWORD` in text (unit files, scripts)"),
     _p("redis_acl_password", r"(?im)(?:^[ \t]*user[ \t]+\S+|\bacl[ \t]+setuser[ \t]+\S+)"
        r"(?:[ \t]+[^\s>]\S*)*[ \t]+>(\S+)", 1,
        "the first `>password` of a Redis ACL `user` line (`#<sha256>` hashes are kept)"),
-    _p("pgpass_password", r"(?m)^[ \t]*[^\s:#][^\s:]*:(?:\d{1,5}|\*):[^\s:]+:[^\s:]+:(\S[^\n]*)", 1,
+    _p("pgpass_password",
+       r"(?m)^[ \t]*[^\s:#][^\s:]*:(?:\d{1,5}|\*):[^\s:]+:[^\s:]+:(?!\[REDACTED:)(\S[^\n]*)", 1,
        "the password field of `.pgpass`-style `host:port:db:user:password` lines"),
     _p("snmp_auth",
        r"(?im)^[ \t]*createUser[ \t]+(?:-e[ \t]+\S+[ \t]+)?\S+[ \t]+(?:MD5|SHA\S*)[ \t]+"
