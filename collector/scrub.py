@@ -419,7 +419,7 @@ def scrub_argv(argv: list[str]) -> tuple[list[str], int]:
     result: list[str] = []
     total = 0
     secret_next: str | None = None  # the flag whose value comes next
-    tools: list[str] = []
+    tool = ""  # the command whose flags these are: argv[0], or a known tool after it
     for arg in argv:
         if secret_next is not None:
             if secret_next in _USER_PASS_FLAGS:
@@ -432,8 +432,9 @@ def scrub_argv(argv: list[str]) -> tuple[list[str], int]:
             continue
         if not arg.startswith("-"):
             base = arg.rsplit("/", 1)[-1]
-            tools.append(base)
-        elif any(t in _MYSQL_TOOLS for t in tools) and arg.startswith("-p") \
+            if not tool or base in _MYSQL_TOOLS or _tool_flags(base):
+                tool = base  # `sudo mysql`, `python3 /usr/local/bin/sshpass`
+        elif tool in _MYSQL_TOOLS and arg.startswith("-p") \
                 and not arg.startswith("--") and len(arg) > 2:
             # mysql -pSECRET: the password glued on (and `-password X` takes both).
             result.append("-p" + redaction("argument"))
@@ -441,7 +442,7 @@ def scrub_argv(argv: list[str]) -> tuple[list[str], int]:
             if _SECRET_WORD_FLAG.fullmatch(arg):
                 secret_next = arg
             continue
-        elif tools and arg in _tool_flags(tools[-1]):
+        elif arg in _tool_flags(tool):
             result.append(arg)
             secret_next = arg
             continue
