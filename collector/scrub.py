@@ -78,7 +78,7 @@ PATTERNS: tuple[SecretPattern, ...] = (
        "JSON Web Tokens"),
     _p("password_hash",
        r"(?<![\w$])(\$(?:1|2[abxy]?|5|6|7|y|gy|apr1|argon2i|argon2d|argon2id|scrypt|pbkdf2"
-       r"(?:-sha\d+)?)\$[A-Za-z0-9./+=$,:-]{8,})", 1,
+       r"(?:-sha\d+)?)\$[A-Za-z0-9./+=$,-]{8,})", 1,
        "crypt(3) password hashes ($1$, $2y$, $5$, $6$, $y$, $apr1$, argon2): crackable "
        "offline"),
     _p("login_password", r"(?i)(?<![\w-])login=[^\s:=]+:(?!\[REDACTED:)([^\s\"']+)", 1,
