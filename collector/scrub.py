@@ -28,6 +28,7 @@ test that seeds a real-looking secret and asserts it never reaches a sealed byte
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass
 
@@ -112,6 +113,41 @@ PATTERNS: tuple[SecretPattern, ...] = (
        "(`rocommunity`/`rwcommunity` are caught by name)"),
 )
 
+# Lower-case strings of which a match of each pattern must contain one: a cheap `in`
+# test skips the regex on text that cannot match (most log lines, most config files).
+_NEEDLES: dict[str, tuple[str, ...]] = {
+    "private_key": ("private key",),
+    "url_password": ("://",),
+    "authorization": ("authorization",),
+    "bearer": ("bearer",),
+    "aws_access_key_id": ("akia", "asia", "agpa", "aida", "aroa", "anpa", "anva", "aipa"),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "gitlab_token": ("glpat-",),
+    "npm_token": ("npm_",),
+    "ai_api_key": ("sk-",),
+    "google_api_key": ("aiza",),
+    "slack_token": ("xox",),
+    "vault_token": ("hvs.", "hvb.", "hvr."),
+    "jwt": ("eyj",),
+    "password_hash": ("$",),
+    "login_password": ("login=",),
+    "netrc_password": ("password",),
+    "mysql_password": ("mysql", "mariadb"),
+    "redis_acl_password": (">",),
+    "pgpass_password": (":",),
+    "snmp_auth": ("createuser",),
+    "snmp_priv": ("createuser",),
+    "snmp_community": ("com2sec", "sink"),
+}
+_RULES = tuple((p, frozenset(_NEEDLES[p.kind])) for p in PATTERNS)
+_ALL_NEEDLES = tuple(sorted({n for needles in _NEEDLES.values() for n in needles}))
+# ASCII-only lower-casing keeps every index of the text (str.lower() may not: "İ").
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _lower(text: str) -> str:
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
 # --- names ----------------------------------------------------------------------------
 
 # Words that, ending a name's last component, make the value after it a secret.
@@ -194,6 +230,7 @@ class NameVerdict:
 _NEITHER = NameVerdict(False, False)
 
 
+@functools.lru_cache(maxsize=4096)
 def classify_name(name: str) -> NameVerdict:
     """Whether a key or flag name announces a secret value (see the module doc)."""
     parts = name_components(name)
@@ -226,13 +263,14 @@ def _keep_value(value: str, verdict: NameVerdict) -> bool:
                     and sum(c.isdigit() for c in value) <= 4))
 
 
-# A name that may announce a secret: found by its root, anchored at a word start
-# so a long run is scanned once. Names may carry dots and dashes
-# (spring.datasource.password, x-api-key, --db-password).
+# A name that may announce a secret: found by its root in the lower-cased text (a
+# case-insensitive regex is many times slower), anchored at a word start so a long
+# run is scanned once. Names may carry dots and dashes (spring.datasource.password,
+# x-api-key, --db-password).
 _CANDIDATE = re.compile(
-    r"(?i)(?<![A-Za-z0-9_.\-])[A-Za-z0-9_.\-]*?"
-    r"(?:pass|pwd|pw|secret|token|tok|key|psk|communit|credential|cookie|auth|signature)"
-    r"[A-Za-z0-9_.\-]*")
+    r"(?<![a-z0-9_.\-])[a-z0-9_.\-]*?"
+    r"(?:pass|pwd|pw|secret|tok|key|psk|communit|credential|cookie|auth|signature)"
+    r"[a-z0-9_.\-]*")
 # What may follow a name: its closing quote, then `=`, `:`, `=>`, `>` (XML element)
 # or blanks (only at a line start, after a flag, or in a header directive).
 _SEPARATOR = re.compile(r"([\"']?)([ \t]*(?:=>|:=|[=:>])[ \t]*|[ \t]+)")
@@ -258,7 +296,11 @@ def redaction(kind: str) -> str:
 
 def _replace_tokens(text: str) -> tuple[str, int]:
     total = 0
-    for pattern in PATTERNS:
+    lower = _lower(text)
+    present = {needle for needle in _ALL_NEEDLES if needle in lower}
+    for pattern, needles in _RULES:
+        if present.isdisjoint(needles):
+            continue
         def replace(match: re.Match[str], p: SecretPattern = pattern) -> str:
             if p.group == 0:
                 return redaction(p.kind)
@@ -311,11 +353,11 @@ def _replace_named(text: str) -> tuple[str, int]:
     directive_line = -1  # line_start of a line known to be a directive, or -1
     checked_directive = -1
     total = 0
-    for match in _CANDIDATE.finditer(text):
+    for match in _CANDIDATE.finditer(_lower(text)):
         start, name_end = match.span()
         if start < done:
             continue
-        name = match.group(0)
+        name = text[start:name_end]
         verdict = classify_name(name)
         if not verdict.about:
             continue
