@@ -35,9 +35,9 @@ RAW_MAX = 4096  # bytes kept of a line in `raw`
 # Text is scrubbed in a window this much longer than what is kept, so a secret that
 # straddles the cut is still whole when the patterns run.
 SCRUB_WINDOW = 256
-# Runs of token characters longer than this are redacted whole: such opaque strings
-# (JWTs, base64 keys) are secrets more often than not, and scrub_text's named_secret
-# pattern takes time quadratic in a run's length (a 4 KiB run: seconds).
+# Runs of token characters longer than this are redacted whole: in a log line such
+# opaque strings (JWTs, base64 keys, session ids) are secrets more often than not,
+# whatever name precedes them.
 _LONG_RUN = re.compile(r"[A-Za-z0-9_.-]{65,}")
 
 # Keys a parser fills, in record order; the collector adds where the line was read.
