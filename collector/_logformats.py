@@ -11,7 +11,7 @@ Every access dict has exactly the keys of `ACCESS_FIELDS` (null where the format
 does not say): the Korean access-record rules ask for account, time to the second,
 source address or terminal, data subject and action of every access. Secrets are
 scrubbed from every free-text value (`scrub_text`; a sudo command also through
-`scrub_argv`, which catches `mysql -pSECRET`), query strings are removed from
+`scrub_command_line`, which catches `mysql -pSECRET`), query strings are removed from
 request paths, and a JSON line is never copied: only the fields mapped below
 survive, and no float reaches a record.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.record import format_time
-from collector.scrub import redaction, scrub_argv, scrub_text
+from collector.scrub import redaction, scrub_command_line, scrub_text
 
 MAX_SAFE_INT = 2**53 - 1
 MAX_TEXT = 1024  # characters kept of one free-text value (a command, a user agent)
@@ -100,8 +100,7 @@ def scrub_command(command: str, limit: int = MAX_TEXT) -> str:
     """A command line as sudo logs it (argv joined by spaces), secrets removed:
     per argument (`--password X`, `-pX`), then across arguments (`Authorization:
     Bearer X` spans three); cut to `limit` characters."""
-    args, _count = scrub_argv(_window(command, limit).split(" "))
-    return scrub_text(" ".join(args))[0][:limit]
+    return scrub_command_line(_window(command, limit))[0][:limit]
 
 
 def _small_int(text: str | None) -> int | None:

@@ -500,6 +500,15 @@ def scrub_argv(argv: list[str]) -> tuple[list[str], int]:
     return result, total
 
 
+def scrub_command_line(command: str) -> tuple[str, int]:
+    """A command line known only as text (sudo's COMMAND=, systemd's argv[]=), words
+    split on spaces: scrubbed per argument (`--password X`, `mysql -pX`), then across
+    arguments (`-H Authorization: Bearer X` spans three)."""
+    args, count = scrub_argv(command.split(" "))
+    text, more = scrub_text(" ".join(args))
+    return text, count + more
+
+
 # --- files secret by nature -----------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from collector.scrub import scrub_argv, scrub_text, secret_file_rule
+from collector.scrub import scrub_argv, scrub_command_line, scrub_text, secret_file_rule
 
 SECRETS = {
     "password=Hunter2Secret!": "Hunter2Secret!",
@@ -246,3 +246,14 @@ def test_adversarial_lines_scrub_in_linear_time(text: str) -> None:
 ])
 def test_secret_file_rules(path: str, rule: str | None) -> None:
     assert secret_file_rule(path) == rule
+
+
+def test_command_line_as_text_is_scrubbed_per_argument_and_across() -> None:
+    """sudo's COMMAND= and systemd's argv[]= are text: `-H Authorization: Bearer X`
+    spans three words, `mysql -pX` is one; both go, the rest of the command stays."""
+    text, count = scrub_command_line(
+        "/usr/bin/curl -H Authorization: Bearer Zq8mK2pL9xW4 https://gw/v1 "
+        "&& /usr/bin/mysql -uroot -pPv7nL3kQ1z core")
+    assert "Zq8mK2pL9xW4" not in text and "Pv7nL3kQ1z" not in text and count == 2
+    assert text.startswith("/usr/bin/curl -H Authorization: Bearer [REDACTED:")
+    assert text.endswith(" https://gw/v1 && /usr/bin/mysql -uroot -p[REDACTED:argument] core")
