@@ -186,7 +186,10 @@ _KEEP_ANY = re.compile(
     r"|<[^<>]*>|\$\{[^}]*\}|\$\(?[A-Za-z_][A-Za-z0-9_]*\)?|%\([^)]*\)[sd]|%\{[^}]*\}"
     r"|\{\{[^}]*\}\}|\[REDACTED:[a-z_]+\]|!vault"
     r"|\[[a-z_]+=\w+"  # a PAM control `[success=1 default=ignore]`
-    r"|(?:\$\{[^}]*\}|~)/\S*|os\.environ/\w+|env:\w+|[a-z]+:/[^\s]*)")
+    r"|(?:\$\{[^}]*\}|\$[A-Za-z_]\w*|~)/\S*|os\.environ/\w+|env:\w+|[a-z]+:/[^\s]*"
+    r"|\$\(.*|`.*"  # a command substitution (`passwd=$(getent passwd "$user")`)
+    r"|\d{1,5}/(?:tcp|udp|sctp|dccp)"  # /etc/services: `auth 113/tcp`
+    r"|(?:/[a-z0-9._-]+)+/?)")  # a path of plain lower-case names (`/path/to/key`)
 _ENUM_WORDS = frozenset({
     # PAM control values and nsswitch sources (`password requisite ...`, `passwd: files`)
     "required", "requisite", "sufficient", "optional", "include", "substack",
@@ -209,7 +212,7 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _NUMBER = re.compile(
     r"(?i)[+-]?\d{1,12}(?:\.\d+)?\s*(?:%|ms|us|s|secs?|seconds?|m|mins?|minutes?|h|hrs?"
     r"|hours?|d|days?|w|weeks?|mo|months?|y|years?|[kmgtp]i?b?|bytes?)?")
-_ENUM = re.compile(r"[A-Za-z]+[0-9]*[A-Za-z]*(?:[-_.:][A-Za-z0-9]+)*")
+_ENUM = re.compile(r"[A-Za-z]+[0-9]*[A-Za-z]*(?:[-_.:|][A-Za-z0-9]+)*")
 
 
 def name_components(name: str) -> list[str]:
@@ -239,7 +242,7 @@ def classify_name(name: str) -> NameVerdict:
     last = parts[-1].rstrip("0123456789") or parts[-1]
     if len(parts) > 1 and last == "key" and parts[-2] in _KEY_QUALIFIERS:
         return NameVerdict(True, True)
-    if last == "auth" or (_SECRET_SUFFIX.search(last) and not last.endswith("bypass")):
+    if parts == ["auth"] or (_SECRET_SUFFIX.search(last) and not last.endswith("bypass")):
         return NameVerdict(True, True)
     for i, part in enumerate(parts):
         if _SECRET_ROOT.search(part) or (part == "key" and i and parts[i - 1] in _KEY_QUALIFIERS):
@@ -277,9 +280,9 @@ _SEPARATOR = re.compile(r"([\"']?)([ \t]*(?:=>|:=|[=:>])[ \t]*|[ \t]+)")
 _QUOTED = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"?|'[^'\n]*'?")
 _INLINE_VALUE = re.compile(r"[^\s\"',;&<>]+")
 _WORD_VALUE = re.compile(r"[^\s\"'<>]+")
-# At a line start a value runs to the end of the line, except before `; next=` style
-# continuations (connection strings).
-_LINE_VALUE = re.compile(r"(?:[^\n;,&]|[;,&](?![ \t]*[\w.\-]+[ \t]*=))*")
+# At a line start a value runs to the end of the line, except before a ` # comment`
+# and `; next=` style continuations (connection strings).
+_LINE_VALUE = re.compile(r"(?:[^\n;,&# \t]|[ \t]+(?!#)|#|[;,&](?![ \t]*[\w.\-]+[ \t]*=))*")
 _LINE_PREFIX = re.compile(r"[ \t]*(?:(?:export|set|declare|-)[ \t]+)?[\"']?")
 # Config directives whose arguments are `NAME VALUE` pairs: headers and env settings.
 _DIRECTIVE = re.compile(

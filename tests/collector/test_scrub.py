@@ -94,6 +94,8 @@ FORMS = [
     ("  auth_pass 1234", "1234", "  auth_pass [R]"),  # keepalived: digits are a secret too
     ("DB_PASSWORD: 'Zq8mK2pL9x'", "Zq8mK2pL9x", "DB_PASSWORD: '[R]'"),  # YAML
     ("password = Zq8 mK2pL9x", "mK2pL9x", "password = [R]"),  # INI: to the end of the line
+    ("password: Zq8mK2pL9x  # rotated 2026-11", "Zq8mK2pL9x",
+     "password: [R]  # rotated 2026-11"),  # a trailing comment stays
     ('{"api_key": "Zq8mK2pL9x", "timeout": 30}', "Zq8mK2pL9x",
      '{"api_key": "[R]", "timeout": 30}'),  # JSON
     ('<server id="x" password="Zq8mK2pL9x"/>', "Zq8mK2pL9x",
@@ -190,6 +192,14 @@ POLICY = [
     "Failed password for invalid user admin from 203.0.113.7 port 40112 ssh2",
     "pam_unix(passwd:chauthtok): password changed for bob",
     "--no-password --password-stdin",
+    # from a stock Debian /etc: the scrubber runs over all of it, 11 sample secrets changed
+    "auth\t\t113/tcp\t\tauthentication tap ident",  # /etc/services
+    "PREVENT_NO_AUTH superuser",  # login.defs
+    "auth\trequired\tpam_faillock.so preauth silent deny=5 unlock_time=900",
+    "-auth\toptional\tpam_gnome_keyring.so",
+    "passwd=$(getent passwd \"$user\")",
+    "#jdk.http.ntlm.transparentAuth=allHosts",
+    "<privateKey>/path/to/private/key</privateKey>",
 ]
 
 
