@@ -148,6 +148,7 @@ _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrst
 def _lower(text: str) -> str:
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
+
 # --- names ----------------------------------------------------------------------------
 
 # Words that, ending a name's last component, make the value after it a secret.
@@ -172,10 +173,10 @@ _SECRET_ROOT = re.compile(
     r"password|passwd|passphrase|secret|token|authtok|credential|community|^pass$|^pwd$"
     r"|^pw$|^psk$|^cookie$")
 # Full names (normalized) that end in a secret word but are not one: sudoers tags,
-# nginx upstream directives, shell words.
+# nginx upstream directives (any name ending in `bypass` is not one either).
 _NOT_SECRET_NAMES = frozenset({
     "nopasswd", "proxy_pass", "fastcgi_pass", "uwsgi_pass", "scgi_pass", "grpc_pass",
-    "memcached_pass", "bypass", "compass", "proxy_cache_bypass", "proxy_no_cache_bypass",
+    "memcached_pass", "compass",
 })
 # Commands named like a secret word: at a line start they are commands, not keys.
 _COMMAND_NAMES = re.compile(r"passwd$")
@@ -189,7 +190,7 @@ _KEEP_ANY = re.compile(
     r"|(?:\$\{[^}]*\}|\$[A-Za-z_]\w*|~)/\S*|os\.environ/\w+|env:\w+|[a-z]+:/[^\s]*"
     r"|\$\(.*|`.*"  # a command substitution (`passwd=$(getent passwd "$user")`)
     r"|\d{1,5}/(?:tcp|udp|sctp|dccp)"  # /etc/services: `auth 113/tcp`
-    r"|(?:/[a-z0-9._-]+)+/?)")  # a path of plain lower-case names (`/path/to/key`)
+    r"|(?-i:(?:/[a-z0-9._-]+)+/?))")  # plain lower-case names (`/path/to/key`), not base64
 _ENUM_WORDS = frozenset({
     # PAM control values and nsswitch sources (`password requisite ...`, `passwd: files`)
     "required", "requisite", "sufficient", "optional", "include", "substack",
@@ -206,8 +207,8 @@ _ENUM_WORDS = frozenset({
 })
 _PATH = re.compile(r"(?:/|~/|\.\.?/|file:|[A-Za-z]:\\)[^\s]*")
 _PATH_PREFIXES = ("/etc/", "/var/", "/run/", "/opt/", "/usr/", "/home/", "/root/", "/srv/",
-                "/proc/", "/dev/", "/mnt/", "/data/", "/app/", "/secrets/",
-                "/vault/", "~/", "./", "../", "file:")
+                  "/proc/", "/dev/", "/mnt/", "/data/", "/app/", "/secrets/",
+                  "/vault/", "~/", "./", "../", "file:")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 _NUMBER = re.compile(
     r"(?i)[+-]?\d{1,12}(?:\.\d+)?\s*(?:%|ms|us|s|secs?|seconds?|m|mins?|minutes?|h|hrs?"
