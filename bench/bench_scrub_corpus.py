@@ -13,6 +13,9 @@ present byte for byte (goal 0). The same numbers for detect-secrets (Yelp) used
 as the detector instead, when it is installed: a secret it does not report is
 missed, a policy line it reports would be redacted.
 
+Real configs: every text file under --etc (default /etc) through `scrub_text`;
+the lines it changes are listed, for a human to confirm each is a secret.
+
 Throughput: `scrub_text` over each corpus file (config text, ~22 KB in all), and
 over auth-log lines one at a time (as the logs collector calls it),
 for this checkout and, with --baseline, for another checkout's `collector.scrub`
@@ -48,7 +51,34 @@ def _rate(fn: Any, units: int, seconds: float) -> float:
     return statistics.median(runs)
 
 
-def measure(seconds: float) -> dict[str, Any]:
+def etc_changes(etc: Path) -> dict[str, Any]:
+    """Text files under `etc` (at most 64 KiB, UTF-8, not secret by nature when the
+    scrubber knows that rule) and the lines scrubbing changes: on a host's real
+    configs every changed line should be a secret."""
+    import collector.scrub as scrub
+
+    secret_file = getattr(scrub, "secret_file_rule", lambda _path: None)
+    files = lines = 0
+    changed: list[str] = []
+    for path in sorted(etc.rglob("*")):
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 65536 \
+                    or secret_file(str(path)):
+                continue
+            text = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if "\0" in text:
+            continue
+        files += 1
+        before = text.splitlines()
+        lines += len(before)
+        after = set(scrub.scrub_text(text)[0].splitlines())
+        changed += [f"{path}: {line.strip()[:80]}" for line in before if line not in after]
+    return {"etc_files": files, "etc_lines": lines, "etc_changed": changed}
+
+
+def measure(seconds: float, etc: Path) -> dict[str, Any]:
     """Corpus numbers and throughput of the `collector` package first on sys.path."""
     from collector._logformats import LineContext, parse_auth, parse_nginx
     from collector.scrub import scrub_argv, scrub_text
@@ -83,7 +113,8 @@ def measure(seconds: float) -> dict[str, Any]:
     plain = ("Nov 25 06:04:30 app-01 sshd[2215]: Failed password for invalid user admin "
              "from 203.0.113.7 port 40112 ssh2")
     log_lines = (log_lines + [plain] * 4) * 20
-    return {"secrets": secrets, "missed": missed, "keep": keep, "altered": altered,
+    return {**etc_changes(etc),
+            "secrets": secrets, "missed": missed, "keep": keep, "altered": altered,
             "files": len(expected["files"]), "argv": len(expected["argv"]),
             "config_bytes": config_bytes,
             "config_bytes_per_s": _rate(lambda: [scrub_text(t) for t in texts], config_bytes,
@@ -92,9 +123,9 @@ def measure(seconds: float) -> dict[str, Any]:
                                      len(log_lines), seconds)}
 
 
-def measure_in_child(checkout: Path, seconds: float) -> dict[str, Any]:
+def measure_in_child(checkout: Path, seconds: float, etc: Path) -> dict[str, Any]:
     run = subprocess.run([sys.executable, __file__, "--measure", str(checkout),
-                          "--seconds", str(seconds)],
+                          "--seconds", str(seconds), "--etc", str(etc)],
                          capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(run.stdout)
     return result
@@ -142,16 +173,18 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "scrub.md")
+    parser.add_argument("--etc", type=Path, default=Path("/etc"),
+                        help="a tree of real configs: lines scrubbing changes there")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
     if args.measure is not None:
         sys.path.insert(0, str(args.measure))
-        print(json.dumps(measure(args.seconds)))
+        print(json.dumps(measure(args.seconds, args.etc)))
         return
 
     oracle = detect_secrets_numbers()
-    after = measure_in_child(REPO, args.seconds)
-    before = measure_in_child(args.baseline, args.seconds) if args.baseline else None
+    after = measure_in_child(REPO, args.seconds, args.etc)
+    before = measure_in_child(args.baseline, args.seconds, args.etc) if args.baseline else None
 
     command = "python bench/bench_scrub_corpus.py " + " ".join(
         shlex.quote(a) for a in sys.argv[1:])
@@ -168,6 +201,12 @@ def main() -> None:
     if oracle is not None:
         out.append(f"| detect-secrets 1.5 alone (files only) | {oracle['secrets']} | "
                    f"{oracle['missed']} | {oracle['keep']} | {oracle['flagged']} (flagged) |")
+    out += ["", f"## This host's {args.etc}", "",
+            f"{after['etc_files']} text files, {after['etc_lines']:,} lines (files secret by "
+            "nature left out).", "", "| scrubber | lines changed |", "|---|---|"]
+    out += [f"| {name} | {len(row['etc_changed'])} |" for name, row in rows]
+    out += ["", "Lines this checkout changes (each should be a secret):", "", "```"]
+    out += after["etc_changed"] + ["```"]
     out += ["", "## Throughput of `scrub_text`", "",
             f"Config text: each corpus file one call, as the files collector does "
             f"({after['config_bytes']:,} bytes in all, secrets on most lines: a worst case). "

@@ -116,6 +116,8 @@ FORMS = [
      'Environment="DB_PASSWORD=[R]" "LEVEL=info"'),  # systemd
     ("psk=\"Zq8 mK2pL9x\"", "Zq8 mK2pL9x", 'psk="[R]"'),  # wpa_supplicant
     ("wep_key0=0123456789", "0123456789", "wep_key0=[R]"),
+    ("password = /K7MDENG/bPxRfiCYEXAMPLEKEY", "/K7MDENG/bPxRfiCYEXAMPLEKEY",
+     "password = [R]"),  # base64 may start with `/`: only plain paths are kept
     ("//nexus/npm/:_authToken=NpmToken.1f2e", "NpmToken.1f2e", "//nexus/npm/:_authToken=[R]"),
     ("spring.datasource.password=Zq8mK2pL9x", "Zq8mK2pL9x", "spring.datasource.password=[R]"),
     ("-Djavax.net.ssl.keyStorePassword=Zq8mK2pL9x", "Zq8mK2pL9x",
