@@ -72,6 +72,8 @@ PATTERNS: tuple[SecretPattern, ...] = (
     _p("npm_token", r"\b(npm_[A-Za-z0-9]{36})\b", 1, "npm access tokens"),
     _p("ai_api_key", r"\b(sk-(?:ant-|proj-|svcacct-)?[A-Za-z0-9_-]{20,})\b", 1,
        "OpenAI / Anthropic style API keys (sk-...)"),
+    _p("stripe_key", r"\b((?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,})\b", 1,
+       "Stripe secret and restricted keys"),
     _p("google_api_key", r"\b(AIza[0-9A-Za-z_-]{35})\b", 1, "Google API keys"),
     _p("slack_token", r"\b(xox[abposre]-[A-Za-z0-9-]{10,})\b", 1, "Slack tokens"),
     _p("vault_token", r"\b(hv[sbr]\.[A-Za-z0-9_-]{20,})", 1, "HashiCorp Vault tokens"),
@@ -126,6 +128,7 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
     "npm_token": ("npm_",),
     "ai_api_key": ("sk-",),
     "google_api_key": ("aiza",),
+    "stripe_key": ("sk_live_", "sk_test_", "rk_live_", "rk_test_"),
     "slack_token": ("xox",),
     "vault_token": ("hvs.", "hvb.", "hvr."),
     "jwt": ("eyj",),
@@ -245,6 +248,8 @@ def classify_name(name: str) -> NameVerdict:
         return NameVerdict(True, True)
     if parts == ["auth"] or (_SECRET_SUFFIX.search(last) and not last.endswith("bypass")):
         return NameVerdict(True, True)
+    if last == "key":  # `STRIPE_KEY`, `ssl_key`: a token-like value goes, a path stays
+        return NameVerdict(False, True)
     for i, part in enumerate(parts):
         if _SECRET_ROOT.search(part) or (part == "key" and i and parts[i - 1] in _KEY_QUALIFIERS):
             return NameVerdict(False, True)
@@ -400,6 +405,8 @@ def _replace_named(text: str) -> tuple[str, int]:
             continue  # `scheme://`: a URL, not a key
         value_start, value_end = _value_span(text, sep.end(), at_line_start and not flag,
                                              directive, blank)
+        if separator.strip() == ">" and not text.startswith("</", value_end):
+            continue  # `<Key>Return:` (X11 translations), not `<key>V</key>`
         value = text[value_start:value_end]
         if _keep_value(value.strip(), verdict):
             continue

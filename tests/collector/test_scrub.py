@@ -116,6 +116,7 @@ FORMS = [
      'Environment="DB_PASSWORD=[R]" "LEVEL=info"'),  # systemd
     ("psk=\"Zq8 mK2pL9x\"", "Zq8 mK2pL9x", 'psk="[R]"'),  # wpa_supplicant
     ("wep_key0=0123456789", "0123456789", "wep_key0=[R]"),
+    ("VENDOR_KEY=Zq8mK2pL9xW4Rt7Y", "Zq8mK2pL9xW4Rt7Y", "VENDOR_KEY=[R]"),  # any *_KEY, token-like
     ("password = /K7MDENG/bPxRfiCYEXAMPLEKEY", "/K7MDENG/bPxRfiCYEXAMPLEKEY",
      "password = [R]"),  # base64 may start with `/`: only plain paths are kept
     ("//nexus/npm/:_authToken=NpmToken.1f2e", "NpmToken.1f2e", "//nexus/npm/:_authToken=[R]"),
@@ -146,6 +147,7 @@ def test_name_forms(line: str, secret: str, expected: str) -> None:
      "ExecStartPre=/usr/bin/mysqladmin -uroot -p[R] ping"),
     ("root:$6$rounds=5000$Zq8mK2pL9x$abcdefghijkl:19700::::::", "root:[R]:19700::::::"),
     ("VAULT_ADDR=https://v VAULT=hvs.CAESIZq8mK2pL9xZq8mK2pL9x", "VAULT_ADDR=https://v VAULT=[R]"),
+    ("STRIPE=sk_live_4eC39HqLyjWDarjtT1zdp7dc", "STRIPE=[R]"),
 ])
 def test_shape_forms(line: str, expected: str) -> None:
     scrubbed, _count = scrub_text(line)
@@ -202,6 +204,9 @@ POLICY = [
     "passwd=$(getent passwd \"$user\")",
     "#jdk.http.ntlm.transparentAuth=allHosts",
     "<privateKey>/path/to/private/key</privateKey>",
+    "<Key>Return:\t\tPopdownFileDialog(okay)",  # X11 translations: not an XML element
+    "key = /etc/openvpn/client.key",
+    "KEY_SIZE=2048",
 ]
 
 
