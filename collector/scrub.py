@@ -353,6 +353,30 @@ def _value_span(text: str, at: int, line_start: bool, directive: bool,
     return at, value.end() if value else at
 
 
+_BLOCK_SCALAR = re.compile(r"[|>][-+]?[1-9]?")
+
+
+def _block_scalar(text: str, line_start: int, value_end: int) -> tuple[int, int] | None:
+    """The span of a YAML block scalar's content: the lines after the key's line that
+    are blank or indented deeper than it (from the first content character)."""
+    indent = len(text[line_start:value_end]) - len(text[line_start:value_end].lstrip(" \t"))
+    pos = text.find("\n", value_end) + 1
+    first = end = -1
+    while 0 < pos < len(text):
+        eol = text.find("\n", pos)
+        eol = len(text) if eol < 0 else eol
+        line = text[pos:eol]
+        body = line.lstrip(" \t")
+        if body:
+            if len(line) - len(body) <= indent:
+                break
+            if first < 0:
+                first = pos + len(line) - len(body)
+            end = eol
+        pos = eol + 1
+    return None if first < 0 else (first, end)
+
+
 def _replace_named(text: str) -> tuple[str, int]:
     """Values after secret names, judged by `_keep_value`."""
     pieces: list[str] = []
@@ -408,7 +432,12 @@ def _replace_named(text: str) -> tuple[str, int]:
         if separator.strip() == ">" and not text.startswith("</", value_end):
             continue  # `<Key>Return:` (X11 translations), not `<key>V</key>`
         value = text[value_start:value_end]
-        if _keep_value(value.strip(), verdict):
+        if verdict.exact and at_line_start and _BLOCK_SCALAR.fullmatch(value.strip()):
+            block = _block_scalar(text, line_start, value_end)
+            if block is None:
+                continue
+            value_start, value_end = block  # `password: |` and the lines indented under it
+        elif _keep_value(value.strip(), verdict):
             continue
         pieces.append(text[done:value_start])
         pieces.append(redaction("named_secret"))

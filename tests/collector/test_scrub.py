@@ -274,3 +274,13 @@ def test_command_line_as_text_is_scrubbed_per_argument_and_across() -> None:
     assert "Zq8mK2pL9xW4" not in text and "Pv7nL3kQ1z" not in text and count == 2
     assert text.startswith("/usr/bin/curl -H Authorization: Bearer [REDACTED:")
     assert text.endswith(" https://gw/v1 && /usr/bin/mysql -uroot -p[REDACTED:argument] core")
+
+
+def test_yaml_block_scalar_under_a_secret_name() -> None:
+    text = ("db:\n  password: |\n    Zq8mK2pL9x\n    Pv7nL3kQ1z\n  user: app\n"
+            "list:\n  - token: >-\n      Wx4Rt7Y\n  - name: x\n  policy: |\n    keep me\n")
+    scrubbed, count = scrub_text(text)
+    assert scrubbed == ("db:\n  password: |\n    [REDACTED:named_secret]\n  user: app\n"
+                        "list:\n  - token: >-\n      [REDACTED:named_secret]\n  - name: x\n"
+                        "  policy: |\n    keep me\n")
+    assert count == 2
