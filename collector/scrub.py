@@ -8,8 +8,9 @@ passes three kinds of rule, all here, applied the same way to every caller:
   crypt hashes) and a few line forms (`.pgpass` lines, SNMP v3 users);
 - names (`scrub_text`'s second pass): a value after a name that says secret, in
   `k=v`, `k: v`, `"k": "v"`, `k="v"` (XML), `<k>v</k>`, `--k v`, `k v` at a line
-  start (daemon configs: `bindpw`, `requirepass`, `rocommunity`) and HTTP header
-  directives (`proxy_set_header api-key V`). The value is judged too
+  start (daemon configs: `bindpw`, `requirepass`, `rocommunity`), HTTP header
+  directives (`proxy_set_header api-key V`) and YAML block scalars (`password: |`
+  and the lines under it). The value is judged too
   (`_keep_value`): a name *ending* in a secret word (`db_password`, `bindpw`) keeps
   only booleans, placeholders, paths and a few enum words; a name that merely
   *contains* one (`password_min_length`, `PASS_MAX_DAYS`, `token_lifetime`) keeps
@@ -21,8 +22,10 @@ A match becomes `[REDACTED:<kind>]`, keeping the text around it (the key name, t
 URL host) so an auditor still sees that a secret was configured there. Files that
 are secret by nature are never captured at all: `secret_file_rule`. Everything here
 runs in time linear in the text (no regex can backtrack over a long run twice).
+Each token rule runs only when one of its literals (`_NEEDLES`) is in the text, and
+names are searched in lower-cased text: most lines cost a few substring tests.
 The rules are documented in docs/COLLECTORS.md ("Secret scrubbing"); add one with a
-test that seeds a real-looking secret and asserts it never reaches a sealed byte.
+seeded secret in the corpus (tests/assets/secrets-corpus) and a unit test.
 """
 
 from __future__ import annotations
