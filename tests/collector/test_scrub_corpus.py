@@ -109,3 +109,21 @@ def test_detect_secrets_as_an_oracle(tmp_path: Path) -> None:
     seen = {s for rel, value in original for s in FILES[rel]["secrets"]
             if s in value or value in s}
     assert len(seen) < seeded
+
+
+def test_every_match_holds_one_of_its_rules_needles() -> None:
+    """Token rules are skipped when none of their literals is in the text: every match
+    any rule makes on the corpus must contain one, or the shortcut would hide it."""
+    from collector.scrub import _NEEDLES, PATTERNS
+
+    assert set(_NEEDLES) == {p.kind for p in PATTERNS}
+    texts = [corpus_text(rel) for rel in FILES]
+    texts += [(CORPUS / "logs" / rel).read_text(encoding="utf-8") for rel in EXPECTED["logs"]]
+    matched = set()
+    for pattern in PATTERNS:
+        for text in texts:
+            for match in pattern.regex.finditer(text):
+                matched.add(pattern.kind)
+                assert any(n in match.group(0).lower() for n in _NEEDLES[pattern.kind]), \
+                    (pattern.kind, match.group(0))
+    assert len(matched) >= 15  # the corpus exercises most rules
