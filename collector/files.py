@@ -576,14 +576,15 @@ class _Describer:
             except OSError as exc:
                 outcome.problem = _unreadable_record(key, exc)
         elif kind == "file":
+            # fsdecode, not the key: a `.pgpass` under a non-UTF-8 directory is one too
+            data["secret_file_rule"] = secret_file_rule(os.fsdecode(host_path))
             self._regular(fs_path, st, data, outcome)
         return outcome
 
     def _regular(self, fs_path: bytes, st: os.stat_result, data: dict[str, Any],
                  outcome: _Outcome) -> None:
         size = st.st_size
-        rule = secret_file_rule(outcome.key)
-        data["secret_file_rule"] = rule
+        rule = data["secret_file_rule"]
         omitted = "over_cap" if rule is None else "secret_file"
         if size > self.settings.hash_max_bytes:  # never opened: bounded time and memory
             data["hash_omitted_reason"] = "over_hash_cap"

@@ -433,6 +433,10 @@ def test_files_secret_by_nature_keep_hash_and_metadata_only(tmp_path: Path) -> N
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     (tmp_path / "etc/app/plain.conf").write_text("password_min_length = 12\n")
+    odd = os.fsencode(tmp_path) + b"/home/caf\xe9"
+    os.mkdir(odd)
+    with open(odd + b"/.pgpass", "wb") as f:
+        f.write(b"db:5432:core:app:PgPassNonUtf8\n")
     result = run(tmp_path, ["/etc/**", "/home/**"])
     by_key = {r.key: r.data for r in result.records if r.type == "file"}
     for name, (text, rule) in files.items():
@@ -441,4 +445,7 @@ def test_files_secret_by_nature_keep_hash_and_metadata_only(tmp_path: Path) -> N
                 data["sha256"]) == (None, "secret_file", rule, sha(text)), name
     plain = by_key["/etc/app/plain.conf"]
     assert (plain["content"], plain["secret_file_rule"]) == ("password_min_length = 12\n", None)
-    assert b"KeyMaterialZq8" not in json.dumps([r.data for r in result.records]).encode()
+    odd_key = "b64:" + base64.b64encode(b"/home/caf\xe9/.pgpass").decode()
+    assert (by_key[odd_key]["content"], by_key[odd_key]["secret_file_rule"]) == (None, ".pgpass")
+    sealed = json.dumps([r.data for r in result.records]).encode()
+    assert b"KeyMaterialZq8" not in sealed and b"PgPassNonUtf8" not in sealed
