@@ -11,7 +11,7 @@ Every access dict has exactly the keys of `ACCESS_FIELDS` (null where the format
 does not say): the Korean access-record rules ask for account, time to the second,
 source address or terminal, data subject and action of every access. Secrets are
 scrubbed from every free-text value (`scrub_text`; a sudo command also through
-`scrub_argv`, which catches `mysql -pSECRET`), query strings are removed from
+`scrub_command_line`, which catches `mysql -pSECRET`), query strings are removed from
 request paths, and a JSON line is never copied: only the fields mapped below
 survive, and no float reaches a record.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.record import format_time
-from collector.scrub import SECRET_NAMES, redaction, scrub_argv, scrub_text
+from collector.scrub import redaction, scrub_command_line, scrub_text
 
 MAX_SAFE_INT = 2**53 - 1
 MAX_TEXT = 1024  # characters kept of one free-text value (a command, a user agent)
@@ -35,9 +35,9 @@ RAW_MAX = 4096  # bytes kept of a line in `raw`
 # Text is scrubbed in a window this much longer than what is kept, so a secret that
 # straddles the cut is still whole when the patterns run.
 SCRUB_WINDOW = 256
-# Runs of token characters longer than this are redacted whole: such opaque strings
-# (JWTs, base64 keys) are secrets more often than not, and scrub_text's named_secret
-# pattern takes time quadratic in a run's length (a 4 KiB run: seconds).
+# Runs of token characters longer than this are redacted whole: in a log line such
+# opaque strings (JWTs, base64 keys, session ids) are secrets more often than not,
+# whatever name precedes them.
 _LONG_RUN = re.compile(r"[A-Za-z0-9_.-]{65,}")
 
 # Keys a parser fills, in record order; the collector adds where the line was read.
@@ -100,31 +100,7 @@ def scrub_command(command: str, limit: int = MAX_TEXT) -> str:
     """A command line as sudo logs it (argv joined by spaces), secrets removed:
     per argument (`--password X`, `-pX`), then across arguments (`Authorization:
     Bearer X` spans three); cut to `limit` characters."""
-    args, _count = scrub_argv(_unglue(_window(command, limit).split(" ")))
-    return scrub_text(" ".join(args))[0][:limit]
-
-
-_SECRET_SHORT_FLAG = re.compile(r"(?i)-(?:" + SECRET_NAMES + r")")
-
-
-def _unglue(args: list[str]) -> list[str]:
-    """Glued `-pSECRET` redacted before scrub_argv sees it: scrub_argv takes
-    `-pMySecret` (it contains "secret") for a `--secret VALUE` flag, keeps it and
-    redacts the next argument instead. When both readings are possible
-    (`-password X`, `-pass X`: a secret name right after the dash), both the
-    argument and the next one are redacted."""
-    result: list[str] = []
-    redact_next = False
-    for arg in args:
-        if redact_next:
-            result.append(redaction("argument"))
-            redact_next = False
-        elif arg.startswith("-p") and not arg.startswith("--") and len(arg) > 2:
-            result.append("-p" + redaction("argument"))
-            redact_next = _SECRET_SHORT_FLAG.match(arg) is not None
-        else:
-            result.append(arg)
-    return result
+    return scrub_command_line(_window(command, limit))[0][:limit]
 
 
 def _small_int(text: str | None) -> int | None:

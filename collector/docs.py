@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from collector.privacy import personal_fields
 from collector.registry import COMMON_RECORD_TYPES, Collector, RecordType, all_collectors
-from collector.scrub import PATTERNS
+from collector.scrub import PATTERNS, SECRET_FILES
 
 _JSON_NAMES: dict[type, str] = {
     str: "string",
@@ -101,15 +101,51 @@ def _personal(collectors: Mapping[str, Collector]) -> list[str]:
 
 def _scrubbing() -> list[str]:
     out = ["## Secret scrubbing", "",
-           "Command lines, captured file content and log lines pass through "
-           "`collector/scrub.py` before they enter a record. Each match is replaced by "
-           "`[REDACTED:<kind>]`, keeping the text around it (the key name, the URL host) "
-           "so an auditor still sees that a secret was configured there. A field "
-           "`*_redactions` counts the replacements where a collector declares one.", "",
+           "Command lines, captured file content, environment excerpts, tool stderr and "
+           "log lines pass through one scrubber, `collector/scrub.py`, before they enter "
+           "a record. Each match is replaced by `[REDACTED:<kind>]`, keeping the text "
+           "around it (the key name, the URL host) so an auditor still sees that a "
+           "secret was configured there. A field `*_redactions` counts the replacements "
+           "where a collector declares one.", "",
+           "Secrets recognised by their shape, anywhere:", "",
            "| kind | what is removed |", "|---|---|"]
     out += [f"| `{p.kind}` | {_cell(p.doc)} |" for p in PATTERNS]
-    out += ["| `argument` | on command lines: the argument after a flag whose name contains "
-            "a secret name (`--password X`, `--token=X`), and glued `-pX` (mysql) |", ""]
+    out += ["", "Secrets recognised by the name before them (kind `named_secret`), in "
+            "`k=v`, `k = v`, `k: v`, `\"k\": \"v\"`, `k=\"v\"` (XML attributes), "
+            "`<k>v</k>`, `--k v`, `--k=v`, `k v` at a line start (daemon configs: "
+            "`bindpw`, `requirepass`, `rocommunity`, `auth_pass`) and header or "
+            "environment directives (`proxy_set_header api-key V`, `RequestHeader set "
+            "X-API-Key V`, `http-request set-header`, `fastcgi_param`, `SetEnv`); under a "
+            "YAML block scalar (`password: |`) the indented lines go. A name "
+            "whose last word is a secret word (password, passwd, passphrase, pass, pwd, "
+            "pw, secret, token, authtok, psk, community, credential(s), cookie, "
+            "signature, `auth` alone, and `key` after api, access, secret, private, "
+            "session, master, wep, client, ... as in `x-api-key`, `aws_secret_access_key`) "
+            "loses "
+            "its value unless the value is a boolean, a placeholder (`${VAR}`, `$VAR`, "
+            "`{{ x }}`, `%(x)s`, `<x>`), a path (`/etc/...`) or a scheme or source word "
+            "(`md5`, `sha512`, `files`, `required`). A name that only *contains* one "
+            "(`password_min_length`, `PASS_MAX_DAYS`, `token_lifetime`, "
+            "`PasswordAuthentication`, `password_file`), or ends in another `key` "
+            "(`STRIPE_KEY`, `ssl_key`), keeps numbers, durations, sizes, "
+            "enum words, paths and URLs, and loses only token-like values. Never "
+            "secrets: sudoers `NOPASSWD:`/`PASSWD:` tags, nsswitch `passwd:`, PAM lines, "
+            "nginx `proxy_pass`/`fastcgi_pass`, and `--no-password` style flags.", "",
+            "On command lines (kind `argument`): the argument after a flag named like a "
+            "secret (`--password X`, `--api-key X`; `--token=X` is `named_secret`), "
+            "glued `-pX` after a MySQL/MariaDB client, `sshpass -p X`, `redis-cli -a X`, "
+            "net-snmp `-A X`, `-X X`, `-c X`, and the password of `curl -u user:X` and "
+            "`smbclient -U user%X`.", "",
+            "Files secret by nature are never captured, whatever `paths` says: their "
+            "`file` record has `content` null, `content_omitted_reason` `secret_file` and "
+            "`secret_file_rule` naming the rule; hash and metadata are still recorded. "
+            "A glob with a `/` matches the whole path, one without matches the name. "
+            "Any file whose bytes hold a PEM private key (`-----BEGIN ... PRIVATE "
+            "KEY-----`) or a PuTTY key is treated the same (rule `content: a PEM private "
+            "key`).", "",
+            "| rule | what it covers |", "|---|---|"]
+    out += [f"| `{_cell(f.glob)}` | {_cell(f.doc)} |" for f in SECRET_FILES]
+    out.append("")
     return out
 
 

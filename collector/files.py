@@ -11,7 +11,10 @@ Every match becomes one `file` record (metadata from `lstat`, never following a
 symlink). Only regular files are opened: with O_NOFOLLOW|O_NONBLOCK, so a symlink
 or FIFO swapped in after the `lstat` can neither redirect nor hang the read, and
 `fstat` after opening must show the same regular file. Small text files (at most
-`content_max_bytes`, valid UTF-8, no NUL) are captured with secrets scrubbed.
+`content_max_bytes`, valid UTF-8, no NUL) are captured with secrets scrubbed;
+files secret by nature (`collector.scrub.SECRET_FILES`: shadow, private keys,
+keytabs, credential stores; or any file holding a PEM private key) never are,
+whatever `paths` says: only their hash and metadata.
 Files over `hash_max_bytes` are not read at all (a 10 GB sparse file costs one
 `lstat`). Digests of files not read for content are cached in
 `<state_dir>/cache/file_hashes.json` by (device, inode, size, mtime, ctime), so
@@ -51,7 +54,12 @@ from collector.registry import (
     Field,
     RecordType,
 )
-from collector.scrub import scrub_text
+from collector.scrub import (
+    PRIVATE_KEY_CONTENT,
+    is_private_key_content,
+    scrub_text,
+    secret_file_rule,
+)
 
 if sys.platform != "win32":
     import grp
@@ -559,6 +567,7 @@ class _Describer:
             "content": None,
             "content_redactions": 0,
             "content_omitted_reason": None,
+            "secret_file_rule": None,
         }
         outcome = _Outcome(key, data)
         if kind == "symlink":
@@ -567,20 +576,24 @@ class _Describer:
             except OSError as exc:
                 outcome.problem = _unreadable_record(key, exc)
         elif kind == "file":
+            # fsdecode, not the key: a `.pgpass` under a non-UTF-8 directory is one too
+            data["secret_file_rule"] = secret_file_rule(os.fsdecode(host_path))
             self._regular(fs_path, st, data, outcome)
         return outcome
 
     def _regular(self, fs_path: bytes, st: os.stat_result, data: dict[str, Any],
                  outcome: _Outcome) -> None:
         size = st.st_size
+        rule = data["secret_file_rule"]
+        omitted = "over_cap" if rule is None else "secret_file"
         if size > self.settings.hash_max_bytes:  # never opened: bounded time and memory
             data["hash_omitted_reason"] = "over_hash_cap"
-            data["content_omitted_reason"] = "over_cap"
+            data["content_omitted_reason"] = omitted
             return
-        if size <= self.settings.content_max_bytes:
+        if size <= self.settings.content_max_bytes and rule is None:
             _finish_read(outcome, _read_regular(fs_path, st, for_content=True))
             return
-        data["content_omitted_reason"] = "over_cap"
+        data["content_omitted_reason"] = omitted
         if st.st_ctime_ns < self.cache_before_ns:
             outcome.cache_key = file_identity(st)
         cached = self.cache.lookup(outcome.cache_key) if outcome.cache_key else None
@@ -617,6 +630,10 @@ def _finish_read(outcome: _Outcome, read: _Read) -> None:
 
 
 def _set_content(raw: bytes, data: dict[str, Any]) -> None:
+    if is_private_key_content(raw):  # a key under any name: never captured
+        data["content_omitted_reason"] = "secret_file"
+        data["secret_file_rule"] = PRIVATE_KEY_CONTENT
+        return
     if b"\0" in raw:
         data["content_omitted_reason"] = "binary"
         return
@@ -781,10 +798,18 @@ COLLECTOR = Collector(
                                                 "`over_cap` (larger than "
                                                 "`content_max_bytes`: never read for "
                                                 "content), `binary` (not UTF-8, or has a "
-                                                "NUL byte), `unreadable`, "
-                                                "`changed_during_read`; null when content "
-                                                "is captured or the path is not a regular "
-                                                "file"),
+                                                "NUL byte), `secret_file` (secret by "
+                                                "nature: see `secret_file_rule`), "
+                                                "`unreadable`, `changed_during_read`; null "
+                                                "when content is captured or the path is "
+                                                "not a regular file"),
+                "secret_file_rule": Field((str, _NONE),
+                                          "for a regular file never captured because it "
+                                          "is secret by nature (shadow, keys, credential "
+                                          "stores), the rule that matched: a glob of "
+                                          "Secret scrubbing's file list, or `content: a "
+                                          "PEM private key`; its hash and metadata are "
+                                          "still recorded. Null otherwise"),
             },
         ),
         "no_match": RecordType(

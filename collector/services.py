@@ -36,7 +36,7 @@ from collector.registry import (
     RecordType,
     unsupported,
 )
-from collector.scrub import scrub_argv
+from collector.scrub import scrub_command_line
 
 NAME = "services"
 
@@ -396,8 +396,7 @@ def _exec_start(values: list[str]) -> list[str]:
         for part in value.split(" ; "):
             part = part.strip().lstrip("{").strip()
             if part.startswith("argv[]="):
-                argv, _count = scrub_argv(part[len("argv[]="):].split(" "))
-                commands.append(key_text(" ".join(argv)))
+                commands.append(key_text(scrub_command_line(part[len("argv[]="):])[0]))
     return commands
 
 

@@ -69,7 +69,8 @@ def entry(root: Path, host_path: bytes, kind: str, mode: str, **fields: Any) -> 
             "uid": os.getuid(), "gid": os.getgid(), "owner": "tester", "group": "testers",
             "mtime": MTIME, "inode": str(st.st_ino), "device": str(st.st_dev),
             "sha256": None, "hash_omitted_reason": None, "symlink_target": None,
-            "content": None, "content_redactions": 0, "content_omitted_reason": None}
+            "content": None, "content_redactions": 0, "content_omitted_reason": None,
+            "secret_file_rule": None}
     data.update(fields)
     return data
 
@@ -410,3 +411,41 @@ def test_live_tree_matches_sha256sum(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True, timeout=30).stdout
     expected = {line.split("  ", 1)[1]: line.split()[0] for line in out.splitlines()}
     assert {r.key: r.data["sha256"] for r in result.records} == expected
+
+
+def test_files_secret_by_nature_keep_hash_and_metadata_only(tmp_path: Path) -> None:
+    """Whatever `paths` says, shadow, keys and credential stores are never captured:
+    content null, `secret_file` with the rule that matched, the hash still there."""
+    pem = ("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIKeyMaterialZq8\n"
+           "-----END PRIVATE KEY-----\n")
+    files = {
+        "etc/shadow": ("root:$6$salt$HashHashHash:19700:0:99999:7:::\n", "shadow"),
+        "etc/ssl/private/web.pem": (pem, "/etc/ssl/private/*"),
+        "etc/app/tls.key": (pem, "*.key"),
+        "etc/app/renamed.conf": (pem, "content: a PEM private key"),
+        "home/u/.pgpass": ("db:5432:core:app:PgPassZq8\n", ".pgpass"),
+        "home/u/.aws/credentials": ("[default]\naws_secret_access_key = Zq8\n",
+                                    "*/.aws/credentials"),
+        "home/u/.ssh/id_ed25519": (pem, "id_ed25519"),
+        "etc/krb5.keytab": ("\x05\x02binary", "*.keytab"),
+    }
+    for name, (text, _rule) in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "etc/app/plain.conf").write_text("password_min_length = 12\n")
+    odd = os.fsencode(tmp_path) + b"/home/caf\xe9"
+    os.mkdir(odd)
+    with open(odd + b"/.pgpass", "wb") as f:
+        f.write(b"db:5432:core:app:PgPassNonUtf8\n")
+    result = run(tmp_path, ["/etc/**", "/home/**"])
+    by_key = {r.key: r.data for r in result.records if r.type == "file"}
+    for name, (text, rule) in files.items():
+        data = by_key["/" + name]
+        assert (data["content"], data["content_omitted_reason"], data["secret_file_rule"],
+                data["sha256"]) == (None, "secret_file", rule, sha(text)), name
+    plain = by_key["/etc/app/plain.conf"]
+    assert (plain["content"], plain["secret_file_rule"]) == ("password_min_length = 12\n", None)
+    odd_key = "b64:" + base64.b64encode(b"/home/caf\xe9/.pgpass").decode()
+    assert (by_key[odd_key]["content"], by_key[odd_key]["secret_file_rule"]) == (None, ".pgpass")
+    sealed = json.dumps([r.data for r in result.records]).encode()
+    assert b"KeyMaterialZq8" not in sealed and b"PgPassNonUtf8" not in sealed

@@ -61,7 +61,7 @@ NFT_TEXT = (ROOT / "cmd" / "nft-list-ruleset.txt").read_text().replace(
     "token=Gw4yT0kenValue99", "token=[REDACTED:named_secret]")
 NFTABLES_CONF_TEXT = (
     "#!/usr/sbin/nft -f\n"
-    "# AI egress exception, approved CR-2026-117. Gateway api_key=[REDACTED:named_secret] "
+    "# AI egress exception, approved CR-2026-117. Gateway api_key=[REDACTED:ai_api_key] "
     "(rotate!)\n"
     "flush ruleset\n"
     'include "/etc/nftables.d/*.nft"\n')

@@ -319,12 +319,13 @@ def test_auth_malformed(line: str, reason: str) -> None:
 
 @pytest.mark.parametrize(("command", "expected"), [
     ("/usr/bin/mysql -uroot -pMyPassw0rd db", "/usr/bin/mysql -uroot -p[R] db"),
-    ("/opt/tool -password S3cretX -v", "/opt/tool -p[R] [R] -v"),
-    ("/usr/bin/openssl enc -pass pass:S3cretX -in f", "/usr/bin/openssl enc -p[R] [R] -in f"),
+    ("/usr/bin/mysql -password S3cretX -v", "/usr/bin/mysql -p[R] [R] -v"),
+    ("/opt/tool -password S3cretX -v", "/opt/tool -password [R] -v"),
+    ("/usr/bin/openssl enc -pass pass:S3cretX -in f", "/usr/bin/openssl enc -pass [R] -in f"),
     ("/usr/bin/psql --password=S3cretX", "/usr/bin/psql --password=[REDACTED:named_secret]"),
-    ("/usr/bin/ssh -p2222 host", "/usr/bin/ssh -p[R] host"),  # over-redacts, never leaks
+    ("/usr/bin/ssh -p2222 host", "/usr/bin/ssh -p2222 host"),  # -p is a password for mysql only
     ("/bin/env TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789 x",
-     "/bin/env TOKEN=[REDACTED:named_secret] x"),
+     "/bin/env TOKEN=[REDACTED:github_token] x"),
 ])
 def test_sudo_command_scrubbing(command: str, expected: str) -> None:
     line = (f"Jan  1 00:00:00 h sudo:    alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; "
