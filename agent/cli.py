@@ -582,7 +582,7 @@ def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
 @config_option
 @click.option("--enroll/--no-enroll", default=None,
               help="Submit an enrollment request for the new key to the store (default: "
-                   "when the old key has an installed enrollment).")
+                   "when the old key is enrolled, here or in the store).")
 @click.option("--enroll-out", type=click.Path(path_type=Path), metavar="FILE",
               help="Also write the new key's enrollment request to FILE.")
 @click.option("--no-ship", is_flag=True, help="Keep the statement only; publish with the "
@@ -605,8 +605,10 @@ def keys_rotate(config_path: Path | None, enroll: bool | None, enroll_out: Path 
     store = None if no_ship else open_store(config.store.url, config.store)
     now = dt_now()
     with state.locked():
-        if enroll is None:
-            enroll = bool(installed_enrollments(state))
+        if enroll is None:  # was the old key enrolled? then the new one must be too
+            old_key_id = state.signer(host_id)[0].key_id if state.key_path.exists() else ""
+            enroll = bool(installed_enrollments(state)) or (store is not None and any(
+                True for _ in store.list(f"v1/keys/{old_key_id}.enrollment.")))
         rotated = rotate_key(state, host_id, now)
         rotation = rotated.rotation
         request = build_request(state, host_id) if enroll or enroll_out else None
