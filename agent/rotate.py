@@ -68,7 +68,11 @@ class Rotated:
 
 
 def kept_rotations(state: StateDir) -> list[tuple[Path, bytes, Rotation]]:
-    """The rotation statements kept in the state dir (ours; signature not rechecked)."""
+    """The rotation statements kept in the state dir (ours; signature not rechecked).
+
+    One that is unreadable is passed over rather than stopping collection or
+    shipping: the key change then starts a new chain, which the verifier shows.
+    """
     directory = rotations_dir(state)
     if not directory.is_dir():
         return []
@@ -78,10 +82,8 @@ def kept_rotations(state: StateDir) -> list[tuple[Path, bytes, Rotation]]:
             data = path.read_bytes()
         try:
             found.append((path, data, read_rotation(data, str(path))))
-        except (FormatError, SignatureError) as exc:
-            raise GamsaError(f"{path}: not a rotation statement ({exc.message})",
-                             hint="move it aside; rotate again if the key did not change") \
-                from None
+        except (FormatError, SignatureError):
+            continue
     return found
 
 

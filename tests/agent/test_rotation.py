@@ -324,3 +324,33 @@ def test_revoke_bad_input_is_one_line(gamsa_env: GamsaEnv, tmp_path: Path,
     result = gamsa_env.run("org", "revoke", "--org-key", str(org / "org.pub"), "--key-id",
                            "a" * 64, "--reason", "lost", "--out", str(tmp_path / "out"))
     assert "public key" in one_line_error(result, 2)
+
+
+@pytest.mark.slow
+def test_rotation_and_revocation_through_an_s3_store(s3_gamsa: GamsaEnv,
+                                                     tmp_path: Path) -> None:
+    """The statements are published create-only on a moto S3 bucket (Object Lock)."""
+    env = s3_gamsa
+    org = tmp_path / "org"
+    ok(env.run("org", "init", "--out", str(org)))
+    ok(env.run("collect"))
+    ok(env.run("keys", "enroll"))
+    sign = ("org", "sign-enrollment", "--org-key", str(org / "org.key"), "--store",
+            env.store_url, "--pending", "--yes")
+    ok(env.run(*sign))
+    rotated = json.loads(ok(env.run("keys", "rotate", "--json")).stdout)
+    (published,) = rotated["published"]
+    assert published.startswith(f"v1/keys/{rotated['new_key_id']}.rotation.")
+    assert rotated["enrollment_request"] is not None
+    ok(env.run(*sign))
+    sealed = json.loads(ok(env.run("collect", "--json")).stdout)
+    assert sealed["seq"] == 2 and sealed["genesis_reason"] is None
+    trust_org = ("verify", "--trust-org", str(org / "org.pub"), "--json")
+    report = json.loads(ok(env.run(*trust_org)).stdout)
+    assert report["ok"] and report["bundles"] == 2
+    ok(env.run("org", "revoke", "--org-key", str(org / "org.key"), "--key-id",
+               rotated["new_key_id"], "--at", "2020-01-01T00:00:00Z", "--reason", "test",
+               "--store", env.store_url))
+    result = env.run(*trust_org)
+    assert result.returncode == 1
+    assert [f["code"] for f in errors(json.loads(result.stdout))] == ["key_revoked"]
