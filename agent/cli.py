@@ -8,6 +8,7 @@ imported inside commands so `gamsa --help` stays instant and never imports boto3
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -660,9 +661,8 @@ def keys_rotate(config_path: Path | None, enroll: bool | None, enroll_out: Path 
              f"retries)")
 
 
-def dt_now() -> Any:
-    import datetime as dt
-
+def dt_now() -> dt.datetime:
+    """Now, to the second (rotation and revocation times are kept to the second)."""
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
