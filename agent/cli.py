@@ -8,6 +8,7 @@ imported inside commands so `gamsa --help` stays instant and never imports boto3
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -302,7 +303,11 @@ def _trusted_keys(config: Config, trust: tuple[Path, ...]) -> dict[str, PublicKe
     own = PublicKey.from_key(load_private_key(key_path).public_key())
     warn(f"no --trust given: trusting this agent's own key {own.key_id[:16]}… "
          f"({key_path}); pass --trust KEY.pem to verify with a key you hold")
-    return {own.key_id: own}
+    from agent.rotate import retired_dir  # and the keys it rotated out (keys rotate)
+
+    retired = [load_public_key_pem(p) for p in sorted(retired_dir(StateDir(
+        config.state_dir)).glob("*.json"))]
+    return {k.key_id: k for k in (own, *retired)}
 
 
 def _progress_bar(enabled: bool) -> Callable[[int, int], None] | None:
@@ -574,6 +579,93 @@ def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
         click.echo(f"{state_word} {store.url} {submitted.key}", err=True)
 
 
+@keys.command("rotate")
+@config_option
+@click.option("--enroll/--no-enroll", default=None,
+              help="Submit an enrollment request for the new key to the store (default: "
+                   "when the old key is enrolled, here or in the store).")
+@click.option("--enroll-out", type=click.Path(path_type=Path), metavar="FILE",
+              help="Also write the new key's enrollment request to FILE.")
+@click.option("--no-ship", is_flag=True, help="Keep the statement only; publish with the "
+                                              "next ship.")
+@json_option
+def keys_rotate(config_path: Path | None, enroll: bool | None, enroll_out: Path | None,
+                no_ship: bool, as_json: bool) -> None:
+    """Replace the agent key; the old key signs a rotation statement so the chain
+    goes on unbroken under the new key."""
+    from agent.enroll import build_request, installed_enrollments, submit_request
+    from agent.fsutil import create_atomic
+    from agent.identity import resolve_host_id
+    from agent.rotate import publish_rotations, rotate_key
+    from agent.state import StateDir
+    from agent.store import open_store
+
+    config = load(config_path)
+    state = StateDir(config.state_dir)
+    host_id = resolve_host_id(config.host_id)
+    store = None if no_ship else open_store(config.store.url, config.store)
+    now = dt_now()
+    with state.locked():
+        if enroll is None:  # was the old key enrolled? then the new one must be too
+            old_key_id = state.signer(host_id)[0].key_id if state.key_path.exists() else ""
+            enroll = bool(installed_enrollments(state)) or (store is not None and any(
+                True for _ in store.list(f"v1/keys/{old_key_id}.enrollment.")))
+        rotated = rotate_key(state, host_id, now)
+        rotation = rotated.rotation
+        request = build_request(state, host_id) if enroll or enroll_out else None
+        published: list[str] = []
+        submitted = None
+        ship_error: GamsaError | None = None
+        if store is not None:
+            try:
+                published = publish_rotations(state, store, rotation.new_key_id)
+                if enroll and request is not None:
+                    submitted = submit_request(store, request)
+            except GamsaError as exc:
+                ship_error = exc
+    if enroll_out is not None and request is not None:
+        try:
+            if not create_atomic(enroll_out.absolute(), request.to_bytes(), 0o644):
+                raise UsageError(f"{enroll_out} exists",
+                                 hint="the key is rotated; write the request with: gamsa "
+                                      "keys enroll --no-submit --out FILE")
+        except OSError as exc:
+            raise UsageError(f"cannot write {enroll_out}: {exc.strerror or exc}") from exc
+    chain = rotation.continues
+    summary = {"host_id": host_id, "old_key_id": rotation.old_key_id,
+               "new_key_id": rotation.new_key_id, "rotated_at": rotation.rotated_at,
+               "continues": None if chain is None else chain.to_json(),
+               "statement": str(rotated.statement_path), "published": published,
+               "enrollment_request": None if submitted is None else submitted.key,
+               "ship_error": None if ship_error is None else ship_error.diagnostics()}
+    if as_json:
+        emit_json(summary)
+    else:
+        click.echo(f"rotated {host_id}: key {rotation.old_key_id} -> {rotation.new_key_id} "
+                   f"at {rotation.rotated_at}")
+        click.echo("the chain continues: " + ("no bundle sealed yet" if chain is None else
+                   f"the next bundle is chain {chain.chain_id} seq {chain.seq + 1}"))
+        click.echo(f"rotation statement (signed by the old key) kept in "
+                   f"{rotated.statement_path}")
+        for name in published:
+            click.echo(f"published {name}")
+        click.echo(f"the old private key is destroyed; its public document is kept in "
+                   f"{state.keys / 'retired'}")
+    click.echo("under organisation trust the new key needs its own enrollment before "
+               "verifiers accept its bundles: " + (
+                   f"request submitted to {submitted.key}; sign it with `gamsa org "
+                   f"sign-enrollment --pending`" if submitted is not None else
+                   "run `gamsa keys enroll`"), err=True)
+    if ship_error is not None:
+        warn(f"rotated, but publishing failed: {ship_error.diagnostics()} (every ship "
+             f"retries)")
+
+
+def dt_now() -> dt.datetime:
+    """Now, to the second (rotation and revocation times are kept to the second)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
 @keys.command("install-enrollment")
 @config_option
 @click.argument("enrollment", type=click.Path(path_type=Path))
@@ -715,6 +807,66 @@ def org_sign_enrollment(config_path: Path | None, requests: tuple[Path, ...],
                    "skipped": [{"source": s, "reason": r} for s, r in plan.skipped]})
     if plan.rejected:
         sys.exit(FINDINGS)
+
+
+@org.command("revoke")
+@config_option
+@click.option("--org-key", required=True, metavar="URI",
+              help="Organisation signing key: a key file path or file:PATH.")
+@click.option("--key-id", "revoked_key_id", required=True, metavar="KEY_ID",
+              help="The agent key to revoke (64 hex digits).")
+@click.option("--at", "at", metavar="TIME", default=None,
+              help="Bundles finished after this UTC time (2026-01-31T00:00:00Z) are not "
+                   "trusted (default: now).")
+@click.option("--reason", required=True, help="Why, one line (kept in the revocation).")
+@click.option("--store", "store_url", metavar="URL", help="Publish the revocation here.")
+@click.option("--out", type=click.Path(path_type=Path), metavar="DIR",
+              help="Write the revocation here (default: . without --store).")
+@json_option
+def org_revoke(config_path: Path | None, org_key: str, revoked_key_id: str, at: str | None,
+               reason: str, store_url: str | None, out: Path | None, as_json: bool) -> None:
+    """Sign a revocation of an agent key with the organisation key and publish it."""
+    import hashlib
+
+    from agent.fsutil import create_atomic
+    from agent.store import open_store
+    from signing.enrollment import format_time, parse_time
+    from signing.errors import FormatError
+    from signing.revocation import revocation_object_name, sign_revocation
+    from signing.signer import load_signer
+
+    now = dt_now()
+    try:
+        revoked_at = now if at is None else parse_time(at, f"--at {at[:40]!r}")
+    except FormatError as exc:
+        raise UsageError(exc.message) from None
+    signer = load_signer(org_key)
+    envelope = sign_revocation(revoked_key_id, revoked_at, reason, now, signer)
+    name = revocation_object_name(revoked_key_id, envelope)
+    store = open_store(store_url, load(config_path).store) if store_url else None
+    out_dir = out if out is not None else (None if store is not None else Path("."))
+    written = None
+    if out_dir is not None:
+        path = out_dir / Path(name).name
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            create_atomic(path, envelope, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        written = str(path)
+    if store is not None:
+        store.put(name, envelope, hashlib.sha256(envelope).hexdigest())
+    summary = {"key_id": revoked_key_id, "revoked_at": format_time(revoked_at),
+               "org_key_id": signer.key_id, "file": written,
+               "object": None if store is None else name}
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"revoked key {revoked_key_id} from {format_time(revoked_at)} "
+               f"(organisation key {signer.key_id})")
+    for where in (written, None if store is None else f"{store.url} {name}"):
+        if where:
+            click.echo(f"written to {where}")
 
 
 def _show_plan(plan: Any, org_key_id: str) -> None:

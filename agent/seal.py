@@ -18,6 +18,7 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.fsutil import failing
 from agent.identity import host_description
+from agent.rotate import continues_after_rotation
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
 from collector.accounts import local_account_names
 from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
@@ -92,7 +93,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     checkpoints = state.load_checkpoints(head)
     ctx = context or collect_context(config, state)
     ctx.checkpoints = checkpoints
-    reason = genesis_reason(head, signer.key_id, key_created)
+    reason = (None if continues_after_rotation(state, head, signer.key_id)
+              else genesis_reason(head, signer.key_id, key_created))
     started = dt.datetime.now(dt.UTC)
     started_at = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     clock_at = started_at

@@ -32,6 +32,7 @@ from typing import Any
 
 from agent.crashpoints import crashpoint
 from agent.enroll import publish_enrollments
+from agent.rotate import publish_rotations
 from agent.state import SpoolEntry, StateDir, spooled_statement
 from agent.store import DigestMismatchError, Store, put_file
 from signing.errors import GamsaError, StoreError
@@ -150,6 +151,7 @@ def _put_key_document(state: StateDir, store: Store, key_id: str) -> None:
     data = state.key_document_bytes()
     store.put(key_object_name(key_id), data, hashlib.sha256(data).hexdigest())
     publish_enrollments(state, store)  # its signed enrollments, beside it
+    publish_rotations(state, store, key_id)  # and how it took over from the key before
 
 
 def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:

@@ -45,6 +45,8 @@ from signing.enrollment import (
 from signing.errors import FormatError, GamsaError, SignatureError
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
+from signing.revocation import REVOCATION_KEY, revocation_findings
+from signing.rotation import ROTATION_KEY, Problem, rotation_findings
 
 ERROR = "error"
 WARNING = "warning"
@@ -237,10 +239,10 @@ def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     for key in reader.list(KEYS_PREFIX):
         if ENROLLMENT_KEY.match(key):
             names.append(key)
-        elif not KEY_DOCUMENT_KEY.match(key):
+        elif not KEY_DOCUMENT_KEY.match(key) and not is_key_lifecycle_object(key):
             strays.append(Finding(key, "unexpected_object", "object under v1/keys/ is neither "
-                                  "a key document nor an enrollment (docs/FORMAT.md §7)",
-                                  WARNING))
+                                  "a key document, an enrollment, a rotation nor a "
+                                  "revocation (docs/FORMAT.md §7-9)", WARNING))
 
     def one(key: str) -> Enrollment | Finding:
         try:
@@ -272,6 +274,22 @@ def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     keys.update({k: v for k, v in trusted.items() if k not in keys})
     unbound = frozenset(k for k in trusted if k not in enrollments)
     return Trust(keys, unbound, dict(enrollments)), findings
+
+
+def is_key_lifecycle_object(key: str) -> bool:
+    """A rotation statement or a revocation, by its object key."""
+    return bool(ROTATION_KEY.match(key) or REVOCATION_KEY.match(key))
+
+
+def key_lifecycle_problems(reader: ObjectReader, keys: Mapping[str, PublicKey],
+                           org_keys: Mapping[str, PublicKey] | None,
+                           bundles: list[BundleSummary]) -> list[Problem]:
+    """Key changes inside chains without a valid rotation; under org trust, bundles
+    of revoked keys sealed after the revocation."""
+    problems = rotation_findings(reader, keys, bundles)
+    if org_keys:
+        problems += revocation_findings(reader, org_keys, bundles)
+    return problems
 
 
 def unbound_findings(trust: Trust, bundles: Iterable[BundleSummary]) -> list[Finding]:
@@ -503,5 +521,9 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
         result.findings.append(Finding(prefix, "no_bundles",
                                        f"no bundles found for {what} (nothing under {prefix})"))
     result.findings.extend(check_chains(result.bundles))
+    # Key rotation and revocation (signing/rotation.py, signing/revocation.py).
+    result.findings.extend(Finding(p.key, p.code, p.message)
+                           for p in key_lifecycle_problems(reader, trust.keys, org_keys,
+                                                           result.bundles))
     result.findings.extend(unbound_findings(trust, result.bundles))
     return result

@@ -212,21 +212,24 @@ def test_a_key_enrolled_for_another_host_appending_to_a_chain_is_an_error(
     assert sealed["seq"] == 3 and sealed["genesis_reason"] is None  # appended, linked
     code, report = fleet.verify("--trust-org", str(fleet.org_pub))
     assert code == 1
-    (finding,) = errors(report)
-    assert finding["code"] == "key_not_enrolled_for_host"
+    found = {f["code"]: f for f in errors(report)}
+    # (a key change without a rotation statement too: tests/agent/test_rotation.py)
+    assert set(found) == {"key_not_enrolled_for_host", "key_change_without_rotation"}
+    finding = found["key_not_enrolled_for_host"]
     assert finding["key"] == sealed["manifest_key"]
     message = finding["message"]
     assert victim in message and attacker in message
     assert key_id(fleet.hosts[attacker]) in message
-    # Without the org root, both keys trusted directly, the forgery passes unnoticed:
-    # this is what enrollment adds.
+    # Without the org root, both keys trusted directly, only the key change inside
+    # the chain shows it; a whole new chain would pass: that is what enrollment adds.
     pems = []
     for name, env in fleet.hosts.items():
         pem = tmp_path / f"{name}.pem"
         pem.write_text(json.loads(ok(env.run("keys", "show", "--json")).stdout)
                        ["public_key_pem"])
         pems += ["--trust", str(pem)]
-    assert fleet.verify(*pems)[0] == 0
+    code, report = fleet.verify(*pems)
+    assert [f["code"] for f in errors(report)] == ["key_change_without_rotation"]
 
 
 def test_a_key_enrolled_for_another_host_starting_a_new_chain_is_an_error(
@@ -394,7 +397,8 @@ def test_signing_alone_verifies_a_fleet_with_org_trust(fleet: Fleet, tmp_path: P
     out = json.loads(run.stdout)
     assert out["modules"] == []
     assert out["signing"].startswith(str(alone))
-    assert [f["code"] for f in out["findings"]] == ["key_not_enrolled_for_host"]
+    assert [f["code"] for f in out["findings"]] == ["key_not_enrolled_for_host",
+                                                    "key_change_without_rotation"]
 
 
 @pytest.mark.parametrize(("answer", "code"), [("n", 1), ("y", 0)])
