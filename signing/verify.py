@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from signing.bundle import (
     BATCH_RECORDS,
@@ -45,6 +45,9 @@ from signing.enrollment import (
 from signing.errors import FormatError, GamsaError, SignatureError
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
+
+if TYPE_CHECKING:
+    from signing.completeness import Completeness, FleetSummary
 
 ERROR = "error"
 WARNING = "warning"
@@ -119,6 +122,7 @@ class VerifyResult:
 
     findings: list[Finding] = field(default_factory=list)
     bundles: list[BundleSummary] = field(default_factory=list)
+    fleet: FleetSummary | None = None  # signing.completeness
 
     @property
     def ok(self) -> bool:
@@ -141,7 +145,8 @@ class VerifyResult:
                 chain["key_ids"].append(b.key_id)
         return {"ok": self.ok, "bundles": len(self.bundles), "records": self.records,
                 "chains": list(chains.values()),
-                "findings": [f.as_dict() for f in self.findings]}
+                "findings": [f.as_dict() for f in self.findings],
+                **({} if self.fleet is None else {"fleet": self.fleet.as_dict()})}
 
 
 Progress = Callable[[int, int], None]
@@ -430,12 +435,16 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
 def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  host: str | None = None, progress: Progress | None = None,
                  workers: int = 1,
-                 org_keys: Mapping[str, PublicKey] | None = None) -> VerifyResult:
+                 org_keys: Mapping[str, PublicKey] | None = None,
+                 expect: Completeness | None = None) -> VerifyResult:
     """Verify every bundle under `v1/` (or one host's) in `reader`.
 
     `trusted` keys are trusted for any host (reported as `key_unbound`); with
     `org_keys`, keys enrolled by the organisation are trusted too, each only for
-    its enrolled host and window (`load_trust`).
+    its enrolled host and window (`load_trust`). `expect` says what else the
+    fleet must show (signing.completeness: the time of the audit, the longest
+    silence allowed, the bucket's object versions); without it, hosts expected
+    but without bundles are still reported.
 
     With `workers` > 1, that many bundles are read and checked at once (each
     worker holds one bundle's objects); results are taken in key order, so the
@@ -504,4 +513,10 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                                        f"no bundles found for {what} (nothing under {prefix})"))
     result.findings.extend(check_chains(result.bundles))
     result.findings.extend(unbound_findings(trust, result.bundles))
+    # Imported here: signing.completeness builds on this module's types.
+    from signing.completeness import Completeness, check_completeness
+
+    fleet_findings, result.fleet = check_completeness(trust, result.bundles,
+                                                      expect or Completeness(), host)
+    result.findings.extend(fleet_findings)
     return result
