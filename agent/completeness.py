@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.config import Config, parse_duration
 from agent.store import AccessDeniedError, Store
-from signing.completeness import Completeness, FleetSummary, ObjectVersion
+from signing.completeness import Completeness, FleetSummary, ObjectVersion, duration_text
 from signing.enrollment import parse_time
 from signing.errors import FormatError, UsageError
 from signing.verify import WARNING, Finding
@@ -79,7 +79,7 @@ def fleet_lines(fleet: FleetSummary) -> list[str]:
              + f", {len(fleet.without_bundles)} without bundles"
              + (f" ({', '.join(fleet.without_bundles)})" if fleet.without_bundles else "")
              + f"; as of {fleet.as_of}"
-             + (f", max silence {silence} s" if silence is not None else "")]
+             + (f", max silence {duration_text(silence)}" if silence is not None else "")]
     if fleet.versions_checked:
         lines.append(f"object versions: {fleet.versions_read} read; "
                      f"{len(fleet.deleted)} deleted, {len(fleet.overwritten)} overwritten")

@@ -124,7 +124,8 @@ def _speaks_for(trust: Trust, b: BundleSummary) -> bool:
     return any(e.host_id == b.name.host_id for e in trust.enrollments.get(b.key_id, []))
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """`1d2h3m4s` (whole seconds), for messages."""
     whole = int(seconds)
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
@@ -216,8 +217,9 @@ def check_fleet(trust: Trust, bundles: Sequence[BundleSummary], expect: Complete
             state.status = "silent"
             findings.append(Finding(
                 prefix, HOST_SILENT,
-                f"host {name} has been silent for {_duration(quiet)} (more than --max-silence "
-                f"{_duration(silence.total_seconds())}) as of {_instant(deadline)}{why}: "
+                f"host {name} has been silent for {duration_text(quiet)} (more than the "
+                f"{duration_text(silence.total_seconds())} allowed) as of {_instant(deadline)}"
+                f"{why}: "
                 f"its newest bundle {newest.manifest_key} finished {newest.finished_at} "
                 f"(key {newest.key_id}); newest bundles deleted, or the agent stopped or "
                 f"cannot ship"))
