@@ -18,10 +18,11 @@ from signing.verify import WARNING, Finding
 VERSIONS_UNREADABLE = "versions_unreadable"
 
 
-def parse_as_of(value: str | None) -> dt.datetime | None:
-    """`--as-of TIME` (UTC, `2026-12-01T00:00:00Z`, optional fraction); None: now."""
+def parse_as_of(value: str | None) -> dt.datetime:
+    """`--as-of TIME` (UTC, `2026-12-01T00:00:00Z`, optional fraction), else now: the
+    report always says which time it judged by."""
     if value is None:
-        return None
+        return dt.datetime.now(dt.UTC)
     try:
         return parse_time(value, f"--as-of {value!r}")
     except FormatError as exc:
@@ -78,7 +79,7 @@ def fleet_lines(fleet: FleetSummary) -> list[str]:
              + (f" ({', '.join(fleet.silent)})" if fleet.silent else "")
              + f", {len(fleet.without_bundles)} without bundles"
              + (f" ({', '.join(fleet.without_bundles)})" if fleet.without_bundles else "")
-             + f"; as of {fleet.as_of}"
+             + f"; as of {fleet.as_of or 'now'}"
              + (f", max silence {duration_text(silence)}" if silence is not None else "")]
     if fleet.versions_checked:
         lines.append(f"object versions: {fleet.versions_read} read; "

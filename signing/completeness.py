@@ -84,7 +84,7 @@ class HostState:
 class FleetSummary:
     """The fleet in one view: for `gamsa verify`'s summary and `--json`."""
 
-    as_of: str
+    as_of: str | None  # None: the time of the run, not recorded (no --as-of given)
     max_silence_seconds: int | None
     hosts: list[HostState] = field(default_factory=list)
     versions_checked: bool = False
@@ -179,7 +179,7 @@ def check_fleet(trust: Trust, bundles: Sequence[BundleSummary], expect: Complete
     """Hosts without bundles and silent hosts, among the hosts the auditor expects."""
     as_of = expect.as_of or dt.datetime.now(dt.UTC)
     silence = expect.max_silence
-    summary = FleetSummary(_instant(as_of),
+    summary = FleetSummary(None if expect.as_of is None else _instant(expect.as_of),
                            None if silence is None else int(silence.total_seconds()))
     findings: list[Finding] = []
     states = expected_hosts(trust, bundles, as_of, host)

@@ -4,7 +4,9 @@
 Per bundle: the manifest's DSSE signature by a trusted key, the statement's shape,
 the object key against the predicate, the records object's digest, every line
 canonical, the record count and the Merkle root. Per host chain: gaps, forks,
-broken `prev` links, time running backwards, and each new genesis. Every finding
+broken `prev` links, time running backwards, and each new genesis. Per fleet
+(signing.completeness): expected hosts without bundles or silent too long, and
+deleted or overwritten objects in a bucket's version listing. Every finding
 names the object it is about; nothing stops at the first finding.
 
 Works on anything with `list(prefix)` and `get(key)`: the agent's stores, or
