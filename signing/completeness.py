@@ -25,7 +25,7 @@ from typing import Any
 
 from signing.enrollment import parse_time
 from signing.errors import FormatError
-from signing.verify import ERROR, BundleSummary, Finding, Trust
+from signing.verify import ERROR, WARNING, BundleSummary, Finding, Trust
 
 HOST_WITHOUT_BUNDLES = "host_without_bundles"
 HOST_SILENT = "host_silent"
@@ -161,6 +161,13 @@ def expected_hosts(trust: Trust, bundles: Iterable[BundleSummary], as_of: dt.dat
     return dict(sorted(found.items()))
 
 
+def _finished(b: BundleSummary) -> dt.datetime | None:
+    try:
+        return parse_time(b.finished_at, "predicate field collection.finished_at")
+    except FormatError:
+        return None
+
+
 def _deadline(trust: Trust, state: HostState, as_of: dt.datetime) -> tuple[dt.datetime, str]:
     """Until when the host had to report: `as_of`, or the end of its last enrollment
     when that came first (a retired host whose enrollment ran out is not silent)."""
@@ -202,14 +209,16 @@ def check_fleet(trust: Trust, bundles: Sequence[BundleSummary], expect: Complete
                                     f"host {name} is expected (enrolled: {windows or keys}) "
                                     f"but has no bundle signed by a key trusted for it"))
             continue
-        newest = max(mine, key=lambda b: (b.finished_at, b.seq))
+        timed = [(t, b) for b in mine if (t := _finished(b)) is not None]
+        if not timed:
+            findings.append(Finding(prefix, "host_time_unreadable",
+                                    f"host {name}: no bundle has a finished_at time that can "
+                                    f"be read, so its silence cannot be judged", WARNING))
+            continue
+        finished, newest = max(timed, key=lambda tb: (tb[0], tb[1].seq))
         state.last_bundle, state.last_finished_at = newest.manifest_key, newest.finished_at
         if silence is None:
             continue
-        try:
-            finished = parse_time(newest.finished_at, "predicate field collection.finished_at")
-        except FormatError:
-            continue  # the bundle is already a finding; its time cannot be compared
         deadline, why = _deadline(trust, state, as_of)
         quiet = (deadline - finished).total_seconds()
         state.silent_seconds = max(0, int(quiet))

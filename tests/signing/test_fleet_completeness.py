@@ -3,6 +3,7 @@ a bucket's version listing says about create-only evidence."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 from signing.bundle import BundleName
@@ -87,6 +88,20 @@ def test_silence_is_not_checked_without_a_limit_and_a_future_bundle_is_not_silen
     both = [*old, bundle("db-01", agent.key_id, NOW)]
     findings, fleet = check_completeness(trust, both, Completeness(NOW, DAY), host="db-01")
     assert findings == [] and [h.host for h in fleet.hosts] == ["db-01"]
+
+
+def test_newest_is_by_time_and_an_unreadable_time_is_said() -> None:
+    agent = key()
+    trust = Trust.direct({agent.key_id: agent.public_key()})
+    # "…00Z" sorts after "…00.5…Z" as text, but is the earlier time.
+    short = bundle("web-01", agent.key_id, NOW, seq=1)
+    short = dataclasses.replace(short, finished_at="2026-12-01T12:00:00Z")
+    longer = bundle("web-01", agent.key_id, NOW + dt.timedelta(seconds=0.5), seq=2)
+    _, fleet = check_completeness(trust, [short, longer], Completeness(NOW, DAY))
+    assert fleet.hosts[0].last_finished_at == "2026-12-01T12:00:00.500000Z"
+    bad = dataclasses.replace(short, finished_at="yesterday")
+    findings, fleet = check_completeness(trust, [bad], Completeness(NOW, DAY))
+    assert [(f.code, f.severity) for f in findings] == [("host_time_unreadable", "warning")]
 
 
 def test_versions_one_each_is_clean() -> None:
