@@ -347,21 +347,39 @@ def _org_keys(trust_org: tuple[Path, ...]) -> dict[str, PublicKey] | None:
 @click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
               help="Organisation root public key: trust each enrolled key for its enrolled "
                    "host and validity window only; repeatable (default: verify.trust_org).")
+@click.option("--max-silence", metavar="DURATION",
+              help="Longest an expected host may go without a bundle, e.g. 20m, 6h "
+                   "(default: verify.max_silence, 4 x schedule.heartbeat).")
+@click.option("--as-of", metavar="TIME",
+              help="Judge silence at this UTC time, e.g. 2026-12-01T06:00:00Z (default: now).")
 @json_option
 def verify(config_path: Path | None, store_url: str | None, host: str | None,
-           trust: tuple[Path, ...], trust_org: tuple[Path, ...], as_json: bool) -> None:
-    """Verify every bundle and chain in a store; exit 1 on any finding."""
+           trust: tuple[Path, ...], trust_org: tuple[Path, ...], max_silence: str | None,
+           as_of: str | None, as_json: bool) -> None:
+    """Verify every bundle and chain in a store, and the fleet's completeness;
+    exit 1 on any error finding."""
+    from agent.completeness import expectations, fleet_lines, parse_as_of, silence_allowed
     from agent.store import open_store
     from signing.verify import verify_store
 
     config = load(config_path)
+    when = parse_as_of(as_of)
+    silence: dt.timedelta | None = silence_allowed(config, max_silence)
     store = open_store(store_url or config.store.url, config.store)
     org_keys = _org_keys(trust_org or tuple(config.verify.trust_org))
+    if not trust and org_keys is None and max_silence is None:
+        # The host checking its own store with its own key: no daemon seals heartbeats
+        # yet, and truncation is found from the local chain head; silence is judged
+        # when asked (--max-silence) or in an audit (--trust, --trust-org).
+        silence = None
     # With an organisation root, the agent's own key is not trusted by default.
     trusted = _trusted_keys(config, trust) if trust or org_keys is None else {}
+    expect, read_findings = expectations(store, host, when, silence)
     result = verify_store(store, trusted, host,
                           _progress_bar(sys.stderr.isatty() and not as_json),
-                          workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys)
+                          workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys,
+                          expect=expect)
+    result.findings.extend(read_findings)
     if store.url == open_store(config.store.url, config.store).url:
         result.findings.extend(_truncation_findings(config, result, host))
     if as_json:
@@ -370,6 +388,8 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
         for finding in result.findings:
             click.echo(f"{finding.severity.upper():7} {finding.code}: {finding.key}: "
                        f"{finding.message}")
+        for line in fleet_lines(result.fleet) if result.fleet is not None else []:
+            click.echo(line)
         verdict = "OK" if result.ok else "FAILED"
         errors = sum(1 for f in result.findings if f.severity == "error")
         click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "

@@ -167,11 +167,18 @@ class SpoolConfig:
     max_bytes: int = GIB
 
 
+# A host is silent after this many heartbeat intervals without a bundle (verify).
+SILENCE_HEARTBEATS = 4
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
-    """`[verify]`: organisation root public keys `gamsa verify` trusts (--trust-org)."""
+    """`[verify]`: organisation root public keys `gamsa verify` trusts (--trust-org),
+    and how long an expected host may go without a bundle (--max-silence; default
+    SILENCE_HEARTBEATS x schedule.heartbeat)."""
 
     trust_org: list[Path] = field(default_factory=list)
+    max_silence: int = SILENCE_HEARTBEATS * ScheduleConfig.heartbeat
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -529,10 +536,10 @@ class _Parser:
             state_dir=state_dir,
             store=self.store(doc, state_dir),
             collectors=self.collectors(doc),
-            schedule=self.schedule(doc),
+            schedule=(schedule := self.schedule(doc)),
             privacy=self.privacy(doc),
             spool=self.spool(doc),
-            verify=self.verify(doc),
+            verify=self.verify(doc, schedule.heartbeat),
             source=None,
             sha256=sha256,
         )
@@ -730,8 +737,10 @@ class _Parser:
         return SpoolConfig(max_bytes=self.size(t.get("max_bytes", SpoolConfig.max_bytes),
                                                "spool.max_bytes"))
 
-    def verify(self, doc: Mapping[str, Any]) -> VerifyConfig:
-        t = self.table(doc, "", "verify", ("trust_org",))
+    def verify(self, doc: Mapping[str, Any], heartbeat: int) -> VerifyConfig:
+        t = self.table(doc, "", "verify", ("trust_org", "max_silence"))
         paths = self.string_list(t, "verify", "trust_org", [])
+        silence = t.get("max_silence", SILENCE_HEARTBEATS * heartbeat)
         return VerifyConfig(trust_org=[self.absolute_path(p, "verify.trust_org")
-                                       for p in paths])
+                                       for p in paths],
+                            max_silence=self.duration(silence, "verify.max_silence"))

@@ -54,7 +54,8 @@ import botocore.session  # type: ignore[import-untyped]
 from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 
 from agent.retry import RetriesExhausted, RetryPolicy, call_with_retry
-from agent.store import DigestMismatchError, ObjectInfo
+from agent.store import AccessDeniedError, DigestMismatchError, ObjectInfo
+from signing.completeness import ObjectVersion
 from signing.errors import ConflictError, StoreError, UsageError
 
 if TYPE_CHECKING:
@@ -344,7 +345,10 @@ class S3Store:
     def _error(self, action: str, exc: BaseException, attempts: int = 1) -> StoreError:
         cause, hint = self._cause(exc)
         tries = f" after {attempts} tries" if attempts > 1 else ""
-        return StoreError(f"store {self.url}: cannot {action}{tries}: {cause}", hint=hint)
+        denied = isinstance(exc, bx.ClientError) and (_code(exc) == "AccessDenied"
+                                                      or _status(exc) == 403)
+        kind = AccessDeniedError if denied else StoreError
+        return kind(f"store {self.url}: cannot {action}{tries}: {cause}", hint=hint)
 
     def _call(self, action: str, fn: Callable[[], T]) -> T:
         """`fn()` under the retry policy; any failure as one `StoreError`."""
@@ -527,6 +531,38 @@ class S3Store:
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+
+    def object_versions(self, prefix: str) -> Iterator[ObjectVersion]:
+        """Every version and delete marker under `prefix` (ListObjectVersions, all
+        pages), keys relative to the store prefix: what `gamsa verify` checks for
+        deleted and overwritten evidence (signing.completeness)."""
+        markers: dict[str, str] = {}
+        while True:
+            args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix,
+                                    "MaxKeys": self.list_page_size, **markers}
+            page = self._versions_page(prefix, args)
+            entries = [(v, False) for v in page.get("Versions", ())]
+            entries += [(m, True) for m in page.get("DeleteMarkers", ())]
+            for item, is_marker in entries:
+                modified = item.get("LastModified")
+                yield ObjectVersion(
+                    item["Key"][len(self.prefix):], str(item.get("VersionId") or "null"),
+                    is_marker, bool(item.get("IsLatest")),
+                    modified.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    if isinstance(modified, dt.datetime) else None)
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page.get("NextKeyMarker", "")}
+            if page.get("NextVersionIdMarker"):
+                markers["VersionIdMarker"] = page["NextVersionIdMarker"]
+            if not markers["KeyMarker"]:
+                raise StoreError(f"store {self.url}: listing object versions under "
+                                 f"{prefix or '/'}: a truncated page without a next marker")
+
+    def _versions_page(self, prefix: str, args: dict[str, Any]) -> dict[str, Any]:
+        page: dict[str, Any] = self._call(f"list object versions under {prefix or '/'}",
+                                          lambda: self._client.list_object_versions(**args))
+        return page
 
     def _list_page(self, prefix: str, args: dict[str, Any]) -> dict[str, Any]:
         page: dict[str, Any] = self._call(f"list {prefix or '/'}",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from signing.errors import GamsaError, UsageError
+from signing.errors import GamsaError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from agent.config import StoreConfig
@@ -55,6 +55,10 @@ class DigestMismatchError(GamsaError):
         self.source = source
         self.actual = actual
         self.expected = expected
+
+
+class AccessDeniedError(StoreError):
+    """The store refused a request for lack of a permission (not a network fault)."""
 
 
 def put_file(store: Store, key: str, path: Path, sha256: str) -> bool:

@@ -4,7 +4,9 @@
 Per bundle: the manifest's DSSE signature by a trusted key, the statement's shape,
 the object key against the predicate, the records object's digest, every line
 canonical, the record count and the Merkle root. Per host chain: gaps, forks,
-broken `prev` links, time running backwards, and each new genesis. Every finding
+broken `prev` links, time running backwards, and each new genesis. Per fleet
+(signing.completeness): expected hosts without bundles or silent too long, and
+deleted or overwritten objects in a bucket's version listing. Every finding
 names the object it is about; nothing stops at the first finding.
 
 Works on anything with `list(prefix)` and `get(key)`: the agent's stores, or
@@ -24,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from signing.bundle import (
     BATCH_RECORDS,
@@ -47,6 +49,9 @@ from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
 from signing.revocation import REVOCATION_KEY, revocation_findings
 from signing.rotation import ROTATION_KEY, Problem, rotation_findings
+
+if TYPE_CHECKING:
+    from signing.completeness import Completeness, FleetSummary
 
 ERROR = "error"
 WARNING = "warning"
@@ -121,6 +126,7 @@ class VerifyResult:
 
     findings: list[Finding] = field(default_factory=list)
     bundles: list[BundleSummary] = field(default_factory=list)
+    fleet: FleetSummary | None = None  # signing.completeness
 
     @property
     def ok(self) -> bool:
@@ -143,7 +149,8 @@ class VerifyResult:
                 chain["key_ids"].append(b.key_id)
         return {"ok": self.ok, "bundles": len(self.bundles), "records": self.records,
                 "chains": list(chains.values()),
-                "findings": [f.as_dict() for f in self.findings]}
+                "findings": [f.as_dict() for f in self.findings],
+                **({} if self.fleet is None else {"fleet": self.fleet.as_dict()})}
 
 
 Progress = Callable[[int, int], None]
@@ -448,12 +455,16 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
 def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  host: str | None = None, progress: Progress | None = None,
                  workers: int = 1,
-                 org_keys: Mapping[str, PublicKey] | None = None) -> VerifyResult:
+                 org_keys: Mapping[str, PublicKey] | None = None,
+                 expect: Completeness | None = None) -> VerifyResult:
     """Verify every bundle under `v1/` (or one host's) in `reader`.
 
     `trusted` keys are trusted for any host (reported as `key_unbound`); with
     `org_keys`, keys enrolled by the organisation are trusted too, each only for
-    its enrolled host and window (`load_trust`).
+    its enrolled host and window (`load_trust`). `expect` says what else the
+    fleet must show (signing.completeness: the time of the audit, the longest
+    silence allowed, the bucket's object versions); without it, hosts expected
+    but without bundles are still reported.
 
     With `workers` > 1, that many bundles are read and checked at once (each
     worker holds one bundle's objects); results are taken in key order, so the
@@ -526,4 +537,10 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                            for p in key_lifecycle_problems(reader, trust.keys, org_keys,
                                                            result.bundles))
     result.findings.extend(unbound_findings(trust, result.bundles))
+    # Imported here: signing.completeness builds on this module's types.
+    from signing.completeness import Completeness, check_completeness
+
+    fleet_findings, result.fleet = check_completeness(trust, result.bundles,
+                                                      expect or Completeness(), host)
+    result.findings.extend(fleet_findings)
     return result
