@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.chainguard import divergence_problems, quarantine_forks, spool_forks
 from agent.crashpoints import crashpoint
 from agent.enroll import publish_enrollments
 from agent.state import SpoolEntry, StateDir, spooled_statement
@@ -159,6 +160,12 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
     if not entries:
         return report
     try:
+        # Never put a second manifest at a seq the store holds (restored or copied state).
+        forks, after = spool_forks(store, entries)
+        if forks:
+            report.quarantined.extend(quarantine_forks(state, forks, after, state.read_head()))
+            gone = {f.entry.path for f in forks} | {e.path for e in after}
+            entries = [e for e in entries if e.path not in gone]
         window = max(1, int(getattr(store, "concurrency", 1)))
         if window == 1:
             _put_key_document(state, store, key_id)
@@ -286,6 +293,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
     quarantined = state.quarantined()
     for path, reason in quarantined:
         problems.append(f"spool entry quarantined in {path}: {reason} ({QUARANTINE_HINT})")
+    problems.extend(divergence_problems(state))
     last_error = status.get("last_error")
     if status.get("last_result") == "error" and isinstance(last_error, dict):
         problems.append(f"last ship failed at {last_error.get('at')}: "
