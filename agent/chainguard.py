@@ -220,7 +220,9 @@ def divergence_problems(state: StateDir) -> list[str]:
     if data.get("new_chain") is None:
         return [f"chain divergence found at {data.get('at')}: {data.get('reason')}; the next "
                 f"collection starts a new chain linked to the store's bundle ({where})"]
-    follows = data.get("follows") if isinstance(data.get("follows"), dict) else {}
+    follows = data.get("follows")
+    if not isinstance(follows, dict):
+        follows = {}
     return [f"chain divergence at {data.get('at')}: {data.get('reason')}; new chain "
             f"{data.get('new_chain')} follows the store's chain {follows.get('chain_id')} seq "
             f"{follows.get('seq')} (find out how this state was restored or copied, then "
