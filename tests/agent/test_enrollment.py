@@ -212,7 +212,11 @@ def test_a_key_enrolled_for_another_host_appending_to_a_chain_is_an_error(
     assert sealed["seq"] == 3 and sealed["genesis_reason"] is None  # appended, linked
     code, report = fleet.verify("--trust-org", str(fleet.org_pub))
     assert code == 1
-    (finding,) = errors(report)
+    # verify runs on web-01: its own state also sees a bundle beyond its chain head there
+    beyond = [f for f in errors(report) if f["code"] == "chain_beyond_head"]
+    assert [f["key"] for f in beyond] == ([sealed["manifest_key"]] if victim == "web-01"
+                                          else [])
+    (finding,) = [f for f in errors(report) if f["code"] != "chain_beyond_head"]
     assert finding["code"] == "key_not_enrolled_for_host"
     assert finding["key"] == sealed["manifest_key"]
     message = finding["message"]
@@ -226,7 +230,9 @@ def test_a_key_enrolled_for_another_host_appending_to_a_chain_is_an_error(
         pem.write_text(json.loads(ok(env.run("keys", "show", "--json")).stdout)
                        ["public_key_pem"])
         pems += ["--trust", str(pem)]
-    assert fleet.verify(*pems)[0] == 0
+    code, report = fleet.verify(*pems)
+    assert [f["code"] for f in errors(report)] == (["chain_beyond_head"] if victim == "web-01"
+                                                   else [])
 
 
 def test_a_key_enrolled_for_another_host_starting_a_new_chain_is_an_error(
