@@ -21,6 +21,8 @@ looked, removes that file (docs/OPERATIONS.md).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.fsutil import failing, replace_atomic
+from agent.retry import RetryPolicy
 from agent.state import ChainHead, SpoolEntry, StateDir, spooled_statement
 from agent.store import Store
 from signing.bundle import MANIFEST_SUFFIX, BundleName, parse_bundle_key
@@ -155,6 +158,7 @@ def look_before_sealing(store: Store, state: StateDir, host_id: str,
     A store that cannot be asked is a `problem`, not an error: seal anyway."""
     pending = pending_divergence(state, head)
     local = dt.datetime.now(dt.UTC)
+    store = _one_try(store)
     try:
         server_time = getattr(store, "server_time", None)
         store_time = server_time() if server_time is not None else None
@@ -163,6 +167,17 @@ def look_before_sealing(store: Store, state: StateDir, host_id: str,
     except GamsaError as exc:
         return StoreView(pending, problem=exc.diagnostics())
     return StoreView(found, store_time, local if store_time is not None else None)
+
+
+def _one_try(store: Store) -> Store:
+    """The store asking each question once: sealing never waits out the retries of
+    a store that is down (the shipper, after sealing, retries and checks again)."""
+    retry = getattr(store, "retry", None)
+    if not isinstance(retry, RetryPolicy):
+        return store
+    quick = copy.copy(store)
+    quick.retry = dataclasses.replace(retry, max_attempts=1)  # type: ignore[attr-defined]
+    return quick
 
 
 # divergence.json ---------------------------------------------------------------------
