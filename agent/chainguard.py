@@ -123,8 +123,9 @@ def check_store(store: Store, host_id: str, head: ChainHead | None,
     manifest at its seq; without a local head, when the store has bundles of this
     host at all (lost or restored state). Raises StoreError when unreachable."""
     names = _manifests(store, host_id, _dates(head, now))
-    if head is None:
-        for name in _newest_first(names)[:MAX_READS]:
+    if head is None:  # the most recent bundle, whatever its chain
+        recent = sorted(names, key=lambda n: (n.date, n.collection_id, n.seq), reverse=True)
+        for name in recent[:MAX_READS]:
             found = read_store_bundle(store, name)
             if found is not None:
                 return Divergence(

@@ -205,7 +205,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     crashpoint("chain head written")
     state.commit_checkpoints()
     if divergence is not None:  # `gamsa status` says so until an operator looked
-        note_divergence(state, divergence, head.chain_id if head else chain_id, chain_id)
+        with contextlib.suppress(GamsaError):  # sealed: the genesis itself says why
+            note_divergence(state, divergence, head.chain_id if head else chain_id, chain_id)
     return Sealed(entry, new_head, results, records_object.count, reason, spool, view,
                   clock_warning)
 
