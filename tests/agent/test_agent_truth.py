@@ -15,6 +15,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ def test_every_genesis_path_says_what_happened(tmp_path: Path, gamsa_env: GamsaE
     # a new key: the old chain is named
     (gamsa_env.state_dir / "keys" / "agent.key").unlink()
     (gamsa_env.state_dir / "keys" / "agent.json").unlink()
+    time.sleep(1.1)  # collection ids order by the second: the most recent is followed
     rekeyed, _ = collect(gamsa_env)
     assert rekeyed["genesis_reason"].startswith(
         f"new agent key (chain {lost['chain_id']} ended at seq 1 under key ")
