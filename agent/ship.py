@@ -30,7 +30,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.chainguard import divergence_problems, quarantine_forks, spool_forks
+from agent.chainguard import (
+    divergence_problems,
+    quarantine_forks,
+    read_divergence,
+    spool_forks,
+)
 from agent.crashpoints import crashpoint
 from agent.enroll import publish_enrollments
 from agent.state import SpoolEntry, StateDir, spooled_statement
@@ -44,7 +49,8 @@ MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 # records uploads. One keeps up with the manifest puts (a HEAD costs what a PUT
 # does), and every extra concurrent request only slows the commit chain down.
 CONFIRM_WORKERS = 1
-QUARANTINE_HINT = ("investigate (disk fault or tampering), then remove it; "
+QUARANTINE_HINT = ("investigate (disk fault, tampering, or a restored or copied state), "
+                   "then remove it; "
                    "`gamsa status` reports it until then")
 
 
@@ -309,6 +315,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
                   "oldest_sealed_at": oldest_at,
                   "oldest_age_seconds": _age_seconds(oldest_at, now) if oldest_at else None},
         "quarantined": [{"path": str(path), "reason": reason} for path, reason in quarantined],
+        "divergence": read_divergence(state),
         "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
                                             "key_id": head.key_id,
                                             "finished_at": head.finished_at},

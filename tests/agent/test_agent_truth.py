@@ -42,6 +42,13 @@ def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[
     return result
 
 
+def ok_or_findings(result: subprocess.CompletedProcess[str]
+                   ) -> subprocess.CompletedProcess[str]:
+    assert result.returncode in (0, 1), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
 def collect(env: GamsaEnv, *args: str, extra_env: dict[str, str] | None = None,
             ) -> tuple[dict[str, Any], str]:
     result = ok(env.run("collect", "--json", *args, extra_env=extra_env))
@@ -183,6 +190,8 @@ def test_restored_snapshot_sealed_offline_is_quarantined_at_ship_not_forked(
     assert [n.split("-")[0] for n in quarantined] == ["0000000002", "0000000003"]
     status = gamsa_env.run("status")
     assert status.returncode == 1 and "the next collection starts a new chain" in status.stderr
+    noted = json.loads(ok_or_findings(gamsa_env.run("status", "--json")).stdout)["divergence"]
+    assert noted["chain_id"] == first["chain_id"] and noted["new_chain"] is None
 
     sealed, stderr = collect(gamsa_env)
     assert sealed["seq"] == 1 and "forked from the store at seq 2" in sealed["genesis_reason"]
