@@ -164,7 +164,9 @@ def look_before_sealing(store: Store, state: StateDir, host_id: str,
         server_time = getattr(store, "server_time", None)
         store_time = server_time() if server_time is not None else None
         local = dt.datetime.now(dt.UTC) if store_time is not None else local
-        found = pending or check_store(store, host_id, head, local)
+        # A fresh look names the store's newest bundle; the shipper's note (the bundle
+        # it collided with) stands when the store shows nothing beyond the head.
+        found = check_store(store, host_id, head, local) or pending
     except GamsaError as exc:
         return StoreView(pending, problem=exc.diagnostics())
     return StoreView(found, store_time, local if store_time is not None else None)

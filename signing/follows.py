@@ -55,11 +55,16 @@ def follows_findings(bundles: Iterable[Linked]) -> list[tuple[str, str, str, boo
     `chain_follows_mismatch` (error): a manifest is at that place with another digest.
     `chain_follows_missing` (warning): nothing at that place (deleted, or not yet
     shipped by the host whose state was copied).
+    `chain_follows_continued` (warning): the followed chain goes on past that place:
+    another machine still seals with a copy of this host's state.
     """
     members = list(bundles)
     at: dict[tuple[str, str, int], list[Linked]] = {}
     for b in members:
         at.setdefault((b.host, b.chain_id, b.seq), []).append(b)
+    last: dict[tuple[str, str], int] = {}
+    for b in members:
+        last[(b.host, b.chain_id)] = max(b.seq, last.get((b.host, b.chain_id), 0))
     found: list[tuple[str, str, str, bool]] = []
     for b in members:
         if b.seq != 1 or not b.follows:
@@ -71,6 +76,12 @@ def follows_findings(bundles: Iterable[Linked]) -> list[tuple[str, str, str, boo
             found.append((b.key, "chain_follows",
                           f"host {b.host}: chain {b.chain_id} is linked to {target} (its "
                           f"manifest is in the store with the digest named)", False))
+            end = last.get((b.host, chain_id), seq)
+            if end > seq:
+                found.append((b.key, "chain_follows_continued",
+                              f"host {b.host}: chain {chain_id} goes on to seq {end} after "
+                              f"{target}, which chain {b.chain_id} follows: another machine "
+                              f"still seals with a copy of this host's state", False))
         elif there:
             found.append((b.key, "chain_follows_mismatch",
                           f"host {b.host}: chain {b.chain_id} follows {target} with sha256 "

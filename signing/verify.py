@@ -520,7 +520,7 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
 def agent_truth_findings(bundles: list[BundleSummary]) -> list[Finding]:
     """Chains linked by `follows`, and bundles whose claimed time is far ahead."""
     findings = [Finding(key, code, message, ERROR if is_error else
-                        (INFO if code == "chain_follows" else WARNING))
+                        (INFO if code == "chain_follows" else WARNING))  # see follows.py
                 for key, code, message, is_error in follows_findings(
                     Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq,
                            b.manifest_sha256, b.follows) for b in bundles)]

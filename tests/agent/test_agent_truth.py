@@ -193,14 +193,34 @@ def test_restored_snapshot_sealed_offline_is_quarantined_at_ship_not_forked(
     noted = json.loads(ok_or_findings(gamsa_env.run("status", "--json")).stdout)["divergence"]
     assert noted["chain_id"] == first["chain_id"] and noted["new_chain"] is None
 
+    # The next collection looks again: it follows the store's newest bundle (seq 3).
     sealed, stderr = collect(gamsa_env)
-    assert sealed["seq"] == 1 and "forked from the store at seq 2" in sealed["genesis_reason"]
+    assert sealed["seq"] == 1 and sealed["genesis_reason"].startswith(
+        f"local chain head seq 3 of chain {first['chain_id']} is not the store's")
     assert sealed["follows"]["chain_id"] == first["chain_id"] and \
-        sealed["follows"]["seq"] == 2
+        sealed["follows"]["seq"] == 3
     assert "Refusing to fork" in stderr
     code, report = verify(gamsa_env)
     assert code == 0, report
     assert "chain_follows" in codes(report) and "chain_fork" not in codes(report)
+    assert "chain_follows_continued" not in codes(report)
+
+
+def test_shipper_note_alone_starts_the_linked_chain_when_the_store_shows_no_more(
+        tmp_path: Path, gamsa_env: GamsaEnv) -> None:
+    first, _ = collect(gamsa_env)
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(gamsa_env.state_dir, snapshot, symlinks=True)
+    collect(gamsa_env)  # the store's chain ends at seq 2
+    restore(gamsa_env, snapshot)
+    for _ in range(3):  # offline: seq 2, 3, 4 of the old chain
+        collect(gamsa_env, "--no-ship")
+    assert gamsa_env.run("ship").returncode == 1  # seq 2 collides: 2..4 quarantined
+    sealed, _ = collect(gamsa_env)
+    assert "forked from the store at seq 2 (found when shipping)" in sealed["genesis_reason"]
+    assert (sealed["follows"]["chain_id"], sealed["follows"]["seq"]) == (first["chain_id"], 2)
+    code, report = verify(gamsa_env)
+    assert code == 0 and "chain_follows" in codes(report), report
 
 
 def test_verify_on_a_copied_host_names_a_different_head_manifest(

@@ -36,6 +36,13 @@ def test_follows_linked_mismatched_and_missing() -> None:
                      "c4-1": ("chain_follows_missing", False)}
 
 
+def test_a_followed_chain_that_goes_on_is_a_warning() -> None:
+    old = [linked("c1", 1, B), linked("c1", 2, A), linked("c1", 3, B)]
+    clone = linked("c2", 1, B, {"chain_id": "c1", "seq": 2, "manifest_sha256": A})
+    found = [(code, err) for _, code, _, err in follows_findings([*old, clone])]
+    assert found == [("chain_follows", False), ("chain_follows_continued", False)]
+
+
 @pytest.mark.parametrize("bad", [
     "c1", {"chain_id": "c1", "seq": 0, "manifest_sha256": A},
     {"chain_id": "c1", "seq": True, "manifest_sha256": A},
