@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent.s3_fixtures import S3GamsaEnv
+from tests.agent.s3_fixtures import S3GamsaEnv, free_port, s3_env
 from tests.conftest import GamsaEnv
 
 FAKETIME_LIBS = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
@@ -295,3 +295,17 @@ def test_clock_ahead_of_the_s3_date_header_is_recorded_and_reported(
     assert ahead["manifest_key"] in [f["key"] for f in flagged], report
     assert honest["manifest_key"] not in [f["key"] for f in flagged]
     assert any("Date said" in f["message"] for f in flagged)
+
+
+def test_an_unreachable_store_does_not_stop_sealing_and_says_it_was_not_asked(
+        tmp_path: Path) -> None:
+    env = s3_env(tmp_path, f"http://127.0.0.1:{free_port()}", "evidence-bucket")
+    result = env.run("collect", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["seq"] == 1 and summary["spooled"] == 1  # sealed, waiting to ship
+    assert "cannot connect to" in summary["store_check_problem"]
+    assert "could not check the store before sealing" in result.stderr
+    # asked once: the look does not wait out the retries (the ship does, 3 tries)
+    assert "after 3 tries" not in summary["store_check_problem"]
+    assert "after 3 tries" in summary["ship_error"]
