@@ -111,8 +111,9 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     store = None if no_ship else open_store(config.store.url, config.store)
     state = StateDir(config.state_dir)
     host_id = resolve_host_id(config.host_id)
+    look = None if store is None else _store_look(store, state, host_id)
     with state.locked():
-        sealed = seal_collection(config, host_id, collectors, trigger, state)
+        sealed = seal_collection(config, host_id, collectors, trigger, state, look=look)
         ship_error: GamsaError | None = None
         shipped: list[str] = []
         quarantined: list[str] = []
@@ -129,6 +130,10 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "host_id": host_id, "seq": sealed.head.seq, "chain_id": sealed.head.chain_id,
         "records": sealed.record_count, "manifest_key": sealed.entry.name.manifest_key,
         "genesis_reason": sealed.genesis_reason,
+        "follows": sealed.view.divergence.follows if sealed.view and sealed.view.divergence
+        else None,
+        "store_check_problem": sealed.view.problem if sealed.view else None,
+        "clock_warning": sealed.clock_warning,
         "collectors": {r.name: r.status for r in sealed.results},
         "gaps": {r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
@@ -146,6 +151,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
             click.echo(f"new chain {sealed.head.chain_id}: {sealed.genesis_reason}")
         if store is not None and ship_error is None:
             click.echo(f"shipped {len(shipped)} bundle(s) to {store.url}")
+    _warn_store_view(sealed)
     _warn_coverage(sealed.results)
     spool = sealed.spool
     if spool.over_cap:
@@ -184,6 +190,29 @@ def ship(config_path: Path | None, as_json: bool) -> None:
         warn(report.status_problem)
     if report.quarantined:
         sys.exit(FINDINGS)
+
+
+def _store_look(store: Any, state: Any, host_id: str) -> Callable[[Any], Any]:
+    """The pre-seal look at the store (agent/chainguard.py), bound to this run."""
+    from agent.chainguard import look_before_sealing
+
+    return lambda head: look_before_sealing(store, state, host_id, head)
+
+
+def _warn_store_view(sealed: Any) -> None:
+    """Loud lines: a new chain instead of a fork, a store not asked, a clock off."""
+    view = sealed.view
+    if view is not None and view.divergence is not None:
+        follows = view.divergence.follows
+        warn(f"WARNING: {view.divergence.reason} Refusing to fork: started new chain "
+             f"{sealed.head.chain_id}, linked to the store's chain {follows['chain_id']} "
+             f"seq {follows['seq']}; `gamsa status` reports this until you remove "
+             f"divergence.json (docs/OPERATIONS.md)")
+    if view is not None and view.problem is not None:
+        warn(f"could not check the store before sealing ({view.problem}); sealed anyway, "
+             f"shipping checks again")
+    if sealed.clock_warning:
+        warn(f"WARNING: clock: {sealed.clock_warning}")
 
 
 def _warn_coverage(results: list[Any]) -> None:
@@ -420,11 +449,16 @@ def _truncation_findings(config: Config, result: Any, host: str | None) -> list[
     shipped_up_to = min(spooled) - 1 if spooled else head.seq
     in_store = max((b.seq for b in result.bundles if b.chain_id == head.chain_id
                     and b.name.host_id == host_id), default=0)
+    from agent.chainguard import head_findings
+
+    found = [Finding(*f) for f in head_findings(
+        head, {e.name.seq: e.name.manifest_key for e in state.entries()
+               if e.name.host_id == host_id}, host_id, result.bundles)]
     if in_store >= shipped_up_to:
-        return []
+        return found
     return [Finding(f"v1/host={host_id}/", "chain_truncated",
                     f"this host's chain {head.chain_id} has shipped up to seq {shipped_up_to} "
-                    f"(head {head.seq}), but the store ends at seq {in_store}")]
+                    f"(head {head.seq}), but the store ends at seq {in_store}"), *found]
 
 
 def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import collections
 import datetime as dt
+import email.utils
 import hashlib
 import io
 import os
@@ -563,6 +564,16 @@ class S3Store:
         page: dict[str, Any] = self._call(f"list object versions under {prefix or '/'}",
                                           lambda: self._client.list_object_versions(**args))
         return page
+
+    def server_time(self) -> dt.datetime | None:
+        """The store's own clock: the `Date` header of a one-key LIST (None if absent)."""
+        args = {"Bucket": self.bucket, "Prefix": self.prefix + "v1/", "MaxKeys": 1}
+        page = self._list_page("v1/", args)
+        date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        try:
+            return email.utils.parsedate_to_datetime(date).astimezone(dt.UTC) if date else None
+        except (TypeError, ValueError):
+            return None
 
     def _list_page(self, prefix: str, args: dict[str, Any]) -> dict[str, Any]:
         page: dict[str, Any] = self._call(f"list {prefix or '/'}",

@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from agent import __version__
+from agent.chainguard import StoreView, note_divergence, sealed_before
 from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.fsutil import failing
@@ -22,7 +23,7 @@ from agent.rotate import continues_after_rotation
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
 from collector.accounts import local_account_names
 from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
-from collector.record import utc_now
+from collector.record import format_time, utc_now
 from collector.registry import (
     CollectContext,
     Collector,
@@ -31,6 +32,7 @@ from collector.registry import (
     run_collector,
 )
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
 from signing.errors import GamsaError
 
 TRIGGERS = ("schedule", "on-demand", "file-change")
@@ -46,6 +48,8 @@ class Sealed:
     record_count: int
     genesis_reason: str | None
     spool: SpoolUsage  # before this bundle; over its cap: only a spool_full record was sealed
+    view: StoreView | None = None  # what the store said before sealing (chainguard)
+    clock_warning: str | None = None  # the clock read far from the store's or the chain's
 
 
 def new_collection_id(now: dt.datetime) -> str:
@@ -53,13 +57,22 @@ def new_collection_id(now: dt.datetime) -> str:
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
 
 
-def genesis_reason(head: ChainHead | None, key_id: str, key_created: bool) -> str | None:
-    """Why a new chain starts here, or None when this bundle extends the head."""
+def genesis_reason(head: ChainHead | None, key_id: str, key_created: bool,
+                   sealed_before: bool = False) -> str | None:
+    """Why a new chain starts here, or None when this bundle extends the head.
+
+    `sealed_before`: the state dir shows an earlier collection (spool, quarantine,
+    ship status, checkpoints) although the chain head is gone. A key made by
+    `gamsa keys init` with nothing sealed yet is a first collection.
+    """
     if head is not None and head.key_id == key_id:
         return None
     if head is not None:
-        return "new agent key"
-    return "first collection with a new agent key" if key_created else "chain state missing"
+        return (f"new agent key (chain {head.chain_id} ended at seq {head.seq} under key "
+                f"{head.key_id[:16]}…)")
+    if sealed_before:
+        return "chain state missing (chain.json is gone, but this state dir sealed before)"
+    return "first collection" + (" (new agent key)" if key_created else "")
 
 
 def collect_context(config: Config, state: StateDir) -> CollectContext:
@@ -81,8 +94,14 @@ def collect_context(config: Config, state: StateDir) -> CollectContext:
 
 def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector],
                     trigger: str, state: StateDir,
-                    context: CollectContext | None = None) -> Sealed:
-    """Collect, seal and spool one bundle. Caller holds `state.locked()`."""
+                    context: CollectContext | None = None,
+                    look: Callable[[ChainHead | None], StoreView] | None = None) -> Sealed:
+    """Collect, seal and spool one bundle. Caller holds `state.locked()`.
+
+    `look` asks the store about this host's chain first (agent/chainguard.py): when
+    the store is ahead of the local head, the bundle starts a new chain that follows
+    the store's bundle instead of forking it.
+    """
     privacy_key = (load_pseudonym_key(config.privacy.key_file)
                    if config.privacy.pseudonymize else None)
     signer, key_created = state.signer(host_id)
@@ -93,15 +112,30 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     checkpoints = state.load_checkpoints(head)
     ctx = context or collect_context(config, state)
     ctx.checkpoints = checkpoints
-    reason = (None if continues_after_rotation(state, head, signer.key_id)
-              else genesis_reason(head, signer.key_id, key_created))
+    view = look(head) if look is not None else None
+    divergence = view.divergence if view is not None else None
+    # A store ahead of the local head wins over a rotation: that head may not be extended.
+    if divergence is not None:
+        reason: str | None = divergence.reason
+    elif continues_after_rotation(state, head, signer.key_id):
+        reason = None
+    else:
+        reason = genesis_reason(head, signer.key_id, key_created,
+                                head is None and sealed_before(state))
     started = dt.datetime.now(dt.UTC)
     started_at = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     clock_at = started_at
+    stepped_back: dict[str, str] | None = None
     if head is not None and reason is None and started_at < head.finished_at:
-        # The clock stepped back (NTP step, VM restore). Time in the chain must not run
-        # backwards, so the bundle starts where the last ended and says what the clock read.
-        started_at = head.finished_at
+        if (seconds_between(head.finished_at, started_at) or 0) > CLOCK_TOLERANCE_SECONDS:
+            # The previous bundle claims a time far ahead of this clock (a run with the
+            # clock in 2099): never pin this and every later bundle to it. The verifier
+            # reports that bundle `clock_ahead`; this one says what it saw.
+            stepped_back = {"previous_finished_at": head.finished_at, "clock": started_at}
+        else:
+            # A small step back (NTP step): time in the chain must not run backwards,
+            # so the bundle starts where the last ended and says what the clock read.
+            started_at = head.finished_at
     collection_id = new_collection_id(started)
     results = [run_collector(c, ctx) for c in collectors]
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
@@ -124,10 +158,25 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                              "prev": None if seq == 1 else head.manifest_sha256}  # type: ignore[union-attr]
     if seq == 1:
         chain["genesis_reason"] = reason
+        if divergence is not None:
+            chain["follows"] = divergence.follows
     collection: dict[str, Any] = {"id": collection_id, "trigger": trigger,
                                   "started_at": started_at, "finished_at": finished_at}
     if clock_at != started_at:
         collection["clock_started_at"] = clock_at
+    clock_warning = None
+    if stepped_back is not None:
+        collection["clock_stepped_back"] = stepped_back
+        clock_warning = (f"the previous bundle claims to have finished at "
+                         f"{head.finished_at}, ahead of this clock ({started_at}): not held "  # type: ignore[union-attr]
+                         f"at that time; the verifier reports that bundle as clock_ahead")
+    if view is not None and view.store_time is not None and view.local_time is not None:
+        check = clock_check(view.local_time, view.store_time)
+        collection["clock_check"] = check
+        if check["ahead_seconds"] > CLOCK_TOLERANCE_SECONDS:
+            clock_warning = (f"this clock ({check['local_time']}) reads "
+                             f"{check['ahead_seconds']} s ahead of the store's Date "
+                             f"({check['store_date']}); the bundle records it (clock_check)")
     predicate: dict[str, Any] = {
         "host": host_description(host_id),
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
@@ -161,4 +210,17 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     state.write_head(new_head)
     crashpoint("chain head written")
     state.commit_checkpoints()
-    return Sealed(entry, new_head, results, records_object.count, reason, spool)
+    if divergence is not None:  # `gamsa status` says so until an operator looked
+        with contextlib.suppress(GamsaError):  # sealed: the genesis itself says why
+            note_divergence(state, divergence, head.chain_id if head else chain_id, chain_id)
+    return Sealed(entry, new_head, results, records_object.count, reason, spool, view,
+                  clock_warning)
+
+
+def clock_check(local: dt.datetime, store: dt.datetime) -> dict[str, Any]:
+    """`predicate.collection.clock_check`: this clock against the store's Date header
+    (1 s resolution; taken just before collecting)."""
+    return {"source": "store_date", "local_time": format_time(local),
+            "store_date": format_time(store),
+            "ahead_seconds": int((local - store).total_seconds()),
+            "tolerance_seconds": CLOCK_TOLERANCE_SECONDS}

@@ -30,6 +30,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.chainguard import (
+    divergence_problems,
+    quarantine_forks,
+    read_divergence,
+    spool_forks,
+)
 from agent.crashpoints import crashpoint
 from agent.enroll import publish_enrollments
 from agent.rotate import publish_rotations
@@ -44,7 +50,8 @@ MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
 # records uploads. One keeps up with the manifest puts (a HEAD costs what a PUT
 # does), and every extra concurrent request only slows the commit chain down.
 CONFIRM_WORKERS = 1
-QUARANTINE_HINT = ("investigate (disk fault or tampering), then remove it; "
+QUARANTINE_HINT = ("investigate (disk fault, tampering, or a restored or copied state), "
+                   "then remove it; "
                    "`gamsa status` reports it until then")
 
 
@@ -161,6 +168,12 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
     if not entries:
         return report
     try:
+        # Never put a second manifest at a seq the store holds (restored or copied state).
+        forks, after = spool_forks(store, entries)
+        if forks:
+            report.quarantined.extend(quarantine_forks(state, forks, after, state.read_head()))
+            gone = {f.entry.path for f in forks} | {e.path for e in after}
+            entries = [e for e in entries if e.path not in gone]
         window = max(1, int(getattr(store, "concurrency", 1)))
         if window == 1:
             _put_key_document(state, store, key_id)
@@ -288,6 +301,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
     quarantined = state.quarantined()
     for path, reason in quarantined:
         problems.append(f"spool entry quarantined in {path}: {reason} ({QUARANTINE_HINT})")
+    problems.extend(divergence_problems(state))
     last_error = status.get("last_error")
     if status.get("last_result") == "error" and isinstance(last_error, dict):
         problems.append(f"last ship failed at {last_error.get('at')}: "
@@ -303,6 +317,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
                   "oldest_sealed_at": oldest_at,
                   "oldest_age_seconds": _age_seconds(oldest_at, now) if oldest_at else None},
         "quarantined": [{"path": str(path), "reason": reason} for path, reason in quarantined],
+        "divergence": read_divergence(state),
         "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
                                             "key_id": head.key_id,
                                             "finished_at": head.finished_at},

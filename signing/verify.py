@@ -36,6 +36,7 @@ from signing.bundle import (
     parse_bundle_key,
 )
 from signing.canonical import gc_paused, parse_canonical_lines
+from signing.clock import ClockFacts, TimedBundle, clock_facts, clock_findings, explained_step_back
 from signing.dsse import is_exact_gamsa_envelope, parse_statement, verify_envelope
 from signing.enrollment import (
     ENROLLMENT_KEY,
@@ -45,6 +46,7 @@ from signing.enrollment import (
     verify_enrollment,
 )
 from signing.errors import FormatError, GamsaError, SignatureError
+from signing.follows import Linked, follows_findings, parse_follows
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
 from signing.revocation import REVOCATION_KEY, revocation_findings
@@ -118,6 +120,9 @@ class BundleSummary:
     key_id: str
     genesis_reason: str | None
     ok: bool
+    # agent-side truth (signing/follows.py, signing/clock.py): informational fields
+    follows: dict[str, Any] | None = None
+    clock: ClockFacts = field(default_factory=ClockFacts)
 
 
 @dataclass
@@ -339,6 +344,8 @@ def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
         chain = _get(predicate, "chain")
         chain_id = str(chain.get("id", ""))
         genesis = chain.get("genesis_reason")
+        follows = parse_follows(chain)
+        clock = clock_facts(_get(predicate, "collection"))
     except SignatureError as exc:
         code = "untrusted_key" if "trusted key" in exc.message else "signature_invalid"
         result.findings.append(Finding(mkey, code, exc.message))
@@ -394,7 +401,8 @@ def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
                  f"Merkle root is {actual_root}, signed manifest says {merkle_root}")
     result.bundles.append(BundleSummary(
         name, mkey, manifest_sha256(manifest), chain_id, seq, prev, started_at, finished_at,
-        count, envelope.key_id, genesis if isinstance(genesis, str) else None, ok))
+        count, envelope.key_id, genesis if isinstance(genesis, str) else None, ok,
+        follows, clock))
 
 
 def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
@@ -444,7 +452,8 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
                         b.manifest_key, "chain_prev_mismatch",
                         f"prev is {b.prev}, manifest at seq {seq - 1} hashes to "
                         f"{parent.manifest_sha256}"))
-                if b.started_at < parent.finished_at:
+                if b.started_at < parent.finished_at and not explained_step_back(
+                        parent.finished_at, b.started_at, b.clock):  # clock_ahead instead
                     findings.append(Finding(
                         b.manifest_key, "time_backwards",
                         f"started {b.started_at}, before seq {seq - 1} finished "
@@ -536,6 +545,7 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     result.findings.extend(Finding(p.key, p.code, p.message)
                            for p in key_lifecycle_problems(reader, trust.keys, org_keys,
                                                            result.bundles))
+    result.findings.extend(agent_truth_findings(result.bundles))
     result.findings.extend(unbound_findings(trust, result.bundles))
     # Imported here: signing.completeness builds on this module's types.
     from signing.completeness import Completeness, check_completeness
@@ -544,3 +554,16 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                                                       expect or Completeness(), host)
     result.findings.extend(fleet_findings)
     return result
+
+
+def agent_truth_findings(bundles: list[BundleSummary]) -> list[Finding]:
+    """Chains linked by `follows`, and bundles whose claimed time is far ahead."""
+    findings = [Finding(key, code, message, ERROR if is_error else
+                        (INFO if code == "chain_follows" else WARNING))  # see follows.py
+                for key, code, message, is_error in follows_findings(
+                    Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq,
+                           b.manifest_sha256, b.follows) for b in bundles)]
+    findings.extend(Finding(key, code, message) for key, code, message in clock_findings(
+        TimedBundle(b.manifest_key, b.name.host_id, b.chain_id, b.seq, b.started_at,
+                    b.finished_at, b.clock) for b in bundles))
+    return findings

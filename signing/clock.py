@@ -1,0 +1,120 @@
+"""Clock sanity without a witness: a bundle whose claimed time is far ahead.
+
+Without an RFC 3161 timestamp the only outside times a verifier has are the ones
+the chain itself holds: the next bundle's start, and the store's own `Date`
+header that the agent recorded as `collection.clock_check` (docs/FORMAT.md §3).
+A clock that jumped forward (a run in 2099) is reported on the bundle that
+claimed the future time (`clock_ahead`), not on the later bundle that went back
+to the real clock: the agent never pins later bundles to a future time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# How far a clock may read ahead of the next bundle or of the store before it is a
+# finding; the agent uses the same number to decide when not to hold a bundle's
+# start at the previous bundle's end. One fact, one place.
+CLOCK_TOLERANCE_SECONDS = 600
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def parse_time(text: str) -> dt.datetime | None:
+    """A gamsa time string (`2026-11-25T06:00:00.123456Z`), or None if it is not one."""
+    try:
+        return dt.datetime.strptime(text, _FORMAT).replace(tzinfo=dt.UTC)
+    except (TypeError, ValueError):
+        return None
+
+
+def seconds_between(later: str, earlier: str) -> int | None:
+    """Whole seconds from `earlier` to `later` (negative if it is not later)."""
+    a, b = parse_time(later), parse_time(earlier)
+    if a is None or b is None:
+        return None
+    return int((a - b).total_seconds())
+
+
+@dataclass(frozen=True)
+class ClockFacts:
+    """What a manifest says about its clock (all optional, informational fields)."""
+
+    stepped_back: Mapping[str, Any] | None = None  # collection.clock_stepped_back
+    check: Mapping[str, Any] | None = None  # collection.clock_check
+
+
+def clock_facts(collection: Mapping[str, Any]) -> ClockFacts:
+    """The clock fields of a manifest's `predicate.collection` (ignored if malformed)."""
+    stepped = collection.get("clock_stepped_back")
+    check = collection.get("clock_check")
+    return ClockFacts(stepped if isinstance(stepped, dict) else None,
+                      check if isinstance(check, dict) else None)
+
+
+def store_check_ahead(check: Mapping[str, Any] | None) -> int | None:
+    """Seconds the agent's clock read ahead of the store's `Date` (None: not checked)."""
+    if not check:
+        return None
+    local, store = check.get("local_time"), check.get("store_date")
+    if not isinstance(local, str) or not isinstance(store, str):
+        return None
+    return seconds_between(local, store)
+
+
+@dataclass(frozen=True)
+class TimedBundle:
+    """The few fields of a verified bundle the clock check reads."""
+
+    key: str
+    host: str
+    chain_id: str
+    seq: int
+    started_at: str
+    finished_at: str
+    clock: ClockFacts
+
+
+def clock_findings(bundles: Iterable[TimedBundle]) -> list[tuple[str, str, str]]:
+    """(object key, code, message) for each bundle whose claimed time is far ahead:
+    of the store's `Date` it recorded, or of the next bundle of its chain."""
+    found: list[tuple[str, str, str]] = []
+    by_chain: dict[tuple[str, str], dict[int, list[TimedBundle]]] = {}
+    for b in bundles:
+        by_chain.setdefault((b.host, b.chain_id), {}).setdefault(b.seq, []).append(b)
+        ahead = store_check_ahead(b.clock.check)
+        if ahead is not None and ahead > CLOCK_TOLERANCE_SECONDS:
+            check = b.clock.check or {}
+            found.append((b.key, "clock_ahead",
+                          f"the agent's clock read {check.get('local_time')} when the store's "
+                          f"Date said {check.get('store_date')}: {ahead} s ahead (tolerance "
+                          f"{CLOCK_TOLERANCE_SECONDS} s); its claimed time is not to be trusted"))
+    for seqs in by_chain.values():
+        for seq, same in seqs.items():
+            following = seqs.get(seq + 1, [])
+            if len(same) != 1 or len(following) != 1:
+                continue  # a fork or a gap: reported by the chain check
+            before, after = same[0], following[0]
+            lead = seconds_between(before.finished_at, after.started_at)
+            if lead is not None and lead > CLOCK_TOLERANCE_SECONDS:
+                found.append((before.key, "clock_ahead",
+                              f"claims to have finished at {before.finished_at}, {lead} s "
+                              f"after the next bundle (seq {seq + 1}) started at "
+                              f"{after.started_at}: its clock read ahead (tolerance "
+                              f"{CLOCK_TOLERANCE_SECONDS} s)"))
+    return found
+
+
+def explained_step_back(before_finished: str, after_started: str,
+                        after: ClockFacts) -> bool:
+    """True when `after` starts before `before` finished because the agent saw the
+    previous bundle's time far ahead of its clock and said so (`clock_stepped_back`):
+    the earlier bundle is then reported `clock_ahead`, not this one `time_backwards`."""
+    stepped = after.stepped_back
+    if not stepped or stepped.get("previous_finished_at") != before_finished:
+        return False
+    lead = seconds_between(before_finished, after_started)
+    return lead is not None and lead > CLOCK_TOLERANCE_SECONDS
