@@ -55,10 +55,17 @@ def pending_request_key(host_id: str, key_id: str) -> str:
     return f"{PENDING_PREFIX}{host_id}/{key_id}.json"
 
 
-def enrollment_object_name(key_id: str, envelope: bytes) -> str:
-    """Where a signed enrollment is published: beside the key document, by digest."""
+def key_statement_name(key_id: str, kind: str, envelope: bytes) -> str:
+    """Where a signed statement about a key (enrollment, rotation, revocation) is
+    published: beside the key document, named by the envelope's digest, so nobody can
+    take the name first and publishing the same statement twice is one object."""
     digest = hashlib.sha256(envelope).hexdigest()
-    return f"{KEYS_PREFIX}{key_id}.enrollment.{digest}{ENROLLMENT_SUFFIX}"
+    return f"{KEYS_PREFIX}{key_id}.{kind}.{digest}.dsse.json"
+
+
+def enrollment_object_name(key_id: str, envelope: bytes) -> str:
+    """Where a signed enrollment is published."""
+    return key_statement_name(key_id, "enrollment", envelope)
 
 
 def parse_time(value: Any, what: str) -> dt.datetime:

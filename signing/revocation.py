@@ -17,7 +17,6 @@ does not verify with an organisation key revokes nothing and is itself an error.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -26,7 +25,7 @@ from typing import Any
 
 from signing.canonical import canonical_bytes
 from signing.dsse import make_statement, parse_statement, sign_envelope, verify_envelope
-from signing.enrollment import KEYS_PREFIX, format_time, parse_time, show
+from signing.enrollment import KEYS_PREFIX, format_time, key_statement_name, parse_time, show
 from signing.errors import FormatError, SignatureError, UsageError
 from signing.keys import PublicKey, Signer
 from signing.rotation import KeysReader, Problem, SignedBundle
@@ -42,8 +41,8 @@ _KEY_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def revocation_object_name(key_id: str, envelope: bytes) -> str:
-    digest = hashlib.sha256(envelope).hexdigest()
-    return f"{KEYS_PREFIX}{key_id}.revocation.{digest}.dsse.json"
+    """Where a revocation is published: beside the revoked key's document."""
+    return key_statement_name(key_id, "revocation", envelope)
 
 
 @dataclass(frozen=True)

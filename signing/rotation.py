@@ -25,7 +25,6 @@ that chain after the rotation point is an error too (`key_used_after_rotation`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -41,7 +40,7 @@ from signing.dsse import (
     sign_envelope,
     verify_envelope,
 )
-from signing.enrollment import KEYS_PREFIX, parse_time, show
+from signing.enrollment import KEYS_PREFIX, key_statement_name, parse_time, show
 from signing.errors import FormatError, SignatureError, UsageError
 from signing.keys import ALGORITHM, PublicKey, Signer, public_key_from_pem
 
@@ -58,8 +57,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def rotation_object_name(new_key_id: str, envelope: bytes) -> str:
     """Where a rotation statement is published: beside the new key's document."""
-    digest = hashlib.sha256(envelope).hexdigest()
-    return f"{KEYS_PREFIX}{new_key_id}.rotation.{digest}.dsse.json"
+    return key_statement_name(new_key_id, "rotation", envelope)
 
 
 @dataclass(frozen=True)
