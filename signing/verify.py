@@ -314,7 +314,8 @@ def unbound_findings(trust: Trust, bundles: Iterable[BundleSummary]) -> list[Fin
             counts[b.key_id] += 1
     return [Finding(f"{KEYS_PREFIX}{key_id}.json", "key_unbound",
                     f"key {key_id} is trusted as given (a --trust key, or this host's own), "
-                    f"not bound to a host by an organisation enrollment: it signed {counts[key_id]} bundle(s) of host(s) "
+                    f"not bound to a host by an organisation enrollment: it signed "
+                    f"{counts[key_id]} bundle(s) of host(s) "
                     f"{', '.join(sorted(hosts[key_id]))} and would pass for any host", INFO)
             for key_id in sorted(hosts)]
 
