@@ -732,7 +732,7 @@ _PATTERN_DOC = "the configured pattern, as written"
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Configured files and globs (`paths`; default: sshd, sudoers, PAM, "
                 "login.defs, security limits, resolver and hosts, nftables, environment "
                 "and proxy settings, nginx and gamsa configs, audit rules, time sync, "

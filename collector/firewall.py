@@ -668,7 +668,7 @@ _TEXT = (str, dict)  # dict: {"b64": ...} for bytes that are not UTF-8
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Packet-filter evidence: the nftables ruleset (`nft list ruleset`, "
                 "`nft -j list ruleset`), `iptables-save` and `ip6tables-save`, firewalld "
                 "zones and policies, saved-rules files; each with its SHA-256 and text. "

@@ -794,7 +794,7 @@ RECORD_TYPES = {
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Access evidence from logs: sshd, sudo and su in auth logs; AI-gateway "
                 "access logs (nginx combined, JSON lines). Offsets persist across runs "
                 "and rotation.",

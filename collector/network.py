@@ -699,7 +699,7 @@ _PROTO = {
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Network configuration and activity: interfaces, routes, listening sockets "
                 "and established connections with their processes, DNS resolvers, "
                 "/etc/hosts, proxy settings, and AI egress: connections to the configured "

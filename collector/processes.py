@@ -184,7 +184,7 @@ _DENIED = " Null when access is denied (then listed in `access_denied`)."
 
 COLLECTOR = Collector(
     name=NAME,
-    version="1",
+    version="2",
     description="Running processes (psutil, live only): parent, user, executable and "
                 "its SHA-256 (cached by file identity under the state dir), command line "
                 "with secrets scrubbed, start time, status and listening ports.",
