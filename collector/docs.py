@@ -112,7 +112,10 @@ def _scrubbing() -> list[str]:
     out += [f"| `{p.kind}` | {_cell(p.doc)} |" for p in PATTERNS]
     out += ["", "Secrets recognised by the name before them (kind `named_secret`), in "
             "`k=v`, `k = v`, `k: v`, `\"k\": \"v\"`, `k=\"v\"` (XML attributes), "
-            "`<k>v</k>`, `--k v`, `--k=v`, `k v` at a line start (daemon configs: "
+            "`<k>v</k>`, the name in one attribute and the value in another or in the "
+            "element (`<add key=\"ApiKey\" value=\"V\"/>`, `<property name=\"password\" "
+            "value=\"V\"/>`, `<entry key=\"db.password\">V</entry>`), "
+            "`--k v`, `--k=v`, `k v` at a line start (daemon configs: "
             "`bindpw`, `requirepass`, `rocommunity`, `auth_pass`) and header or "
             "environment directives (`proxy_set_header api-key V`, `RequestHeader set "
             "X-API-Key V`, `http-request set-header`, `fastcgi_param`, `SetEnv`); under a "

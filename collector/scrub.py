@@ -7,7 +7,8 @@ passes three kinds of rule, all here, applied the same way to every caller:
   (PEM private keys, URL passwords, AWS/GitHub/OpenAI/Google/Slack keys, JWTs,
   crypt hashes) and a few line forms (`.pgpass` lines, SNMP v3 users);
 - names (`scrub_text`'s second pass): a value after a name that says secret, in
-  `k=v`, `k: v`, `"k": "v"`, `k="v"` (XML), `<k>v</k>`, `--k v`, `k v` at a line
+  `k=v`, `k: v`, `"k": "v"`, `k="v"` (XML), `<k>v</k>`, `<add key="k" value="v"/>`
+  (`_replace_attribute_pairs`), `--k v`, `k v` at a line
   start (daemon configs: `bindpw`, `requirepass`, `rocommunity`), HTTP header
   directives (`proxy_set_header api-key V`) and YAML block scalars (`password: |`
   and the lines under it). The value is judged too
@@ -452,11 +453,45 @@ def _replace_named(text: str) -> tuple[str, int]:
     return "".join(pieces), total
 
 
+# A name given in an attribute and its value in another attribute or the element's
+# text: .NET appSettings `<add key="ApiKey" value="..."/>`, Spring and Hibernate
+# `<property name="password" value="..."/>`, `<entry key="db.password">...</entry>`.
+_ATTRIBUTE_PAIR = re.compile(
+    r"(?i)\b(?:key|name)[ \t]*=[ \t]*([\"'])([^\"'<>\n]{1,128})\1"
+    r"(?:[ \t]+(?:[\w:.-]{1,64}[ \t]*=[ \t]*(?:\"[^\"\n]{0,512}\"|'[^'\n]{0,512}')[ \t]+)"
+    r"{0,8}?value[ \t]*=[ \t]*([\"'])([^\"'\n]{0,1024})\3"
+    r"|[^<>\n]{0,512}>([^<\n]{1,1024})<)")
+# Bounded runs: a long line of `key="x"` without a `>` costs each start a bounded scan.
+
+
+def _replace_attribute_pairs(text: str) -> tuple[str, int]:
+    lower = _lower(text)
+    if "key" not in lower and "name" not in lower:
+        return text, 0
+    count = 0
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal count
+        group = 4 if match.group(4) is not None else 5
+        value = match.group(group)
+        verdict = classify_name(match.group(2))
+        if not (verdict.exact or verdict.about) or value is None or \
+                _keep_value(value.strip(), verdict) or value.startswith("[REDACTED:"):
+            return match.group(0)
+        count += 1
+        start, end = match.span(group)
+        whole, base = match.group(0), match.start()
+        return whole[:start - base] + redaction("named_secret") + whole[end - base:]
+
+    return _ATTRIBUTE_PAIR.sub(replace, text), count
+
+
 def scrub_text(text: str) -> tuple[str, int]:
     """`text` with every secret replaced, and how many were replaced."""
     text, tokens = _replace_tokens(text)
     text, named = _replace_named(text)
-    return text, tokens + named
+    text, pairs = _replace_attribute_pairs(text)
+    return text, tokens + named + pairs
 
 
 # --- command lines --------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -284,3 +285,31 @@ def test_yaml_block_scalar_under_a_secret_name() -> None:
                         "list:\n  - token: >-\n      [REDACTED:named_secret]\n  - name: x\n"
                         "  policy: |\n    keep me\n")
     assert count == 2
+
+
+@pytest.mark.parametrize(("line", "kept"), [
+    ('<add key="ApiKey" value="ab12cd34ef56gh78ij90"/>', False),
+    ('<property name="password" value="Hib3rnatePw"/>', False),
+    ('<property name="hibernate.connection.password">dbPw9988</property>', False),
+    ('<entry key="db.password">s3cr3tValue</entry>', False),
+    ('<add key="PasswordMinLength" value="12"/>', True),
+    ('<add key="LogLevel" value="debug"/>', True),
+    ('<property name="username" value="app"/>', True),
+    ('<param name="keystorePass" value="${KS_PASS}"/>', True),
+])
+def test_name_and_value_in_separate_attributes(line: str, kept: bool) -> None:
+    """.NET appSettings, Spring/Hibernate properties: the name is one attribute (or the
+    element's key), the value another attribute or the element's text."""
+    scrubbed, count = scrub_text(line)
+    assert (scrubbed == line) is kept, scrubbed
+    assert count == (0 if kept else 1)
+    if not kept:
+        assert "[REDACTED:named_secret]" in scrubbed
+
+
+def test_attribute_pairs_stay_linear() -> None:
+    for line in ('key="a" ' * 12_000, 'name="password" ' * 10_000,
+                 '<e key="password">' + "a" * 100_000):
+        started = time.perf_counter()
+        scrub_text(line)
+        assert time.perf_counter() - started < 2
