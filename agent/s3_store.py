@@ -313,7 +313,9 @@ class S3Store:
                         "store.profile)")
             if code == "AccessDenied" or status == 403:
                 return (f"access denied by {endpoint} ({code or status}): {message}",
-                        "the credentials need the rights in packaging/iam-policy.json")
+                        "the credentials need the rights in packaging/iam-policy.json, "
+                        "and an agent's gamsa-host tag must equal its host_id: it may "
+                        "reach only its own host= prefix")
             if code in ("InvalidRequest", "InvalidArgument") and "lock" in message.lower():
                 return (f"{endpoint} refused Object Lock on bucket {self.bucket!r}: "
                         f"{message} ({code})",
