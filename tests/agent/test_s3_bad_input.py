@@ -260,6 +260,7 @@ def denied(call: Any) -> str:
     return str(getattr(caught.value, "response", {}).get("Error", {}).get("Code"))
 
 
+@pytest.mark.slow
 def test_agent_policy_confines_each_host_to_its_own_prefix(tmp_path: Path,
                                                            secure_moto: SecureMoto) -> None:
     alpha_keys = host_credentials(secure_moto, "gamsa-host-alpha", "alpha")
