@@ -1,6 +1,7 @@
 """Bad S3 settings: each is one line naming the bucket or endpoint and the cause,
-exit 3, with the spool intact. And the least-privilege IAM policies, enforced by a
-moto server with IAM authentication over TLS."""
+exit 3, with the spool intact. And the least-privilege IAM policies, per-host
+confinement included, enforced by a moto server with IAM authentication over TLS
+(policy variables and s3:prefix evaluated by tests/agent/moto_iam_context.py)."""
 
 from __future__ import annotations
 
@@ -325,7 +326,9 @@ def test_agent_policy_confines_each_host_to_its_own_prefix(tmp_path: Path,
 
 def test_agent_policy_by_user_name_variant(tmp_path: Path, secure_moto: SecureMoto) -> None:
     """The variant for servers without principal tags (MinIO): one user per host, named
-    as the host id, `${aws:username}` in place of the tag (docs/OPERATIONS-S3.md)."""
+    as the host id, `${aws:username}` in place of the tag (docs/OPERATIONS-S3.md). All
+    the agent does in a run stays inside its prefix: the pre-seal look, the store's
+    clock, a multipart upload."""
     policy = moto_policy(POLICY, secure_moto.bucket, "evidence").replace(
         "${aws:PrincipalTag/gamsa-host}", "${aws:username}")
     keys = host_credentials(secure_moto, "charlie", None, policy)
@@ -336,7 +339,15 @@ def test_agent_policy_by_user_name_variant(tmp_path: Path, secure_moto: SecureMo
     # truth) and reads the store's clock: nothing it needs lies outside its prefix.
     report = json.loads(shipped.stdout)
     assert report["store_check_problem"] is None, report
+    # A multipart upload (its listing of unfinished uploads included) is allowed too.
     client = secure_moto.client(keys)
+    multipart = charlie.run("collect", extra_env={"GAMSA_STORE_MULTIPART_THRESHOLD": "1"})
+    assert multipart.returncode == 0 and "shipped 1 bundle" in multipart.stdout, \
+        multipart.stderr
+    etags = [o["ETag"] for o in client.list_objects_v2(
+        Bucket=secure_moto.bucket, Prefix="evidence/v1/host=charlie/")["Contents"]
+        if o["Key"].endswith(".records.jsonl.gz")]
+    assert any("-" in etag for etag in etags), etags  # a multipart object's ETag
     assert denied(lambda: client.put_object(
         Bucket=secure_moto.bucket, Key="evidence/v1/host=delta/date=2026-01-01/x",
         Body=b"x", IfNoneMatch="*")) == "AccessDenied"
