@@ -162,7 +162,8 @@ def look_before_sealing(store: Store, state: StateDir, host_id: str,
     store = _one_try(store)
     try:
         server_time = getattr(store, "server_time", None)
-        store_time = server_time() if server_time is not None else None
+        store_time = (server_time(f"v1/host={host_id}/")  # all a confined agent may list
+                      if server_time is not None else None)
         local = dt.datetime.now(dt.UTC) if store_time is not None else local
         # A fresh look names the store's newest bundle; the shipper's note (the bundle
         # it collided with) stands when the store shows nothing beyond the head.

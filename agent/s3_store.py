@@ -313,7 +313,9 @@ class S3Store:
                         "store.profile)")
             if code == "AccessDenied" or status == 403:
                 return (f"access denied by {endpoint} ({code or status}): {message}",
-                        "the credentials need the rights in packaging/iam-policy.json")
+                        "the credentials need the rights in packaging/iam-policy.json, "
+                        "and an agent's gamsa-host tag must equal its host_id: it may "
+                        "reach only its own host= prefix")
             if code in ("InvalidRequest", "InvalidArgument") and "lock" in message.lower():
                 return (f"{endpoint} refused Object Lock on bucket {self.bucket!r}: "
                         f"{message} ({code})",
@@ -565,10 +567,12 @@ class S3Store:
                                           lambda: self._client.list_object_versions(**args))
         return page
 
-    def server_time(self) -> dt.datetime | None:
-        """The store's own clock: the `Date` header of a one-key LIST (None if absent)."""
-        args = {"Bucket": self.bucket, "Prefix": self.prefix + "v1/", "MaxKeys": 1}
-        page = self._list_page("v1/", args)
+    def server_time(self, under: str = "v1/") -> dt.datetime | None:
+        """The store's own clock: the `Date` header of a one-key LIST under `under`
+        (None if absent). An agent asks under its own host prefix, the only one its
+        credentials may list (packaging/iam-policy.json)."""
+        args = {"Bucket": self.bucket, "Prefix": self.prefix + under, "MaxKeys": 1}
+        page = self._list_page(under, args)
         date = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
         try:
             return email.utils.parsedate_to_datetime(date).astimezone(dt.UTC) if date else None

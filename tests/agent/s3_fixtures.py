@@ -112,12 +112,16 @@ class MotoServer:
 
 
 def start_moto(workdir: Path, *, cert: Path | None = None, key: Path | None = None,
-               ca_file: Path | None = None, env: dict[str, str] | None = None) -> MotoServer:
-    """Start moto_server on a free port and wait until it answers."""
+               ca_file: Path | None = None, env: dict[str, str] | None = None,
+               iam_context: bool = False) -> MotoServer:
+    """Start moto_server on a free port and wait until it answers. `iam_context`:
+    evaluate IAM policy variables and `s3:prefix` (tests/agent/moto_iam_context.py)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = workdir / f"moto-{port}.log"
-    args = [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)]
+    server_cmd = ([sys.executable, str(Path(__file__).with_name("moto_iam_context.py"))]
+                  if iam_context else [MOTO_SERVER])
+    args = [*server_cmd, "-H", "127.0.0.1", "-p", str(port)]
     if cert is not None and key is not None:
         args += ["--ssl-cert", str(cert), "--ssl-key", str(key)]
     process_env = {**os.environ, **TEST_CREDENTIALS, **(env or {})}
