@@ -96,8 +96,8 @@ def _open_session(uri: Pkcs11Uri, pkcs11: Any, pin: str, rw: bool) -> Any:
         token = lib.get_token(**selector)
     except exc_mod.NoSuchToken:
         raise UsageError(f"signer {uri}: no such token in {uri.module_path}",
-                         hint="list tokens with: softhsm2-util --show-slots "
-                              "(or your HSM's tool)") from None
+                         hint="list the tokens with softhsm2-util --show-slots or your "
+                              "HSM's own tool") from None
     except exc_mod.MultipleTokensReturned:
         raise UsageError(f"signer {uri}: more than one token matches",
                          hint="add serial= to the URI") from None
@@ -197,8 +197,8 @@ def _open(location: str, create: bool) -> tuple[Pkcs11Signer, bool]:
         return _signer(session, uri, pkcs11, private), False
     if not create:
         raise UsageError(f"signer {uri}: no private key with this label/id on the token",
-                         hint="create it with: gamsa keys init (agent key) or "
-                              "gamsa org init --key URI (organisation key)")
+                         hint="make it with gamsa keys init ([keys] agent) or "
+                              "gamsa org init --key URI")
     if not uri.object:
         raise UsageError(f"signer {uri}: name the new key with object=LABEL")
     _generate(session, uri, pkcs11)
