@@ -181,7 +181,7 @@ class StateDir:
             signer, created = load_or_create_signer(self.key_path)
         if created:
             crashpoint("key created")
-        if not self.key_doc_path.exists():
+        if not self._key_doc_is_of(signer.key_id):
             # created_at comes from the key file, not the clock: a document rebuilt after
             # loss must be byte-identical to the one already in the create-only store.
             # A token key has no file: its document is dated when first written here.
@@ -192,6 +192,20 @@ class StateDir:
                 replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(),
                                0o644)
         return signer, created
+
+    def _key_doc_is_of(self, key_id: str) -> bool:
+        """True when the state dir's key document is that of `key_id`.
+
+        False when it is absent, or names another key: `[keys] agent` now points at a
+        different key (moved to a token), and the document must follow the key.
+        """
+        try:
+            doc = json.loads(self.key_doc_path.read_bytes())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # unreadable: leave it for the reader that reports it
+        return not isinstance(doc, dict) or doc.get("key_id") == key_id
 
     def key_document_bytes(self) -> bytes:
         with failing("read the public key document", self.key_doc_path):

@@ -7,6 +7,7 @@ where SoftHSM2 (Debian `softhsm2`) or python-pkcs11 (`gamsa[pkcs11]`) is missing
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -221,3 +222,22 @@ def test_a_token_key_that_is_not_ed25519_is_refused_not_used(gamsa_env: GamsaEnv
         line = one_line_error(gamsa_env.run(*args), 2)
         assert "is not an Ed25519 key (key type EC)" in line, line
     assert not list(gamsa_env.store.rglob("*.manifest.dsse.json"))
+
+
+def test_moving_a_host_from_its_key_file_to_a_token_key(gamsa_env: GamsaEnv,
+                                                        token: Token) -> None:
+    ok(gamsa_env.run("collect"))
+    file_key = json.loads(ok(gamsa_env.run("keys", "show", "--json")).stdout)["key_id"]
+    gamsa_env.write_config(f'[keys]\nagent = "{token.uri("agent-key")}"\n')
+    token_key = json.loads(ok(gamsa_env.run("keys", "init", "--json")).stdout)["key_id"]
+    assert token_key != file_key
+    ok(gamsa_env.run("collect"))
+    # The published key document follows the key: it is the token key's now.
+    doc = json.loads((gamsa_env.state_dir / "keys" / "agent.json").read_bytes())
+    assert doc["key_id"] == token_key
+    assert (gamsa_env.store / "v1" / "keys" / f"{token_key}.json").exists()
+    envelopes = [json.loads(m.read_bytes())
+                 for m in gamsa_env.store.rglob("*.manifest.dsse.json")]
+    (envelope,) = [e for e in envelopes if e["signatures"][0]["keyid"] == token_key]
+    chain = json.loads(base64.b64decode(envelope["payload"]))["predicate"]["chain"]
+    assert chain["seq"] == 1 and "new agent key" in chain["genesis_reason"], chain
