@@ -31,6 +31,8 @@ _ED25519_OID_DER = bytes.fromhex("06032b6570")
 _ED25519_NAME_DER = b"\x13\x0cedwards25519"
 MAX_PIN_FILE_BYTES = 4096
 _INSTALL_HINT = "install the PKCS#11 extra: pip install 'gamsa[pkcs11]'"
+# Open sessions of this process by ((module, token label, serial), read-write).
+_SESSIONS: dict[tuple[tuple[str, str, str], bool], Any] = {}
 
 
 def _library() -> Any:
@@ -101,8 +103,17 @@ def _open_session(uri: Pkcs11Uri, pkcs11: Any, pin: str, rw: bool) -> Any:
     except exc_mod.MultipleTokensReturned:
         raise UsageError(f"signer {uri}: more than one token matches",
                          hint="add serial= to the URI") from None
+    place = (uri.module_path, uri.token, uri.serial)
+    if (place, rw) in _SESSIONS:
+        return _SESSIONS[(place, rw)]
+    # Login is per process and token, not per session: a second session (the daemon
+    # seals and ships many times; an org key beside it) opens without logging in again.
+    logged_in = any(p == place for p, _ in _SESSIONS)
     try:
-        return token.open(rw=rw, user_pin=pin)
+        try:
+            session = token.open(rw=rw, user_pin=None if logged_in else pin)
+        except exc_mod.UserAlreadyLoggedIn:
+            session = token.open(rw=rw)
     except (exc_mod.PinIncorrect, exc_mod.PinInvalid, exc_mod.PinLenRange):
         raise UsageError(f"signer {uri}: the token refused the PIN in {uri.pin_source}",
                          hint="a wrong PIN; tokens lock after a few tries") from None
@@ -111,6 +122,8 @@ def _open_session(uri: Pkcs11Uri, pkcs11: Any, pin: str, rw: bool) -> Any:
     except exc_mod.PKCS11Error as exc:
         raise GamsaError(f"signer {uri}: cannot open a session: {type(exc).__name__} "
                          f"{exc}".rstrip()) from None
+    _SESSIONS[(place, rw)] = session
+    return session
 
 
 def _key_template(uri: Pkcs11Uri, pkcs11: Any, object_class: Any) -> dict[Any, Any]:

@@ -241,3 +241,24 @@ def test_moving_a_host_from_its_key_file_to_a_token_key(gamsa_env: GamsaEnv,
     (envelope,) = [e for e in envelopes if e["signatures"][0]["keyid"] == token_key]
     chain = json.loads(base64.b64decode(envelope["payload"]))["predicate"]["chain"]
     assert chain["seq"] == 1 and "new agent key" in chain["genesis_reason"], chain
+
+
+def test_one_process_opens_token_keys_again_and_again(token: Token) -> None:
+    # The daemon seals and ships many times in one process, and login is per process:
+    # a second open must reuse the login, not fail with "user already logged in".
+    script = textwrap.dedent(f"""
+        from signing.signer import load_or_create_signer, load_signer
+        agent, created = load_or_create_signer({token.uri("agent-key")!r})
+        assert created
+        for _ in range(3):
+            again = load_signer({token.uri("agent-key")!r})
+            assert again.key_id == agent.key_id
+            assert again.public_key().verify(again.sign(b"bundle"), b"bundle")
+        org, created = load_or_create_signer({token.uri("org-key")!r})
+        assert created and org.key_id != agent.key_id
+        assert agent.public_key().verify(agent.sign(b"after"), b"after")
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
