@@ -244,7 +244,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
     from agent.state import StateDir
 
     config = load(config_path)
-    state = StateDir(config.state_dir, config.keys.agent)
+    state = StateDir(config.state_dir)
     info = agent_status(state, config.store.url, config.spool.max_bytes)
     if as_json:
         emit_json(info)
@@ -437,7 +437,7 @@ def _truncation_findings(config: Config, result: Any, host: str | None) -> list[
     from agent.state import StateDir
     from signing.verify import Finding
 
-    state = StateDir(config.state_dir, config.keys.agent)
+    state = StateDir(config.state_dir)
     if not state.chain_path.exists():
         return []
     head = state.read_head()
