@@ -109,7 +109,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
     config = load(config_path)
     collectors = _selected_collectors(config, names)
     store = None if no_ship else open_store(config.store.url, config.store)
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     host_id = resolve_host_id(config.host_id)
     look = None if store is None else _store_look(store, state, host_id)
     with state.locked():
@@ -175,7 +175,7 @@ def ship(config_path: Path | None, as_json: bool) -> None:
 
     config = load(config_path)
     store = open_store(config.store.url, config.store)
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     with state.locked():
         signer, _ = state.signer(resolve_host_id(config.host_id))
         state.recover()
@@ -320,22 +320,21 @@ def store_init(config_path: Path | None, force: bool, as_json: bool) -> None:
 
 def _trusted_keys(config: Config, trust: tuple[Path, ...]) -> dict[str, PublicKey]:
     from agent.state import StateDir
-    from signing.keys import PublicKey, load_private_key, load_public_key_pem
+    from signing.keys import load_public_key_pem
 
     if trust:
         keys = [load_public_key_pem(p) for p in trust]
         return {k.key_id: k for k in keys}
-    key_path = StateDir(config.state_dir).key_path
-    if not key_path.exists():
+    state = StateDir(config.state_dir, config.keys.agent)
+    if not state.has_key():
         raise UsageError("no --trust key given and this host has no agent key "
-                         f"({key_path})", hint="pass --trust KEY.pem")
-    own = PublicKey.from_key(load_private_key(key_path).public_key())
+                         f"({state.key_name})", hint="pass --trust KEY.pem")
+    own = state.public_key()
     warn(f"no --trust given: trusting this agent's own key {own.key_id[:16]}… "
-         f"({key_path}); pass --trust KEY.pem to verify with a key you hold")
+         f"({state.key_name}); pass --trust KEY.pem to verify with a key you hold")
     from agent.rotate import retired_dir  # and the keys it rotated out (keys rotate)
 
-    retired = [load_public_key_pem(p) for p in sorted(retired_dir(StateDir(
-        config.state_dir)).glob("*.json"))]
+    retired = [load_public_key_pem(p) for p in sorted(retired_dir(state).glob("*.json"))]
     return {k.key_id: k for k in (own, *retired)}
 
 
@@ -549,13 +548,13 @@ def keys_init(config_path: Path | None, as_json: bool) -> None:
     from agent.state import StateDir
 
     config = load(config_path)
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     with state.locked():
-        signer, created = state.signer(resolve_host_id(config.host_id))
+        signer, created = state.signer(resolve_host_id(config.host_id), create=True)
     if as_json:
-        emit_json({"key_id": signer.key_id, "created": created, "path": str(state.key_path)})
+        emit_json({"key_id": signer.key_id, "created": created, "path": state.key_name})
     else:
-        click.echo(f"{'created' if created else 'exists'}: {state.key_path} "
+        click.echo(f"{'created' if created else 'exists'}: {state.key_name} "
                    f"key_id {signer.key_id}")
 
 
@@ -565,16 +564,15 @@ def keys_init(config_path: Path | None, as_json: bool) -> None:
 def keys_show(config_path: Path | None, as_json: bool) -> None:
     """Print the agent's public key (PEM) and key id; never the private key."""
     from agent.state import StateDir
-    from signing.keys import PublicKey, load_private_key
 
     config = load(config_path)
-    state = StateDir(config.state_dir)
-    if not state.key_path.exists():
-        raise UsageError(f"no agent key at {state.key_path}", hint="run: gamsa keys init")
-    public = PublicKey.from_key(load_private_key(state.key_path).public_key())
+    state = StateDir(config.state_dir, config.keys.agent)
+    if not state.has_key():
+        raise UsageError(f"no agent key at {state.key_name}", hint="run: gamsa keys init")
+    public = state.public_key()
     if as_json:
         emit_json({"key_id": public.key_id, "public_key_pem": public.pem(),
-                   "path": str(state.key_path)})
+                   "path": state.key_name})
     else:
         click.echo(f"key_id {public.key_id}")
         click.echo(public.pem().rstrip())
@@ -602,7 +600,7 @@ def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
     if as_json and out is not None and str(out) == "-":
         raise UsageError("--out - and --json both write to stdout; give --out a file")
     store = open_store(config.store.url, config.store) if submit else None
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     host_id = resolve_host_id(config.host_id)
     with state.locked():
         request = build_request(state, host_id)
@@ -655,7 +653,7 @@ def keys_rotate(config_path: Path | None, enroll: bool | None, enroll_out: Path 
     from agent.store import open_store
 
     config = load(config_path)
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     host_id = resolve_host_id(config.host_id)
     store = None if no_ship else open_store(config.store.url, config.store)
     now = dt_now()
@@ -740,7 +738,7 @@ def keys_install_enrollment(config_path: Path | None, enrollment: Path,
     except OSError as exc:
         raise UsageError(f"enrollment {enrollment}: {exc.strerror or exc}") from exc
     org_keys = _org_keys(trust_org)
-    state = StateDir(config.state_dir)
+    state = StateDir(config.state_dir, config.keys.agent)
     host_id = resolve_host_id(config.host_id)
     with state.locked():
         signer, _ = state.signer(host_id)
@@ -766,11 +764,26 @@ def org() -> None:
 @org.command("init")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="DIR",
               help="Directory for org.key (0600) and org.pub.")
+@click.option("--key", "key_uri", metavar="URI", default=None,
+              help="Make the key where a signer URI says (pkcs11:...): only org.pub is "
+                   "written to --out.")
 @json_option
-def org_init(out: Path, as_json: bool) -> None:
+def org_init(out: Path, key_uri: str | None, as_json: bool) -> None:
     """Make the organisation's Ed25519 root key (never replaces one)."""
-    from agent.org import init_org
+    from agent.org import init_org, init_org_on_token
 
+    if key_uri is not None:
+        from signing.pkcs11_uri import redact
+
+        public_path, key_id, created = init_org_on_token(key_uri, out)
+        if as_json:
+            emit_json({"key_id": key_id, "created": created, "private_key": redact(key_uri),
+                       "public_key": str(public_path)})
+            return
+        click.echo(f"organisation key_id {key_id}")
+        click.echo(f"private key {'created' if created else 'exists'}: {redact(key_uri)}")
+        click.echo(f"public key {public_path} (give it to verifiers: --trust-org)")
+        return
     made = init_org(out)
     if as_json:
         emit_json({"key_id": made.key_id, "private_key": str(made.private_path),
@@ -785,7 +798,7 @@ def org_init(out: Path, as_json: bool) -> None:
 @config_option
 @click.argument("requests", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--org-key", required=True, metavar="URI",
-              help="Organisation signing key: a key file path or file:PATH.")
+              help="Organisation signing key: a key file path, file:PATH or a pkcs11: URI.")
 @click.option("--store", "store_url", metavar="URL",
               help="Store to read pending requests from (with --pending) and publish to.")
 @click.option("--pending", is_flag=True, help="Sign every pending request in --store.")
@@ -866,7 +879,7 @@ def org_sign_enrollment(config_path: Path | None, requests: tuple[Path, ...],
 @org.command("revoke")
 @config_option
 @click.option("--org-key", required=True, metavar="URI",
-              help="Organisation signing key: a key file path or file:PATH.")
+              help="Organisation signing key: a key file path, file:PATH or a pkcs11: URI.")
 @click.option("--key-id", "revoked_key_id", required=True, metavar="KEY_ID",
               help="The agent key to revoke (64 hex digits).")
 @click.option("--at", "at", metavar="TIME", default=None,

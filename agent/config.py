@@ -181,6 +181,13 @@ class VerifyConfig:
     max_silence: int = SILENCE_HEARTBEATS * ScheduleConfig.heartbeat
 
 
+@dataclass(frozen=True)
+class KeysConfig:
+    """`[keys]`: where the agent's signing key lives."""
+
+    agent: str = ""  # a signer URI (file:PATH, pkcs11:...); "" = <state_dir>/keys/agent.key
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration, resolved (no "" placeholders left). Keyword-only."""
@@ -193,6 +200,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
     source: Path | None = None  # the file loaded; None for built-in defaults
     sha256: str = hashlib.sha256(b"").hexdigest()  # of the file's raw bytes
 
@@ -522,7 +530,7 @@ class _Parser:
 
     def config(self, doc: Mapping[str, Any], sha256: str) -> Config:
         self.check_keys(doc, "", ("host_id", "state_dir", "store", "collectors", "schedule",
-                                  "privacy", "spool", "verify"))
+                                  "privacy", "spool", "verify", "keys"))
         host_id = self.string(doc, "", "host_id", "auto")
         if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
             self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ - '
@@ -540,6 +548,7 @@ class _Parser:
             privacy=self.privacy(doc),
             spool=self.spool(doc),
             verify=self.verify(doc, schedule.heartbeat),
+            keys=self.keys(doc),
             source=None,
             sha256=sha256,
         )
@@ -736,6 +745,17 @@ class _Parser:
         t = self.table(doc, "", "spool", ("max_bytes",))
         return SpoolConfig(max_bytes=self.size(t.get("max_bytes", SpoolConfig.max_bytes),
                                                "spool.max_bytes"))
+
+    def keys(self, doc: Mapping[str, Any]) -> KeysConfig:
+        from signing.signer import check_signer_uri
+
+        agent = self.string(self.table(doc, "", "keys", ("agent",)), "keys", "agent", "")
+        if agent:
+            try:
+                check_signer_uri(agent)
+            except UsageError as exc:
+                self.fail(f'"keys.agent": {exc.message}', exc.hint)
+        return KeysConfig(agent=agent)
 
     def verify(self, doc: Mapping[str, Any], heartbeat: int) -> VerifyConfig:
         t = self.table(doc, "", "verify", ("trust_org", "max_silence"))

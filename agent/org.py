@@ -62,6 +62,30 @@ def init_org(out: Path) -> OrgKey:
     return OrgKey(private_path, public_path, public.key_id)
 
 
+def init_org_on_token(uri: str, out: Path) -> tuple[Path, str, bool]:
+    """Make (or find) the organisation key a signer URI names, e.g. on a PKCS#11 token.
+
+    The private key stays where the URI says; only org.pub is written to `out`, and an
+    existing org.pub is kept only if it is this key's. Returns (org.pub, key id, created).
+    """
+    from signing.signer import load_or_create_signer
+
+    public_path = out / ORG_PUB_FILE
+    signer, created = load_or_create_signer(uri)
+    pem = signer.public_key().pem().encode("ascii")
+    if public_path.exists() or public_path.is_symlink():
+        if public_path.read_bytes() != pem:
+            raise KeyFileError(f"{public_path} exists and is not the public key of this "
+                               "organisation key", hint="choose another --out")
+        return public_path, signer.key_id, created
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        create_atomic(public_path, pem, 0o644)
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {public_path}: {exc.strerror or exc}") from exc
+    return public_path, signer.key_id, created
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A request read from a file or the store, and what signing it would state."""

@@ -107,6 +107,11 @@ def _discard_unfinished(state: StateDir, current_key_id: str) -> None:
 
 def rotate_key(state: StateDir, host_id: str, now: dt.datetime) -> Rotated:
     """Replace the agent key; the old key signs the handover. Caller holds the lock."""
+    if state.agent_key:
+        raise UsageError(f"gamsa keys rotate replaces the state dir's key file, but the agent "
+                         f"key is {state.key_name} ([keys] agent)",
+                         hint="rotating a token key is not supported yet: see "
+                              "docs/OPERATIONS.md, hardware-held keys")
     if not state.key_path.exists():
         raise UsageError(f"no agent key at {state.key_path} to rotate",
                          hint="run: gamsa keys init")

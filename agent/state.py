@@ -41,10 +41,15 @@ from signing.bundle import BundleName, manifest_sha256
 from signing.dsse import parse_envelope, parse_statement
 from signing.errors import GamsaError, os_error
 from signing.keys import (
-    FileSigner,
+    PublicKey,
+    Signer,
     key_document,
     load_or_create_signer,
+    load_private_key,
 )
+from signing.pkcs11_uri import redact
+from signing.signer import load_or_create_signer as load_or_create_signer_uri
+from signing.signer import load_signer
 
 RECORDS_FILE = "records.jsonl.gz"
 MANIFEST_FILE = "manifest.dsse.json"
@@ -104,8 +109,10 @@ class SpoolUsage:
 class StateDir:
     """Access to one state directory. Use `locked()` around anything that writes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, agent_key: str = "") -> None:
         self.root = root
+        # `[keys] agent`: a signer URI (a token key); "" = the key file below.
+        self.agent_key = agent_key
         self.spool = root / "spool"
         self.quarantine = root / "quarantine"
         self.keys = root / "keys"
@@ -141,21 +148,64 @@ class StateDir:
 
     # keys ---------------------------------------------------------------------
 
-    def signer(self, host_id: str) -> tuple[FileSigner, bool]:
-        """The agent's signer, generating the key on first use; (signer, created)."""
+    @property
+    def key_name(self) -> str:
+        """Where the agent key is, for messages: the key file or the signer URI."""
+        return redact(self.agent_key) if self.agent_key else str(self.key_path)
+
+    def has_key(self) -> bool:
+        """True when an agent key may exist: a configured signer URI, or the key file."""
+        return bool(self.agent_key) or self.key_path.exists()
+
+    def public_key(self) -> PublicKey:
+        """The agent's public key, without creating a key."""
+        if self.agent_key:
+            return load_signer(self.agent_key).public_key()
+        return PublicKey.from_key(load_private_key(self.key_path).public_key())
+
+    def signer(self, host_id: str, create: bool | None = None) -> tuple[Signer, bool]:
+        """The agent's signer and whether this call created its key.
+
+        The state dir's key file is generated on first use; a key named by `[keys]
+        agent` is generated only when `create` is true (`gamsa keys init`): sealing
+        never makes a token key, so a mistyped label fails instead of forking a chain.
+        """
         self.ensure()
-        signer, created = load_or_create_signer(self.key_path)
+        signer: Signer
+        if self.agent_key:
+            if create:
+                signer, created = load_or_create_signer_uri(self.agent_key)
+            else:
+                signer, created = load_signer(self.agent_key), False
+        else:
+            signer, created = load_or_create_signer(self.key_path)
         if created:
             crashpoint("key created")
-        if not self.key_doc_path.exists():
+        if not self._key_doc_is_of(signer.key_id):
             # created_at comes from the key file, not the clock: a document rebuilt after
             # loss must be byte-identical to the one already in the create-only store.
+            # A token key has no file: its document is dated when first written here.
             with failing("write the public key document", self.key_doc_path):
-                created_at = from_epoch(self.key_path.stat().st_mtime)
+                created_at = (utc_now() if self.agent_key
+                              else from_epoch(self.key_path.stat().st_mtime))
                 doc = key_document(signer.public_key(), host_id, created_at)
                 replace_atomic(self.key_doc_path, json.dumps(doc, sort_keys=True).encode(),
                                0o644)
         return signer, created
+
+    def _key_doc_is_of(self, key_id: str) -> bool:
+        """True when the state dir's key document is that of `key_id`.
+
+        False when it is absent, or names another key: `[keys] agent` now points at a
+        different key (moved to a token), and the document must follow the key.
+        """
+        try:
+            doc = json.loads(self.key_doc_path.read_bytes())
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # unreadable: leave it for the reader that reports it
+        return not isinstance(doc, dict) or doc.get("key_id") == key_id
 
     def key_document_bytes(self) -> bytes:
         with failing("read the public key document", self.key_doc_path):

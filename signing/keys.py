@@ -330,3 +330,8 @@ def key_object_name(key_id: str) -> str:
     if not _KEY_ID.fullmatch(key_id):
         raise SignatureError(f"not a key id (64 lower-case hex digits): {key_id[:80]!r}")
     return f"v1/keys/{key_id}.json"
+
+
+def open_or_create_signer(location: str) -> tuple[FileSigner, bool]:
+    """The `file:` backend of `signing.signer.load_or_create_signer`."""
+    return load_or_create_signer(Path(location))

@@ -356,14 +356,16 @@ def test_sign_enrollment_rejects_bad_requests(fleet: Fleet, tmp_path: Path) -> N
     assert "claimed by hosts evil-01, web-01" in result.stderr
     assert "is not the id of its public_key_pem" in result.stderr
     assert "signed evil-01" not in result.stderr and "signed bad-01" not in result.stderr
-    # Files: not JSON, a missing file, a public key where the org key should be, pkcs11.
+    # Files: not JSON, a missing file, a public key where the org key should be, a
+    # pkcs11: URI naming no key, a scheme not built (awskms).
     junk = tmp_path / "junk.json"
     junk.write_text("[1, 2")
     result = fleet.any.run("org", "sign-enrollment", "--org-key", str(fleet.org_key),
                            str(junk), "--yes", "--out", str(tmp_path / "o"))
     assert result.returncode == 1 and "REJECTED" in result.stderr and "not JSON" in result.stderr
     for org_key, expected in ((str(fleet.org_pub), "is a public key"),
-                              ("pkcs11:token=org", "unsupported scheme 'pkcs11'")):
+                              ("pkcs11:token=org", "no key named"),
+                              ("awskms:alias/org", "unsupported scheme 'awskms'")):
         result = fleet.any.run("org", "sign-enrollment", "--org-key", org_key, str(junk),
                                "--yes")
         assert expected in one_line_error(result, 2)

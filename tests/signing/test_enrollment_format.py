@@ -65,7 +65,9 @@ def test_load_signer_by_uri_and_its_errors(tmp_path: Path) -> None:
         loaded = load_signer(uri)
         assert loaded.key_id == FileSigner.from_key(key).key_id
         assert loaded.public_key().verify(loaded.sign(b"x"), b"x")
-    with pytest.raises(UsageError, match="unsupported scheme 'pkcs11'"):
+    with pytest.raises(UsageError, match="unsupported scheme 'awskms'"):
+        load_signer("awskms:alias/org")
+    with pytest.raises(UsageError, match="no key named"):  # pkcs11: exists, wants object=
         load_signer("pkcs11:token=org")
     with pytest.raises(UsageError, match="cannot name host"):
         load_signer("file://elsewhere/org.key")
