@@ -181,6 +181,16 @@ class VerifyConfig:
     max_silence: int = SILENCE_HEARTBEATS * ScheduleConfig.heartbeat
 
 
+@dataclass(frozen=True)
+class TimestampConfig:
+    """`[timestamp]`: the RFC 3161 TSA that witnesses each shipped manifest
+    (agent/timestamp.py); url "" = off."""
+
+    url: str = ""  # http:// or https:// URL of the TSA
+    ca_bundle: str = ""  # PEM bundle for an https TSA; "" = system trust store
+    timeout: int = 10  # seconds per request
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration, resolved (no "" placeholders left). Keyword-only."""
@@ -193,6 +203,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    timestamp: TimestampConfig = field(default_factory=TimestampConfig)
     source: Path | None = None  # the file loaded; None for built-in defaults
     sha256: str = hashlib.sha256(b"").hexdigest()  # of the file's raw bytes
 
@@ -522,7 +533,7 @@ class _Parser:
 
     def config(self, doc: Mapping[str, Any], sha256: str) -> Config:
         self.check_keys(doc, "", ("host_id", "state_dir", "store", "collectors", "schedule",
-                                  "privacy", "spool", "verify"))
+                                  "privacy", "spool", "verify", "timestamp"))
         host_id = self.string(doc, "", "host_id", "auto")
         if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
             self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ - '
@@ -540,6 +551,7 @@ class _Parser:
             privacy=self.privacy(doc),
             spool=self.spool(doc),
             verify=self.verify(doc, schedule.heartbeat),
+            timestamp=self.timestamp(doc),
             source=None,
             sha256=sha256,
         )
@@ -736,6 +748,19 @@ class _Parser:
         t = self.table(doc, "", "spool", ("max_bytes",))
         return SpoolConfig(max_bytes=self.size(t.get("max_bytes", SpoolConfig.max_bytes),
                                                "spool.max_bytes"))
+
+    def timestamp(self, doc: Mapping[str, Any]) -> TimestampConfig:
+        p, d = "timestamp", TimestampConfig()
+        t = self.table(doc, "", p, ("url", "ca_bundle", "timeout"))
+        url = self.string(t, p, "url", d.url)
+        if url and not url.startswith(("http://", "https://")):
+            self.fail(f'"timestamp.url" must start with http:// or https://, got {_show(url)}',
+                      'use "" for no TSA')
+        ca_bundle = self.string(t, p, "ca_bundle", d.ca_bundle)
+        if ca_bundle:
+            self.absolute_path(ca_bundle, "timestamp.ca_bundle")
+        return TimestampConfig(url=url, ca_bundle=ca_bundle,
+                               timeout=self.positive_int(t, p, "timeout", d.timeout))
 
     def verify(self, doc: Mapping[str, Any], heartbeat: int) -> VerifyConfig:
         t = self.table(doc, "", "verify", ("trust_org", "max_silence"))
