@@ -73,7 +73,7 @@ class LocalTsa:
     def chain(self) -> Path:
         return self.root / "ca.crt"
 
-    def make_pki(self, eku: bool = True) -> None:
+    def make_pki(self) -> None:
         now = dt.datetime.now(dt.UTC)
         ca_cert = (x509.CertificateBuilder().subject_name(_name("test TSA root"))
                    .issuer_name(_name("test TSA root")).public_key(self.ca_key.public_key())
@@ -89,10 +89,9 @@ class LocalTsa:
                    .not_valid_before(now - dt.timedelta(days=20))
                    .not_valid_after(now + dt.timedelta(days=20))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                                  critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]),
                                   critical=True))
-        if eku:
-            builder = builder.add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.TIME_STAMPING]), critical=True)
         tsa_cert = builder.sign(self.ca_key, hashes.SHA256())
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "ca.crt").write_bytes(_pem(ca_cert))
@@ -121,7 +120,7 @@ class LocalTsa:
 
 def _handler(tsa: LocalTsa) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             tsa.requests += 1
             query = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if tsa.mode == "down" or self.headers.get("Content-Type") != \
