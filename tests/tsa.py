@@ -7,6 +7,7 @@ shifts the TSA's clock (libfaketime on the openssl process only).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob
 import shutil
@@ -140,11 +141,12 @@ def _handler(tsa: LocalTsa) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def local_tsa(tmp_path: Path) -> Iterator[LocalTsa]:
+@contextlib.contextmanager
+def running_tsa(root: Path) -> Iterator[LocalTsa]:
+    """A LocalTsa in `root`, served until the block ends (skips without openssl)."""
     if OPENSSL is None:
         pytest.skip("openssl (ts) not installed")
-    tsa = LocalTsa(tmp_path / "tsa")
+    tsa = LocalTsa(root)
     tsa.make_pki()
     server = HTTPServer(("127.0.0.1", 0), _handler(tsa))
     tsa.url = f"http://127.0.0.1:{server.server_address[1]}/"
