@@ -208,8 +208,9 @@ def _stamps_summary(report: Any) -> dict[str, Any] | None:
 def _warn_stamps(report: Any) -> None:
     """Say when shipped manifests still wait for a TSA token (never a failure)."""
     if report is not None and report.error is not None:
-        warn(f"timestamp: {report.error}; {report.pending} shipped manifest(s) wait for "
-             f"a token, the next ship retries (`gamsa status`)")
+        warn(f"timestamp: {report.error}" + (
+            f"; {report.pending} shipped manifest(s) wait for a token, the next ship "
+            f"retries (`gamsa status`)" if report.pending else ""))
 
 
 def _store_look(store: Any, state: Any, host_id: str) -> Callable[[Any], Any]:

@@ -30,7 +30,7 @@ from agent.fsutil import failing, replace_atomic
 from agent.store import Store
 from collector.record import utc_now
 from signing.bundle import MANIFEST_SUFFIX, TIMESTAMP_SUFFIX
-from signing.errors import GamsaError
+from signing.errors import ConflictError, GamsaError
 from signing.timestamp import MAX_RESPONSE_BYTES, check_reply, parse_response, timestamp_request
 
 DIRECTORY = "timestamps"
@@ -128,8 +128,13 @@ def add_timestamps(state_root: Path, store: Store, config: TimestampConfig) -> T
             with failing("keep a timestamp token", kept):
                 replace_atomic(kept, reply, 0o600)
         key = manifest_key.removesuffix(MANIFEST_SUFFIX) + TIMESTAMP_SUFFIX
-        store.put(key, reply, hashlib.sha256(reply).hexdigest())
-        report.added.append(key)
+        try:
+            store.put(key, reply, hashlib.sha256(reply).hexdigest())
+            report.added.append(key)
+        except ConflictError:
+            # Another token is already there (write-once): it stands, and is verified
+            # like any other; ours is not kept.
+            report.error = f"{key} already holds another token; left as it is"
         with failing("drop a timestamp note", note):
             note.unlink()
             kept.unlink(missing_ok=True)

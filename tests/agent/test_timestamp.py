@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.agent.s3_fixtures import S3GamsaEnv
 from tests.conftest import GamsaEnv
 from tests.tsa import FAKETIME_LIBS, OPENSSL, LocalTsa, running_tsa
 
@@ -171,3 +172,40 @@ def test_bad_timestamp_config_and_tsa_cert_are_usage_errors(gamsa_env: GamsaEnv,
     result = gamsa_env.run("verify", "--tsa-cert", str(tmp_path / "nope.pem"))
     assert result.returncode == 2 and "nope.pem" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_tokens_ship_to_s3_beside_their_manifests(s3_gamsa: S3GamsaEnv,
+                                                  local_tsa: LocalTsa) -> None:
+    s3_gamsa.write_config(f'[timestamp]\nurl = "{local_tsa.url}"\ntimeout = 5\n')
+    local_tsa.mode = "down"
+    run_ok(s3_gamsa, "collect", "--no-ship")
+    run_ok(s3_gamsa, "collect", "--no-ship")
+    shipped = json.loads(run_ok(s3_gamsa, "ship", "--json").stdout)  # pipelined commits
+    assert len(shipped["shipped"]) == 2 and shipped["timestamps"]["pending"] == 2
+    local_tsa.mode = "up"
+    added = json.loads(run_ok(s3_gamsa, "ship", "--json").stdout)["timestamps"]["added"]
+    assert sorted(added) == sorted(k.removesuffix(".manifest.dsse.json") + ".manifest.tsr"
+                                   for k in shipped["shipped"])
+    result = s3_gamsa.run("verify", "--json", "--tsa-cert", str(local_tsa.chain))
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, report
+    assert report["timestamps"]["verified"] == 2
+    assert not [f for f in report["findings"] if f["code"].startswith(("object_", "unexpected"))]
+
+
+def test_a_token_already_in_the_store_is_left_and_judged(gamsa_env: GamsaEnv,
+                                                         local_tsa: LocalTsa) -> None:
+    with_tsa(gamsa_env, local_tsa)
+    local_tsa.mode = "down"
+    sealed = json.loads(run_ok(gamsa_env, "collect", "--json").stdout)
+    planted = gamsa_env.store / (sealed["manifest_key"].removesuffix(".manifest.dsse.json")
+                                 + ".manifest.tsr")
+    planted.write_bytes(b"not a token")
+    local_tsa.mode = "up"
+    shipped = run_ok(gamsa_env, "ship")
+    assert "already holds another token" in shipped.stderr
+    assert run_ok(gamsa_env, "status").returncode == 0  # nothing left waiting
+    assert planted.read_bytes() == b"not a token"
+    code, report = verify(gamsa_env, local_tsa)
+    assert code == 1 and codes(report)["timestamp_invalid"] == "error", report
