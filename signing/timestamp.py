@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -39,12 +40,21 @@ _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "2.16.840.1.101.3.4.2.2": hashes.SHA384,
     "2.16.840.1.101.3.4.2.3": hashes.SHA512,
 }
+# Signature algorithms a SignerInfo may name, per key type (the hash is its digestAlgorithm).
+_RSA_SIGNATURES = {"1.2.840.113549.1.1.1", "1.2.840.113549.1.1.11", "1.2.840.113549.1.1.12",
+                   "1.2.840.113549.1.1.13"}
+_EC_SIGNATURES = {"1.2.840.10045.4.3.2", "1.2.840.10045.4.3.3", "1.2.840.10045.4.3.4"}
 _SIGNED_DATA = "1.2.840.113549.1.7.2"
 _TST_INFO = "1.2.840.113549.1.9.16.1.4"
 _CONTENT_TYPE = "1.2.840.113549.1.9.3"
 _MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 _MAX_CHAIN = 8
 MAX_RESPONSE_BYTES = 1024 * 1024  # a response with its chain is a few KiB
+# What reading a malformed token can raise besides our own errors: a field missing
+# (IndexError) or of the wrong kind, or a certificate cryptography cannot read or
+# warns about (made errors while a token is read: a verifier's output stays findings).
+_MALFORMED = (IndexError, ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+              x509.DuplicateExtension, Warning)
 
 
 def timestamp_request(digest: bytes, nonce: int) -> bytes:
@@ -72,6 +82,7 @@ class Token:
     signer_key_id: bytes | None  # SubjectKeyIdentifier form of the signer id
     digest_algorithm: str
     signed_attrs: bytes  # raw, tagged [0] as in the token
+    signature_algorithm: str
     signature: bytes
 
 
@@ -81,6 +92,17 @@ def _algorithm(item: der.Item, what: str) -> str:
 
 def parse_response(data: bytes) -> Token:
     """The token of a TimeStampResp whose status is granted; FormatError otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # cryptography warns of some malformed certificates
+            return _parse_response(data)
+    except _MALFORMED as exc:  # a field missing or of a wrong kind
+        if isinstance(exc, GamsaError):
+            raise
+        raise FormatError(f"TimeStampResp: malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse_response(data: bytes) -> Token:
     parts = der.read_single(data, "TimeStampResp").expect(der.SEQUENCE, "TimeStampResp") \
         .children("TimeStampResp")
     if not parts:
@@ -121,7 +143,7 @@ def parse_token(data: bytes) -> Token:
                 if cert.tag == der.SEQUENCE:  # other certificate formats are ignored
                     try:
                         certificates.append(x509.load_der_x509_certificate(cert.raw))
-                    except ValueError as exc:
+                    except (ValueError, x509.InvalidVersion) as exc:
                         raise FormatError(f"SignedData: a certificate does not parse "
                                           f"({exc})") from exc
         elif item.tag == der.SET:
@@ -186,6 +208,7 @@ def _with_signer(tst: _Tst, tst_info: bytes,
         signer_serial=serial, signer_key_id=key_id,
         digest_algorithm=_algorithm(parts[2], "SignerInfo.digestAlgorithm"),
         signed_attrs=parts[3].raw,
+        signature_algorithm=_algorithm(parts[4], "SignerInfo.signatureAlgorithm"),
         signature=signature.expect(der.OCTET_STRING, "SignerInfo.signature").content)
 
 
@@ -223,6 +246,17 @@ def load_tsa_chain(path: Path) -> list[x509.Certificate]:
 def verify_token(token: Token, digest: bytes, anchors: Sequence[x509.Certificate]) -> None:
     """Raise unless the token is over `digest`, signed by a time-stamping certificate
     that chains (valid at genTime) to one of `anchors`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _verify_token(token, digest, anchors)
+    except _MALFORMED as exc:
+        if isinstance(exc, GamsaError):
+            raise
+        raise FormatError(f"TimeStampToken: malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _verify_token(token: Token, digest: bytes, anchors: Sequence[x509.Certificate]) -> None:
     _check_imprint(token, digest)
     hash_factory = _HASHES.get(token.digest_algorithm)
     if hash_factory is None:
@@ -245,8 +279,8 @@ def verify_token(token: Token, digest: bytes, anchors: Sequence[x509.Certificate
                              "signature covers")
     signer = _signer_certificate(token, anchors)
     # The signature is over the DER of the attributes as a SET (RFC 5652 §5.4).
-    _verify_signature(signer, token.signature, b"\x31" + token.signed_attrs[1:],
-                      hash_factory())
+    _verify_signature(signer, token.signature_algorithm, token.signature,
+                      b"\x31" + token.signed_attrs[1:], hash_factory())
     try:
         usage = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -274,18 +308,19 @@ def _signer_certificate(token: Token, anchors: Sequence[x509.Certificate]) -> x5
                          "in --tsa-cert")
 
 
-def _verify_signature(cert: x509.Certificate, signature: bytes, data: bytes,
+def _verify_signature(cert: x509.Certificate, named: str, signature: bytes, data: bytes,
                       algorithm: hashes.HashAlgorithm) -> None:
     key = cert.public_key()
     try:
-        if isinstance(key, rsa.RSAPublicKey):
+        if isinstance(key, rsa.RSAPublicKey) and named in _RSA_SIGNATURES:
             key.verify(signature, data, padding.PKCS1v15(), algorithm)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
+        elif isinstance(key, ec.EllipticCurvePublicKey) and named in _EC_SIGNATURES:
             key.verify(signature, data, ec.ECDSA(algorithm))
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        elif isinstance(key, ed25519.Ed25519PublicKey) and named == "1.3.101.112":
             key.verify(signature, data)
         else:
-            raise FormatError(f"the TSA key type {type(key).__name__} is not supported")
+            raise FormatError(f"signature algorithm {named} with a "
+                              f"{type(key).__name__.lstrip('_')} is not supported")
     except InvalidSignature as exc:
         raise SignatureError(f"the token's signature does not verify under "
                              f"{cert.subject.rfc4514_string()}") from exc

@@ -144,3 +144,19 @@ def test_a_tsa_chain_that_is_not_pem_is_a_usage_error(tmp_path: Path) -> None:
         with pytest.raises(GamsaError) as caught:
             load_tsa_chain(path)
         assert caught.value.exit_code == 2 and str(path) in caught.value.message
+
+
+@needs_openssl
+def test_any_corrupted_byte_is_a_gamsa_error_never_a_crash(tsa: LocalTsa) -> None:
+    data = reply(tsa)
+    anchors = load_tsa_chain(tsa.chain)
+    outcomes = set()
+    for at in range(0, len(data), 3):
+        for bad in (data[:at], data[:at] + bytes([data[at] ^ 0x41]) + data[at + 1:]):
+            try:
+                verify_token(parse_response(bad), DIGEST, anchors)
+                outcomes.add("ok")
+            except GamsaError as exc:
+                assert "\n" not in exc.message
+                outcomes.add(type(exc).__name__)
+    assert "FormatError" in outcomes and "SignatureError" in outcomes
