@@ -117,10 +117,12 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         ship_error: GamsaError | None = None
         shipped: list[str] = []
         quarantined: list[str] = []
+        stamps = None
         if store is not None:
             try:
-                report = ship_spool(state, store, sealed.head.key_id)
+                report = ship_spool(state, store, sealed.head.key_id, config.timestamp)
                 shipped, quarantined = report.shipped, report.quarantined
+                stamps = report.timestamps
                 if report.status_problem:
                     warn(report.status_problem)
             except GamsaError as exc:
@@ -140,6 +142,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
         "quarantined": quarantined,
         "spool_over_cap": sealed.spool.over_cap,
+        "timestamps": _stamps_summary(stamps),
     }
     if as_json:
         emit_json(summary)
@@ -158,6 +161,7 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         warn(f"spool over its cap ({spool.bytes} > {spool.max_bytes} bytes, spool.max_bytes): "
              f"sealed a spool_full record instead of a collection")
     _warn_quarantined(quarantined)
+    _warn_stamps(stamps)
     if ship_error is not None:
         warn(f"sealed and spooled, but shipping failed: {ship_error.diagnostics()} "
              f"({spooled} bundle(s) wait in the spool; `gamsa ship` retries)")
@@ -179,17 +183,34 @@ def ship(config_path: Path | None, as_json: bool) -> None:
     with state.locked():
         signer, _ = state.signer(resolve_host_id(config.host_id))
         state.recover()
-        report = ship_spool(state, store, signer.key_id)
+        report = ship_spool(state, store, signer.key_id, config.timestamp)
     if as_json:
         emit_json({"shipped": report.shipped, "store": store.url,
-                   "remaining": len(state.entries()), "quarantined": report.quarantined})
+                   "remaining": len(state.entries()), "quarantined": report.quarantined,
+                   "timestamps": _stamps_summary(report.timestamps)})
     else:
         click.echo(f"shipped {len(report.shipped)} bundle(s) to {store.url}")
     _warn_quarantined(report.quarantined)
+    _warn_stamps(report.timestamps)
     if report.status_problem:
         warn(report.status_problem)
     if report.quarantined:
         sys.exit(FINDINGS)
+
+
+def _stamps_summary(report: Any) -> dict[str, Any] | None:
+    """A ship run's TSA tokens (agent/timestamp.py), for --json; None: no TSA."""
+    if report is None:
+        return None
+    return {"added": report.added, "pending": report.pending, "error": report.error}
+
+
+def _warn_stamps(report: Any) -> None:
+    """Say when shipped manifests still wait for a TSA token (never a failure)."""
+    if report is not None and report.error is not None:
+        warn(f"timestamp: {report.error}" + (
+            f"; {report.pending} shipped manifest(s) wait for a token, the next ship "
+            f"retries (`gamsa status`)" if report.pending else ""))
 
 
 def _store_look(store: Any, state: Any, host_id: str) -> Callable[[Any], Any]:
@@ -245,7 +266,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
 
     config = load(config_path)
     state = StateDir(config.state_dir)
-    info = agent_status(state, config.store.url, config.spool.max_bytes)
+    info = agent_status(state, config.store.url, config.spool.max_bytes,
+                        timestamp=config.timestamp)
     if as_json:
         emit_json(info)
     else:
@@ -265,6 +287,9 @@ def status(config_path: Path | None, as_json: bool) -> None:
         if info["quarantined"]:
             click.echo(f"quarantined: {len(info['quarantined'])} spool entry(ies) in "
                        f"{state.quarantine}")
+        if (stamps := info["timestamps"]) is not None:
+            click.echo(f"timestamps: {stamps['pending']} shipped manifest(s) waiting for a "
+                       f"token from {stamps['tsa']}")
     for problem in info["problems"]:
         warn(problem)
     if info["problems"]:
@@ -380,10 +405,13 @@ def _org_keys(trust_org: tuple[Path, ...]) -> dict[str, PublicKey] | None:
                    "(default: verify.max_silence, 4 x schedule.heartbeat).")
 @click.option("--as-of", metavar="TIME",
               help="Judge silence at this UTC time, e.g. 2026-12-01T06:00:00Z (default: now).")
+@click.option("--tsa-cert", type=click.Path(path_type=Path), metavar="CHAIN.pem",
+              help="Check each bundle's RFC 3161 timestamp token against this TSA "
+                   "certificate chain (PEM); a bundle without one is timestamp_missing.")
 @json_option
 def verify(config_path: Path | None, store_url: str | None, host: str | None,
            trust: tuple[Path, ...], trust_org: tuple[Path, ...], max_silence: str | None,
-           as_of: str | None, as_json: bool) -> None:
+           as_of: str | None, tsa_cert: Path | None, as_json: bool) -> None:
     """Verify every bundle and chain in a store, and the fleet's completeness;
     exit 1 on any error finding."""
     from agent.completeness import expectations, fleet_lines, parse_as_of, silence_allowed
@@ -392,6 +420,11 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
 
     config = load(config_path)
     when = parse_as_of(as_of)
+    tsa_chain = None
+    if tsa_cert is not None:
+        from signing.timestamp import load_tsa_chain
+
+        tsa_chain = load_tsa_chain(tsa_cert)
     silence: dt.timedelta | None = silence_allowed(config, max_silence)
     store = open_store(store_url or config.store.url, config.store)
     org_keys = _org_keys(trust_org or tuple(config.verify.trust_org))
@@ -406,7 +439,7 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     result = verify_store(store, trusted, host,
                           _progress_bar(sys.stderr.isatty() and not as_json),
                           workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys,
-                          expect=expect)
+                          expect=expect, tsa_chain=tsa_chain)
     result.findings.extend(read_findings)
     if store.url == open_store(config.store.url, config.store).url:
         result.findings.extend(_truncation_findings(config, result, host))
@@ -418,6 +451,10 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
                        f"{finding.message}")
         for line in fleet_lines(result.fleet) if result.fleet is not None else []:
             click.echo(line)
+        if (stamps := result.timestamps) is not None:
+            click.echo(f"timestamps: {stamps.verified} of {stamps.checked} bundle(s) witnessed "
+                       f"in time, {stamps.missing} missing, {stamps.invalid} invalid, "
+                       f"{stamps.mismatched} mismatched, {stamps.late} late")
         verdict = "OK" if result.ok else "FAILED"
         errors = sum(1 for f in result.findings if f.severity == "error")
         click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "

@@ -188,6 +188,16 @@ class KeysConfig:
     agent: str = ""  # a signer URI (file:PATH, pkcs11:...); "" = <state_dir>/keys/agent.key
 
 
+@dataclass(frozen=True)
+class TimestampConfig:
+    """`[timestamp]`: the RFC 3161 TSA that witnesses each shipped manifest
+    (agent/timestamp.py); url "" = off."""
+
+    url: str = ""  # http:// or https:// URL of the TSA
+    ca_bundle: str = ""  # PEM bundle for an https TSA; "" = system trust store
+    timeout: int = 10  # seconds per request
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration, resolved (no "" placeholders left). Keyword-only."""
@@ -201,6 +211,7 @@ class Config:
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    timestamp: TimestampConfig = field(default_factory=TimestampConfig)
     source: Path | None = None  # the file loaded; None for built-in defaults
     sha256: str = hashlib.sha256(b"").hexdigest()  # of the file's raw bytes
 
@@ -530,7 +541,7 @@ class _Parser:
 
     def config(self, doc: Mapping[str, Any], sha256: str) -> Config:
         self.check_keys(doc, "", ("host_id", "state_dir", "store", "collectors", "schedule",
-                                  "privacy", "spool", "verify", "keys"))
+                                  "privacy", "spool", "verify", "keys", "timestamp"))
         host_id = self.string(doc, "", "host_id", "auto")
         if host_id != "auto" and not HOST_ID_RE.fullmatch(host_id):
             self.fail(f'"host_id" must be "auto" or 1-64 characters of A-Z a-z 0-9 . _ - '
@@ -549,6 +560,7 @@ class _Parser:
             spool=self.spool(doc),
             verify=self.verify(doc, schedule.heartbeat),
             keys=self.keys(doc),
+            timestamp=self.timestamp(doc),
             source=None,
             sha256=sha256,
         )
@@ -756,6 +768,19 @@ class _Parser:
             except UsageError as exc:
                 self.fail(f'"keys.agent": {exc.message}', exc.hint)
         return KeysConfig(agent=agent)
+
+    def timestamp(self, doc: Mapping[str, Any]) -> TimestampConfig:
+        p, d = "timestamp", TimestampConfig()
+        t = self.table(doc, "", p, ("url", "ca_bundle", "timeout"))
+        url = self.string(t, p, "url", d.url)
+        if url and not url.startswith(("http://", "https://")):
+            self.fail(f'"timestamp.url" must start with http:// or https://, got {_show(url)}',
+                      'use "" for no TSA')
+        ca_bundle = self.string(t, p, "ca_bundle", d.ca_bundle)
+        if ca_bundle:
+            self.absolute_path(ca_bundle, "timestamp.ca_bundle")
+        return TimestampConfig(url=url, ca_bundle=ca_bundle,
+                               timeout=self.positive_int(t, p, "timeout", d.timeout))
 
     def verify(self, doc: Mapping[str, Any], heartbeat: int) -> VerifyConfig:
         t = self.table(doc, "", "verify", ("trust_org", "max_silence"))

@@ -36,11 +36,19 @@ from agent.chainguard import (
     read_divergence,
     spool_forks,
 )
+from agent.config import TimestampConfig
 from agent.crashpoints import crashpoint
 from agent.enroll import publish_enrollments
 from agent.rotate import publish_rotations
 from agent.state import SpoolEntry, StateDir, spooled_statement
 from agent.store import DigestMismatchError, Store, put_file
+from agent.timestamp import (
+    TimestampReport,
+    add_timestamps,
+    note_shipped,
+    timestamp_problem,
+    timestamp_status,
+)
 from signing.errors import GamsaError, StoreError
 from signing.keys import key_object_name
 
@@ -61,6 +69,7 @@ class ShipReport:
     remaining: int = 0
     quarantined: list[str] = field(default_factory=list)  # one line each: where and why
     status_problem: str | None = None  # the status file could not be written
+    timestamps: TimestampReport | None = None  # with a TSA configured
 
 
 @dataclass(frozen=True)
@@ -135,10 +144,14 @@ def _commit(store: Store, staged: _Staged) -> None:
         store.put(staged.entry.name.manifest_key, staged.manifest, staged.sha256)
 
 
-def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged) -> None:
-    """Confirm the committed manifest, then drop the entry, or quarantine it."""
+def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged,
+                        stamp: bool = False) -> None:
+    """Confirm the committed manifest, then drop the entry, or quarantine it.
+    With `stamp`, the manifest is first noted for a TSA token (agent/timestamp.py)."""
     if staged.commit:
         _confirm(store, staged.entry.name.manifest_key, len(staged.manifest), staged.sha256)
+        if stamp:
+            note_shipped(state.root, staged.entry.name.manifest_key, staged.sha256)
     if staged.problem is None:
         state.remove_entry(staged.entry)
     else:
@@ -161,11 +174,23 @@ def _put_key_document(state: StateDir, store: Store, key_id: str) -> None:
     publish_rotations(state, store, key_id)  # and how it took over from the key before
 
 
-def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
-    """Ship every complete spool entry. Caller holds `state.locked()` and ran recover()."""
+def ship_spool(state: StateDir, store: Store, key_id: str,
+               timestamp: TimestampConfig | None = None) -> ShipReport:
+    """Ship every complete spool entry. Caller holds `state.locked()` and ran recover().
+
+    With a TSA configured (`timestamp.url`), each committed manifest then gets its
+    token, and those a down TSA left without one are retried (agent/timestamp.py).
+    """
     report = ShipReport()
     entries = state.entries()
+    stamp = timestamp is not None and bool(timestamp.url)
     if not entries:
+        if stamp and timestamp is not None:
+            try:
+                report.timestamps = add_timestamps(state.root, store, timestamp)
+            except GamsaError as exc:
+                state.record_ship(store=store.url, shipped=[], error=exc.diagnostics())
+                raise
         return report
     try:
         # Never put a second manifest at a seq the store holds (restored or copied state).
@@ -177,9 +202,11 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
         window = max(1, int(getattr(store, "concurrency", 1)))
         if window == 1:
             _put_key_document(state, store, key_id)
-            _ship_in_turn(state, store, entries, report)
+            _ship_in_turn(state, store, entries, report, stamp)
         else:
-            _ship_pipelined(state, store, key_id, entries, report, window)
+            _ship_pipelined(state, store, key_id, entries, report, window, stamp)
+        if stamp and timestamp is not None:
+            report.timestamps = add_timestamps(state.root, store, timestamp)
     except GamsaError as exc:
         state.record_ship(store=store.url, shipped=report.shipped, error=exc.diagnostics())
         raise
@@ -190,7 +217,7 @@ def ship_spool(state: StateDir, store: Store, key_id: str) -> ShipReport:
 
 
 def _ship_in_turn(state: StateDir, store: Store, entries: list[SpoolEntry],
-                  report: ShipReport) -> None:
+                  report: ShipReport, stamp: bool) -> None:
     """One request at a time (local stores)."""
     for index, entry in enumerate(entries):
         report.remaining = len(entries) - index
@@ -200,12 +227,12 @@ def _ship_in_turn(state: StateDir, store: Store, entries: list[SpoolEntry],
         crashpoint("records shipped")
         _commit(store, staged)
         crashpoint("manifest shipped")
-        _confirm_and_remove(state, store, staged)
+        _confirm_and_remove(state, store, staged, stamp)
         _note(report, state, staged)
 
 
 def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[SpoolEntry],
-                    report: ShipReport, window: int) -> None:
+                    report: ShipReport, window: int, stamp: bool) -> None:
     """Network stores: the same order of commits, with the waiting overlapped.
 
     The commit chain, in this thread, is one manifest put after another, in seq
@@ -253,7 +280,7 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
                 _commit(store, staged)
                 crashpoint("manifest shipped")
                 confirms.append((staged, confirmer.submit(_confirm_and_remove, state, store,
-                                                          staged)))
+                                                          staged, stamp)))
                 fill()
                 collect_confirmed(block=False)
             collect_confirmed(block=True)
@@ -280,7 +307,8 @@ def _age_seconds(timestamp: str, now: dt.datetime) -> int | None:
 
 
 def agent_status(state: StateDir, store_url: str, max_bytes: int,
-                 now: dt.datetime | None = None) -> dict[str, Any]:
+                 now: dt.datetime | None = None,
+                 timestamp: TimestampConfig | None = None) -> dict[str, Any]:
     """What `gamsa status` shows, with `problems`: reasons to exit non-zero.
 
     Problems: the spool is over its cap (new bundles hold only a `spool_full`
@@ -302,6 +330,9 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
     for path, reason in quarantined:
         problems.append(f"spool entry quarantined in {path}: {reason} ({QUARANTINE_HINT})")
     problems.extend(divergence_problems(state))
+    stamps = timestamp_status(state.root, timestamp or TimestampConfig())
+    if (waiting := timestamp_problem(stamps)) is not None:
+        problems.append(waiting)
     last_error = status.get("last_error")
     if status.get("last_result") == "error" and isinstance(last_error, dict):
         problems.append(f"last ship failed at {last_error.get('at')}: "
@@ -318,6 +349,7 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
                   "oldest_age_seconds": _age_seconds(oldest_at, now) if oldest_at else None},
         "quarantined": [{"path": str(path), "reason": reason} for path, reason in quarantined],
         "divergence": read_divergence(state),
+        "timestamps": stamps,
         "chain": None if head is None else {"id": head.chain_id, "seq": head.seq,
                                             "key_id": head.key_id,
                                             "finished_at": head.finished_at},

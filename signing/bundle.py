@@ -26,6 +26,7 @@ from signing.merkle import MerkleBuilder
 
 RECORDS_SUFFIX = ".records.jsonl.gz"
 MANIFEST_SUFFIX = ".manifest.dsse.json"
+TIMESTAMP_SUFFIX = ".manifest.tsr"  # an RFC 3161 response over the manifest (signing.timestamp)
 GZIP_LEVEL = 3  # level 6 costs ~25% more sealing time for ~11% smaller objects
 BATCH_RECORDS = 4096  # records canonicalized, hashed and compressed together
 # Bounds reading a records object: a gzip bomb must not exhaust the verifier's memory.
@@ -36,7 +37,7 @@ HOST_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 BUNDLE_KEY = re.compile(
     r"^(?P<prefix>v1/host=(?P<host>" + HOST_ID + r")/date=(?P<date>\d{4}-\d{2}-\d{2})/"
     r"(?P<seq>\d{10})-(?P<cid>[A-Za-z0-9_-]{1,64}))"
-    r"(?P<suffix>\.records\.jsonl\.gz|\.manifest\.dsse\.json)$"
+    r"(?P<suffix>\.records\.jsonl\.gz|\.manifest\.dsse\.json|\.manifest\.tsr)$"
 )
 
 
@@ -61,14 +62,20 @@ class BundleName:
     def manifest_key(self) -> str:
         return self.stem + MANIFEST_SUFFIX
 
+    @property
+    def timestamp_key(self) -> str:
+        return self.stem + TIMESTAMP_SUFFIX
+
 
 def parse_bundle_key(key: str) -> tuple[BundleName, str] | None:
-    """(name, "records"|"manifest") for a bundle object key, None for any other key."""
+    """(name, "records"|"manifest"|"timestamp") for a bundle object key, else None."""
     match = BUNDLE_KEY.match(key)
     if match is None:
         return None
     name = BundleName(match["host"], match["date"], int(match["seq"]), match["cid"])
-    return name, ("records" if match["suffix"] == RECORDS_SUFFIX else "manifest")
+    kinds = {RECORDS_SUFFIX: "records", MANIFEST_SUFFIX: "manifest",
+             TIMESTAMP_SUFFIX: "timestamp"}
+    return name, kinds[match["suffix"]]
 
 
 @dataclass(frozen=True)

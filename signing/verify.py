@@ -53,7 +53,10 @@ from signing.revocation import REVOCATION_KEY, revocation_findings
 from signing.rotation import ROTATION_KEY, Problem, rotation_findings
 
 if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
+
     from signing.completeness import Completeness, FleetSummary
+    from signing.timestamp import TimestampSummary
 
 ERROR = "error"
 WARNING = "warning"
@@ -132,6 +135,7 @@ class VerifyResult:
     findings: list[Finding] = field(default_factory=list)
     bundles: list[BundleSummary] = field(default_factory=list)
     fleet: FleetSummary | None = None  # signing.completeness
+    timestamps: TimestampSummary | None = None  # signing.timestamp, with a TSA chain given
 
     @property
     def ok(self) -> bool:
@@ -155,7 +159,9 @@ class VerifyResult:
         return {"ok": self.ok, "bundles": len(self.bundles), "records": self.records,
                 "chains": list(chains.values()),
                 "findings": [f.as_dict() for f in self.findings],
-                **({} if self.fleet is None else {"fleet": self.fleet.as_dict()})}
+                **({} if self.fleet is None else {"fleet": self.fleet.as_dict()}),
+                **({} if self.timestamps is None
+                   else {"timestamps": self.timestamps.as_dict()})}
 
 
 Progress = Callable[[int, int], None]
@@ -466,7 +472,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  host: str | None = None, progress: Progress | None = None,
                  workers: int = 1,
                  org_keys: Mapping[str, PublicKey] | None = None,
-                 expect: Completeness | None = None) -> VerifyResult:
+                 expect: Completeness | None = None,
+                 tsa_chain: list[Certificate] | None = None) -> VerifyResult:
     """Verify every bundle under `v1/` (or one host's) in `reader`.
 
     `trusted` keys are trusted for any host (reported as `key_unbound`); with
@@ -474,7 +481,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     its enrolled host and window (`load_trust`). `expect` says what else the
     fleet must show (signing.completeness: the time of the audit, the longest
     silence allowed, the bucket's object versions); without it, hosts expected
-    but without bundles are still reported.
+    but without bundles are still reported. With `tsa_chain` (the TSA certificates
+    the auditor trusts), each bundle's RFC 3161 token is checked (signing.timestamp).
 
     With `workers` > 1, that many bundles are read and checked at once (each
     worker holds one bundle's objects); results are taken in key order, so the
@@ -499,7 +507,10 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     def one(name: BundleName) -> VerifyResult:
         found = VerifyResult()
         kinds = names[name]
-        if "manifest" not in kinds:
+        if kinds == {"timestamp"}:
+            found.findings.append(Finding(name.timestamp_key, "timestamp_orphan",
+                                          "timestamp token without its bundle", WARNING))
+        elif "manifest" not in kinds:
             found.findings.append(Finding(
                 name.records_key, "manifest_missing",
                 "records object without a manifest (an upload in progress, or a manifest "
@@ -554,6 +565,14 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     fleet_findings, result.fleet = check_completeness(trust, result.bundles,
                                                       expect or Completeness(), host)
     result.findings.extend(fleet_findings)
+    if tsa_chain is not None:
+        from signing.timestamp import Stamped, check_timestamps
+
+        result.timestamps = check_timestamps(reader.get, (
+            Stamped(b.manifest_key, b.name.timestamp_key
+                    if "timestamp" in names.get(b.name, set()) else None,
+                    b.manifest_sha256, b.finished_at) for b in result.bundles), tsa_chain)
+        result.findings.extend(Finding(*f) for f in result.timestamps.findings)
     return result
 
 
