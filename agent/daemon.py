@@ -33,6 +33,7 @@ from agent.state import StateDir
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
 
+_random = random.SystemRandom()  # no seed shared by a fleet cloned from one image
 JITTER = 0.10  # up to 10% of an interval added, so a fleet started together spreads out
 SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
 SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
@@ -130,22 +131,27 @@ def daemon_lock(state_dir: Path) -> Iterator[None]:
 
 @dataclass
 class Plan:
-    """When each collector is next due (monotonic seconds)."""
+    """When each collector is next due (monotonic seconds).
+
+    Jitter is drawn once per distinct interval, not per collector, so collectors on
+    the same interval stay due at the same moment and share one bundle.
+    """
 
     due: dict[str, float] = field(default_factory=dict)
 
     @staticmethod
-    def delay(interval: int) -> float:
-        return interval + random.uniform(0, JITTER * interval)
+    def next_times(config: Config, names: list[str], now: float) -> dict[str, float]:
+        intervals = {config.schedule.interval(n) for n in names}
+        at = {i: now + i + _random.uniform(0, JITTER * i) for i in intervals}
+        return {n: at[config.schedule.interval(n)] for n in names}
 
     def reset(self, config: Config, names: list[str], now: float) -> None:
-        self.due = {n: now + self.delay(config.schedule.interval(n)) for n in names}
+        self.due = self.next_times(config, names, now)
 
     def take_due(self, config: Config, now: float) -> list[str]:
         """The collectors due now (sealed together), rescheduled from now."""
         due = sorted(n for n, at in self.due.items() if at <= now)
-        for name in due:
-            self.due[name] = now + self.delay(config.schedule.interval(name))
+        self.due.update(self.next_times(config, due, now))
         return due
 
 
@@ -163,12 +169,10 @@ class Shipper(threading.Thread):
 
     def run(self) -> None:
         wait = SHIP_EVERY
-        while not self.stop.is_set():
+        while True:
             self.wake.wait(wait)
             self.wake.clear()
-            if self.stop.is_set():
-                return
-            try:
+            try:  # on stop, one last try: what it cannot ship waits in the spool
                 self.owner.ship_once()
                 wait = SHIP_EVERY
             except GamsaError as exc:
@@ -177,6 +181,8 @@ class Shipper(threading.Thread):
                 self.owner.log("warning", "ship_failed",
                                f"shipping failed, retry in {wait:.0f} s: {exc.diagnostics()}",
                                retry_seconds=wait)
+            if self.stop.is_set():
+                return
 
 
 class Daemon:
