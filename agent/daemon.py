@@ -168,19 +168,21 @@ class Shipper(threading.Thread):
         self.wake.set()
 
     def run(self) -> None:
-        wait = SHIP_EVERY
+        backoff = 0.0
         while True:
-            self.wake.wait(wait)
+            if backoff:  # sealings during a backoff wait for it; a stop cuts it short
+                self.stop.wait(backoff)
+            else:
+                self.wake.wait(SHIP_EVERY)
             self.wake.clear()
             try:  # on stop, one last try: what it cannot ship waits in the spool
                 self.owner.ship_once()
-                wait = SHIP_EVERY
+                backoff = 0.0
             except GamsaError as exc:
-                wait = min(SHIP_BACKOFF_MAX, SHIP_BACKOFF_FIRST if wait == SHIP_EVERY
-                           else wait * 2)
+                backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
                 self.owner.log("warning", "ship_failed",
-                               f"shipping failed, retry in {wait:.0f} s: {exc.diagnostics()}",
-                               retry_seconds=wait)
+                               f"shipping failed, retry in {backoff:.0f} s: "
+                               f"{exc.diagnostics()}", retry_seconds=backoff)
             if self.stop.is_set():
                 return
 
@@ -244,12 +246,17 @@ class Daemon:
         state = self.state()
         host_id = self.host_id()
         collectors = [self.collectors[n] for n in names]
-        try:
+        look = None
+        try:  # an unreachable store must not stop evidence from being sealed and spooled
             store = open_store(config.store.url, config.store)
+            look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+        except GamsaError as exc:
+            self.log("warning", "store_unchecked",
+                     f"store not checked before sealing: {exc.diagnostics()}")
+        try:
             with state.locked():
-                sealed = seal_collection(
-                    config, host_id, collectors, trigger, state,
-                    look=lambda head: look_before_sealing(store, state, host_id, head))
+                sealed = seal_collection(config, host_id, collectors, trigger, state,
+                                         look=look)
         except GamsaError as exc:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)

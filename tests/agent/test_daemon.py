@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -227,6 +228,8 @@ def test_json_log_lines_parse(gamsa_env: GamsaEnv, daemons: list[Running]) -> No
     gamsa_env.write_config(FAST)
     d = start(daemons, gamsa_env, "--log-format", "json")
     d.wait_line('"event": "sealed"', count=2)
+    stat = Path(f"/proc/{d.proc.pid}/stat").read_text()
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == 10, "niced to 10"
     d.stop()
     events = [json.loads(line) for line in d.lines()]
     assert {"time", "level", "event", "message"} <= set(events[0])
@@ -234,3 +237,18 @@ def test_json_log_lines_parse(gamsa_env: GamsaEnv, daemons: list[Running]) -> No
     assert names[0] == "start" and names[-1] == "stop" and "shipped" in names
     sealed = next(e for e in events if e["event"] == "sealed")
     assert sealed["seq"] == 1 and sealed["collectors"] == {"host": "ok"}
+
+
+def test_a_failing_store_backs_off_and_keeps_sealing(gamsa_env: GamsaEnv,
+                                                     daemons: list[Running]) -> None:
+    gamsa_env.write_config(FAST)
+    gamsa_env.store.write_text("not a directory\n")  # every ship fails
+    d = start(daemons, gamsa_env, "--log-format", "json")
+    d.wait_line('"event": "sealed"', count=3)
+    d.stop()
+    events = [json.loads(line) for line in d.lines()]
+    failures = [e for e in events if e["event"] == "ship_failed"]
+    assert failures and failures[0]["retry_seconds"] == 5, failures
+    assert len(failures) <= 2, failures  # the first try and the last at stop: backed off
+    spooled = list((gamsa_env.state_dir / "spool").iterdir())
+    assert len(spooled) == sum(e["event"] == "sealed" for e in events), "nothing lost"
