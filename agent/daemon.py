@@ -260,6 +260,7 @@ class Daemon:
         except GamsaError as exc:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)
+            notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
             return False
         self.last_sealed = time.monotonic()
         statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"

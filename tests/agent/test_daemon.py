@@ -98,17 +98,21 @@ def assert_verifies_one_chain(env: GamsaEnv) -> dict[str, Any]:
     chain = report["chains"][0]
     assert chain["first_seq"] == 1 and chain["last_seq"] == chain["bundles"], chain
     assert not list((env.state_dir / "spool").iterdir())  # everything shipped
-    assert not [p for p in env.store.rglob("*") if p.name.startswith(".") or
-                p.name.endswith((".tmp", ".part"))], "half-written objects in the store"
+    for where in (env.store, env.state_dir):
+        assert not [p for p in where.rglob(".tmp-*")], f"half-written files in {where}"
     return report
 
 
-def test_start_sweep_systemd_notify_and_sigterm(gamsa_env: GamsaEnv,
-                                                daemons: list[Running]) -> None:
+@pytest.mark.parametrize("kind", ["abstract", "path"])
+def test_start_sweep_systemd_notify_and_sigterm(gamsa_env: GamsaEnv, daemons: list[Running],
+                                                kind: str) -> None:
     gamsa_env.write_config(FAST)
-    address = f"@gamsa-test-{secrets.token_hex(6)}"  # abstract namespace, as systemd may use
+    if kind == "abstract":  # `@name`, as systemd may hand out
+        address = f"@gamsa-test-{secrets.token_hex(6)}"
+    else:
+        address = str(gamsa_env.root / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind("\0" + address[1:])
+        sock.bind("\0" + address[1:] if kind == "abstract" else address)
         sock.settimeout(0.2)
         d = start(daemons, gamsa_env,
                   extra_env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
@@ -125,8 +129,8 @@ def test_start_sweep_systemd_notify_and_sigterm(gamsa_env: GamsaEnv,
         d.wait_for(lambda: received("READY=1"), "READY=1")
         # READY comes after the start sweep was sealed
         assert any("sealed seq 1 (schedule: host ok" in line for line in d.lines())
-        d.wait_for(lambda: sum(m == "WATCHDOG=1" for m in got) >= 2 or
-                   not received("WATCHDOG=1"), "two WATCHDOG=1 pings")
+        d.wait_for(lambda: received("WATCHDOG=1") and
+                   sum(m == "WATCHDOG=1" for m in got) >= 2, "two WATCHDOG=1 pings")
         assert any(m.startswith("STATUS=sealed seq") for m in got), got
         d.wait_line("sealed seq 3")
         took = d.stop()
