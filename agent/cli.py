@@ -995,6 +995,23 @@ def _show_plan(plan: Any, org_key_id: str) -> None:
         click.echo(f"  REJECTED {show(source)}: {show(reason)}", err=True)
 
 
+@cli.group("agent")
+def agent_group() -> None:
+    """The agent as a daemon."""
+
+
+@agent_group.command("run")
+@config_option
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="stderr lines: `gamsa: ...` text or JSON objects.")
+def agent_run(config_path: Path | None, log_format: str) -> None:
+    """Run in the foreground: schedule, seal, ship (systemd Type=notify)."""
+    from agent.daemon import Daemon, Log
+
+    Daemon(lambda: load(config_path), lambda c: _selected_collectors(c, ()),
+           Log(log_format)).run()
+
+
 @cli.command("collectors")
 @json_option
 def collectors_cmd(as_json: bool) -> None:

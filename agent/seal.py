@@ -35,7 +35,7 @@ from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_rec
 from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
 from signing.errors import GamsaError
 
-TRIGGERS = ("schedule", "on-demand", "file-change")
+TRIGGERS = ("schedule", "on-demand", "file-change", "heartbeat")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,371 @@
+"""`gamsa agent run`: the foreground daemon systemd supervises.
+
+One main thread schedules and seals (a start sweep, then each collector on its own
+interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
+background thread ships. Both take the state lock only while they seal or ship, so
+`gamsa collect` run meanwhile extends the same chain. Signal handlers only set flags:
+the main loop acts on them between sealings, so SIGTERM never interrupts a bundle.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import fcntl
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent.config import Config
+from agent.state import StateDir
+from collector.registry import Collector
+from signing.errors import RUNTIME, GamsaError
+
+_random = random.SystemRandom()  # no seed shared by a fleet cloned from one image
+JITTER = 0.10  # up to 10% of an interval added, so a fleet started together spreads out
+SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
+SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
+SHIP_BACKOFF_MAX = 300.0
+STOP_JOIN_SECONDS = 5.0  # how long SIGTERM waits for a ship in flight (spooled is safe)
+
+IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
+IOPRIO_WHO_PROCESS = 1
+IOPRIO_CLASS_IDLE = 3
+IOPRIO_CLASS_SHIFT = 13
+
+
+class Log:
+    """One line per event on stderr: `gamsa: ...` text, or one JSON object per line."""
+
+    def __init__(self, fmt: str = "text", stream: Any = None) -> None:
+        self.fmt = fmt
+        self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
+
+    def __call__(self, level: str, event: str, message: str, **fields: Any) -> None:
+        if self.fmt == "json":
+            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            line = json.dumps({"time": now, "level": level, "event": event,
+                               "message": message, **fields}, sort_keys=True, default=str)
+        else:
+            line = f"gamsa: {message}"
+        with self._lock:
+            print(line, file=self.stream, flush=True)
+
+
+def notify(message: str) -> None:
+    """Send one sd_notify datagram to $NOTIFY_SOCKET (`@` = abstract); no-op without it."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError:
+            pass  # systemd gone or the socket not ours: nothing to tell, keep collecting
+
+
+def watchdog_interval() -> float | None:
+    """Half of $WATCHDOG_USEC in seconds when the watchdog is meant for this process."""
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+def lower_priority(log: Log) -> None:
+    """nice 10 and the idle I/O class; where not permitted, say so and go on."""
+    try:
+        os.nice(10)
+    except OSError as exc:
+        log("debug", "nice", f"nice not lowered: {exc.strerror}")
+    number = IOPRIO_SET.get(platform.machine())
+    if number is None or not sys.platform.startswith("linux"):
+        log("debug", "ioprio", f"idle I/O class not set: no ioprio_set on {platform.machine()}")
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    value = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
+    if libc.syscall(number, IOPRIO_WHO_PROCESS, 0, value) != 0:
+        log("debug", "ioprio", f"idle I/O class not set: {os.strerror(ctypes.get_errno())}")
+
+
+@contextmanager
+def daemon_lock(state_dir: Path) -> Iterator[None]:
+    """Held for the daemon's life: a second `agent run` on this state dir refuses."""
+    path = state_dir / "daemon.lock"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise GamsaError(f"cannot open the daemon lock {path}: {exc.strerror}",
+                         exit_code=RUNTIME) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise GamsaError(f"another `gamsa agent run` (pid {holder}) holds {path}",
+                             hint="one daemon per state dir; stop it first",
+                             exit_code=RUNTIME) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Plan:
+    """When each collector is next due (monotonic seconds).
+
+    Jitter is drawn once per distinct interval, not per collector, so collectors on
+    the same interval stay due at the same moment and share one bundle.
+    """
+
+    due: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def next_times(config: Config, names: list[str], now: float) -> dict[str, float]:
+        intervals = {config.schedule.interval(n) for n in names}
+        at = {i: now + i + _random.uniform(0, JITTER * i) for i in intervals}
+        return {n: at[config.schedule.interval(n)] for n in names}
+
+    def reset(self, config: Config, names: list[str], now: float) -> None:
+        self.due = self.next_times(config, names, now)
+
+    def take_due(self, config: Config, now: float) -> list[str]:
+        """The collectors due now (sealed together), rescheduled from now."""
+        due = sorted(n for n, at in self.due.items() if at <= now)
+        self.due.update(self.next_times(config, due, now))
+        return due
+
+
+class Shipper(threading.Thread):
+    """Ships the spool after each sealing (`kick`) and on a timer, backing off on failure."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(name="gamsa-shipper", daemon=True)
+        self.owner = daemon
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+
+    def kick(self) -> None:
+        self.wake.set()
+
+    def run(self) -> None:
+        backoff = 0.0
+        while True:
+            if backoff:  # sealings during a backoff wait for it; a stop cuts it short
+                self.stop.wait(backoff)
+            else:
+                self.wake.wait(SHIP_EVERY)
+            self.wake.clear()
+            try:  # on stop, one last try: what it cannot ship waits in the spool
+                self.owner.ship_once()
+                backoff = 0.0
+            except GamsaError as exc:
+                backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
+                self.owner.log("warning", "ship_failed",
+                               f"shipping failed, retry in {backoff:.0f} s: "
+                               f"{exc.diagnostics()}", retry_seconds=backoff)
+            if self.stop.is_set():
+                return
+
+
+class Daemon:
+    """The scheduler, sealer and signal handling of `gamsa agent run`."""
+
+    def __init__(self, load: Callable[[], Config],
+                 select: Callable[[Config], list[Collector]], log: Log) -> None:
+        self.load = load
+        self.select = select
+        self.log = log
+        self.config = load()
+        self.collectors = {c.name: c for c in select(self.config)}
+        self.stopping = False
+        self.reload_asked = False
+        self.wake = threading.Event()
+        self.plan = Plan()
+        self.last_sealed = time.monotonic()
+
+    # state and store, from the current config --------------------------------
+
+    def state(self) -> StateDir:
+        return StateDir(self.config.state_dir, self.config.keys.agent)
+
+    def host_id(self) -> str:
+        from agent.identity import resolve_host_id
+
+        return resolve_host_id(self.config.host_id)
+
+    def ship_once(self) -> None:
+        from agent.ship import ship_spool
+        from agent.store import open_store
+
+        config = self.config
+        store = open_store(config.store.url, config.store)
+        state = StateDir(config.state_dir, config.keys.agent)
+        with state.locked():
+            if not state.entries():
+                return
+            signer, _ = state.signer(self.host_id())
+            state.recover()
+            report = ship_spool(state, store, signer.key_id, config.timestamp)
+        if report.shipped:
+            self.log("info", "shipped", f"shipped {len(report.shipped)} bundle(s) to {store.url}",
+                     count=len(report.shipped), store=store.url)
+        for name in report.quarantined:
+            self.log("error", "quarantined", f"quarantined {name}", bundle=name)
+        if report.status_problem:
+            self.log("warning", "ship_status", report.status_problem)
+
+    # sealing --------------------------------------------------------------------
+
+    def seal(self, names: list[str], trigger: str) -> bool:
+        """Seal one bundle of `names` (none: a heartbeat); False when it failed."""
+        from agent.chainguard import look_before_sealing
+        from agent.seal import seal_collection
+        from agent.store import open_store
+
+        config = self.config
+        state = self.state()
+        host_id = self.host_id()
+        collectors = [self.collectors[n] for n in names]
+        look = None
+        try:  # an unreachable store must not stop evidence from being sealed and spooled
+            store = open_store(config.store.url, config.store)
+            look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+        except GamsaError as exc:
+            self.log("warning", "store_unchecked",
+                     f"store not checked before sealing: {exc.diagnostics()}")
+        try:
+            with state.locked():
+                sealed = seal_collection(config, host_id, collectors, trigger, state,
+                                         look=look)
+        except GamsaError as exc:
+            self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
+                     trigger=trigger, collectors=names)
+            notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
+            return False
+        self.last_sealed = time.monotonic()
+        statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"
+        self.log("info", "sealed", f"sealed seq {sealed.head.seq} ({trigger}: {statuses}; "
+                 f"{sealed.record_count} records)", seq=sealed.head.seq,
+                 chain_id=sealed.head.chain_id, trigger=trigger, records=sealed.record_count,
+                 collectors={r.name: r.status for r in sealed.results},
+                 manifest_key=sealed.entry.name.manifest_key)
+        if sealed.genesis_reason:
+            self.log("warning", "new_chain", f"new chain {sealed.head.chain_id}: "
+                     f"{sealed.genesis_reason}", chain_id=sealed.head.chain_id)
+        if sealed.clock_warning:
+            self.log("warning", "clock", f"clock: {sealed.clock_warning}")
+        notify(f"STATUS=sealed seq {sealed.head.seq} ({trigger})")
+        return True
+
+    def silent_for(self) -> float:
+        """Seconds since the last bundle this host sealed (ours or a `gamsa collect`)."""
+        try:
+            since_head = time.time() - self.state().chain_path.stat().st_mtime
+        except OSError:
+            since_head = float("inf")
+        return min(time.monotonic() - self.last_sealed, since_head)
+
+    # signals and reload ------------------------------------------------------------
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_asked = True
+        else:
+            self.stopping = True
+        self.wake.set()
+
+    def reload(self) -> None:
+        self.reload_asked = False
+        notify("RELOADING=1")
+        try:
+            config = self.load()
+            collectors = {c.name: c for c in self.select(config)}
+            if config.state_dir != self.config.state_dir:
+                raise GamsaError(f"state_dir changed ({self.config.state_dir} -> "
+                                 f"{config.state_dir}); restart the daemon to move it")
+        except GamsaError as exc:
+            self.log("error", "reload_refused",
+                     f"config reload refused, keeping the old config: {exc.diagnostics()}")
+            notify("READY=1")
+            return
+        self.config, self.collectors = config, collectors
+        self.plan.reset(config, list(collectors), time.monotonic())
+        self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
+                 f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
+        notify("READY=1")
+
+    # the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self.on_signal)
+        lower_priority(self.log)
+        with daemon_lock(self.config.state_dir):
+            self.log("info", "start", f"agent started (pid {os.getpid()}, collectors: "
+                     f"{', '.join(self.collectors)}; config sha256 {self.config.sha256[:16]}…)",
+                     pid=os.getpid(), config_sha256=self.config.sha256)
+            shipper = Shipper(self)
+            shipper.start()
+            try:
+                self.loop(shipper)
+            finally:
+                notify("STOPPING=1")
+                shipper.stop.set()
+                shipper.kick()
+                shipper.join(STOP_JOIN_SECONDS)
+                self.log("info", "stop", "agent stopped")
+
+    def loop(self, shipper: Shipper) -> None:
+        names = list(self.collectors)
+        if self.seal(names, "schedule"):
+            shipper.kick()
+        self.plan.reset(self.config, names, time.monotonic())
+        notify("READY=1")
+        ping = watchdog_interval()
+        next_ping = time.monotonic()
+        while not self.stopping:
+            now = time.monotonic()
+            if ping is not None and now >= next_ping:
+                notify("WATCHDOG=1")
+                next_ping = now + ping
+            if self.reload_asked:
+                self.reload()
+                continue
+            due = self.plan.take_due(self.config, now)
+            if due:
+                if self.seal(due, "schedule"):
+                    shipper.kick()
+                continue
+            silent = self.silent_for()
+            heartbeat = self.config.schedule.heartbeat
+            if silent >= heartbeat:
+                if self.seal([], "heartbeat"):
+                    shipper.kick()
+                else:  # a failed heartbeat must not spin: try again a heartbeat later
+                    self.last_sealed = time.monotonic()
+                continue
+            until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
+            if ping is not None:
+                until.append(next_ping - now)
+            self.wake.wait(max(0.05, min(until)))
+            self.wake.clear()
