@@ -72,7 +72,7 @@ def read_wheel(path: Path) -> Wheel:
 
 
 def build_wheelhouse(dest: Path, constraint: Path | None) -> None:
-    """gamsa and its dependency closure as wheels, plus pip (the installer runs it from its wheel)."""
+    """gamsa and its dependency closure as wheels, plus pip (run from its wheel)."""
     dest.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
             "--wheel-dir", str(dest), str(REPO), "pip"]
