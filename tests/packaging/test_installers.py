@@ -277,3 +277,26 @@ def test_tarball_installs_offline_twice_keeping_key_chain_and_config(
     second = collect_and_verify(host)
     assert (first["seq"], second["seq"]) == (1, 2)
     assert second["chain_id"] == first["chain_id"]
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_tampered_wheelhouse_is_refused_and_the_installed_agent_kept(
+        built: Built, host: Host, tmp_path: Path) -> None:
+    """A wheel that no longer matches requirements.lock fails the install, loudly, and
+    the venv already in service stays in service."""
+    with tarfile.open(built.tarball) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="tar")
+    (install,) = (tmp_path / "unpacked").glob("*/install.sh")
+    host.run(str(install))
+    venv = os.readlink(host.path("/opt/gamsa/venv"))
+    (gamsa_wheel,) = install.parent.glob("wheelhouse/gamsa-*.whl")
+    with gamsa_wheel.open("ab") as f:
+        f.write(b"\0")
+    failed = host.run(str(install), check=False)
+    assert failed.returncode != 0
+    assert "the previous install is unchanged" in failed.stderr
+    assert "hash" in failed.stderr.lower()
+    assert os.readlink(host.path("/opt/gamsa/venv")) == venv
+    assert len(list(host.path("/opt/gamsa").glob("venv-*"))) == 1
+    assert collect_and_verify(host)["seq"] == 1
