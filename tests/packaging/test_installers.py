@@ -111,7 +111,10 @@ class Host:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[Host]:
-    yield Host(tmp_path / "box")
+    box = tmp_path / "box"
+    yield Host(box)
+    # The box holds a copy of /etc (shadow included): never leave it in pytest's kept tmp dirs.
+    shutil.rmtree(box, ignore_errors=True)
 
 
 def collect_and_verify(host: Host) -> dict[str, object]:
