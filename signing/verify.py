@@ -468,6 +468,25 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
     return findings
 
 
+class _KeysListedOnce:
+    """`reader` with `v1/keys/` listed once per verification: the trust, rotation and
+    revocation checks each read that folder, and on S3 every listing is paged requests."""
+
+    def __init__(self, reader: ObjectReader) -> None:
+        self._reader = reader
+        self._keys: list[str] | None = None
+
+    def list(self, prefix: str) -> Iterable[str]:
+        if prefix != KEYS_PREFIX:
+            return self._reader.list(prefix)
+        if self._keys is None:
+            self._keys = list(self._reader.list(KEYS_PREFIX))
+        return iter(self._keys)
+
+    def get(self, key: str) -> bytes:
+        return self._reader.get(key)
+
+
 def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  host: str | None = None, progress: Progress | None = None,
                  workers: int = 1,
@@ -491,7 +510,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     """
     prefix = f"v1/host={host}/" if host else "v1/host="
     result = VerifyResult()
-    trust, trust_findings = load_trust(reader, trusted, org_keys, workers)
+    keys_reader = _KeysListedOnce(reader)
+    trust, trust_findings = load_trust(keys_reader, trusted, org_keys, workers)
     result.findings.extend(trust_findings)
     names: dict[BundleName, set[str]] = {}
     for key in reader.list(prefix):
@@ -555,7 +575,7 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     result.findings.extend(check_chains(result.bundles))
     # Key rotation and revocation (signing/rotation.py, signing/revocation.py).
     result.findings.extend(Finding(p.key, p.code, p.message)
-                           for p in key_lifecycle_problems(reader, trust.keys, org_keys,
+                           for p in key_lifecycle_problems(keys_reader, trust.keys, org_keys,
                                                            result.bundles))
     result.findings.extend(agent_truth_findings(result.bundles))
     result.findings.extend(unbound_findings(trust, result.bundles))

@@ -235,3 +235,21 @@ def test_nothing_to_verify_is_an_error_finding(tmp_path: Path) -> None:
     other = verify_store(DirectoryReader(tmp_path), trusted(signer), host="elsewhere")
     assert [f.code for f in other.findings] == ["no_bundles"]
     assert "host elsewhere" in other.findings[0].message
+
+
+def test_the_keys_folder_is_listed_once_per_verification(tmp_path: Path) -> None:
+    """Trust, rotation and revocation checks all read v1/keys/: one listing serves them."""
+    signer = FileSigner.from_key(generate_private_key())
+    write_chain(tmp_path, signer, 3)
+    listed: list[str] = []
+
+    class Listing(DirectoryReader):
+        def list(self, prefix: str) -> Iterator[str]:
+            listed.append(prefix)
+            return super().list(prefix)
+
+    org = FileSigner.from_key(generate_private_key())
+    result = verify_store(Listing(tmp_path), trusted(signer),
+                          org_keys=trusted(org))
+    assert result.bundles
+    assert listed.count("v1/keys/") == 1, listed
