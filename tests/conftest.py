@@ -16,6 +16,13 @@ import pytest
 GAMSA = str(Path(sys.executable).parent / "gamsa")
 
 
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """`result` of a `gamsa` run that must have succeeded, cleanly."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
 @dataclass
 class GamsaEnv:
     """One agent's world: its config file, state dir and file:// store."""

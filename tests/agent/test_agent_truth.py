@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.agent.s3_fixtures import S3GamsaEnv, free_port, s3_env
-from tests.conftest import GamsaEnv
+from tests.conftest import GamsaEnv, ok
 
 FAKETIME_LIBS = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
 needs_faketime = pytest.mark.skipif(
@@ -34,12 +34,6 @@ def faked(offset: str) -> dict[str, str]:
     """Environment making the agent's clock read `offset` off (e.g. '+26000d', '-5m')."""
     return {"LD_PRELOAD": FAKETIME_LIBS[0], "FAKETIME": offset,
             "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def ok_or_findings(result: subprocess.CompletedProcess[str]

@@ -28,7 +28,7 @@ from signing.enrollment import (
     sign_enrollment,
 )
 from signing.keys import FileSigner, load_private_key
-from tests.conftest import GamsaEnv
+from tests.conftest import GamsaEnv, ok
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,12 +41,6 @@ def host_env(tmp_path: Path, host_id: str, store: Path) -> GamsaEnv:
                           f'[store]\nurl = "{env.store_url}"\n'
                           f'[collectors]\nenabled = ["host"]\n')
     return env
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GamsaEnv
+from tests.conftest import GamsaEnv, ok
 
 MODULES = [p for p in ("/usr/lib/softhsm/libsofthsm2.so",
                        "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so") if os.path.exists(p)]
@@ -60,12 +60,6 @@ def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Token:
     pin_file.write_text(PIN + "\n")
     pin_file.chmod(0o600)
     return Token(conf, pin_file, MODULES[0])
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "Traceback" not in result.stderr
-    return result
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
