@@ -113,7 +113,8 @@ def test_config_as_dict_is_json(tmp_path: Path, env: dict[str, str]) -> None:
     assert data["state_dir"] == str(default_state_dir(env=env))
     assert data["privacy"]["key_file"] == "/etc/gamsa/pseudonym.key"
     assert data["schedule"] == {"default": 900, "heartbeat": 300,
-                                "per_collector": {"packages": 21600}}
+                                "per_collector": {"packages": 21600},
+                                "timeout": 600, "timeouts": {}}
     assert data["collectors"]["logs"]["sources"] == [
         {"path": "/var/log/auth.log", "format": "auth", "kind": ""}]
 
@@ -566,7 +567,7 @@ def test_schedule_key_that_names_no_collector_is_an_error(tmp_path: Path,
     assert err.hint == 'did you mean "schedule.packages"?'
     err = load_error(write(tmp_path, '[schedule]\nzzz = "6h"\n'), env)
     assert_one_line(err, 'unknown key "schedule.zzz"')
-    assert "default, heartbeat, or a collector name: accounts, files" in err.hint
+    assert "default, heartbeat, timeout, timeouts, or a collector name: accounts, agent" in err.hint
 
 
 # --------------------------------------------------------------------------- accepted edge cases
