@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlparse
 
 from collector._endpoints import parse_endpoint
-from collector.files import DEFAULT_PATHS
+from collector.files import DEFAULT_HASH_RATE, DEFAULT_PATHS
 from collector.registry import collector_names
 from signing.errors import UsageError
 
@@ -98,7 +98,7 @@ class FilesConfig:
     content_max_bytes: int = 65536
     hash_max_bytes: int = 1024**3  # larger files are recorded without a hash
     watch: bool = True
-    hash_rate: int = 1024**3  # bytes hashed per minute at most; 0 = unlimited
+    hash_rate: int = DEFAULT_HASH_RATE  # bytes hashed per minute at most; 0 = no cap
 
 
 @dataclass(frozen=True)
