@@ -16,6 +16,7 @@ collector costs one thread, never a pile of them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -71,12 +72,11 @@ def run_bounded(collector: Collector, ctx: CollectContext, timeout: float) -> Co
     if worker.is_alive():
         with _stuck_lock:
             _stuck[collector.name] = _Stuck(worker, started_at)
-        seconds = int(timeout)
         return CollectorResult(
             collector.name, collector.version, "error",
             [Record(collector.name, TIMEOUT_TYPE, collector.name,
-                    {"timeout_seconds": seconds, "started_at": started_at})],
-            f"timed out after {seconds} s; abandoned, its records not sealed",
+                    {"timeout_seconds": math.ceil(timeout), "started_at": started_at})],
+            f"timed out after {timeout:g} s; abandoned, its records not sealed",
             int((time.monotonic() - started) * 1000))
     if not outcome:  # only a BaseException (SystemExit in a thread) ends a run so
         return CollectorResult(collector.name, collector.version, "error", [],

@@ -186,3 +186,28 @@ def test_daemon_start_and_stop_are_sealed_and_status_follows_it(gamsa_env: Gamsa
     assert json.loads((gamsa_env.state_dir / JOURNAL_FILE).read_bytes().splitlines()[-1])[
         "event"] == "agent_stop"
     assert os.stat(gamsa_env.state_dir / JOURNAL_FILE).st_mode & 0o077 == 0
+
+
+def test_watch_overflow_is_one_call_for_the_watcher(tmp_path: Path) -> None:
+    assert lifelog.watch_overflow(tmp_path, "files", "inotify queue overflow", 12) is None
+    (record,) = drain(tmp_path, None).records
+    assert (record.type, record.data["watcher"], record.data["paths"]) == (
+        "watch_overflow", "files", 12)
+    (tmp_path / "lifelog.lock").chmod(0o000)
+    if os.geteuid() != 0:  # root opens it anyway
+        problem = lifelog.watch_overflow(tmp_path, "files", "again", 1)
+        assert problem is not None and "lifelog" in problem
+
+
+def test_status_after_a_kill_9_says_the_daemon_is_not_running(gamsa_env: GamsaEnv) -> None:
+    gamsa_env.write_config('[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
+    daemon = Running(gamsa_env)
+    try:
+        daemon.wait_line("sealed seq 1")
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.proc.wait(10)
+    finally:
+        daemon.kill()
+    text = ok(gamsa_env.run("status")).stdout
+    assert f"daemon: not running (pid {daemon.proc.pid} last reported at" in text
+    assert "did not stop cleanly" in text
