@@ -24,9 +24,11 @@ and a journal replaced under an unsealed checkpoint. Nothing is dropped silently
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,20 +224,34 @@ def event_problem(event: str, fields: Mapping[str, Any]) -> str | None:
     return None
 
 
+LOCK_WAIT_SECONDS = 5.0  # a journal lock held longer (a hung disk): fail, never hang
+
+
 @contextlib.contextmanager
 def journal_lock(state_dir: Path, create: bool) -> Iterator[bool]:
     """Hold the journal lock; yields False (no lock) when there is no journal and
-    `create` is false. Writers and the reader both take it exclusively."""
+    `create` is false. Writers and the reader both take it exclusively, waiting at
+    most LOCK_WAIT_SECONDS (then TimeoutError), so the daemon's loop never hangs on it."""
     flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    path = state_dir / JOURNAL_LOCK_FILE
     try:
-        fd = os.open(state_dir / JOURNAL_LOCK_FILE, flags, 0o600)
+        fd = os.open(path, flags, 0o600)
     except FileNotFoundError:
         if create:
             raise
         yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        give_up = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > give_up:
+                    raise TimeoutError(errno.ETIMEDOUT, "the journal lock is held too long",
+                                       str(path)) from None
+                time.sleep(0.01)
         yield True
     finally:
         os.close(fd)

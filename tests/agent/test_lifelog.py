@@ -211,3 +211,21 @@ def test_status_after_a_kill_9_says_the_daemon_is_not_running(gamsa_env: GamsaEn
     text = ok(gamsa_env.run("status")).stdout
     assert f"daemon: not running (pid {daemon.proc.pid} last reported at" in text
     assert "did not stop cleanly" in text
+
+
+def test_a_journal_lock_held_too_long_fails_the_note_instead_of_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    from collector import agent as agent_collector
+
+    monkeypatch.setattr(agent_collector, "LOCK_WAIT_SECONDS", 0.3)
+    refused(tmp_path, "first")
+    holder = os.open(tmp_path / "lifelog.lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another process's stuck hold, as seen here
+        problem = lifelog.note_quietly(tmp_path, "config_refused", reason="second")
+    finally:
+        os.close(holder)
+    assert problem is not None and "lock is held too long" in problem
+    assert len((tmp_path / JOURNAL_FILE).read_bytes().splitlines()) == 1
