@@ -7,6 +7,7 @@ subprocesses where sealing and crashes matter.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import signal
@@ -229,3 +230,34 @@ def test_a_journal_lock_held_too_long_fails_the_note_instead_of_hanging(
         os.close(holder)
     assert problem is not None and "lock is held too long" in problem
     assert len((tmp_path / JOURNAL_FILE).read_bytes().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_reloads_refused_and_applied_are_sealed_with_their_hash(gamsa_env: GamsaEnv) -> None:
+    gamsa_env.write_config('[schedule]\ndefault = "1h"\nheartbeat = "1h"\n',
+                           collectors='["agent"]')
+    daemon = Running(gamsa_env)
+    try:
+        daemon.wait_line("sealed seq 1")
+        good = gamsa_env.config.read_text()
+        gamsa_env.config.write_text(good + "[nonsense]\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_line("config reload refused")
+        daemon.wait_line("sealed seq 2", timeout=40)  # a life event: sealed within 10 s
+        gamsa_env.config.write_text(good + "# edited\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_line("config reloaded")
+        daemon.wait_line("sealed seq 3", timeout=40)
+        daemon.stop()
+    finally:
+        daemon.kill()
+    assert_verifies_one_chain(gamsa_env)
+    records = sealed_agent_records(gamsa_env)
+    refused_record = next(r for r in records if r["type"] == "config_refused")
+    assert "nonsense" in refused_record["data"]["reason"]
+    reloaded = [r for r in records if r["type"] == "config_loaded"]
+    assert [r["data"]["reason"] for r in reloaded] == ["start", "reload"]
+    assert reloaded[1]["data"]["config_sha256"] == hashlib.sha256(
+        gamsa_env.config.read_bytes()).hexdigest()
+    assert manifests(gamsa_env)[-1]["predicate"]["agent"]["config_sha256"] == \
+        reloaded[1]["data"]["config_sha256"]
