@@ -7,6 +7,8 @@ Layout under `state_dir` (docs/OPERATIONS.md):
     keys/agent.json           its public key document (shipped to v1/keys/)
     chain.json                chain head: id, seq, manifest sha256, finished_at, key_id
     status.json               the shipper's last success and last error (`gamsa status`)
+    daemon.json, daemon.lock  the daemon's report and its life-long flock (agent/daemon*.py)
+    lifelog*.jsonl            the agent's own life events (agent/lifelog.py, collector/agent.py)
     checkpoints.json          collector checkpoints (log offsets) of the sealed head
     checkpoints.next.json     checkpoints of a bundle being sealed; promoted once the
                               head names that bundle, discarded otherwise
