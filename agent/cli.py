@@ -290,10 +290,34 @@ def status(config_path: Path | None, as_json: bool) -> None:
         if (stamps := info["timestamps"]) is not None:
             click.echo(f"timestamps: {stamps['pending']} shipped manifest(s) waiting for a "
                        f"token from {stamps['tsa']}")
+        click.echo(_daemon_line(info["daemon"]))
     for problem in info["problems"]:
         warn(problem)
     if info["problems"]:
         sys.exit(FINDINGS)
+
+
+def _daemon_line(daemon: dict[str, Any]) -> str:
+    """`gamsa status`'s daemon line: running or not (by its lock), and its last doings."""
+    report = daemon["status"] or {}
+    sealed, shipped = report.get("last_sealed"), report.get("last_ship")
+    done = "".join([
+        f"; last sealed seq {sealed['seq']} ({sealed['trigger']}) at {sealed['at']}"
+        if isinstance(sealed, dict) else "",
+        f"; last ship {shipped['result']} at {shipped['at']}"
+        if isinstance(shipped, dict) else ""])
+    if daemon["running"]:
+        due = report.get("next_due") or {}
+        soonest = min(due.values()) if due else None
+        return (f"daemon: running (pid {daemon['pid']}, since {report.get('started', '?')})"
+                + done + (f"; next due {soonest}" if soonest else ""))
+    if not report:
+        return "daemon: not running (no `gamsa agent run` has used this state dir)"
+    stopped = report.get("stopped")
+    return (f"daemon: not running (pid {report.get('pid')} "
+            + (f"stopped at {stopped}" if stopped else
+               f"last reported at {report.get('updated')} and did not stop cleanly")
+            + ")" + done)
 
 
 @cli.group("store")

@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote, urlparse
 
 from collector._endpoints import parse_endpoint
-from collector.files import DEFAULT_PATHS
+from collector.files import DEFAULT_HASH_RATE, DEFAULT_PATHS
 from collector.registry import collector_names
 from signing.errors import UsageError
 
@@ -98,6 +98,7 @@ class FilesConfig:
     content_max_bytes: int = 65536
     hash_max_bytes: int = 1024**3  # larger files are recorded without a hash
     watch: bool = True
+    hash_rate: int = DEFAULT_HASH_RATE  # bytes hashed per minute at most; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,16 @@ class ScheduleConfig:
     default: int = 900
     heartbeat: int = 300
     per_collector: dict[str, int] = field(default_factory=dict)
+    timeout: int = 600  # a collector run longer than this is abandoned
+    timeouts: dict[str, int] = field(default_factory=dict)  # `[schedule.timeouts]`
 
     def interval(self, collector: str) -> int:
         """Seconds between runs of `collector`."""
         return self.per_collector.get(collector, self.default)
+
+    def timeout_for(self, collector: str) -> int:
+        """Seconds one run of `collector` may take before it is abandoned."""
+        return self.timeouts.get(collector, self.timeout)
 
 
 @dataclass(frozen=True)
@@ -531,6 +538,14 @@ class _Parser:
             self.fail(f'"{key}" must be at least 1 byte, got {_show(value)}')
         return nbytes
 
+    def size_or_zero(self, value: Any, key: str) -> int:
+        """A size where 0 means "no limit"."""
+        if value == 0 and not isinstance(value, bool):
+            return 0
+        if isinstance(value, str) and value.strip() in ("0", "0B"):
+            return 0
+        return self.size(value, key)
+
     def absolute_path(self, value: str, key: str) -> Path:
         path = Path(value)
         if not path.is_absolute():
@@ -645,7 +660,8 @@ class _Parser:
     def files(self, collectors: Mapping[str, Any]) -> FilesConfig:
         p = "collectors.files"
         t = self.table(collectors, "collectors", "files",
-                       ("paths", "content_max_bytes", "hash_max_bytes", "watch"))
+                       ("paths", "content_max_bytes", "hash_max_bytes", "watch",
+                        "hash_rate"))
         d = FilesConfig()
         paths = self.string_list(t, p, "paths", d.paths)
         for index, path in enumerate(paths):
@@ -657,6 +673,7 @@ class _Parser:
             hash_max_bytes=self.size(t.get("hash_max_bytes", d.hash_max_bytes),
                                      f"{p}.hash_max_bytes"),
             watch=self.boolean(t, p, "watch", d.watch),
+            hash_rate=self.size_or_zero(t.get("hash_rate", d.hash_rate), f"{p}.hash_rate"),
         )
 
     def network(self, collectors: Mapping[str, Any]) -> NetworkConfig:
@@ -708,28 +725,37 @@ class _Parser:
 
     def schedule(self, doc: Mapping[str, Any]) -> ScheduleConfig:
         p = "schedule"
-        t = self.table(doc, "", p, None)  # any key but these two is a collector name
+        t = self.table(doc, "", p, None)  # any key but the reserved is a collector name
         d = ScheduleConfig()
-        reserved = ("default", "heartbeat")
-        per_collector = {}
-        collectors = collector_names()
-        for name, value in t.items():
-            if name in reserved:
-                continue
-            key = _join(p, name)
-            if name not in collectors:  # a typo (`pakages`) would silently never apply
-                close = difflib.get_close_matches(name, (*reserved, *collectors), n=1,
-                                                  cutoff=0.6)
-                self.fail(f'unknown key "{key}"',
-                          f'did you mean "{_join(p, close[0])}"?' if close else
-                          f"keys: default, heartbeat, or a collector name: "
-                          f"{', '.join(collectors)}")
-            per_collector[name] = self.duration(value, key)
+        reserved = ("default", "heartbeat", "timeout", "timeouts")
+        per_collector = self.per_collector(t, p, reserved)
+        timeouts = self.per_collector(self.table(t, p, "timeouts", None), f"{p}.timeouts", ())
         return ScheduleConfig(
             default=self.duration(t.get("default", d.default), "schedule.default"),
             heartbeat=self.duration(t.get("heartbeat", d.heartbeat), "schedule.heartbeat"),
             per_collector=per_collector,
+            timeout=self.duration(t.get("timeout", d.timeout), "schedule.timeout"),
+            timeouts=timeouts,
         )
+
+    def per_collector(self, table: Mapping[str, Any], prefix: str,
+                      reserved: tuple[str, ...]) -> dict[str, int]:
+        """Durations by collector name (every key not `reserved`)."""
+        found = {}
+        collectors = collector_names()
+        for name, value in table.items():
+            if name in reserved:
+                continue
+            key = _join(prefix, name)
+            if name not in collectors:  # a typo (`pakages`) would silently never apply
+                close = difflib.get_close_matches(name, (*reserved, *collectors), n=1,
+                                                  cutoff=0.6)
+                self.fail(f'unknown key "{key}"',
+                          f'did you mean "{_join(prefix, close[0])}"?' if close else
+                          (f"keys: {', '.join(reserved)}, or " if reserved else "keys: ")
+                          + f"a collector name: {', '.join(collectors)}")
+            found[name] = self.duration(value, key)
+        return found
 
     def privacy(self, doc: Mapping[str, Any]) -> PrivacyConfig:
         p = "privacy"

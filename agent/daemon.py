@@ -28,8 +28,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent import __version__
 from agent.config import Config
+from agent.daemon_status import DaemonStatus, StatusFile
+from agent.lifelog import note_quietly
+from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
 from agent.state import StateDir
+from collector.agent import NAME as AGENT
+from collector.record import from_epoch, utc_now
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
 
@@ -39,6 +45,8 @@ SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
 SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
 SHIP_BACKOFF_MAX = 300.0
 STOP_JOIN_SECONDS = 5.0  # how long SIGTERM waits for a ship in flight (spooled is safe)
+LIFE_SEAL_SECONDS = 10.0  # a life event makes the agent collector due this soon
+LOCK_TRIES = 10  # `gamsa status` peeks at daemon.lock for an instant: try a few times
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
 IOPRIO_WHO_PROCESS = 1
@@ -115,13 +123,18 @@ def daemon_lock(state_dir: Path) -> Iterator[None]:
         raise GamsaError(f"cannot open the daemon lock {path}: {exc.strerror}",
                          exit_code=RUNTIME) from exc
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise GamsaError(f"another `gamsa agent run` (pid {holder}) holds {path}",
-                             hint="one daemon per state dir; stop it first",
-                             exit_code=RUNTIME) from None
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt + 1 < LOCK_TRIES:
+                    time.sleep(0.1)
+                    continue
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise GamsaError(f"another `gamsa agent run` (pid {holder}) holds {path}",
+                                 hint="one daemon per state dir; stop it first",
+                                 exit_code=RUNTIME) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
@@ -178,11 +191,13 @@ class Shipper(threading.Thread):
             try:  # on stop, one last try: what it cannot ship waits in the spool
                 self.owner.ship_once()
                 backoff = 0.0
+                self.owner.shipped_ok()
             except GamsaError as exc:
                 backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
                 self.owner.log("warning", "ship_failed",
                                f"shipping failed, retry in {backoff:.0f} s: "
                                f"{exc.diagnostics()}", retry_seconds=backoff)
+                self.owner.ship_failed(exc.diagnostics())
             if self.stop.is_set():
                 return
 
@@ -202,6 +217,52 @@ class Daemon:
         self.wake = threading.Event()
         self.plan = Plan()
         self.last_sealed = time.monotonic()
+        self.stop_signal = "error"  # until a signal says otherwise
+        self.started = time.monotonic()
+        self.clock = ClockWatch()
+        self.ship_health = ShipHealth()
+        self.spool_pressure = SpoolPressure()
+        self.status = StatusFile(self.config.state_dir, DaemonStatus(
+            os.getpid(), utc_now(), self.config.sha256,
+            None if self.config.source is None else str(self.config.source)))
+
+    # the agent's own life (collector/agent.py) and daemon.json --------------------
+
+    def life(self, event: str, prompt: bool = True, **fields: Any) -> None:
+        """Note a life event; `prompt`: have the agent collector seal it soon."""
+        problem = note_quietly(self.config.state_dir, event, **fields)
+        if problem is not None:
+            self.log("warning", "lifelog", f"agent event {event} not noted: {problem}")
+        if prompt and AGENT in self.plan.due:
+            soon = time.monotonic() + LIFE_SEAL_SECONDS
+            self.plan.due[AGENT] = min(self.plan.due[AGENT], soon)
+            self.wake.set()
+
+    def report(self, **changes: Any) -> None:
+        """Update daemon.json (a warning line when it cannot be written)."""
+        if "next_due" not in changes:
+            now_wall, now = time.time(), time.monotonic()
+            changes["next_due"] = {n: from_epoch(now_wall + at - now)
+                                   for n, at in sorted(self.plan.due.items())}
+        problem = self.status.update(**changes)
+        if problem is not None:
+            self.log("warning", "daemon_status", problem)
+
+    def set_watcher(self, name: str, state: str) -> None:
+        """For the watchers: their state in daemon.json (`watching`, `rescanning`...)."""
+        self.report(watchers={**self.status.status.watchers, name: state})
+
+    def shipped_ok(self) -> None:
+        self.report(last_ship={"at": utc_now(), "result": "ok"})
+        recovered = self.ship_health.succeeded()
+        if recovered is not None:
+            self.life("ship_recovered", **recovered)
+
+    def ship_failed(self, error: str) -> None:
+        self.report(last_ship={"at": utc_now(), "result": "error", "error": error})
+        failing = self.ship_health.failed(error)
+        if failing is not None:
+            self.life("ship_failing", **failing)
 
     # state and store, from the current config --------------------------------
 
@@ -275,6 +336,12 @@ class Daemon:
         if sealed.clock_warning:
             self.log("warning", "clock", f"clock: {sealed.clock_warning}")
         notify(f"STATUS=sealed seq {sealed.head.seq} ({trigger})")
+        self.report(last_sealed={"seq": sealed.head.seq, "at": sealed.head.finished_at,
+                                 "trigger": trigger,
+                                 "collectors": {r.name: r.status for r in sealed.results}})
+        pressure = self.spool_pressure.check(sealed.spool)
+        if pressure is not None:
+            self.life("spool_pressure", **pressure)
         return True
 
     def silent_for(self) -> float:
@@ -292,6 +359,7 @@ class Daemon:
             self.reload_asked = True
         else:
             self.stopping = True
+            self.stop_signal = signal.Signals(signum).name
         self.wake.set()
 
     def reload(self) -> None:
@@ -306,10 +374,15 @@ class Daemon:
         except GamsaError as exc:
             self.log("error", "reload_refused",
                      f"config reload refused, keeping the old config: {exc.diagnostics()}")
+            self.life("config_refused", reason=exc.diagnostics())
             notify("READY=1")
             return
         self.config, self.collectors = config, collectors
         self.plan.reset(config, list(collectors), time.monotonic())
+        self.life("config_loaded", reason="reload", config_sha256=config.sha256,
+                  source=None if config.source is None else str(config.source))
+        self.report(config_sha256=config.sha256,
+                    config_source=None if config.source is None else str(config.source))
         self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
                  f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
         notify("READY=1")
@@ -324,15 +397,26 @@ class Daemon:
             self.log("info", "start", f"agent started (pid {os.getpid()}, collectors: "
                      f"{', '.join(self.collectors)}; config sha256 {self.config.sha256[:16]}…)",
                      pid=os.getpid(), config_sha256=self.config.sha256)
+            source = self.config.source
+            self.life("agent_start", prompt=False, version=__version__,
+                      config_sha256=self.config.sha256)
+            self.life("config_loaded", prompt=False, reason="start",
+                      config_sha256=self.config.sha256,
+                      source=None if source is None else str(source))
+            self.report()
             shipper = Shipper(self)
             shipper.start()
             try:
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
+                # before the last ship: sealed by the next start's sweep
+                self.life("agent_stop", prompt=False, signal=self.stop_signal,
+                          uptime_seconds=int(time.monotonic() - self.started))
                 shipper.stop.set()
                 shipper.kick()
                 shipper.join(STOP_JOIN_SECONDS)
+                self.report(stopped=utc_now(), next_due={})
                 self.log("info", "stop", "agent stopped")
 
     def loop(self, shipper: Shipper) -> None:
@@ -340,6 +424,7 @@ class Daemon:
         if self.seal(names, "schedule"):
             shipper.kick()
         self.plan.reset(self.config, names, time.monotonic())
+        self.report()
         notify("READY=1")
         ping = watchdog_interval()
         next_ping = time.monotonic()
@@ -348,6 +433,11 @@ class Daemon:
             if ping is not None and now >= next_ping:
                 notify("WATCHDOG=1")
                 next_ping = now + ping
+            jump = self.clock.check()
+            if jump is not None:
+                self.log("warning", "clock_jump", f"the wall clock stepped "
+                         f"{jump['step_seconds']} s", **jump)
+                self.life("clock_jump", **jump)
             if self.reload_asked:
                 self.reload()
                 continue

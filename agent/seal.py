@@ -13,15 +13,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent import __version__
+from agent import __version__, resources
 from agent.chainguard import StoreView, note_divergence, sealed_before
 from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.fsutil import failing
 from agent.identity import host_description
+from agent.lifelog import note_trouble
 from agent.rotate import continues_after_rotation
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
+from collector._timeout import run_bounded
 from collector.accounts import local_account_names
+from collector.agent import NAME as AGENT
 from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
 from collector.record import format_time, utc_now
 from collector.registry import (
@@ -29,7 +32,6 @@ from collector.registry import (
     Collector,
     CollectorResult,
     all_collectors,
-    run_collector,
 )
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
 from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
@@ -80,7 +82,7 @@ def collect_context(config: Config, state: StateDir) -> CollectContext:
     c = config.collectors
     options: dict[str, dict[str, Any]] = {
         "files": {"paths": list(c.files.paths), "content_max_bytes": c.files.content_max_bytes,
-                  "hash_max_bytes": c.files.hash_max_bytes},
+                  "hash_max_bytes": c.files.hash_max_bytes, "hash_rate": c.files.hash_rate},
         "network": {"ai_endpoints": list(c.network.ai_endpoints)},
         "logs": {"sources": [{"path": s.path, "format": s.format, "kind": s.kind}
                              for s in c.logs.sources],
@@ -137,7 +139,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
             # so the bundle starts where the last ended and says what the clock read.
             started_at = head.finished_at
     collection_id = new_collection_id(started)
-    results = [run_collector(c, ctx) for c in collectors]
+    usage_before = resources.snapshot()
+    results = run_all(collectors, ctx, config, state)
     records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
     rewriter: BundlePseudonymizer | None = None
     if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
@@ -180,7 +183,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     predicate: dict[str, Any] = {
         "host": host_description(host_id),
         "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
-                  "key_id": signer.key_id},
+                  "key_id": signer.key_id,
+                  "resources": resources.snapshot().since(usage_before)},
         "collection": collection,
         "collectors": [r.manifest_entry() for r in results],
         "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
@@ -215,6 +219,19 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
             note_divergence(state, divergence, head.chain_id if head else chain_id, chain_id)
     return Sealed(entry, new_head, results, records_object.count, reason, spool, view,
                   clock_warning)
+
+
+def run_all(collectors: Iterable[Collector], ctx: CollectContext, config: Config,
+            state: StateDir) -> list[CollectorResult]:
+    """Run each collector under its timeout, the `agent` collector last so it seals
+    the life events this run noted (a timeout, a skip, a failure) in this bundle."""
+    results = []
+    for collector in sorted(collectors, key=lambda c: c.name == AGENT):
+        result = run_bounded(collector, ctx, config.schedule.timeout_for(collector.name))
+        results.append(result)
+        with contextlib.suppress(GamsaError):  # the manifest says it too (status, error)
+            note_trouble(state.root, result, config.schedule.timeout_for(collector.name))
+    return results
 
 
 def clock_check(local: dt.datetime, store: dt.datetime) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from agent.chainguard import (
 )
 from agent.config import TimestampConfig
 from agent.crashpoints import crashpoint
+from agent.daemon_status import daemon_state
 from agent.enroll import publish_enrollments
 from agent.rotate import publish_rotations
 from agent.state import SpoolEntry, StateDir, spooled_statement
@@ -357,4 +358,5 @@ def agent_status(state: StateDir, store_url: str, max_bytes: int,
         "last_error": last_error,
         "last_result": status.get("last_result"),
         "failing_since": status.get("failing_since"),
+        "daemon": daemon_state(state.root),
     }

@@ -7,6 +7,8 @@ Layout under `state_dir` (docs/OPERATIONS.md):
     keys/agent.json           its public key document (shipped to v1/keys/)
     chain.json                chain head: id, seq, manifest sha256, finished_at, key_id
     status.json               the shipper's last success and last error (`gamsa status`)
+    daemon.json, daemon.lock  the daemon's report and its life-long flock (agent/daemon*.py)
+    lifelog*.jsonl            the agent's own life events (agent/lifelog.py, collector/agent.py)
     checkpoints.json          collector checkpoints (log offsets) of the sealed head
     checkpoints.next.json     checkpoints of a bundle being sealed; promoted once the
                               head names that bundle, discarded otherwise
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -36,7 +39,7 @@ from typing import Any
 from agent.crashpoints import crashpoint
 from agent.fsutil import failing, fsync_dir, replace_atomic, write_new_file
 from collector.record import Record, from_epoch, utc_now
-from collector.registry import Collector, Field, RecordType
+from collector.registry import CollectContext, Collector
 from signing.bundle import BundleName, manifest_sha256
 from signing.dsse import parse_envelope, parse_statement
 from signing.errors import GamsaError, os_error
@@ -459,28 +462,17 @@ def _chain_of(manifest: bytes) -> dict[str, Any]:
             "key_id": predicate["agent"]["key_id"]}
 
 
-SPOOL_FULL_TYPE = "spool_full"
-
-
 def spool_full_collector(usage: SpoolUsage) -> Collector:
     """The stand-in collector sealed when the spool is over its cap.
 
     Sealing goes on (the chain must not stop), but instead of a full collection the
-    bundle holds one small record saying so; nothing already sealed is dropped.
+    bundle holds the `agent` collector's records: one small `spool_full` record saying
+    so, and the agent's journal (bounded); nothing already sealed is dropped.
     """
-    data = {"spool_bytes": usage.bytes, "max_bytes": usage.max_bytes,
-            "bundles": usage.bundles}
-    return Collector(
-        name="agent",
-        version="1",
-        description="The agent's own condition.",
-        platforms=("linux", "darwin", "win32"),
-        record_types={SPOOL_FULL_TYPE: RecordType(
-            doc="The spool was over its byte cap, so this bundle holds this record "
-                "instead of a collection; shipping has not kept up.",
-            key='"spool"',
-            fields={"spool_bytes": Field((int,), "bytes of sealed bundles waiting"),
-                    "max_bytes": Field((int,), "the configured cap (spool.max_bytes)"),
-                    "bundles": Field((int,), "sealed bundles waiting")})},
-        collect=lambda _ctx: [Record("agent", SPOOL_FULL_TYPE, "spool", dict(data))],
-    )
+    from collector import agent
+
+    def collect(ctx: CollectContext) -> Iterator[Record]:
+        yield agent.spool_full_record(usage.bytes, usage.max_bytes, usage.bundles)
+        yield from agent.collect(ctx)
+
+    return dataclasses.replace(agent.COLLECTOR, collect=collect)

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from collector._hashcache import HashCache, file_identity
+from collector._hashrate import HashBudget, budget_for, wait_bound
 from collector._linux import MAX_SAFE_INT, os_reason, parse_colon_file
 from collector.record import Record, text_or_b64
 from collector.registry import (
@@ -53,6 +54,7 @@ from collector.registry import (
     Collector,
     Field,
     RecordType,
+    coverage_gap,
 )
 from collector.scrub import (
     PRIVATE_KEY_CONTENT,
@@ -91,6 +93,7 @@ DEFAULT_PATHS = (
 )
 DEFAULT_CONTENT_MAX_BYTES = 65536
 DEFAULT_HASH_MAX_BYTES = 1024**3
+DEFAULT_HASH_RATE = 1024**3  # bytes hashed per minute; 0 = no cap
 
 CACHE_FILE = Path("cache") / "file_hashes.json"
 _CHUNK = 1024 * 1024  # hashlib releases the GIL on buffers this size
@@ -130,6 +133,8 @@ class ScanResult:
 class _Settings:
     content_max_bytes: int
     hash_max_bytes: int
+    budget: HashBudget | None = None  # the hash_rate cap; None = no cap
+    wait_until: float = 0.0  # monotonic time after which a file's turn is too late
 
 
 def _int_option(ctx: CollectContext, key: str, default: int) -> int:
@@ -523,6 +528,7 @@ class _Outcome:
     cache_hit: bool = False
     opened: bool = False
     pending: Future[_Read] | None = None
+    deferred: bool = False  # not hashed this run: over the hash_rate budget
 
 
 class _Describer:
@@ -591,7 +597,8 @@ class _Describer:
             data["content_omitted_reason"] = omitted
             return
         if size <= self.settings.content_max_bytes and rule is None:
-            _finish_read(outcome, _read_regular(fs_path, st, for_content=True))
+            if self._may_hash(size, data, outcome):
+                _finish_read(outcome, _read_regular(fs_path, st, for_content=True))
             return
         data["content_omitted_reason"] = omitted
         if st.st_ctime_ns < self.cache_before_ns:
@@ -600,10 +607,24 @@ class _Describer:
         if cached is not None:
             data["sha256"] = cached
             outcome.cache_hit = True
+        elif not self._may_hash(size, data, outcome):
+            outcome.cache_key = None
         elif self.pool is not None and size >= _POOL_MIN_BYTES:
             outcome.pending = self.pool.submit(_read_regular, fs_path, st, False)
         else:
             _finish_read(outcome, _read_regular(fs_path, st, for_content=False))
+
+    def _may_hash(self, size: int, data: dict[str, Any], outcome: _Outcome) -> bool:
+        """Wait for this file's turn under `hash_rate`; False (recorded as not hashed,
+        `hash_rate`) when the turn would come too late for this run."""
+        budget = self.settings.budget
+        if budget is None or budget.take(size, self.settings.wait_until):
+            return True
+        data["hash_omitted_reason"] = HASH_RATE_REASON
+        if data["content_omitted_reason"] is None:
+            data["content_omitted_reason"] = HASH_RATE_REASON
+        outcome.deferred = True
+        return False
 
 
 def _unreadable_record(key: str, exc: OSError) -> Record:
@@ -682,7 +703,9 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
     """Records for every configured pattern, and what producing them cost."""
     limits = limits or Limits()
     settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
-                         _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES))
+                         _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES),
+                         budget_for(_int_option(ctx, "hash_rate", DEFAULT_HASH_RATE)),
+                         wait_bound(ctx.deadline, time.monotonic()))
     walker, pattern_records = _expand_patterns(ctx, limits)
     cache = HashCache.under(ctx.state_dir, CACHE_FILE)
     outcomes = _describe_all(ctx, settings, sorted(walker.found), cache, limits, walker.root)
@@ -690,6 +713,11 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
     stats = ScanStats(matches=len(walker.found))
     records: list[Record] = []
     problems = dict(walker.problems)
+    deferred = sum(outcome.deferred for outcome in outcomes)
+    if deferred:
+        gap = coverage_gap(NAME, "sha256", f"{HASH_RATE_REASON}: deferred to a later run",
+                           deferred)
+        problems[(gap.type, gap.key)] = gap
     for outcome in outcomes:
         if outcome.data is not None:
             records.append(Record(NAME, "file", outcome.key, outcome.data,
@@ -727,6 +755,7 @@ def collect(ctx: CollectContext) -> list[Record]:
     return scan(ctx).records
 
 
+HASH_RATE_REASON = "hash_rate"
 _NONE = type(None)
 _PATTERN_DOC = "the configured pattern, as written"
 
@@ -743,7 +772,10 @@ COLLECTOR = Collector(
                 "directory means itself and everything under it. Symlinks are recorded, "
                 "never followed; FIFOs, sockets and devices are recorded, never opened. "
                 "Options: `paths`, `content_max_bytes` (default 65536), "
-                "`hash_max_bytes` (default 1 GiB).",
+                "`hash_max_bytes` (default 1 GiB), `hash_rate` (bytes hashed per minute, "
+                "default 1 GiB, 0 = no cap: a file whose turn would come later than "
+                "halfway to the run's timeout is not hashed this run, `hash_rate`, and "
+                "a `coverage_gap` counts them).",
     platforms=("linux", "darwin"),
     record_types={
         "file": RecordType(
@@ -781,7 +813,10 @@ COLLECTOR = Collector(
                                              "`source_unreadable` record), "
                                              "`changed_during_read` (replaced, or its size "
                                              "changed, between lstat and the end of the "
-                                             "read); null otherwise"),
+                                             "read), `hash_rate` (its turn under "
+                                             "`hash_rate` would have come too late for "
+                                             "this run: hashed by a later one); null "
+                                             "otherwise"),
                 "symlink_target": Field((str, dict, _NONE),
                                         "a symlink's target as stored (readlink, never "
                                         "followed); `{b64}` when not UTF-8; null for "
@@ -800,7 +835,8 @@ COLLECTOR = Collector(
                                                 "content), `binary` (not UTF-8, or has a "
                                                 "NUL byte), `secret_file` (secret by "
                                                 "nature: see `secret_file_rule`), "
-                                                "`unreadable`, `changed_during_read`; null "
+                                                "`unreadable`, `changed_during_read`, "
+                                                "`hash_rate`; null "
                                                 "when content is captured or the path is "
                                                 "not a regular file"),
                 "secret_file_rule": Field((str, _NONE),

@@ -34,6 +34,8 @@ from collector.record import Record
 NOT_COLLECTORS = frozenset({"record", "registry", "docs", "scrub", "privacy"})
 
 ERROR_TYPE = "collector_error"
+TIMEOUT_TYPE = "collector_timeout"  # emitted by collector._timeout.run_bounded
+SKIPPED_TYPE = "collector_skipped"
 UNSUPPORTED_TYPE = "unsupported"
 SOURCE_MISSING_TYPE = "source_missing"
 SOURCE_UNREADABLE_TYPE = "source_unreadable"
@@ -84,6 +86,8 @@ class CollectContext:
       `checkpoint()` and proposes a new one with `set_checkpoint()`; the agent
       persists proposals in the same crash-safe step that seals the bundle, so a
       crash never skips or repeats what the checkpoint covers.
+    - `deadline`: `time.monotonic()` by which the run must end (its timeout), or
+      None; a collector that would wait (files: the hash rate) gives up before it.
     """
 
     root: Path = Path("/")
@@ -91,6 +95,7 @@ class CollectContext:
     state_dir: Path | None = None
     checkpoints: Mapping[str, Any] = field(default_factory=dict)
     new_checkpoints: dict[str, Any] = field(default_factory=dict)
+    deadline: float | None = None
 
     def path(self, absolute: str) -> Path:
         """`absolute` (e.g. "/etc/passwd") under the root directory."""
@@ -179,6 +184,25 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
         fields={
             "error": Field((str,), "exception type and message"),
             "records_before_error": Field((int,), "records emitted before the error"),
+        },
+    ),
+    TIMEOUT_TYPE: RecordType(
+        doc="The collector overran its timeout (`[schedule] timeout`) and was abandoned: "
+            "none of its records of this run are sealed, its checkpoint does not move, "
+            "and it is not started again until that run ends. Status `error`.",
+        key="the collector name",
+        fields={
+            "timeout_seconds": Field((int,), "the timeout it overran"),
+            "started_at": Field((str,), "when the run started (RFC 3339 UTC)"),
+        },
+    ),
+    SKIPPED_TYPE: RecordType(
+        doc="The collector was not started: its previous run timed out and is still "
+            "running (a thread cannot be killed). Status `error`.",
+        key="the collector name",
+        fields={
+            "reason": Field((str,), "why, e.g. `previous run still running`"),
+            "stuck_since": Field((str,), "when the stuck run started (RFC 3339 UTC)"),
         },
     ),
     UNSUPPORTED_TYPE: RecordType(

@@ -19,7 +19,8 @@ def test_config_check_prints_every_effective_setting(gamsa_env: GamsaEnv,
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"# OK: {gamsa_env.config};")
     printed = tomllib.loads(result.stdout)
-    assert printed["schedule"] == {"default": 900, "heartbeat": 300, "packages": 21600}
+    assert printed["schedule"] == {"default": 900, "heartbeat": 300, "packages": 21600,
+                                   "timeout": 600, "timeouts": {}}
     assert printed["spool"] == {"max_bytes": 2 * 1024 * 1024}
     assert printed["store"]["url"] == gamsa_env.store_url
     assert printed["collectors"]["files"]["watch"] is True  # a default, filled in

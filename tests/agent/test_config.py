@@ -113,7 +113,8 @@ def test_config_as_dict_is_json(tmp_path: Path, env: dict[str, str]) -> None:
     assert data["state_dir"] == str(default_state_dir(env=env))
     assert data["privacy"]["key_file"] == "/etc/gamsa/pseudonym.key"
     assert data["schedule"] == {"default": 900, "heartbeat": 300,
-                                "per_collector": {"packages": 21600}}
+                                "per_collector": {"packages": 21600},
+                                "timeout": 600, "timeouts": {}}
     assert data["collectors"]["logs"]["sources"] == [
         {"path": "/var/log/auth.log", "format": "auth", "kind": ""}]
 
@@ -566,7 +567,7 @@ def test_schedule_key_that_names_no_collector_is_an_error(tmp_path: Path,
     assert err.hint == 'did you mean "schedule.packages"?'
     err = load_error(write(tmp_path, '[schedule]\nzzz = "6h"\n'), env)
     assert_one_line(err, 'unknown key "schedule.zzz"')
-    assert "default, heartbeat, or a collector name: accounts, files" in err.hint
+    assert "default, heartbeat, timeout, timeouts, or a collector name: accounts, agent" in err.hint
 
 
 # --------------------------------------------------------------------------- accepted edge cases
@@ -622,3 +623,22 @@ def test_ai_endpoints_with_ports_on_networks_are_accepted(tmp_path: Path) -> Non
     path.write_text('[collectors.network]\nai_endpoints = ["10.20.0.0/99"]\n')
     with pytest.raises(UsageError, match="ai_endpoints"):
         load_config(path, {})
+
+
+def test_timeouts_and_hash_rate(tmp_path: Path, env: dict[str, str]) -> None:
+    cfg = load_config(write(tmp_path, '[schedule]\ntimeout = "2m"\n[schedule.timeouts]\n'
+                                      'packages = "30m"\n[collectors.files]\n'
+                                      'hash_rate = "256MiB"\n'), env)
+    assert (cfg.schedule.timeout_for("packages"), cfg.schedule.timeout_for("host")) == (
+        1800, 120)
+    assert cfg.collectors.files.hash_rate == 256 << 20
+    assert load_config(write(tmp_path, "[collectors.files]\nhash_rate = 0\n"),
+                       env).collectors.files.hash_rate == 0
+    assert load_config(None, env).collectors.files.hash_rate == 1 << 30
+    err = load_error(write(tmp_path, '[schedule.timeouts]\npakages = "1m"\n'), env)
+    assert_one_line(err, 'unknown key "schedule.timeouts.pakages"')
+    assert err.hint == 'did you mean "schedule.timeouts.packages"?'
+    err = load_error(write(tmp_path, '[schedule]\ntimeout = "0"\n'), env)
+    assert_one_line(err, '"schedule.timeout" must be at least 1 second')
+    err = load_error(write(tmp_path, '[collectors.files]\nhash_rate = "fast"\n'), env)
+    assert_one_line(err, '"collectors.files.hash_rate" must be a size')

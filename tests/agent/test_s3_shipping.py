@@ -170,7 +170,7 @@ def test_spool_cap_seals_spool_full_records_and_status_says_why(gamsa_env: Gamsa
     assert "spool over its cap" in result.stderr
     summary = json.loads(result.stdout)
     assert summary["spool_over_cap"] is True and summary["collectors"] == {"agent": "ok"}
-    assert summary["records"] == 1
+    assert summary["records"] == 2  # spool_full, and the agent journal's `journal` record
     spooled = sorted((gamsa_env.state_dir / "spool").iterdir())
     assert len(spooled) == 2  # nothing sealed was dropped
     lines = gzip.decompress((spooled[-1] / "records.jsonl.gz").read_bytes()).splitlines()
