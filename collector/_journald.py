@@ -247,15 +247,12 @@ def collect_journal(ctx: CollectContext, collector: str, source: JournalSource, 
     else:
         found = _first_start(run, base, first_read_max)
         if isinstance(found, ToolRun):
-            return [*run.records, command_failed_record(collector, "journalctl", found)], saved
+            return [*run.records, _failure(ctx, collector, source, found)], saved
         start = found
     result = run_tool([*base, *start, *_matches()], TIMEOUT, max_bytes=run_read_max)
     over = len(result.stdout) > run_read_max
     if not over and not result.ok:
-        denied = _denied(result, ctx, source.journal)
-        if denied is not None:
-            return [*run.records, coverage_gap(collector, "journal", denied)], saved
-        return [*run.records, command_failed_record(collector, "journalctl", result)], saved
+        return [*run.records, _failure(ctx, collector, source, result)], saved
     for line in _complete_lines(result, run_read_max):
         run.entry(line)
     denied = _denied(result, ctx, source.journal)
@@ -269,6 +266,15 @@ def collect_journal(ctx: CollectContext, collector: str, source: JournalSource, 
     if run.cursor is None:
         return run.records, saved
     return run.records, {"cursor": run.cursor}
+
+
+def _failure(ctx: CollectContext, collector: str, source: JournalSource,
+             failed: ToolRun) -> Record:
+    """A journalctl run that gave nothing: denied (a coverage gap), or failed."""
+    denied = _denied(failed, ctx, source.journal)
+    if denied is not None:
+        return coverage_gap(collector, "journal", denied)
+    return command_failed_record(collector, "journalctl", failed)
 
 
 def _first_start(run: JournalRun, base: list[str], budget: int) -> list[str] | ToolRun:
