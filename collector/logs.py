@@ -121,9 +121,13 @@ def _check_source(table: dict[str, Any], key: str) -> None:
             raise UsageError(f'"{key}.path" is missing',
                              hint='or give journal = "system" for the systemd journal')
         raise UsageError(f'"{key}" has both path and journal', hint="give one of them")
-    if ("journal" in table) != (table["format"] == "journald"):
-        raise UsageError(f'"{key}.format" must be "journald" for a journal and only for '
-                         f"one, got {show(table['format'])}")
+    if "journal" in table and table["format"] != "journald":
+        raise UsageError(f'"{key}.format" must be "journald" for a journal source, got '
+                         f"{show(table['format'])}")
+    if "path" in table and table["format"] == "journald":
+        raise UsageError(f'"{key}.format" "journald" needs a journal source, not a path',
+                         hint='write { journal = "system", format = "journald" } or give the '
+                              "file's format")
 
 
 SOURCES = Option(
