@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime as dt
 import grp
-import hashlib
 import json
 import os
 import re
@@ -36,7 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector._linux import missing_record
-from collector._logformats import AUTH_PROGRAMS, LineContext, Malformed, parse_auth
+from collector._logformats import (
+    AUTH_PROGRAMS,
+    MAX_SAFE_INT,
+    LineContext,
+    Malformed,
+    parse_auth,
+    raw_sha256,
+)
 from collector._tools import ToolRun, command_failed_record, run_tool, which
 from collector.record import Record, format_time
 from collector.registry import MALFORMED_LINE_TYPE, CollectContext, coverage_gap, unsupported
@@ -44,7 +50,6 @@ from collector.registry import MALFORMED_LINE_TYPE, CollectContext, coverage_gap
 SYSTEM = "system"  # `journal = "system"`: the host's own journal
 JOURNAL_READERS = ("systemd-journal", "adm", "wheel")  # groups journald lets read all
 TIMEOUT = 120.0  # seconds for one journalctl run
-REDACTION_MARK = "[REDACTED:"
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _DENIED = ("permission denied", "insufficient permissions", "not seeing messages from other")
 
@@ -109,10 +114,8 @@ class JournalRun:
         if parsed is None:
             self.skipped += 1
             return
-        redacted = parsed["raw"] is not None and REDACTION_MARK in parsed["raw"]
         data = {"log": self.source.id, "file": self.source.id, "line": seqnum,
-                "line_offset": None, **parsed,
-                "raw_sha256": None if redacted else hashlib.sha256(line.encode()).hexdigest(),
+                "line_offset": None, **parsed, "raw_sha256": raw_sha256(parsed, line.encode()),
                 "cursor": self.cursor}
         self.records.append(Record(self.collector, "access",
                                    f"{self.source.id}@{self.cursor}", data))
@@ -126,13 +129,15 @@ class JournalRun:
 
 
 def _seqnum(cursor: str) -> int | None:
-    """The entry's sequence number in its journal (the cursor's `i=`, hex)."""
+    """The entry's sequence number in its journal (the cursor's `i=`, hex); None
+    when absent or beyond 2**53 (no unsafe integer enters a record)."""
     for part in cursor.split(";"):
         if part.startswith("i="):
             try:
-                return int(part[2:], 16)
+                number = int(part[2:], 16)
             except ValueError:
                 return None
+            return number if number <= MAX_SAFE_INT else None
     return None
 
 

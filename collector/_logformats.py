@@ -19,6 +19,7 @@ survive, and no float reaches a record.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -47,6 +48,19 @@ ACCESS_FIELDS = (
     "method", "path", "status", "bytes", "user_agent", "request_id",
     "model", "model_version", "prompt_sha256", "response_sha256", "raw", "raw_truncated",
 )
+
+
+REDACTION_MARK = "[REDACTED:"
+
+
+def raw_sha256(parsed: Mapping[str, Any], line: bytes) -> str | None:
+    """The `raw_sha256` of an access record: SHA-256 of the line as read, or None
+    when a secret was taken out of `raw`: the hash of such a line would let anyone
+    holding the rest of it test guesses of the secret."""
+    raw = parsed.get("raw")
+    if isinstance(raw, str) and REDACTION_MARK in raw:
+        return None
+    return hashlib.sha256(line).hexdigest()
 
 
 class Malformed(ValueError):

@@ -57,6 +57,7 @@ from collector._logformats import (
     Malformed,
     Parser,
     parser_for,
+    raw_sha256,
 )
 from collector.options import (
     SIZE,
@@ -146,7 +147,6 @@ MAX_BYTES_PER_RUN = Option(NAME, "max_bytes_per_run", SIZE, "16MiB",
                            "read per run of the current file (of a journal: its JSON "
                            "output); the rest waits for the next run")
 MAX_SAFE_INT = 2**53 - 1
-REDACTION_MARK = "[REDACTED:"
 _CHUNK = 1 << 16
 _MAX_CANDIDATES = 256
 # What logrotate appends to a rotated file's name: `.1`, `-20261125`, `-2026112506`,
@@ -552,12 +552,9 @@ class SourceRun:
         if parsed is None:
             self.skipped += 1
             return
-        # The hash of a line a secret was taken from would let anyone holding the
-        # rest of the line test guesses of the secret: none then.
-        redacted = parsed["raw"] is not None and REDACTION_MARK in parsed["raw"]
         data = {"log": self.source.path, "file": file, "line": event.line,
                 "line_offset": safe_int(event.offset), **parsed,
-                "raw_sha256": None if redacted else hashlib.sha256(event.raw).hexdigest()}
+                "raw_sha256": raw_sha256(parsed, event.raw)}
         self.records.append(Record(NAME, "access", f"{file}:{event.line}", data))
         self.access += 1
 

@@ -35,8 +35,9 @@ class Journal:
     path: Path
     written: int = 0
 
-    def append(self, entries: list[tuple[str, str]]) -> None:
-        """Add (identifier, message) entries, one microsecond apart."""
+    def append(self, entries: list[tuple[str, str | bytes]]) -> None:
+        """Add (identifier, message) entries, one microsecond apart; a message with a
+        newline or given as bytes is written in the export format's binary form."""
         tool = journal_tools()
         export = bytearray()
         for identifier, message in entries:
@@ -45,8 +46,9 @@ class Journal:
             export += (f"__REALTIME_TIMESTAMP={START_US + n}\n__MONOTONIC_TIMESTAMP={1000 + n}\n"
                        f"_BOOT_ID={BOOT_ID}\n_HOSTNAME=web-01\nSYSLOG_IDENTIFIER={identifier}\n"
                        f"_COMM={identifier}\n_PID={100 + n}\nPRIORITY=6\n").encode()
-            data = message.encode()
-            if "\n" in message:  # binary field form: name, newline, 64-bit LE length, data
+            data = message if isinstance(message, bytes) else message.encode()
+            if isinstance(message, bytes) or "\n" in message:
+                # binary field form: name, newline, 64-bit little-endian length, data
                 export += b"MESSAGE\n" + len(data).to_bytes(8, "little") + data + b"\n\n"
             else:
                 export += b"MESSAGE=" + data + b"\n\n"
@@ -55,6 +57,6 @@ class Journal:
         subprocess.run([tool, "-o", str(self.path), str(source)], check=True,
                        capture_output=True, timeout=60)
 
-    def logins(self, first: int, count: int) -> list[tuple[str, str]]:
+    def logins(self, first: int, count: int) -> list[tuple[str, str | bytes]]:
         return [("sshd", f"Accepted publickey for u{n} from 10.0.0.1 port {n} ssh2")
                 for n in range(first, first + count)]

@@ -72,6 +72,22 @@ def test_auth_entries_are_parsed_like_auth_log(journal: Journal) -> None:
     assert ";i=4;" in cursor and checkpoint == {f"journal:{journal.path}": {"cursor": cursor}}
 
 
+def test_control_characters_and_bad_bytes(journal: Journal) -> None:
+    """A newline in a message is written as rsyslog does (#012), so a forged second
+    line cannot hide or fake an event; a message that is not UTF-8 is malformed."""
+    journal.append([
+        ("sshd", "Accepted password for bob from 10.0.0.9 port 7 ssh2\nsudo: root : fake"),
+        ("sudo", b"\xff\xfe alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/id"),
+    ])
+    records, _ = run(journal.path)
+    [login] = of(records, "access")
+    assert login.data["account"] == "bob"
+    assert login.data["raw"].endswith("ssh2#012sudo: root : fake")
+    [bad] = of(records, "malformed_line")
+    assert bad.data == {"file": f"journal:{journal.path}", "line": 2, "reason": "not UTF-8"}
+    assert of(records, "journal_source")[0].data["malformed"] == 1
+
+
 def test_two_collections_neither_repeat_nor_skip(journal: Journal) -> None:
     journal.append(journal.logins(1, 5))
     first, checkpoint = run(journal.path)
