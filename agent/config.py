@@ -37,6 +37,7 @@ from urllib.parse import quote, urlparse
 
 from collector.options import (
     Option,
+    option_value,
     parse_options,
     positive_duration,
     positive_size,
@@ -113,11 +114,7 @@ class CollectorsConfig:
 
     def value(self, option: Option[T]) -> T:
         """The configured value of a declared option (its default when not set)."""
-        values = self.options.get(option.collector, {})
-        if option.name in values:
-            result: T = values[option.name]
-            return result
-        return option.default_value
+        return option_value(self.options, option)
 
 
 @dataclass(frozen=True)

@@ -323,6 +323,16 @@ class Option(Generic[T]):
         return self.kind.parse(self.default, self.key)
 
 
+def option_value(options: Mapping[str, Mapping[str, Any]], option: Option[T]) -> T:
+    """The value of `option` in per-collector `options` (as in config and
+    `ctx.options`), else its declared default."""
+    values = options.get(option.collector, {})
+    if option.name in values:
+        result: T = values[option.name]
+        return result
+    return option.default_value
+
+
 def parse_options(collector: str, options: Mapping[str, Option[Any]],
                   table: Mapping[str, Any]) -> dict[str, Any]:
     """Every option of `collector` from its `[collectors.<collector>]` table (defaults

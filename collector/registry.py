@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from collector.options import Option, parse_duration
+from collector.options import Option, option_value, parse_duration
 from collector.record import Record
 
 T = TypeVar("T")
@@ -111,11 +111,7 @@ class CollectContext:
     def value(self, option: Option[T]) -> T:
         """The configured value of a declared option, else its default. Not checked
         again: a collector that must survive a bad value checks it itself."""
-        values = self.options.get(option.collector, {})
-        if option.name in values:
-            result: T = values[option.name]
-            return result
-        return option.default_value
+        return option_value(self.options, option)
 
     def checkpoint(self, collector: str) -> Any:
         """The last sealed checkpoint of `collector` (None before the first)."""
