@@ -11,8 +11,10 @@ as rsyslog writes them, `#012`), and is parsed by the one auth parser
 (`_logformats.parse_auth`); lines that are not access events are counted.
 
 The checkpoint is the journal cursor of the last entry read (`{"cursor": ...}`
-under the source's id `journal:<journal>`): the next run reads `--after-cursor`
-it, and the agent moves it exactly when the bundle is sealed, like file offsets.
+under the source's id `journal:<journal>`; `{"cursor": null}` after a read that
+found no auth entry, so the next run reads from the start): the next run reads
+`--after-cursor` it, and the agent moves it exactly when the bundle is sealed,
+like file offsets.
 A journal never read before is read from its newest `first_read_max_bytes` of
 JSON output (a `log_gap` says what came before was not read); one run reads at
 most `max_bytes_per_run` of JSON output, the rest waits for the next run.
@@ -243,6 +245,11 @@ def _usable_cursor(saved: Any) -> str | None:
     return cursor if isinstance(cursor, str) and cursor.startswith("s=") else None
 
 
+# The checkpoint of a journal read while it held no auth entry: every entry after
+# that is new, so the next run reads from the start, without the first-read bound.
+EMPTY = {"cursor": None}
+
+
 def collect_journal(ctx: CollectContext, collector: str, source: JournalSource, saved: Any,
                     first_read_max: int, run_read_max: int,
                     ) -> tuple[list[Record], dict[str, Any] | None]:
@@ -257,11 +264,13 @@ def collect_journal(ctx: CollectContext, collector: str, source: JournalSource, 
     base = [tool, *target, "-o", "json", "--no-pager"]
     run = JournalRun(collector, source)
     cursor = _usable_cursor(saved)
-    if saved is not None and cursor is None:
+    if saved is not None and saved != EMPTY and cursor is None:
         run.gap("checkpoint_unusable", "the saved cursor of this journal is not readable; "
                 "it is read as if seen for the first time")
     if cursor is not None:
         start = ["--after-cursor", cursor]
+    elif saved == EMPTY:
+        start = []
     else:
         found = _first_start(run, base, first_read_max)
         if isinstance(found, ToolRun):
@@ -282,7 +291,7 @@ def collect_journal(ctx: CollectContext, collector: str, source: JournalSource, 
         "records": run.access, "malformed": run.malformed, "skipped": run.skipped,
         "gaps": run.gaps, "more": over}))
     if run.cursor is None:
-        return run.records, saved
+        return run.records, saved if saved is not None and cursor is not None else EMPTY
     return run.records, {"cursor": run.cursor}
 
 

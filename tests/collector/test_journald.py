@@ -102,6 +102,22 @@ def test_two_collections_neither_repeat_nor_skip(journal: Journal) -> None:
     assert ports(again) == [6, 7, 8]
 
 
+def test_a_journal_empty_at_first_sight_is_then_read_whole(journal: Journal) -> None:
+    """Read while it held no auth entry, everything after is new: no first-read bound."""
+    journal.append([("kernel", "booting")])
+    records, checkpoint = run(journal.path, first_read_max_bytes=3000)
+    assert ports(records) == [] and checkpoint == {f"journal:{journal.path}": {"cursor": None}}
+    journal.append(journal.logins(2, 40))
+    read: list[int] = []
+    for _ in range(20):
+        records, checkpoint = run(journal.path, checkpoint, first_read_max_bytes=3000)
+        assert not of(records, "log_gap")
+        read += ports(records)
+        if not of(records, "journal_source")[0].data["more"]:
+            break
+    assert read == list(range(2, 42))
+
+
 def test_first_read_is_bounded_and_says_so(journal: Journal) -> None:
     journal.append(journal.logins(1, 40))
     records, checkpoint = run(journal.path, first_read_max_bytes=3000)
