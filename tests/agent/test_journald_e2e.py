@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from signing.bundle import iter_record_lines
 from tests.agent.test_partial import sealed_collectors
@@ -44,6 +47,33 @@ def test_journal_entries_sealed_once_across_collections(gamsa_env: GamsaEnv) -> 
     assert sealed_ports(gamsa_env.store) == Counter({n: 1 for n in range(1, 6)})
     result = gamsa_env.run("verify")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_at_every_step_seals_each_entry_exactly_once(gamsa_env: GamsaEnv) -> None:
+    """The cursor moves with the bundle: killed at any state-writing step, the next
+    collection neither skips nor repeats an entry."""
+    journal_tools()
+    journal = Journal(gamsa_env.root / "host.journal")
+    configure(gamsa_env, journal.path)
+    journal.append(journal.logins(1, 2))
+    ok(gamsa_env.run("collect"))
+    crashed_steps = []
+    for step in range(1, 60):
+        journal.append(journal.logins(journal.written + 1, 2))
+        crashed = gamsa_env.run("collect", crash_at=step)
+        if crashed.returncode == 0:
+            break
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        crashed_steps.append(step)
+        journal.append(journal.logins(journal.written + 1, 1))
+        ok(gamsa_env.run("collect"))
+        assert sealed_ports(gamsa_env.store) == Counter(range(1, journal.written + 1)), step
+    else:
+        raise AssertionError("collect never ran to completion")
+    assert len(crashed_steps) >= 8
+    ok(gamsa_env.run("collect"))
+    assert sealed_ports(gamsa_env.store) == Counter(range(1, journal.written + 1))
 
 
 def test_unreadable_journal_is_a_coverage_gap(user_env: UserEnv) -> None:
