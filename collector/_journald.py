@@ -32,11 +32,12 @@ import grp
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector._linux import missing_record
+from collector._linux import missing_record, unreadable_record
 from collector._logformats import (
     AUTH_PROGRAMS,
     MAX_SAFE_INT,
@@ -204,9 +205,13 @@ def _target(ctx: CollectContext, collector: str, journal: str) -> list[str] | Re
             return []
         journal = "/var/log/journal"  # a fixture tree's journal
     host_path = ctx.path(journal)
-    if not host_path.exists():
+    try:
+        st = os.stat(host_path)
+    except FileNotFoundError:
         return missing_record(collector, journal)
-    return ["--directory" if host_path.is_dir() else "--file", str(host_path)]
+    except OSError as exc:  # a directory on the way the agent may not search
+        return unreadable_record(collector, journal, exc)
+    return ["--directory" if stat.S_ISDIR(st.st_mode) else "--file", str(host_path)]
 
 
 def _denied(run: ToolRun, ctx: CollectContext, journal: str) -> str | None:

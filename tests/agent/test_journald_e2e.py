@@ -81,13 +81,19 @@ def test_unreadable_journal_is_a_coverage_gap(user_env: UserEnv) -> None:
     journal = Journal(user_env.root / "host.journal")
     journal.append(journal.logins(1, 2))
     os.chmod(journal.path, 0o640)  # root's, as /var/log/journal is to a non-member
-    configure(user_env, journal.path)
+    private = user_env.root / "private"
+    private.mkdir(mode=0o700)  # root's: nobody may not even look inside
+    user_env.write_config(collectors='["logs"]', extra=(
+        f'[collectors.logs]\nsources = [{{ journal = "{journal.path}", format = "journald" }}, '
+        f'{{ journal = "{private}/x.journal", format = "journald" }}]\n'))
     result = user_env.run_as_user("collect", "--no-ship")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     logs = sealed_collectors(user_env.state_dir)["logs"]
     assert logs["status"] == "partial"
-    assert logs["gaps"] == [{"reason": "journal: permission denied: the agent needs root or "
-                                       "group systemd-journal", "count": 1}]
+    assert logs["gaps"] == [
+        {"reason": "journal: permission denied: the agent needs root or group systemd-journal",
+         "count": 1},
+        {"reason": "unreadable: PermissionError: Permission denied", "count": 1}]
     assert any(line.startswith("gamsa: logs partial") or " logs partial" in line
                for line in result.stderr.splitlines()), result.stderr

@@ -141,6 +141,7 @@ def test_packaged_agent_toml_collector_sections_are_the_declarations() -> None:
         "packaging/agent.toml is stale: run `python -m collector.docs --agent-toml " \
         "packaging/agent.toml`"
     for collector in all_collectors().values():
+        assert collector.schedule is None or (collector.schedule_seconds or 0) > 0
         for option in collector.options:
             assert option.collector == collector.name, option
             option.default_value  # noqa: B018 - every default passes its own check
