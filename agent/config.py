@@ -24,12 +24,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import json
 import os
 import re
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -37,17 +36,23 @@ from urllib.parse import quote, urlparse
 
 from collector.options import (
     Option,
+    absolute_path,
+    check_keys,
+    choice_of,
     option_value,
     parse_options,
     positive_duration,
+    positive_int,
     positive_size,
+    string_list_of,
     toml_value,
+    typed,
 )
+from collector.options import dotted as _join
 from collector.options import parse_duration as parse_duration  # re-exported
 from collector.options import parse_size as parse_size  # re-exported
 from collector.options import show as _show
 from collector.options import type_name as _type_name
-from collector.options import typed as _typed
 from collector.registry import Collector, all_collectors, collector_names, load_collector
 from signing.errors import UsageError
 
@@ -334,10 +339,6 @@ def _fail(source: str, message: str, hint: str = "") -> NoReturn:
     raise UsageError(f"{source}: {message}", hint=hint)
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
 class _Parser:
     """Walks the parsed TOML document; every error names `source` and the dotted key."""
 
@@ -361,20 +362,18 @@ class _Parser:
             self.check_keys(value, key, known)
         return value
 
-    def check_keys(self, table: Mapping[str, Any], prefix: str, known: Iterable[str]) -> None:
-        known = list(known)
-        for name in table:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = (f'did you mean "{_join(prefix, close[0])}"?' if close
-                        else "known keys: " + ", ".join(known))
-                self.fail(f'unknown key "{_join(prefix, name)}"', hint)
-
-    def typed(self, value: Any, key: str, kind: type, type_name: str) -> Any:
+    def checked(self, parse: Callable[[Any, str], T], value: Any, key: str) -> T:
+        """`parse(value, key)` (collector/options.py), its error put after the file name."""
         try:
-            return _typed(value, key, kind, type_name)
+            return parse(value, key)
         except UsageError as exc:
             self.fail(exc.message, exc.hint)
+
+    def check_keys(self, table: Mapping[str, Any], prefix: str, known: Iterable[str]) -> None:
+        self.checked(lambda t, p: check_keys(t, p, list(known)), table, prefix)
+
+    def typed(self, value: Any, key: str, kind: type, type_name: str) -> Any:
+        return self.checked(lambda v, k: typed(v, k, kind, type_name), value, key)
 
     def string(self, table: Mapping[str, Any], prefix: str, name: str, default: str) -> str:
         value: str = self.typed(table.get(name, default), _join(prefix, name), str, "string")
@@ -386,53 +385,27 @@ class _Parser:
 
     def positive_int(self, table: Mapping[str, Any], prefix: str, name: str,
                      default: int) -> int:
-        key = _join(prefix, name)
-        value: int = self.typed(table.get(name, default), key, int, "integer")
-        if value <= 0:
-            self.fail(f'"{key}" must be greater than 0, got {value}')
-        return value
+        return self.checked(positive_int, table.get(name, default), _join(prefix, name))
 
     def choice(self, table: Mapping[str, Any], prefix: str, name: str, default: str,
                allowed: tuple[str, ...]) -> str:
-        key = _join(prefix, name)
-        value = self.string(table, prefix, name, default)
-        if value not in allowed:
-            options = ", ".join(json.dumps(a) for a in allowed)
-            folded = [a for a in allowed if a.casefold() == value.casefold()]
-            hint = f"did you mean {json.dumps(folded[0])}?" if folded else ""
-            self.fail(f'"{key}" must be one of {options}, got {_show(value)}', hint)
-        return value
+        return self.checked(choice_of(allowed), table.get(name, default), _join(prefix, name))
 
     def string_list(self, table: Mapping[str, Any], prefix: str, name: str,
                     default: Iterable[str]) -> list[str]:
-        key = _join(prefix, name)
         value = table.get(name)
         if value is None:
             return list(default)
-        self.typed(value, key, list, "array")
-        for index, item in enumerate(value):
-            self.typed(item, f"{key}[{index}]", str, "string")
-            if not item:
-                self.fail(f'"{key}[{index}]" must not be empty')
-        return list(value)
+        return self.checked(string_list_of, value, _join(prefix, name))
 
     def duration(self, value: Any, key: str) -> int:
-        try:
-            return positive_duration(value, key)
-        except UsageError as exc:
-            self.fail(exc.message, exc.hint)
+        return self.checked(positive_duration, value, key)
 
     def size(self, value: Any, key: str) -> int:
-        try:
-            return positive_size(value, key)
-        except UsageError as exc:
-            self.fail(exc.message, exc.hint)
+        return self.checked(positive_size, value, key)
 
     def absolute_path(self, value: str, key: str) -> Path:
-        path = Path(value)
-        if not path.is_absolute():
-            self.fail(f'"{key}" must be an absolute path, got {_show(value)}')
-        return path
+        return Path(self.checked(absolute_path, value, key))
 
     # -- sections
 

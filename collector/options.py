@@ -73,14 +73,18 @@ def typed(value: Any, key: str, kind: type, name: str) -> Any:
     return value
 
 
+def dotted(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def check_keys(table: Mapping[str, Any], prefix: str, known: list[str]) -> None:
     """An error naming the first key of `table` not in `known`, with a suggestion."""
     for name in table:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            hint = (f'did you mean "{prefix}.{close[0]}"?' if close
+            hint = (f'did you mean "{dotted(prefix, close[0])}"?' if close
                     else "known keys: " + ", ".join(known))
-            raise UsageError(f'unknown key "{prefix}.{name}"', hint=hint)
+            raise UsageError(f'unknown key "{dotted(prefix, name)}"', hint=hint)
 
 
 # --- durations and sizes -------------------------------------------------------------
@@ -186,7 +190,7 @@ def _string(value: Any, key: str) -> str:
     return result
 
 
-def _positive_int(value: Any, key: str) -> int:
+def positive_int(value: Any, key: str) -> int:
     number: int = typed(value, key, int, "integer")
     if number <= 0:
         raise UsageError(f'"{key}" must be greater than 0, got {number}')
@@ -226,7 +230,7 @@ def choice_of(allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
 
 
 BOOL: Kind[bool] = Kind("boolean", _boolean)
-INT: Kind[int] = Kind("integer > 0", _positive_int)
+INT: Kind[int] = Kind("integer > 0", positive_int)
 STRING: Kind[str] = Kind("string", _string)
 SIZE: Kind[int] = Kind("size", positive_size)
 DURATION: Kind[int] = Kind("duration", positive_duration)
