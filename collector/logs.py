@@ -60,12 +60,12 @@ from collector._logformats import (
     raw_sha256,
 )
 from collector.options import (
+    ABSOLUTE_PATH,
     SIZE,
     STRING,
     Kind,
     Option,
     TableKey,
-    absolute_path,
     choice,
     show,
     table_list,
@@ -90,10 +90,6 @@ AUTH_LOG = "/var/log/auth.log"
 
 # --- options ---------------------------------------------------------------------
 
-def _absolute(value: Any, key: str) -> str:
-    return absolute_path(STRING.parse(value, key), key)
-
-
 def _journal(value: Any, key: str) -> str:
     text = STRING.parse(value, key)
     if text != SYSTEM and not text.startswith("/"):
@@ -102,7 +98,6 @@ def _journal(value: Any, key: str) -> str:
     return text
 
 
-ABSOLUTE_PATH: Kind[str] = Kind("absolute path", _absolute)
 SOURCE_KEYS = (
     TableKey("path", ABSOLUTE_PATH, "a log file (give `path` or `journal`)"),
     TableKey("journal", Kind('"system" or an absolute path', _journal),

@@ -232,6 +232,8 @@ def choice_of(allowed: tuple[str, ...]) -> Callable[[Any, str], str]:
 BOOL: Kind[bool] = Kind("boolean", _boolean)
 INT: Kind[int] = Kind("integer > 0", positive_int)
 STRING: Kind[str] = Kind("string", _string)
+ABSOLUTE_PATH: Kind[str] = Kind("absolute path",
+                                lambda value, key: absolute_path(_string(value, key), key))
 SIZE: Kind[int] = Kind("size", positive_size)
 DURATION: Kind[int] = Kind("duration", positive_duration)
 STRING_LIST: Kind[list[str]] = Kind("list of strings", string_list_of)
