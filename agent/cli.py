@@ -1046,7 +1046,9 @@ def collectors_cmd(as_json: bool) -> None:
     if as_json:
         emit_json([{"name": c.name, "version": c.version, "platforms": list(c.platforms),
                     "supported_here": c.supported(), "description": c.description,
-                    "record_types": sorted(c.record_types)} for c in found.values()])
+                    "record_types": sorted(c.record_types),
+                    "options": [o.name for o in c.options], "schedule": c.schedule_seconds}
+                   for c in found.values()])
         return
     import shutil
     import textwrap
@@ -1065,6 +1067,11 @@ def collectors_cmd(as_json: bool) -> None:
         click.echo(f"{c.name} (version {c.version}; {', '.join(c.platforms)}){here}")
         click.echo(block("", c.description))
         click.echo(block("record types: ", ", ".join(c.record_types)))
+        if c.options:
+            click.echo(block(f"options [collectors.{c.name}]: ",
+                             ", ".join(o.name for o in c.options)))
+        if c.schedule is not None:
+            click.echo(block("schedule: ", f"every {c.schedule} (declared)"))
         click.echo()
     click.echo(textwrap.fill("Any collector may also emit: " + ", ".join(COMMON_RECORD_TYPES)
                              + ". Every field: docs/COLLECTORS.md.", width))

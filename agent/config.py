@@ -22,24 +22,41 @@ defaults); every manifest records it as `predicate.agent.config_sha256`.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import difflib
 import hashlib
-import json
 import os
 import re
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import quote, urlparse
 
-from collector._endpoints import parse_endpoint
-from collector.files import DEFAULT_HASH_RATE, DEFAULT_PATHS
-from collector.registry import collector_names
+from collector.options import (
+    Option,
+    absolute_path,
+    check_keys,
+    choice_of,
+    option_value,
+    parse_options,
+    positive_duration,
+    positive_int,
+    positive_size,
+    string_list_of,
+    toml_value,
+    typed,
+)
+from collector.options import dotted as _join
+from collector.options import parse_duration as parse_duration  # re-exported
+from collector.options import parse_size as parse_size  # re-exported
+from collector.options import show as _show
+from collector.options import type_name as _type_name
+from collector.registry import Collector, all_collectors, collector_names, load_collector
 from signing.errors import UsageError
+
+T = TypeVar("T")
 
 CONFIG_ENV = "GAMSA_CONFIG"
 DEFAULT_CONFIG_PATH = Path("/etc/gamsa/agent.toml")
@@ -50,11 +67,6 @@ DEFAULTS_SOURCE = "built-in defaults"
 OBJECT_LOCK_MODES = ("COMPLIANCE", "GOVERNANCE", "")
 SSE_MODES = ("", "AES256", "aws:kms")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
-LOG_FORMATS = ("auth", "nginx-combined", "json-lines")
-
-# One list of bank-host defaults, owned by the collector that reads them.
-DEFAULT_FILE_PATHS = DEFAULT_PATHS
-
 HOST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 COLLECTOR_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
@@ -91,58 +103,29 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
-class FilesConfig:
-    """`[collectors.files]`: which files to capture and whether to watch them."""
-
-    paths: list[str] = field(default_factory=lambda: list(DEFAULT_FILE_PATHS))
-    content_max_bytes: int = 65536
-    hash_max_bytes: int = 1024**3  # larger files are recorded without a hash
-    watch: bool = True
-    hash_rate: int = DEFAULT_HASH_RATE  # bytes hashed per minute at most; 0 = no cap
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """`[collectors.network]`: endpoints whose connections are flagged as AI traffic."""
-
-    ai_endpoints: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class LogSource:
-    """One entry of `collectors.logs.sources`."""
-
-    path: str
-    format: str  # one of LOG_FORMATS
-    kind: str = ""
-
-
-def _default_log_sources() -> list[LogSource]:
-    return [LogSource(path="/var/log/auth.log", format="auth")]
-
-
-@dataclass(frozen=True)
-class LogsConfig:
-    """`[collectors.logs]`: log files to tail."""
-
-    sources: list[LogSource] = field(default_factory=_default_log_sources)
-    first_read_max_bytes: int = 64 << 20  # a source seen for the first time: its last 64 MiB
-    max_bytes_per_run: int = 16 << 20  # of the current file per run; the rest waits, no gap
-
-
-@dataclass(frozen=True)
 class CollectorsConfig:
-    """`[collectors]`: which collectors run, and their options."""
+    """`[collectors]`: which collectors run, and their options.
+
+    `options`: by collector name, the options (`Collector.options`) the config sets
+    to something else than their declared default, parsed. Read one with
+    `value(OPTION)`, e.g. `config.collectors.value(collector.files.PATHS)` (typed by
+    the declaration; the default when not set). Holding only what differs keeps
+    loading a config from importing every collector (only those whose table the
+    file has), and a file that spells out the defaults equal to no file.
+    """
 
     enabled: list[str] = field(default_factory=list)  # [] = all available here
-    files: FilesConfig = field(default_factory=FilesConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    logs: LogsConfig = field(default_factory=LogsConfig)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def value(self, option: Option[T]) -> T:
+        """The configured value of a declared option (its default when not set)."""
+        return option_value(self.options, option)
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """`[schedule]`: intervals in seconds; any other key is a collector name."""
+    """`[schedule]`: intervals in seconds; any other key is a collector name
+    (`per_collector`, the user's keys)."""
 
     default: int = 900
     heartbeat: int = 300
@@ -151,8 +134,13 @@ class ScheduleConfig:
     timeouts: dict[str, int] = field(default_factory=dict)  # `[schedule.timeouts]`
 
     def interval(self, collector: str) -> int:
-        """Seconds between runs of `collector`."""
-        return self.per_collector.get(collector, self.default)
+        """Seconds between runs of `collector`: its `[schedule]` key, else the interval
+        its declaration gives (`Collector.schedule`), else `default`."""
+        if collector in self.per_collector:
+            return self.per_collector[collector]
+        declared = load_collector(collector)
+        seconds = declared.schedule_seconds if declared is not None else None
+        return self.default if seconds is None else seconds
 
     def timeout_for(self, collector: str) -> int:
         """Seconds one run of `collector` may take before it is abandoned."""
@@ -246,48 +234,6 @@ def default_state_dir(euid: int | None = None, env: Mapping[str, str] | None = N
     return Path(home) / ".local" / "state" / "gamsa"
 
 
-_DURATION_RE = re.compile(r"(\d+)\s*([smhd]?)", re.ASCII)
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION_HINT = 'an integer of seconds, or a string like "90", "90s", "15m", "6h", "1d"'
-
-
-def parse_duration(value: str | int, key: str) -> int:
-    """Seconds from an int (as is) or "90", "90s", "15m", "6h", "1d"; UsageError naming key."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise UsageError(f'"{key}" must not be negative, got {value}', hint=_DURATION_HINT)
-        return value
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value.strip())
-        if match:
-            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        raise UsageError(f'"{key}" must be a duration, got {_show(value)}', hint=_DURATION_HINT)
-    raise UsageError(f'"{key}" must be a duration, got {_type_name(value)}', hint=_DURATION_HINT)
-
-
-_SIZE_RE = re.compile(r"(\d+)\s*([KMGT]i?B|B)?", re.ASCII)
-_SIZE_UNITS = {
-    None: 1, "B": 1,
-    "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
-    "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "TiB": 1024**4,
-}
-_SIZE_HINT = 'an integer of bytes, or a string like "123", "10KiB", "512MiB", "1GiB", "100MB"'
-
-
-def parse_size(value: str | int, key: str) -> int:
-    """Bytes from an int (as is) or "123", "10KiB", "512MiB", "1GiB", "100MB", "1GB"."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise UsageError(f'"{key}" must not be negative, got {value}', hint=_SIZE_HINT)
-        return value
-    if isinstance(value, str):
-        match = _SIZE_RE.fullmatch(value.strip())
-        if match:
-            return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
-        raise UsageError(f'"{key}" must be a size, got {_show(value)}', hint=_SIZE_HINT)
-    raise UsageError(f'"{key}" must be a size, got {_type_name(value)}', hint=_SIZE_HINT)
-
-
 def resolve_config_path(cli_path: Path | None, env: Mapping[str, str]) -> Path | None:
     """--config, else $GAMSA_CONFIG, else /etc/gamsa/agent.toml if it exists, else None."""
     if cli_path is not None:
@@ -339,8 +285,15 @@ def parse_config(data: bytes, source: str, env: Mapping[str, str] | None = None)
 
 
 def config_as_dict(cfg: Config) -> dict[str, Any]:
-    """JSON-serializable view (for `gamsa config check --json`); paths as strings."""
-    return {key: _jsonable(value) for key, value in dataclasses.asdict(cfg).items()}
+    """JSON-serializable view (for `gamsa config check --json`); paths as strings.
+    Collector options appear as in TOML: `collectors.<name>.<option>`."""
+    data = {key: _jsonable(value) for key, value in dataclasses.asdict(cfg).items()}
+    data["collectors"] = {"enabled": data["collectors"]["enabled"]}
+    for name, collector in all_collectors().items():
+        if collector.options:
+            data["collectors"][name] = {option.name: _jsonable(cfg.collectors.value(option))
+                                        for option in collector.options}
+    return data
 
 
 def config_as_toml(cfg: Config) -> str:
@@ -351,6 +304,9 @@ def config_as_toml(cfg: Config) -> str:
     schedule = data["schedule"]
     schedule.update(schedule.pop("per_collector"))
     lines: list[str] = []
+    declared = [f"# {name} = {c.schedule_seconds}  (declared by the collector)"
+                for name, c in all_collectors().items()
+                if c.schedule is not None and name not in schedule]
 
     def table(name: str, values: dict[str, Any]) -> None:
         if name:
@@ -358,30 +314,18 @@ def config_as_toml(cfg: Config) -> str:
         for key, value in values.items():
             if isinstance(value, dict):
                 continue
-            text = _toml_value(value)
+            text = toml_value(value)
             if isinstance(value, list) and len(text) > 88:  # one item a line
-                text = "[\n" + "".join(f"  {_toml_value(v)},\n" for v in value) + "]"
+                text = "[\n" + "".join(f"  {toml_value(v)},\n" for v in value) + "]"
             lines.append(f"{key} = {text}")
+        if name == "schedule":
+            lines.extend(declared)
         for key, value in values.items():
             if isinstance(value, dict):
                 table(f"{name}.{key}" if name else key, value)
 
     table("", data)
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
 
 
 # --------------------------------------------------------------------------- internals
@@ -397,45 +341,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _type_name(value: object) -> str:
-    """The TOML name of a parsed value's type."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, dt.datetime):
-        return "datetime"
-    if isinstance(value, dt.date):
-        return "date"
-    if isinstance(value, dt.time):
-        return "time"
-    return type(value).__name__
-
-
-def _show(value: object, limit: int = 80) -> str:
-    """A value quoted on one line (JSON escapes newlines), shortened when long."""
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 4] + '..."'
-
-
 def _fail(source: str, message: str, hint: str = "") -> NoReturn:
     raise UsageError(f"{source}: {message}", hint=hint)
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _article(type_name: str) -> str:
-    return f"an {type_name}" if type_name[0] in "aeiou" else f"a {type_name}"
 
 
 class _Parser:
@@ -461,20 +368,18 @@ class _Parser:
             self.check_keys(value, key, known)
         return value
 
+    def checked(self, parse: Callable[[Any, str], T], value: Any, key: str) -> T:
+        """`parse(value, key)` (collector/options.py), its error put after the file name."""
+        try:
+            return parse(value, key)
+        except UsageError as exc:
+            self.fail(exc.message, exc.hint)
+
     def check_keys(self, table: Mapping[str, Any], prefix: str, known: Iterable[str]) -> None:
-        known = list(known)
-        for name in table:
-            if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = (f'did you mean "{_join(prefix, close[0])}"?' if close
-                        else "known keys: " + ", ".join(known))
-                self.fail(f'unknown key "{_join(prefix, name)}"', hint)
+        self.checked(lambda t, p: check_keys(t, p, list(known)), table, prefix)
 
     def typed(self, value: Any, key: str, kind: type, type_name: str) -> Any:
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if not ok:
-            self.fail(f'"{key}" must be {_article(type_name)}, got {_type_name(value)}')
-        return value
+        return self.checked(lambda v, k: typed(v, k, kind, type_name), value, key)
 
     def string(self, table: Mapping[str, Any], prefix: str, name: str, default: str) -> str:
         value: str = self.typed(table.get(name, default), _join(prefix, name), str, "string")
@@ -486,71 +391,27 @@ class _Parser:
 
     def positive_int(self, table: Mapping[str, Any], prefix: str, name: str,
                      default: int) -> int:
-        key = _join(prefix, name)
-        value: int = self.typed(table.get(name, default), key, int, "integer")
-        if value <= 0:
-            self.fail(f'"{key}" must be greater than 0, got {value}')
-        return value
+        return self.checked(positive_int, table.get(name, default), _join(prefix, name))
 
     def choice(self, table: Mapping[str, Any], prefix: str, name: str, default: str,
                allowed: tuple[str, ...]) -> str:
-        key = _join(prefix, name)
-        value = self.string(table, prefix, name, default)
-        if value not in allowed:
-            options = ", ".join(json.dumps(a) for a in allowed)
-            folded = [a for a in allowed if a.casefold() == value.casefold()]
-            hint = f"did you mean {json.dumps(folded[0])}?" if folded else ""
-            self.fail(f'"{key}" must be one of {options}, got {_show(value)}', hint)
-        return value
+        return self.checked(choice_of(allowed), table.get(name, default), _join(prefix, name))
 
     def string_list(self, table: Mapping[str, Any], prefix: str, name: str,
                     default: Iterable[str]) -> list[str]:
-        key = _join(prefix, name)
         value = table.get(name)
         if value is None:
             return list(default)
-        self.typed(value, key, list, "array")
-        for index, item in enumerate(value):
-            self.typed(item, f"{key}[{index}]", str, "string")
-            if not item:
-                self.fail(f'"{key}[{index}]" must not be empty')
-        return list(value)
+        return self.checked(string_list_of, value, _join(prefix, name))
 
     def duration(self, value: Any, key: str) -> int:
-        if not isinstance(value, int | str) or isinstance(value, bool):
-            self.fail(f'"{key}" must be a duration, got {_type_name(value)}', _DURATION_HINT)
-        try:
-            seconds = parse_duration(value, key)
-        except UsageError as exc:
-            self.fail(exc.message, exc.hint)
-        if seconds <= 0:
-            self.fail(f'"{key}" must be at least 1 second, got {_show(value)}')
-        return seconds
+        return self.checked(positive_duration, value, key)
 
     def size(self, value: Any, key: str) -> int:
-        if not isinstance(value, int | str) or isinstance(value, bool):
-            self.fail(f'"{key}" must be a size, got {_type_name(value)}', _SIZE_HINT)
-        try:
-            nbytes = parse_size(value, key)
-        except UsageError as exc:
-            self.fail(exc.message, exc.hint)
-        if nbytes <= 0:
-            self.fail(f'"{key}" must be at least 1 byte, got {_show(value)}')
-        return nbytes
-
-    def size_or_zero(self, value: Any, key: str) -> int:
-        """A size where 0 means "no limit"."""
-        if value == 0 and not isinstance(value, bool):
-            return 0
-        if isinstance(value, str) and value.strip() in ("0", "0B"):
-            return 0
-        return self.size(value, key)
+        return self.checked(positive_size, value, key)
 
     def absolute_path(self, value: str, key: str) -> Path:
-        path = Path(value)
-        if not path.is_absolute():
-            self.fail(f'"{key}" must be an absolute path, got {_show(value)}')
-        return path
+        return Path(self.checked(absolute_path, value, key))
 
     # -- sections
 
@@ -641,87 +502,34 @@ class _Parser:
 
     def collectors(self, doc: Mapping[str, Any]) -> CollectorsConfig:
         p = "collectors"
-        t = self.table(doc, "", p, ("enabled", "files", "network", "logs"))
+        t = self.table(doc, "", p, ("enabled", *collector_names()))
         enabled = self.string_list(t, p, "enabled", [])
         for index, name in enumerate(enabled):
             self.collector_name(name, f"collectors.enabled[{index}]")
-        return CollectorsConfig(
-            enabled=enabled,
-            files=self.files(t),
-            network=self.network(t),
-            logs=self.logs(t),
-        )
+        options = {}
+        for name in t:
+            collector = load_collector(name) if name != "enabled" else None
+            if collector is not None:
+                changed = self.options(t, collector)
+                if changed:
+                    options[name] = changed
+        return CollectorsConfig(enabled=enabled, options=options)
+
+    def options(self, collectors: Mapping[str, Any], collector: Collector) -> dict[str, Any]:
+        """`[collectors.<name>]` parsed by the collector's declared options: those
+        set to something else than their default."""
+        table = self.table(collectors, "collectors", collector.name, None)
+        try:
+            values = parse_options(collector.name, collector.option_map, table)
+        except UsageError as exc:
+            self.fail(exc.message, exc.hint)
+        return {name: value for name, value in values.items()
+                if name in table and value != collector.option_map[name].default_value}
 
     def collector_name(self, name: str, key: str) -> None:
         if not COLLECTOR_NAME_RE.fullmatch(name):
             self.fail(f'"{key}" must be a collector name (lower-case letters, digits, _ and -), '
                       f"got {_show(name)}")
-
-    def files(self, collectors: Mapping[str, Any]) -> FilesConfig:
-        p = "collectors.files"
-        t = self.table(collectors, "collectors", "files",
-                       ("paths", "content_max_bytes", "hash_max_bytes", "watch",
-                        "hash_rate"))
-        d = FilesConfig()
-        paths = self.string_list(t, p, "paths", d.paths)
-        for index, path in enumerate(paths):
-            self.absolute_path(path, f"{p}.paths[{index}]")
-        return FilesConfig(
-            paths=paths,
-            content_max_bytes=self.size(t.get("content_max_bytes", d.content_max_bytes),
-                                        f"{p}.content_max_bytes"),
-            hash_max_bytes=self.size(t.get("hash_max_bytes", d.hash_max_bytes),
-                                     f"{p}.hash_max_bytes"),
-            watch=self.boolean(t, p, "watch", d.watch),
-            hash_rate=self.size_or_zero(t.get("hash_rate", d.hash_rate), f"{p}.hash_rate"),
-        )
-
-    def network(self, collectors: Mapping[str, Any]) -> NetworkConfig:
-        p = "collectors.network"
-        t = self.table(collectors, "collectors", "network", ("ai_endpoints",))
-        endpoints = self.string_list(t, p, "ai_endpoints", [])
-        for index, endpoint in enumerate(endpoints):
-            key = f"{p}.ai_endpoints[{index}]"
-            if any(c.isspace() for c in endpoint):
-                self.fail(f'"{key}" must not contain spaces, got {_show(endpoint)}')
-            try:
-                parse_endpoint(endpoint)  # the collector's own parser: the two always agree
-            except ValueError as exc:
-                self.fail(f'"{key}" is not a valid AI endpoint ({exc}), got {_show(endpoint)}',
-                          'write e.g. "api.openai.com", "*.anthropic.com", "10.20.0.0/16", '
-                          '"127.0.0.1:8443" or "[2001:db8::1]:443"')
-        return NetworkConfig(ai_endpoints=endpoints)
-
-    def logs(self, collectors: Mapping[str, Any]) -> LogsConfig:
-        p = "collectors.logs"
-        t = self.table(collectors, "collectors", "logs",
-                       ("sources", "first_read_max_bytes", "max_bytes_per_run"))
-        d = LogsConfig()
-        first_read = self.size(t.get("first_read_max_bytes", d.first_read_max_bytes),
-                               f"{p}.first_read_max_bytes")
-        per_run = self.size(t.get("max_bytes_per_run", d.max_bytes_per_run),
-                            f"{p}.max_bytes_per_run")
-        raw = t.get("sources")
-        if raw is None:
-            return LogsConfig(first_read_max_bytes=first_read, max_bytes_per_run=per_run)
-        self.typed(raw, f"{p}.sources", list, "array")
-        sources = []
-        for index, entry in enumerate(raw):
-            key = f"{p}.sources[{index}]"
-            self.typed(entry, key, dict, "table")
-            self.check_keys(entry, key, ("path", "format", "kind"))
-            for required in ("path", "format"):
-                if required not in entry:
-                    self.fail(f'"{key}.{required}" is missing')
-            path = self.string(entry, key, "path", "")
-            self.absolute_path(path, f"{key}.path")
-            sources.append(LogSource(
-                path=path,
-                format=self.choice(entry, key, "format", "", LOG_FORMATS),
-                kind=self.string(entry, key, "kind", ""),
-            ))
-        return LogsConfig(sources=sources, first_read_max_bytes=first_read,
-                          max_bytes_per_run=per_run)
 
     def schedule(self, doc: Mapping[str, Any]) -> ScheduleConfig:
         p = "schedule"

@@ -7,6 +7,7 @@ so a daemon and an on-demand run never interleave their chains.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import secrets
 from collections.abc import Callable, Iterable
@@ -79,16 +80,7 @@ def genesis_reason(head: ChainHead | None, key_id: str, key_created: bool,
 
 def collect_context(config: Config, state: StateDir) -> CollectContext:
     """The live context: this machine's root, per-collector config, caches."""
-    c = config.collectors
-    options: dict[str, dict[str, Any]] = {
-        "files": {"paths": list(c.files.paths), "content_max_bytes": c.files.content_max_bytes,
-                  "hash_max_bytes": c.files.hash_max_bytes, "hash_rate": c.files.hash_rate},
-        "network": {"ai_endpoints": list(c.network.ai_endpoints)},
-        "logs": {"sources": [{"path": s.path, "format": s.format, "kind": s.kind}
-                             for s in c.logs.sources],
-                 "first_read_max_bytes": c.logs.first_read_max_bytes,
-                 "max_bytes_per_run": c.logs.max_bytes_per_run},
-    }
+    options = copy.deepcopy(config.collectors.options)  # a collector may not change config
     with failing("create the cache directory", state.cache):
         state.cache.mkdir(mode=0o700, exist_ok=True)
     return CollectContext(options=options, state_dir=state.root)

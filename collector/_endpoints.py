@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from collector.options import Option, checked_string_list
 from collector.record import Record
 from collector.registry import Field, RecordType
 
@@ -174,6 +175,29 @@ def parse_endpoint(entry: str) -> Endpoint:
     kind, name, network = _address_part(text, ipv6_only=bracketed is not None)
     port = None if port_text is None else _port(port_text)
     return Endpoint(entry, kind, name, network, port)
+
+
+def endpoint_problem(entry: str) -> str | None:
+    """Why a config entry is not a valid AI endpoint, or None (the config check and
+    the collectors use the one parser, so the two always agree)."""
+    if any(c.isspace() for c in entry):
+        return "must not contain spaces"
+    try:
+        parse_endpoint(entry)
+    except ValueError as exc:
+        return f"is not a valid AI endpoint ({exc})"
+    return None
+
+
+# Declared by the `network` collector, read by `network` and `firewall`.
+AI_ENDPOINTS = Option(
+    "network", "ai_endpoints",
+    checked_string_list(endpoint_problem,
+                        'write e.g. "api.openai.com", "*.anthropic.com", "10.20.0.0/16", '
+                        '"127.0.0.1:8443" or "[2001:db8::1]:443"'),
+    [], 'AI endpoints: names, "*.domain" wildcards, addresses or networks, each with an '
+        'optional ":port"; e.g. ["api.openai.com", "*.anthropic.com", "10.20.0.0/16", '
+        '"127.0.0.1:8443"]')
 
 
 def parse_endpoints(value: object) -> tuple[list[Endpoint], list[InvalidEntry]]:

@@ -19,6 +19,7 @@ survive, and no float reaches a record.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -47,6 +48,19 @@ ACCESS_FIELDS = (
     "method", "path", "status", "bytes", "user_agent", "request_id",
     "model", "model_version", "prompt_sha256", "response_sha256", "raw", "raw_truncated",
 )
+
+
+REDACTION_MARK = "[REDACTED:"
+
+
+def raw_sha256(parsed: Mapping[str, Any], line: bytes) -> str | None:
+    """The `raw_sha256` of an access record: SHA-256 of the line as read, or None
+    when a secret was taken out of `raw`: the hash of such a line would let anyone
+    holding the rest of it test guesses of the secret."""
+    raw = parsed.get("raw")
+    if isinstance(raw, str) and REDACTION_MARK in raw:
+        return None
+    return hashlib.sha256(line).hexdigest()
 
 
 class Malformed(ValueError):
@@ -150,6 +164,9 @@ _SU_SHADOW_TTY = re.compile(r"(?P<sign>[+-]) (?P<tty>\S+) (?P<user>[^\s:]+):(?P<
 _SUDO = re.compile(r"\s*(?P<user>\S+) : (?P<rest>.*)")
 _SUDO_ATTEMPTS = re.compile(r"(?P<n>\d+) incorrect password attempts?")
 _SSH_PROGRAMS = frozenset({"sshd", "sshd-session", "sshd-auth"})
+# The programs whose journal entries are auth evidence (SYSLOG_IDENTIFIER or _COMM):
+# what auth.log holds of sshd, sudo and su, plus console logins' PAM sessions.
+AUTH_PROGRAMS = tuple(sorted(_SSH_PROGRAMS | {"sudo", "su", "login"}))
 
 
 def _syslog_time(match: re.Match[str], ctx: LineContext) -> str:
@@ -502,10 +519,14 @@ def parse_json_line(line: str, ctx: LineContext) -> dict[str, Any] | None:
 
 Parser = Callable[[str, LineContext], dict[str, Any] | None]
 
+# The `format` of a configured source. `journald` entries are read by journalctl
+# and parsed as auth lines (collector/_journald.py): one parser for both.
+LOG_FORMATS = ("auth", "nginx-combined", "journald", "json-lines")
+
 
 def parser_for(fmt: str, kind: str) -> Parser | None:
     """The parser of a configured source, None for an unknown format."""
-    if fmt == "auth":
+    if fmt in ("auth", "journald"):
         return parse_auth
     if fmt == "nginx-combined":
         gateway = kind == "ai_gateway"

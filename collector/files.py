@@ -46,6 +46,7 @@ from typing import Any
 from collector._hashcache import HashCache, file_identity
 from collector._hashrate import HashBudget, budget_for, wait_bound
 from collector._linux import MAX_SAFE_INT, os_reason, parse_colon_file
+from collector.options import BOOL, PATH_GLOB_LIST, SIZE, SIZE_OR_ZERO, Option
 from collector.record import Record, text_or_b64
 from collector.registry import (
     SOURCE_MISSING_TYPE,
@@ -91,9 +92,21 @@ DEFAULT_PATHS = (
     "/etc/systemd/timesyncd.conf",
     "/etc/crypttab",
 )
-DEFAULT_CONTENT_MAX_BYTES = 65536
-DEFAULT_HASH_MAX_BYTES = 1024**3
-DEFAULT_HASH_RATE = 1024**3  # bytes hashed per minute; 0 = no cap
+
+# The options (`[collectors.files]`), declared once here: config, docs and
+# packaging/agent.toml come from these.
+PATHS = Option(NAME, "paths", PATH_GLOB_LIST, list(DEFAULT_PATHS),
+               "absolute globs; ** recurses; a directory = all under it")
+CONTENT_MAX_BYTES = Option(NAME, "content_max_bytes", SIZE, 65536,
+                           "at most this many bytes of a file's content go into a record")
+HASH_MAX_BYTES = Option(NAME, "hash_max_bytes", SIZE, "1GiB",
+                        "larger files are recorded without a hash (bounded time)")
+WATCH = Option(NAME, "watch", BOOL, True,
+               "seal a file-change bundle when a watched file changes")
+HASH_RATE = Option(NAME, "hash_rate", SIZE_OR_ZERO, "1GiB",
+                    "bytes hashed per minute at most (0 = no cap); a file whose turn "
+                    "would come later than halfway to the run's timeout is not hashed this "
+                    "run (`hash_rate`), and a `coverage_gap` counts them")
 
 CACHE_FILE = Path("cache") / "file_hashes.json"
 _CHUNK = 1024 * 1024  # hashlib releases the GIL on buffers this size
@@ -137,15 +150,15 @@ class _Settings:
     wait_until: float = 0.0  # monotonic time after which a file's turn is too late
 
 
-def _int_option(ctx: CollectContext, key: str, default: int) -> int:
-    value = ctx.option(NAME, key, default)
+def _int_option(ctx: CollectContext, option: Option[int]) -> int:
+    value = ctx.value(option)
     if type(value) is not int or value < 0:
-        raise ValueError(f"collectors.files.{key} must be a non-negative integer")
+        raise ValueError(f"{option.key} must be a non-negative integer")
     return value
 
 
 def _patterns(ctx: CollectContext) -> list[str]:
-    value = ctx.option(NAME, "paths", list(DEFAULT_PATHS))
+    value = ctx.value(PATHS)
     if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
         raise ValueError("collectors.files.paths must be a list of strings")
     return list(value)
@@ -702,9 +715,8 @@ def _describe_all(ctx: CollectContext, settings: _Settings, paths: list[bytes],
 def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
     """Records for every configured pattern, and what producing them cost."""
     limits = limits or Limits()
-    settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
-                         _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES),
-                         budget_for(_int_option(ctx, "hash_rate", DEFAULT_HASH_RATE)),
+    settings = _Settings(_int_option(ctx, CONTENT_MAX_BYTES), _int_option(ctx, HASH_MAX_BYTES),
+                         budget_for(_int_option(ctx, HASH_RATE)),
                          wait_bound(ctx.deadline, time.monotonic()))
     walker, pattern_records = _expand_patterns(ctx, limits)
     cache = HashCache.under(ctx.state_dir, CACHE_FILE)
@@ -770,13 +782,9 @@ COLLECTOR = Collector(
                 "text files with secrets scrubbed. `*`, `?`, `[...]` match within a "
                 "component (dotfiles too), `**` any number of directories; a matched "
                 "directory means itself and everything under it. Symlinks are recorded, "
-                "never followed; FIFOs, sockets and devices are recorded, never opened. "
-                "Options: `paths`, `content_max_bytes` (default 65536), "
-                "`hash_max_bytes` (default 1 GiB), `hash_rate` (bytes hashed per minute, "
-                "default 1 GiB, 0 = no cap: a file whose turn would come later than "
-                "halfway to the run's timeout is not hashed this run, `hash_rate`, and "
-                "a `coverage_gap` counts them).",
+                "never followed; FIFOs, sockets and devices are recorded, never opened.",
     platforms=("linux", "darwin"),
+    options=(PATHS, CONTENT_MAX_BYTES, HASH_MAX_BYTES, HASH_RATE, WATCH),
     record_types={
         "file": RecordType(
             doc="One path matched by a configured pattern.",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector._endpoints import (
+    AI_ENDPOINTS,
     INVALID_RECORD_TYPE,
     Endpoint,
     IPNetwork,
@@ -648,7 +649,7 @@ def _iptables(ctx: CollectContext, problems: list[Record],
 
 
 def collect(ctx: CollectContext) -> Iterator[Record]:
-    endpoints, invalid = parse_endpoints(ctx.option("network", "ai_endpoints", []))
+    endpoints, invalid = parse_endpoints(ctx.value(AI_ENDPOINTS))
     problems: list[Record] = [entry.record(NAME) for entry in invalid]
     hosts = read_source(ctx, NAME, HOSTS, report_missing=False)
     matcher, _resolutions = build_matcher(

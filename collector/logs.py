@@ -1,7 +1,9 @@
 """The `logs` collector: access evidence from auth logs and AI-gateway access logs.
 
 Each configured source (`[collectors.logs] sources`: path, format `auth` |
-`nginx-combined` | `json-lines`, kind `""` | `ai_gateway`) is read from where the
+`nginx-combined` | `json-lines`, kind `""` | `ai_gateway`; or a journal,
+`{ journal = "system", format = "journald" }`, read by collector/_journald.py;
+`skip_if_exists` names a file whose presence turns the source off) is read from where the
 last sealed bundle stopped, so a rerun or a restart neither repeats nor skips a
 line. The position is a checkpoint (`ctx.checkpoint("logs")`), which the agent
 persists in the same step that seals the bundle: per source the file's device,
@@ -46,8 +48,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector._journald import SYSTEM, JournalSource, collect_journal
 from collector._linux import malformed_record, missing_record, unreadable_record
-from collector._logformats import LineContext, Malformed, Parser, parser_for
+from collector._logformats import (
+    AUTH_PROGRAMS,
+    LOG_FORMATS,
+    LineContext,
+    Malformed,
+    Parser,
+    parser_for,
+    raw_sha256,
+)
+from collector.options import (
+    ABSOLUTE_PATH,
+    SIZE,
+    STRING,
+    Kind,
+    Option,
+    TableKey,
+    choice,
+    show,
+    table_list,
+)
 from collector.record import Record
 from collector.registry import (
     SOURCE_UNREADABLE_TYPE,
@@ -57,17 +79,69 @@ from collector.registry import (
     RecordType,
     unsupported,
 )
+from signing.errors import UsageError
 
 NAME = "logs"
 
-DEFAULT_SOURCES = ({"path": "/var/log/auth.log", "format": "auth", "kind": ""},)
 LINE_MAX = 65536  # longer lines are recorded as malformed, never buffered whole
 HEAD_BYTES = 4096  # bytes hashed to recognise a file after truncation or rotation
-FIRST_READ_MAX = 64 << 20  # a source seen for the first time: at most its last 64 MiB
-RUN_READ_MAX = 16 << 20  # bytes of the current file read per run (records are held
-# in memory until sealed: ~40k gateway lines); the rest is read by the next run
+AUTH_LOG = "/var/log/auth.log"
+
+
+# --- options ---------------------------------------------------------------------
+
+def _journal(value: Any, key: str) -> str:
+    text = STRING.parse(value, key)
+    if text != SYSTEM and not text.startswith("/"):
+        raise UsageError(f'"{key}" must be "system" or an absolute path to a journal file '
+                         f"or directory, got {show(text)}")
+    return text
+
+
+SOURCE_KEYS = (
+    TableKey("path", ABSOLUTE_PATH, "a log file (give `path` or `journal`)"),
+    TableKey("journal", Kind('"system" or an absolute path', _journal),
+             '"system": the host\'s journal via journalctl; a path: that journal file or '
+             "directory (`journalctl --file`/`--directory`)"),
+    TableKey("format", choice(*LOG_FORMATS), " | ".join(LOG_FORMATS) + "; `journald` "
+             "exactly for a `journal` source", required=True),
+    TableKey("kind", STRING, '"" or "ai_gateway": tags the records', default=""),
+    TableKey("skip_if_exists", ABSOLUTE_PATH, "a file whose presence turns this source "
+             "off (a journal whose auth entries rsyslog also writes to auth.log)"),
+)
+
+
+def _check_source(table: dict[str, Any], key: str) -> None:
+    if ("path" in table) == ("journal" in table):
+        if "path" not in table:
+            raise UsageError(f'"{key}.path" is missing',
+                             hint='or give journal = "system" for the systemd journal')
+        raise UsageError(f'"{key}" has both path and journal', hint="give one of them")
+    if "journal" in table and table["format"] != "journald":
+        raise UsageError(f'"{key}.format" must be "journald" for a journal source, got '
+                         f"{show(table['format'])}")
+    if "path" in table and table["format"] == "journald":
+        raise UsageError(f'"{key}.format" "journald" needs a journal source, not a path',
+                         hint='write { journal = "system", format = "journald" } or give the '
+                              "file's format")
+
+
+SOURCES = Option(
+    NAME, "sources", table_list(SOURCE_KEYS, _check_source),
+    [{"path": AUTH_LOG, "format": "auth"},
+     {"journal": SYSTEM, "format": "journald", "skip_if_exists": AUTH_LOG}],
+    "log files and journals to read; the journal only where auth.log is absent "
+    "(rsyslog writes the same entries there)",
+    table_keys=SOURCE_KEYS)
+# A source seen for the first time: at most its last 64 MiB (a journal: of JSON output).
+FIRST_READ_MAX_BYTES = Option(NAME, "first_read_max_bytes", SIZE, "64MiB",
+                              "a log seen for the first time: only its last 64 MiB "
+                              "(a log_gap says so)")
+# Records are held in memory until sealed (~40k gateway lines); the rest waits.
+MAX_BYTES_PER_RUN = Option(NAME, "max_bytes_per_run", SIZE, "16MiB",
+                           "read per run of the current file (of a journal: its JSON "
+                           "output); the rest waits for the next run")
 MAX_SAFE_INT = 2**53 - 1
-REDACTION_MARK = "[REDACTED:"
 _CHUNK = 1 << 16
 _MAX_CANDIDATES = 256
 # What logrotate appends to a rotated file's name: `.1`, `-20261125`, `-2026112506`,
@@ -339,7 +413,7 @@ def local_zone(ctx: CollectContext) -> dt.tzinfo:
 
 @dataclass(frozen=True)
 class Source:
-    """One entry of the `sources` option."""
+    """One file entry of the `sources` option."""
 
     path: str
     format: str
@@ -351,8 +425,8 @@ class Limits:
     """Bytes one run may read of a source (options `first_read_max_bytes`,
     `max_bytes_per_run`)."""
 
-    first_read_max: int = FIRST_READ_MAX
-    run_read_max: int = RUN_READ_MAX
+    first_read_max: int = FIRST_READ_MAX_BYTES.default_value
+    run_read_max: int = MAX_BYTES_PER_RUN.default_value
 
 
 @dataclass
@@ -473,12 +547,9 @@ class SourceRun:
         if parsed is None:
             self.skipped += 1
             return
-        # The hash of a line a secret was taken from would let anyone holding the
-        # rest of the line test guesses of the secret: none then.
-        redacted = parsed["raw"] is not None and REDACTION_MARK in parsed["raw"]
         data = {"log": self.source.path, "file": file, "line": event.line,
                 "line_offset": safe_int(event.offset), **parsed,
-                "raw_sha256": None if redacted else hashlib.sha256(event.raw).hexdigest()}
+                "raw_sha256": raw_sha256(parsed, event.raw)}
         self.records.append(Record(NAME, "access", f"{file}:{event.line}", data))
         self.access += 1
 
@@ -621,17 +692,24 @@ def _read_source(run: SourceRun, current: OpenFile, saved: Any,
     return run.records, new.to_json()
 
 
-def _sources(ctx: CollectContext) -> Iterator[Source | Record]:
+def _sources(ctx: CollectContext) -> Iterator[tuple[Source | JournalSource, str] | Record]:
+    """Each configured source once, with the file that turns it off ("" for none)."""
     seen: set[str] = set()
-    for entry in ctx.option(NAME, "sources", list(DEFAULT_SOURCES)):
-        if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
-                and isinstance(entry.get("format"), str)):
-            yield unsupported(NAME, repr(entry)[:200], "a source needs a path and a format")
+    for entry in ctx.value(SOURCES):
+        journal = entry.get("journal") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("format"), str)
+                and (isinstance(entry.get("path"), str) or isinstance(journal, str))):
+            yield unsupported(NAME, repr(entry)[:200],
+                              "a source needs a path (or a journal) and a format")
             continue
-        if entry["path"] in seen:
+        kind = str(entry.get("kind") or "")
+        source = (JournalSource(journal, kind) if isinstance(journal, str)
+                  else Source(entry["path"], entry["format"], kind))
+        name = source.id if isinstance(source, JournalSource) else source.path
+        if name in seen:
             continue
-        seen.add(entry["path"])
-        yield Source(entry["path"], entry["format"], str(entry.get("kind") or ""))
+        seen.add(name)
+        yield source, str(entry.get("skip_if_exists") or "")
 
 
 _UNUSABLE: dict[str, Any] = {"unusable": True}  # stands for an unreadable checkpoint
@@ -642,22 +720,32 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
     entries: dict[str, Any] = dict(saved) if isinstance(saved, dict) else {}
     # A checkpoint that is not a table is unusable for every source (a gap each).
     unusable = saved is not None and not isinstance(saved, dict)
-    limits = Limits(int(ctx.option(NAME, "first_read_max_bytes", FIRST_READ_MAX)),
-                    int(ctx.option(NAME, "max_bytes_per_run", RUN_READ_MAX)))
+    limits = Limits(int(ctx.value(FIRST_READ_MAX_BYTES)), int(ctx.value(MAX_BYTES_PER_RUN)))
     proposed: dict[str, Any] = {}
     unreadable: set[str] = set()
-    for source in _sources(ctx):
-        if isinstance(source, Record):
-            yield source
+    for item in _sources(ctx):
+        if isinstance(item, Record):
+            yield item
             continue
-        parser = parser_for(source.format, source.kind)
-        if parser is None:
-            yield unsupported(NAME, source.path, f"unknown log format {source.format!r}")
+        source, skip_if = item
+        name = source.id if isinstance(source, JournalSource) else source.path
+        if skip_if and os.path.lexists(ctx.path(skip_if)):
+            # Its checkpoint is dropped: should the file go, the source is read as new.
+            yield Record(NAME, "source_skipped", name, {"source": name,
+                                                        "skip_if_exists": skip_if})
             continue
-        saved_entry = _UNUSABLE if unusable else entries.get(source.path)
-        records, entry = collect_source(ctx, source, parser, saved_entry, limits)
+        saved_entry = _UNUSABLE if unusable else entries.get(name)
+        if isinstance(source, JournalSource):
+            records, entry = collect_journal(ctx, NAME, source, saved_entry,
+                                             limits.first_read_max, limits.run_read_max)
+        else:
+            parser = parser_for(source.format, source.kind)
+            if parser is None or source.format == "journald":
+                yield unsupported(NAME, source.path, f"unknown log format {source.format!r}")
+                continue
+            records, entry = collect_source(ctx, source, parser, saved_entry, limits)
         if entry is not None and entry is not _UNUSABLE:
-            proposed[source.path] = entry
+            proposed[name] = entry
         # Propose before yielding: should a later source raise, what was yielded so far
         # is sealed together with the positions that cover it.
         ctx.set_checkpoint(NAME, dict(proposed))
@@ -687,9 +775,10 @@ ACCESS_DOCS: dict[str, Field] = {
     "log": _f((str,), "the configured source path"),
     "file": _f((str,), "the file the line was read from (a rotated sibling of `log`, or "
                        "`log` itself)"),
-    "line": _f((int,), "1-based line number in `file`"),
-    "line_offset": _f((int, str), "byte offset of the line in `file` (decimal text "
-                                  "beyond 2**53)"),
+    "line": _f(_I, "1-based line number in `file`; for a journal entry its sequence "
+                   "number (the cursor's `i=`)"),
+    "line_offset": _f((int, str, type(None)), "byte offset of the line in `file` (decimal "
+                                              "text beyond 2**53); null for a journal entry"),
     "time": _f(_S, "when it happened, RFC 3339 UTC (syslog stamps without a zone are "
                    "read in the host's /etc/localtime zone, the year from the file's "
                    "mtime); null when a JSON line has no usable time"),
@@ -730,8 +819,12 @@ ACCESS_DOCS: dict[str, Field] = {
                   "characters, e.g. JWTs, as `[REDACTED:long_token]`), cut to 4 KiB; null "
                   "for JSON lines, which may hold prompts and are never copied"),
     "raw_truncated": _f((bool,), "true when `raw` was cut"),
+    "cursor": _f((str,), "a journal entry's cursor (`journalctl --cursor`); absent for "
+                         "files", required=False),
     "raw_sha256": _f(_S, "SHA-256 of the line's bytes as in the file (without the "
-                         "newline), to match the record against a copy of the log; null "
+                         "newline; for a journal entry, of the line as composed: "
+                         "`<time> <host> <program>[<pid>]: <message>`), to match the "
+                         "record against a copy of the log; null "
                          "when a secret was redacted from `raw` (the hash would let a "
                          "guess of the secret be checked)"),
     "raw_hmac": _f(_S, "present only when `[privacy] pseudonymize` is set, and then "
@@ -745,8 +838,9 @@ RECORD_TYPES = {
     "access": RecordType(
         doc="One access event from a log line: a login, a failed login, a sudo or su, a "
             "session, an HTTP request to the AI gateway. Every line is recorded once "
-            "across runs and rotations.",
-        key="`<file>:<line>`",
+            "across runs and rotations. A journal entry of sshd, sudo, su or login is "
+            "made the line auth.log would hold and parsed the same way.",
+        key="`<file>:<line>`; `journal:<journal>@<cursor>` for a journal entry",
         fields=ACCESS_DOCS,
     ),
     "log_source": RecordType(
@@ -779,7 +873,8 @@ RECORD_TYPES = {
         fields={
             "path": _f((str,), "the configured path"),
             "cause": _f((str,), "rotated_away, truncated, rotated_file_gone, "
-                                "first_read_limit or checkpoint_unusable"),
+                                "first_read_limit or checkpoint_unusable (the last two "
+                                "for journals too)"),
             "file": _f(_S, "the file the lines were in, as last seen"),
             "device": _f(_S, "its device id (decimal text)"),
             "inode": _f(_S, "its inode (decimal text)"),
@@ -792,13 +887,44 @@ RECORD_TYPES = {
     ),
 }
 
+RECORD_TYPES["journal_source"] = RecordType(
+    doc="What one run read of one configured journal (`journalctl -o json` of the auth "
+        "programs: " + ", ".join(AUTH_PROGRAMS) + ").",
+    key="`journal:<journal>`",
+    fields={
+        "journal": _f((str,), "\"system\" or the configured journal path"),
+        "kind": _f((str,), "the configured kind"),
+        "cursor_before": _f(_S, "the cursor read after (null: first read)"),
+        "cursor_after": _f(_S, "the cursor of the last entry read (the next run reads "
+                               "after it)"),
+        "entries_read": _f((int,), "journal entries read this run"),
+        "records": _f((int,), "access records"),
+        "malformed": _f((int,), "malformed_line records"),
+        "skipped": _f((int,), "entries that are not access events"),
+        "gaps": _f((int,), "log_gap records"),
+        "more": _f((bool,), "true when `max_bytes_per_run` stopped the run: the rest "
+                            "is read by the next"),
+    },
+)
+RECORD_TYPES["source_skipped"] = RecordType(
+    doc="A source not read because its `skip_if_exists` file exists (the default "
+        "journal source while /var/log/auth.log holds the same entries).",
+    key="the source: its path, or `journal:<journal>`",
+    fields={
+        "source": _f((str,), "the source"),
+        "skip_if_exists": _f((str,), "the file that exists"),
+    },
+)
+
 COLLECTOR = Collector(
     name=NAME,
-    version="2",
-    description="Access evidence from logs: sshd, sudo and su in auth logs; AI-gateway "
-                "access logs (nginx combined, JSON lines). Offsets persist across runs "
-                "and rotation.",
+    version="3",
+    description="Access evidence from logs: sshd, sudo and su in auth logs or in the "
+                "systemd journal (journalctl, with a saved cursor); AI-gateway access "
+                "logs (nginx combined, JSON lines). Offsets and cursors persist across "
+                "runs and rotation.",
     platforms=("linux", "darwin"),
+    options=(SOURCES, FIRST_READ_MAX_BYTES, MAX_BYTES_PER_RUN),
     record_types=RECORD_TYPES,
     collect=collect,
 )

@@ -28,6 +28,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # no stubs installed
 
 from collector._endpoints import (
+    AI_ENDPOINTS,
     INVALID_RECORD_TYPE,
     Endpoint,
     HostsLine,
@@ -641,7 +642,7 @@ def _live_records(matcher: Matcher, problems: list[Record],
 # --- the collector ---------------------------------------------------------------
 
 def collect(ctx: CollectContext) -> Iterator[Record]:
-    endpoints, invalid = parse_endpoints(ctx.option(NAME, "ai_endpoints", []))
+    endpoints, invalid = parse_endpoints(ctx.value(AI_ENDPOINTS))
     problems: list[Record] = [entry.record(NAME) for entry in invalid]
     records: list[Record] = []
     reads_files = not ctx.is_live or not sys.platform.startswith("win")
@@ -707,6 +708,7 @@ COLLECTOR = Collector(
                 "under the root; interfaces, sockets, the agent's environment and name "
                 "resolution only on the live system.",
     platforms=("linux", "darwin", "win32"),
+    options=(AI_ENDPOINTS,),
     record_types={
         "interface": RecordType(
             doc="A network interface, from psutil." + _LIVE,

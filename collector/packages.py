@@ -273,6 +273,7 @@ COLLECTOR = Collector(
                 "at /cmd/rpm-qa.txt otherwise). An `unsupported` record when neither "
                 "exists.",
     platforms=("linux",),
+    schedule="6h",  # the package set changes with maintenance, not by the minute
     record_types={
         "package": RecordType(
             doc="One package known to dpkg (every stanza of the status file, whatever "

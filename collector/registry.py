@@ -25,13 +25,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from collector.options import Option, option_value, parse_duration
 from collector.record import Record
+
+T = TypeVar("T")
 
 # Modules of this package that are not collectors; every other public module
 # must declare COLLECTOR (the contract test holds each to it).
-NOT_COLLECTORS = frozenset({"record", "registry", "docs", "scrub", "privacy"})
+NOT_COLLECTORS = frozenset({"record", "registry", "docs", "scrub", "privacy", "options"})
 
 ERROR_TYPE = "collector_error"
 TIMEOUT_TYPE = "collector_timeout"  # emitted by collector._timeout.run_bounded
@@ -79,7 +82,8 @@ class CollectContext:
 
     - `root`: the directory standing for "/" (a fixture tree in tests).
     - `options`: per-collector settings by collector name (the `[collectors.<name>]`
-      config table as plain data); read them with `option()`.
+      config table as plain data, parsed by the declared `Option`s); read them with
+      `value(OPTION)` (the declared default when absent).
     - `state_dir`: where a collector may keep caches (None: no caching).
     - `checkpoints`: per-collector state that must advance exactly when a bundle is
       sealed (log offsets). A collector reads the last sealed value with
@@ -109,6 +113,11 @@ class CollectContext:
     def option(self, collector: str, key: str, default: Any) -> Any:
         return self.options.get(collector, {}).get(key, default)
 
+    def value(self, option: Option[T]) -> T:
+        """The configured value of a declared option, else its default. Not checked
+        again: a collector that must survive a bad value checks it itself."""
+        return option_value(self.options, option)
+
     def checkpoint(self, collector: str) -> Any:
         """The last sealed checkpoint of `collector` (None before the first)."""
         return self.checkpoints.get(collector)
@@ -123,7 +132,13 @@ CollectFn = Callable[[CollectContext], Iterable[Record]]
 
 @dataclass(frozen=True)
 class Collector:
-    """A collector declaration."""
+    """A collector declaration.
+
+    `options`: its `[collectors.<name>]` settings (collector/options.py); config
+    parsing, `ctx.options`, docs/COLLECTORS.md and packaging/agent.toml come from
+    them. `schedule`: its default interval in the daemon, as written in TOML ("6h");
+    None = `schedule.default`. A `[schedule]` key of the collector's name overrides it.
+    """
 
     name: str
     version: str
@@ -131,9 +146,23 @@ class Collector:
     platforms: tuple[str, ...]  # sys.platform prefixes: "linux", "darwin", "win32"
     record_types: Mapping[str, RecordType]
     collect: CollectFn
+    options: tuple[Option[Any], ...] = ()
+    schedule: str | int | None = None
 
     def supported(self, platform: str = sys.platform) -> bool:
         return any(platform.startswith(p) for p in self.platforms)
+
+    @property
+    def option_map(self) -> dict[str, Option[Any]]:
+        """The declared options by name, in declaration order."""
+        return {option.name: option for option in self.options}
+
+    @property
+    def schedule_seconds(self) -> int | None:
+        """The declared default interval in seconds (None: `schedule.default`)."""
+        if self.schedule is None:
+            return None
+        return parse_duration(self.schedule, f"{self.name} schedule")
 
 
 @dataclass(frozen=True)
@@ -274,6 +303,15 @@ def collector_names() -> list[str]:
     """Every collector's name without importing the collectors (config checks use it;
     the contract test holds each module's COLLECTOR.name to its module name)."""
     return [name.removeprefix("collector.") for name in collector_modules()]
+
+
+def load_collector(name: str) -> Collector | None:
+    """The declaration of one collector by name, importing only its module; None
+    when no collector has that name."""
+    if name not in collector_names():
+        return None
+    declared: Collector = importlib.import_module(f"collector.{name}").COLLECTOR
+    return declared
 
 
 def all_collectors() -> dict[str, Collector]:

@@ -62,5 +62,8 @@ def test_collectors_lists_record_types_wrapped(gamsa_env: GamsaEnv) -> None:
     for collector in all_collectors().values():
         assert f"{collector.name} (version {collector.version};" in text
         assert "record types: " + ", ".join(collector.record_types) in text
+        if collector.options:
+            assert (f"options [collectors.{collector.name}]: "
+                    + ", ".join(o.name for o in collector.options)) in text
     for common in COMMON_RECORD_TYPES:
         assert common in text

@@ -14,7 +14,6 @@ import pytest
 
 from agent import config as config_mod
 from agent.config import (
-    LogSource,
     config_as_dict,
     default_state_dir,
     load_config,
@@ -22,6 +21,8 @@ from agent.config import (
     parse_size,
     resolve_config_path,
 )
+from collector import files, logs
+from collector._endpoints import AI_ENDPOINTS
 from signing.errors import USAGE, UsageError
 
 PACKAGED = Path(__file__).resolve().parents[2] / "packaging" / "agent.toml"
@@ -68,12 +69,15 @@ def test_defaults_without_a_file(env: dict[str, str]) -> None:
     assert (cfg.store.connect_timeout, cfg.store.read_timeout) == (10, 60)
     assert cfg.store.addressing_style == "auto"
     assert cfg.collectors.enabled == []
-    assert "/etc/ssh/sshd_config" in cfg.collectors.files.paths
-    assert "/etc/sudoers.d/*" in cfg.collectors.files.paths
-    assert cfg.collectors.files.content_max_bytes == 65536
-    assert cfg.collectors.files.watch is True
-    assert cfg.collectors.network.ai_endpoints == []
-    assert cfg.collectors.logs.sources == [LogSource("/var/log/auth.log", "auth")]
+    assert "/etc/ssh/sshd_config" in cfg.collectors.value(files.PATHS)
+    assert "/etc/sudoers.d/*" in cfg.collectors.value(files.PATHS)
+    assert cfg.collectors.value(files.CONTENT_MAX_BYTES) == 65536
+    assert cfg.collectors.value(files.WATCH) is True
+    assert cfg.collectors.value(AI_ENDPOINTS) == []
+    assert cfg.collectors.value(logs.SOURCES) == [
+        {"path": "/var/log/auth.log", "format": "auth", "kind": ""},
+        {"journal": "system", "format": "journald", "kind": "",
+         "skip_if_exists": "/var/log/auth.log"}]
     assert (cfg.schedule.default, cfg.schedule.heartbeat) == (900, 300)
     assert cfg.schedule.per_collector == {}
     assert cfg.privacy.pseudonymize == []
@@ -115,8 +119,8 @@ def test_config_as_dict_is_json(tmp_path: Path, env: dict[str, str]) -> None:
     assert data["schedule"] == {"default": 900, "heartbeat": 300,
                                 "per_collector": {"packages": 21600},
                                 "timeout": 600, "timeouts": {}}
-    assert data["collectors"]["logs"]["sources"] == [
-        {"path": "/var/log/auth.log", "format": "auth", "kind": ""}]
+    assert data["collectors"]["logs"]["sources"][0] == {
+        "path": "/var/log/auth.log", "format": "auth", "kind": ""}
 
 
 # --------------------------------------------------------------------------- locating
@@ -288,13 +292,14 @@ max_bytes = 123456
     assert (cfg.store.connect_timeout, cfg.store.read_timeout) == (5, 120)
     assert cfg.store.addressing_style == "path"
     assert cfg.collectors.enabled == ["accounts", "files"]
-    assert cfg.collectors.files.paths == ["/etc/**"]
-    assert cfg.collectors.files.content_max_bytes == 1024**2
-    assert cfg.collectors.files.watch is False
-    assert cfg.collectors.network.ai_endpoints[2] == "10.20.0.0/16"
-    assert cfg.collectors.logs.sources == [
-        LogSource("/var/log/auth.log", "auth", ""),
-        LogSource("/var/log/nginx/ai-gateway.log", "nginx-combined", "ai_gateway"),
+    assert cfg.collectors.value(files.PATHS) == ["/etc/**"]
+    assert cfg.collectors.value(files.CONTENT_MAX_BYTES) == 1024**2
+    assert cfg.collectors.value(files.WATCH) is False
+    assert cfg.collectors.value(AI_ENDPOINTS)[2] == "10.20.0.0/16"
+    assert cfg.collectors.value(logs.SOURCES) == [
+        {"path": "/var/log/auth.log", "format": "auth", "kind": ""},
+        {"path": "/var/log/nginx/ai-gateway.log", "format": "nginx-combined",
+         "kind": "ai_gateway"},
     ]
     assert cfg.schedule.default == 600 and cfg.schedule.heartbeat == 60
     assert cfg.schedule.per_collector == {"packages": 6 * 3600, "accounts": 86400}
@@ -610,8 +615,8 @@ def test_utf8_bom_is_accepted(tmp_path: Path, env: dict[str, str]) -> None:
 def test_explicit_empty_lists(tmp_path: Path, env: dict[str, str]) -> None:
     text = "[collectors.files]\npaths = []\n[collectors.logs]\nsources = []\n"
     cfg = load_config(write(tmp_path, text), env)
-    assert cfg.collectors.files.paths == []
-    assert cfg.collectors.logs.sources == []
+    assert cfg.collectors.value(files.PATHS) == []
+    assert cfg.collectors.value(logs.SOURCES) == []
 
 
 
@@ -619,7 +624,7 @@ def test_ai_endpoints_with_ports_on_networks_are_accepted(tmp_path: Path) -> Non
     path = tmp_path / "agent.toml"
     path.write_text('[collectors.network]\nai_endpoints = ["10.20.0.0/16:443", '
                     '"[2001:db8::1]:443", "*.anthropic.com", "127.0.0.1:8443"]\n')
-    assert len(load_config(path, {}).collectors.network.ai_endpoints) == 4
+    assert len(load_config(path, {}).collectors.value(AI_ENDPOINTS)) == 4
     path.write_text('[collectors.network]\nai_endpoints = ["10.20.0.0/99"]\n')
     with pytest.raises(UsageError, match="ai_endpoints"):
         load_config(path, {})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.docs import render_collectors_markdown
+from collector.docs import render_agent_toml, render_collectors_markdown
 from collector.record import Record
 from collector.registry import (
     COMMON_RECORD_TYPES,
@@ -130,3 +130,18 @@ def test_collectors_doc_is_up_to_date() -> None:
     on_disk = (REPO / "docs" / "COLLECTORS.md").read_text(encoding="utf-8")
     assert on_disk == render_collectors_markdown(), \
         "docs/COLLECTORS.md is stale: run `python -m collector.docs > docs/COLLECTORS.md`"
+
+
+def test_packaged_agent_toml_collector_sections_are_the_declarations() -> None:
+    """packaging/agent.toml's `[collectors.<name>]` tables and declared schedules are
+    rendered from the COLLECTOR declarations; a changed option fails here."""
+    path = REPO / "packaging" / "agent.toml"
+    on_disk = path.read_text(encoding="utf-8")
+    assert on_disk == render_agent_toml(on_disk), \
+        "packaging/agent.toml is stale: run `python -m collector.docs --agent-toml " \
+        "packaging/agent.toml`"
+    for collector in all_collectors().values():
+        assert collector.schedule is None or (collector.schedule_seconds or 0) > 0
+        for option in collector.options:
+            assert option.collector == collector.name, option
+            option.default_value  # noqa: B018 - every default passes its own check

@@ -253,7 +253,8 @@ def test_every_access_field_is_declared() -> None:
     declared = set(RECORD_TYPES["access"].fields)
     assert declared == set(ACCESS_FIELDS) | {"log", "file", "line", "line_offset",
                                              "raw_truncated", "raw_sha256",
-                                             "raw_hmac"}  # set by collector/privacy.py
+                                             "raw_hmac",  # set by collector/privacy.py
+                                             "cursor"}  # set for journal entries
     assert not RECORD_TYPES["access"].fields["raw_hmac"].required
 
 
