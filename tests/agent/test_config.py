@@ -23,6 +23,7 @@ from agent.config import (
 )
 from collector import files, logs
 from collector._endpoints import AI_ENDPOINTS
+from collector.files import HASH_RATE
 from signing.errors import USAGE, UsageError
 
 PACKAGED = Path(__file__).resolve().parents[2] / "packaging" / "agent.toml"
@@ -636,10 +637,10 @@ def test_timeouts_and_hash_rate(tmp_path: Path, env: dict[str, str]) -> None:
                                       'hash_rate = "256MiB"\n'), env)
     assert (cfg.schedule.timeout_for("packages"), cfg.schedule.timeout_for("host")) == (
         1800, 120)
-    assert cfg.collectors.files.hash_rate == 256 << 20
+    assert cfg.collectors.value(HASH_RATE) == 256 << 20
     assert load_config(write(tmp_path, "[collectors.files]\nhash_rate = 0\n"),
-                       env).collectors.files.hash_rate == 0
-    assert load_config(None, env).collectors.files.hash_rate == 1 << 30
+                       env).collectors.value(HASH_RATE) == 0
+    assert load_config(None, env).collectors.value(HASH_RATE) == 1 << 30
     err = load_error(write(tmp_path, '[schedule.timeouts]\npakages = "1m"\n'), env)
     assert_one_line(err, 'unknown key "schedule.timeouts.pakages"')
     assert err.hint == 'did you mean "schedule.timeouts.packages"?'
