@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.crashpoints import crashpoint
 from agent.fsutil import failing
 from agent.identity import host_description
+from agent.records import seal_records
 from agent.rotate import continues_after_rotation
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
 from collector.accounts import local_account_names
@@ -29,9 +30,8 @@ from collector.registry import (
     Collector,
     CollectorResult,
     all_collectors,
-    run_collector,
 )
-from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+from signing.bundle import BundleName, manifest_sha256, sign_manifest
 from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
 from signing.errors import GamsaError
 
@@ -137,8 +137,8 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
             # so the bundle starts where the last ended and says what the clock read.
             started_at = head.finished_at
     collection_id = new_collection_id(started)
-    results = [run_collector(c, ctx) for c in collectors]
-    records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
+    seq = 1 if reason is not None or head is None else head.seq + 1
+    name = BundleName(host_id, started_at[:10], seq, collection_id)
     rewriter: BundlePseudonymizer | None = None
     if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
         names = config.privacy.pseudonymize
@@ -147,12 +147,20 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         # the accounts collector ran in this one, so a file-change bundle agrees.
         rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()), system,
                                        people if "user" in names else frozenset())
-        records = rewriter.apply(records)
+    # The records stream from the collectors into this bundle's temp dir in the spool
+    # (agent/records.py), never held in memory. Until `commit` renames it into place
+    # it is no spool entry; `recover` removes what a crash (or a failed signer) leaves.
+    pending = state.begin_bundle(name)
+    try:
+        results, records_object = seal_records(collectors, ctx, host_id,
+                                               pending.write_records, rewriter)
+        pending.records_done()
+    except BaseException:
+        pending.discard()
+        raise
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
-    records_object = write_records(records)
-    seq = 1 if reason is not None or head is None else head.seq + 1
     chain_id = collection_id if seq == 1 else head.chain_id  # type: ignore[union-attr]
     chain: dict[str, Any] = {"id": chain_id, "seq": seq,
                              "prev": None if seq == 1 else head.manifest_sha256}  # type: ignore[union-attr]
@@ -192,16 +200,16 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                                    for entry in predicate["collectors"]]
         predicate["privacy"] = {"pseudonymized": sorted(set(config.privacy.pseudonymize)),
                                 "key_id": key_id(privacy_key)}
-    name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")
     digest = manifest_sha256(manifest)
-    if ctx.new_checkpoints:
-        state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
-        crashpoint("checkpoints staged")
     try:
-        entry = state.spool_bundle(name, records_object.data, manifest)
+        if ctx.new_checkpoints:
+            state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
+            crashpoint("checkpoints staged")
+        entry = pending.commit(manifest)
     except GamsaError:  # not sealed (no space, ...): leave the state as it was
+        pending.discard()
         if ctx.new_checkpoints:
             with contextlib.suppress(GamsaError):
                 state.discard_staged_checkpoints()
