@@ -30,6 +30,13 @@ from signing.canonical import canonical_lines, gc_paused
 
 HELD_GZIP_LEVEL = 1  # held only until the second pass: speed over size
 
+try:  # msgspec parses a line ~5x faster than json (both give plain dicts and lists)
+    from msgspec.json import Decoder
+
+    _parse: Callable[[bytes], Any] = Decoder().decode
+except ImportError:  # pragma: no cover - msgspec is a dependency, but optional to signing/
+    _parse = json.loads
+
 
 def seal_records(collectors: Iterable[Collector], ctx: CollectContext, host_id: str,
                  sink: Callable[[bytes], object],
@@ -92,6 +99,6 @@ class HeldRecords:
             lines = (tail + decompressor.decompress(chunks.popleft())).split(b"\n")
             tail = lines.pop()
             for line in lines:
-                yield json.loads(line)
+                yield _parse(line)
         if tail or not decompressor.eof:
             raise RuntimeError("held records ended mid-line (this is a bug)")
