@@ -339,17 +339,6 @@ class StateDir:
             return f"{exc.diagnostics()}; `gamsa status` shows an older outcome"
         return None
 
-    def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
-        """Write a sealed bundle whose records object is in memory into the spool."""
-        pending = self.begin_bundle(name)
-        try:
-            pending.write_records(records)
-            pending.records_done()
-        except BaseException:
-            pending.discard()
-            raise
-        return pending.commit(manifest)
-
     def begin_bundle(self, name: BundleName) -> PendingBundle:
         """Start writing a bundle into the spool: a temp dir `.tmp-<seq>-<cid>` whose
         records file is open for the records as they stream (`PendingBundle`).

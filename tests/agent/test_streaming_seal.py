@@ -23,7 +23,7 @@ from agent.seal import Sealed, seal_collection
 from agent.state import StateDir
 from collector.record import Record
 from collector.registry import CollectContext, Collector
-from signing.bundle import write_records
+from signing.bundle import BundleName, write_records
 from signing.errors import CanonicalError
 from tests.conftest import GamsaEnv, ok
 
@@ -141,6 +141,25 @@ def test_a_record_outside_the_json_domain_seals_nothing(gamsa_env: GamsaEnv) -> 
     assert sorted(p.name for p in (state_dir / "spool").iterdir()) == [first.entry.path.name]
     seal(gamsa_env, numbered(3))
     ship_and_verify(gamsa_env, 2)
+
+
+def test_a_bundle_being_written_is_no_spool_entry_until_committed(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    name = BundleName("test-host", "2026-12-02", 7, "20261202T000000Z-0badcafe")
+    pending = state.begin_bundle(name)
+    pending.write_records(b"part of a records object")
+    assert pending.temp.name.startswith(".tmp-") and state.entries() == []
+    assert state.usage(1 << 20).bundles == 0  # nor counted against the spool's cap
+    assert state.recover() is None  # what a kill leaves is removed on the next start
+    assert list(state.spool.iterdir()) == []
+
+    pending = state.begin_bundle(name)
+    pending.write_records(write_records([{"n": 1}]).data)
+    pending.records_done()
+    entry = pending.commit(b"{}")
+    assert state.entries() == [entry] and entry.path.name == "0000000007-" + name.collection_id
+    assert sorted(os.listdir(entry.path)) == ["bundle.json", "manifest.dsse.json",
+                                              "records.jsonl.gz"]
 
 
 # Runs in a child process: seal an endless collection, touching MARKER once 20,000
