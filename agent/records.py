@@ -73,11 +73,9 @@ class HeldRecords:
         self._compressor = zlib.compressobj(HELD_GZIP_LEVEL)
         self._chunks: list[bytes] = []
         self._batch: list[Any] = []
-        self.count = 0
 
     def add(self, value: Any) -> None:
         self._batch.append(value)
-        self.count += 1
         if len(self._batch) >= BATCH_RECORDS:
             self._flush()
 
