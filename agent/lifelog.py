@@ -139,10 +139,9 @@ def _last_of(tail: bytes) -> Event | None:
 
 def note_trouble(state_dir: Path, result: CollectorResult, timeout: int) -> None:
     """Note a collector run that timed out, was skipped or failed (nothing otherwise)."""
-    types = {record.type for record in result.records}
-    if TIMEOUT_TYPE in types:
+    if result.cut_short == TIMEOUT_TYPE:
         note(state_dir, "run_timeout", collector=result.name, timeout_seconds=timeout)
-    elif SKIPPED_TYPE in types:
+    elif result.cut_short == SKIPPED_TYPE:
         note(state_dir, "run_skipped", collector=result.name, reason=result.error or "")
     elif result.status == "error":
         note(state_dir, "run_failed", collector=result.name, error=result.error or "")

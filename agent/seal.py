@@ -21,9 +21,10 @@ from agent.crashpoints import crashpoint
 from agent.fsutil import failing
 from agent.identity import host_description
 from agent.lifelog import note_trouble
+from agent.records import Emit, Run, seal_records
 from agent.rotate import continues_after_rotation
 from agent.state import ChainHead, SpoolEntry, SpoolUsage, StateDir, spool_full_collector
-from collector._timeout import run_bounded
+from collector._timeout import stream_bounded
 from collector.accounts import local_account_names
 from collector.agent import NAME as AGENT
 from collector.privacy import BundlePseudonymizer, key_id, load_pseudonym_key, scopes
@@ -34,7 +35,7 @@ from collector.registry import (
     CollectorResult,
     all_collectors,
 )
-from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+from signing.bundle import BundleName, manifest_sha256, sign_manifest
 from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
 from signing.errors import GamsaError
 
@@ -131,9 +132,9 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
             # so the bundle starts where the last ended and says what the clock read.
             started_at = head.finished_at
     collection_id = new_collection_id(started)
+    seq = 1 if reason is not None or head is None else head.seq + 1
+    name = BundleName(host_id, started_at[:10], seq, collection_id)
     usage_before = resources.snapshot()
-    results = run_all(collectors, ctx, config, state)
-    records: list[dict[str, Any]] = [r.to_json(host_id) for res in results for r in res.records]
     rewriter: BundlePseudonymizer | None = None
     if privacy_key is not None:  # before anything is hashed: see collector/privacy.py
         names = config.privacy.pseudonymize
@@ -142,12 +143,21 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
         # the accounts collector ran in this one, so a file-change bundle agrees.
         rewriter = BundlePseudonymizer(privacy_key, scopes(names, all_collectors()), system,
                                        people if "user" in names else frozenset())
-        records = rewriter.apply(records)
+    # The records stream from the collectors into this bundle's temp dir in the spool
+    # (agent/records.py), never held in memory. Until `commit` renames it into place
+    # it is no spool entry; `recover` removes what a crash (or a failed signer) leaves.
+    pending = state.begin_bundle(name)
+    try:
+        results, records_object = seal_records(
+            sorted(collectors, key=lambda c: c.name == AGENT), ctx, host_id,
+            pending.write_records, rewriter, bounded_runner(ctx, config, state))
+        pending.records_done()
+    except BaseException:
+        pending.discard()
+        raise
     finished_at = max(utc_now(), started_at)
     crashpoint("collected")
 
-    records_object = write_records(records)
-    seq = 1 if reason is not None or head is None else head.seq + 1
     chain_id = collection_id if seq == 1 else head.chain_id  # type: ignore[union-attr]
     chain: dict[str, Any] = {"id": chain_id, "seq": seq,
                              "prev": None if seq == 1 else head.manifest_sha256}  # type: ignore[union-attr]
@@ -188,16 +198,16 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                                    for entry in predicate["collectors"]]
         predicate["privacy"] = {"pseudonymized": sorted(set(config.privacy.pseudonymize)),
                                 "key_id": key_id(privacy_key)}
-    name = BundleName(host_id, started_at[:10], seq, collection_id)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")
     digest = manifest_sha256(manifest)
-    if ctx.new_checkpoints:
-        state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
-        crashpoint("checkpoints staged")
     try:
-        entry = state.spool_bundle(name, records_object.data, manifest)
+        if ctx.new_checkpoints:
+            state.stage_checkpoints({**checkpoints, **ctx.new_checkpoints}, digest)
+            crashpoint("checkpoints staged")
+        entry = pending.commit(manifest)
     except GamsaError:  # not sealed (no space, ...): leave the state as it was
+        pending.discard()
         if ctx.new_checkpoints:
             with contextlib.suppress(GamsaError):
                 state.discard_staged_checkpoints()
@@ -213,17 +223,18 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
                   clock_warning)
 
 
-def run_all(collectors: Iterable[Collector], ctx: CollectContext, config: Config,
-            state: StateDir) -> list[CollectorResult]:
-    """Run each collector under its timeout, the `agent` collector last so it seals
-    the life events this run noted (a timeout, a skip, a failure) in this bundle."""
-    results = []
-    for collector in sorted(collectors, key=lambda c: c.name == AGENT):
-        result = run_bounded(collector, ctx, config.schedule.timeout_for(collector.name))
-        results.append(result)
+def bounded_runner(ctx: CollectContext, config: Config, state: StateDir) -> Run:
+    """How the agent runs one collector: under its timeout, its trouble noted in the
+    life journal. Collectors run with the `agent` collector last (seal_collection), so
+    it seals the life events this run noted (a timeout, a skip, a failure) in this
+    bundle."""
+    def run(collector: Collector, emit: Emit) -> CollectorResult:
+        timeout = config.schedule.timeout_for(collector.name)
+        result = stream_bounded(collector, ctx, timeout, emit)
         with contextlib.suppress(GamsaError):  # the manifest says it too (status, error)
-            note_trouble(state.root, result, config.schedule.timeout_for(collector.name))
-    return results
+            note_trouble(state.root, result, timeout)
+        return result
+    return run
 
 
 def clock_check(local: dt.datetime, store: dt.datetime) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.crashpoints import crashpoint
-from agent.fsutil import failing, fsync_dir, replace_atomic, write_new_file
+from agent.fsutil import failing, fsync_dir, replace_atomic, write_all, write_new_file
 from collector.record import Record, from_epoch, utc_now
 from collector.registry import CollectContext, Collector
 from signing.bundle import BundleName, manifest_sha256
@@ -342,36 +342,17 @@ class StateDir:
             return f"{exc.diagnostics()}; `gamsa status` shows an older outcome"
         return None
 
-    def spool_bundle(self, name: BundleName, records: bytes, manifest: bytes) -> SpoolEntry:
-        """Write a sealed bundle into the spool atomically (temp dir, fsync, rename).
+    def begin_bundle(self, name: BundleName) -> PendingBundle:
+        """Start writing a bundle into the spool: a temp dir `.tmp-<seq>-<cid>` whose
+        records file is open for the records as they stream (`PendingBundle`).
 
-        On an OS error (no space, ...) the temp dir is removed: the spool is as before.
+        The temp dir is never read as an entry; `recover` removes it. An OS error
+        (no space, ...) is one GamsaError naming the spool, and removes it at once.
         """
         self.ensure()
-        temp = self.spool / f".tmp-{name.seq:010d}-{name.collection_id}"
-        try:
-            return self._spool_bundle(name, temp, records, manifest)
-        except OSError as exc:  # named by the spool: the temp dir is gone
-            shutil.rmtree(temp, ignore_errors=True)
-            raise os_error(exc, self.spool, "write the bundle to the spool") from exc
-
-    def _spool_bundle(self, name: BundleName, temp: Path, records: bytes,
-                      manifest: bytes) -> SpoolEntry:
-        final = self.spool / f"{name.seq:010d}-{name.collection_id}"
-        temp.mkdir(mode=0o700)
-        crashpoint("spool temp dir made")
-        meta = {"host_id": name.host_id, "date": name.date, "seq": name.seq,
-                "collection_id": name.collection_id}
-        for filename, data in ((RECORDS_FILE, records), (MANIFEST_FILE, manifest),
-                               (BUNDLE_FILE, json.dumps(meta, sort_keys=True).encode())):
-            write_new_file(temp / filename, data)
-            crashpoint(f"spool {filename} written")
-        fsync_dir(temp)
-        os.rename(temp, final)
-        crashpoint("spool entry renamed")
-        fsync_dir(self.spool)
-        crashpoint("spool dir synced")
-        return SpoolEntry(final, name)
+        pending = PendingBundle(self.spool, name)
+        pending.open()
+        return pending
 
     def quarantine_entry(self, entry: SpoolEntry, reason: str) -> Path:
         """Move an entry whose records do not match its signed manifest out of the
@@ -460,6 +441,88 @@ def _chain_of(manifest: bytes) -> dict[str, Any]:
     predicate = spooled_statement(manifest)["predicate"]
     return {**predicate["chain"], "finished_at": predicate["collection"]["finished_at"],
             "key_id": predicate["agent"]["key_id"]}
+
+
+class PendingBundle:
+    """A bundle on its way into the spool (`StateDir.begin_bundle`): write its records,
+    `records_done`, then `commit` the manifest, or `discard` it.
+
+    The order makes every crash safe: the records file and the manifest are fsync'd
+    in the temp dir, which is then renamed into place (atomic) before the chain head
+    moves; a temp dir left by a crash or a failure is removed by `recover`.
+    """
+
+    def __init__(self, spool: Path, name: BundleName) -> None:
+        self.spool = spool
+        self.name = name
+        self.temp = spool / f".tmp-{name.seq:010d}-{name.collection_id}"
+        self.final = spool / f"{name.seq:010d}-{name.collection_id}"
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        try:
+            self.temp.mkdir(mode=0o700)
+            self._fd = os.open(self.temp / RECORDS_FILE,
+                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            self.discard()
+            raise os_error(exc, self.spool, "write the bundle to the spool") from exc
+        crashpoint("spool temp dir made")
+
+    def write_records(self, data: bytes) -> None:
+        """Append bytes of the records object (in order; one thread at a time)."""
+        if self._fd is None:
+            raise GamsaError(f"{self.temp}: records written after records_done (a bug)")
+        with failing("write the bundle to the spool", self.spool):
+            write_all(self._fd, data)
+        crashpoint("spool records part written")
+
+    def records_done(self) -> None:
+        """The records object is complete: make it durable and close it."""
+        if self._fd is None:
+            raise GamsaError(f"{self.temp}: records_done twice (a bug)")
+        fd, self._fd = self._fd, None
+        try:
+            with failing("write the bundle to the spool", self.spool):
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except GamsaError:
+            self.discard()
+            raise
+        crashpoint(f"spool {RECORDS_FILE} written")
+
+    def commit(self, manifest: bytes) -> SpoolEntry:
+        """Add the manifest and rename the entry into place. On an OS error the temp
+        dir is removed: the spool is as before."""
+        try:
+            return self._commit(manifest)
+        except OSError as exc:  # named by the spool: the temp dir is gone
+            self.discard()
+            raise os_error(exc, self.spool, "write the bundle to the spool") from exc
+
+    def _commit(self, manifest: bytes) -> SpoolEntry:
+        meta = {"host_id": self.name.host_id, "date": self.name.date, "seq": self.name.seq,
+                "collection_id": self.name.collection_id}
+        for filename, data in ((MANIFEST_FILE, manifest),
+                               (BUNDLE_FILE, json.dumps(meta, sort_keys=True).encode())):
+            write_new_file(self.temp / filename, data)
+            crashpoint(f"spool {filename} written")
+        fsync_dir(self.temp)
+        os.rename(self.temp, self.final)
+        crashpoint("spool entry renamed")
+        fsync_dir(self.spool)
+        crashpoint("spool dir synced")
+        return SpoolEntry(self.final, self.name)
+
+    def discard(self) -> None:
+        """Close and remove the temp dir (the bundle is not sealed)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def spool_full_collector(usage: SpoolUsage) -> Collector:

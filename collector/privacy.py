@@ -4,7 +4,8 @@
 `personal` (collector/registry.py `Field.personal`: user names, login addresses,
 home directories, GECOS, key comments) may be named; the vocabulary comes from the
 declarations, never from a list kept here. With a non-empty list, each bundle is
-rewritten once, just before sealing (agent/seal.py):
+rewritten once, just before sealing, in two passes over its records (`gather` each,
+`prepare`, `pseudonymize` each; agent/records.py streams them):
 
 1. Gather: the value of every named field of every record (and the `key` of a record
    type whose `RecordType.key_field` is named) is a person value, except values that
@@ -294,6 +295,7 @@ class BundlePseudonymizer:
         self.known_people = known_people
         self.matcher = _Matcher({}, {})
         self._pseudonyms: dict[str | bytes, str] = {}
+        self._gathered: set[str] = set()
 
     def _pseudonym(self, value: str | bytes) -> str:
         found = self._pseudonyms.get(value)
@@ -329,20 +331,34 @@ class BundlePseudonymizer:
 
     def apply(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The records rewritten; after this, `rewrite()` treats manifest values alike."""
-        record_scopes = [self._scope(r) for r in records]
-        people = [self._people(r, s) for r, s in zip(records, record_scopes, strict=True)]
+        for record in records:
+            self.gather(record)
+        self.prepare()
+        return [self.pseudonymize(record) for record in records]
+
+    def gather(self, record: Mapping[str, Any]) -> None:
+        """Step 1 for one record: note its person values (keeps only the values).
+
+        A bundle's records stream through `gather` first, then `prepare`, then each
+        again through `pseudonymize` (agent/records.py holds them in between)."""
+        for value in self._people(record, self._scope(record)):
+            if isinstance(value, str):
+                self._gathered.add(value)
+
+    def prepare(self) -> None:
+        """After every record was gathered: build the matcher for steps 2 and 3."""
         forms: dict[str, str] = {}
-        known: list[str | bytes] = sorted(self.known_people)
-        for values in [*people, known]:
-            for value in values:
-                if isinstance(value, str):
-                    forms.update(_forms(value))
+        for value in sorted(self._gathered | self.known_people):
+            forms.update(_forms(value))
         forms = {f: v for f, v in forms.items()
                  if len(f) <= MAX_TOKEN_CHARS and not _DIGITS_RE.fullmatch(f)
                  and is_person(f, self.keep_clear)}
         self.matcher = _Matcher(forms, {v: self._pseudonym(v) for v in forms.values()})
-        return [self._record(r, s, v)
-                for r, s, v in zip(records, record_scopes, people, strict=True)]
+
+    def pseudonymize(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Steps 2-4 for one record (after `prepare`): the record rewritten."""
+        scope = self._scope(record)
+        return self._record(record, scope, self._people(record, scope))
 
     def rewrite(self, value: Any) -> Any:
         """A value outside the records (a manifest's collector error) rewritten alike."""

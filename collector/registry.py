@@ -3,8 +3,11 @@
 Each collector module declares `COLLECTOR = Collector(...)`: what it collects as
 data (name, platforms, record types with typed, documented fields) next to the
 function that collects. `docs/COLLECTORS.md` and the contract test read these.
-A collector that raises yields a `collector_error` record; one whose platform is
-not this one yields an `unsupported` record. The run always goes on.
+A collector returns or yields its records; `stream_collector` hands each to the
+sealer as it comes, so a collection's memory does not grow with its size. A
+collector that raises yields a `collector_error` record after the records it gave
+before; one whose platform is not this one yields an `unsupported` record. The run
+always goes on.
 
 Coverage (`coverage_gaps`, the one place the rule lives): a collector is `partial`
 when its records say it could not see part of what it covers: a source that exists
@@ -18,11 +21,12 @@ is nothing there to miss.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pkgutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,10 +189,12 @@ class CollectorResult:
     name: str
     version: str
     status: str  # ok | partial | error | unsupported
-    records: list[Record]
+    records: list[Record]  # kept by `run_collector`; empty when streamed to a sealer
     error: str | None = None
     duration_ms: int = 0
     gaps: list[Gap] = field(default_factory=list)
+    count: int = 0  # records emitted, the collector_error / unsupported record included
+    cut_short: str | None = None  # TIMEOUT_TYPE or SKIPPED_TYPE: the run was not let finish
 
     @property
     def gap_count(self) -> int:
@@ -197,7 +203,7 @@ class CollectorResult:
     def manifest_entry(self) -> dict[str, Any]:
         """This result as an entry of the manifest's `predicate.collectors`."""
         return {"name": self.name, "version": self.version, "status": self.status,
-                "records": len(self.records), "error": self.error,
+                "records": self.count, "error": self.error,
                 "duration_ms": self.duration_ms,
                 "gaps": [gap.as_dict() for gap in self.gaps]}
 
@@ -217,12 +223,15 @@ COMMON_RECORD_TYPES: Mapping[str, RecordType] = {
     ),
     TIMEOUT_TYPE: RecordType(
         doc="The collector overran its timeout (`[schedule] timeout`) and was abandoned: "
-            "none of its records of this run are sealed, its checkpoint does not move, "
-            "and it is not started again until that run ends. Status `error`.",
+            "the records it streamed before the timeout are sealed, its checkpoint does "
+            "not move (a log's lines are read again next run), and it is not started "
+            "again until that run ends. Status `error`.",
         key="the collector name",
         fields={
             "timeout_seconds": Field((int,), "the timeout it overran"),
             "started_at": Field((str,), "when the run started (RFC 3339 UTC)"),
+            "records_before_timeout": Field((int,), "records of this run sealed before "
+                                                    "the timeout", required=False),
         },
     ),
     SKIPPED_TYPE: RecordType(
@@ -336,14 +345,17 @@ def coverage_gap(collector: str, source: str, reason: str, count: int = 1) -> Re
                   {"source": source, "reason": reason, "count": count})
 
 
-def coverage_gaps(records: Iterable[Record]) -> list[Gap]:
-    """What the records say the collector could not see, grouped by reason.
+class GapTally:
+    """What the records of one collector say it could not see, counted as they stream.
 
     The rule (docs/DESIGN.md): `source_unreadable` and `command_failed` records count
     one each, `coverage_gap` records their `count`; nothing else is a gap.
     """
-    counts: dict[str, int] = {}
-    for record in records:
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, record: Record) -> None:
         if record.type == SOURCE_UNREADABLE_TYPE:
             reason, count = f"unreadable: {record.data.get('reason')}", 1
         elif record.type == COMMAND_FAILED_TYPE:
@@ -352,34 +364,82 @@ def coverage_gaps(records: Iterable[Record]) -> list[Gap]:
             reason = f"{record.data.get('source')}: {record.data.get('reason')}"
             count = int(record.data.get("count", 1))
         else:
-            continue
-        counts[reason] = counts.get(reason, 0) + count
-    return [Gap(reason, count) for reason, count in sorted(counts.items())]
+            return
+        self.counts[reason] = self.counts.get(reason, 0) + count
+
+    def gaps(self) -> list[Gap]:
+        """The gaps so far, grouped by reason (sorted)."""
+        return [Gap(reason, count) for reason, count in sorted(self.counts.items())]
 
 
-def run_collector(collector: Collector, ctx: CollectContext) -> CollectorResult:
-    """Run one collector; failures become records, never exceptions; a collector
-    whose records show gaps (`coverage_gaps`) is `partial`."""
+def coverage_gaps(records: Iterable[Record]) -> list[Gap]:
+    """What the records say the collector could not see, grouped by reason (`GapTally`)."""
+    tally = GapTally()
+    for record in records:
+        tally.add(record)
+    return tally.gaps()
+
+
+def stream_collector(collector: Collector, ctx: CollectContext,
+                     emit: Callable[[Record], object]) -> CollectorResult:
+    """Run one collector, handing each record to `emit` as it comes (nothing is kept).
+
+    A collector may return a list or yield. Its failures become records, never
+    exceptions: what it yielded before raising is kept, then a `collector_error`
+    record. An exception raised by `emit` (the sealer: a record outside the JSON
+    domain, no space in the spool) is not the collector's and propagates, closing the
+    collector's generator. The result's `records` is empty; `count` says how many
+    were emitted. A collector whose records show gaps (`GapTally`) is `partial`.
+    """
     started = time.monotonic()
     if not collector.supported():
         record = Record(collector.name, UNSUPPORTED_TYPE, collector.name,
                         {"platform": sys.platform, "platforms": list(collector.platforms)})
-        return CollectorResult(collector.name, collector.version, "unsupported", [record])
-    records: list[Record] = []
+        emit(record)
+        return CollectorResult(collector.name, collector.version, "unsupported", [], count=1)
+    tally = GapTally()
+    count = 0
+    error: str | None = None
+    produced: Iterator[Record] | None = None
     try:
-        for record in collector.collect(ctx):
-            records.append(record)
-    except Exception as exc:  # noqa: BLE001 - any failure is evidence, not a crash
-        reason = f"{type(exc).__name__}: {exc}"
-        records.append(Record(collector.name, ERROR_TYPE, collector.name,
-                              {"error": reason, "records_before_error": len(records)}))
+        try:
+            produced = iter(collector.collect(ctx))
+        except Exception as exc:  # noqa: BLE001 - any failure is evidence, not a crash
+            error = f"{type(exc).__name__}: {exc}"
+        while produced is not None and error is None:
+            try:
+                record = next(produced)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure is evidence, not a crash
+                error = f"{type(exc).__name__}: {exc}"
+                break
+            tally.add(record)
+            emit(record)
+            count += 1
+    finally:
+        close = getattr(produced, "close", None)
+        if close is not None:  # a generator stopped early runs its `finally` now
+            with contextlib.suppress(Exception):  # its error, if any, is already recorded
+                close()
+    if error is not None:
+        emit(Record(collector.name, ERROR_TYPE, collector.name,
+                    {"error": error, "records_before_error": count}))
         elapsed = int((time.monotonic() - started) * 1000)
-        return CollectorResult(collector.name, collector.version, "error", records,
-                               reason, elapsed, coverage_gaps(records))
+        return CollectorResult(collector.name, collector.version, "error", [], error,
+                               elapsed, tally.gaps(), count + 1)
     elapsed = int((time.monotonic() - started) * 1000)
-    gaps = coverage_gaps(records)
+    gaps = tally.gaps()
     return CollectorResult(collector.name, collector.version, "partial" if gaps else "ok",
-                           records, None, elapsed, gaps)
+                           [], None, elapsed, gaps, count)
+
+
+def run_collector(collector: Collector, ctx: CollectContext) -> CollectorResult:
+    """Run one collector and keep its records in the result (`stream_collector`)."""
+    records: list[Record] = []
+    result = stream_collector(collector, ctx, records.append)
+    result.records = records
+    return result
 
 
 def run_collectors(collectors: Iterable[Collector], ctx: CollectContext) -> list[CollectorResult]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -88,35 +89,95 @@ class RecordsObject:
     merkle_root: str
 
 
-def _batches(records: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+@dataclass(frozen=True)
+class RecordsDigest:
+    """What the manifest says of a records object streamed to a sink (bytes not kept)."""
+
+    sha256: str
+    count: int
+    merkle_root: str
+    size: int  # bytes written
+
+
+class RecordsWriter:
+    """Streams records into a records object: canonical lines, gzip, Merkle root.
+
+    `add` takes one record at a time; every BATCH_RECORDS records are canonicalized
+    and their leaves hashed, and the batch is compressed on a worker thread (zlib
+    releases the GIL) which hands the bytes, in order, to `sink` (a file's write).
+    What stays in memory is one batch, at most two batches being compressed, and the
+    Merkle tree's O(log n) stack: never the records or the object. The bytes are
+    those `write_records` gives for the same records. Use as a context manager, so
+    the worker thread ends whatever happens; `finish()` returns the digest.
+    """
+
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self._sink = sink
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        self._sha256 = hashlib.sha256()
+        self._size = 0
+        self._tree = MerkleBuilder()
+        self._batch: list[Any] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-gzip")
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> RecordsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def add(self, record: Any) -> None:
+        """Append one record (a JSON value of our domain)."""
+        self._batch.append(record)
+        if len(self._batch) >= BATCH_RECORDS:
+            self._flush()
+
+    def finish(self) -> RecordsDigest:
+        """Write what is left and the gzip trailer; the object's digest, count and root."""
+        if self._batch:
+            self._flush()
+        self._submit(self._compressor.flush, None)
+        while self._pending:
+            self._pending.popleft().result()
+        self._pool.shutdown(wait=True)
+        return RecordsDigest(self._sha256.hexdigest(), self._tree.size,
+                             self._tree.root().hex(), self._size)
+
+    def _flush(self) -> None:
+        with gc_paused():
+            lines = canonical_lines(self._batch)
+        self._batch = []
+        self._submit(self._compressor.compress, b"\n".join(lines) + b"\n")
+        self._tree.add_leaves(lines)
+
+    def _submit(self, compress: Callable[..., bytes], blob: bytes | None) -> None:
+        while len(self._pending) >= 2:  # bounded: the worker must keep up
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._write, compress, blob))
+
+    def _write(self, compress: Callable[..., bytes], blob: bytes | None) -> None:
+        data = compress() if blob is None else compress(blob)
+        if data:
+            self._sha256.update(data)
+            self._size += len(data)
+            self._sink(data)
 
 
 def write_records(records: Iterable[Any]) -> RecordsObject:
     """Canonicalize each record, one per line, gzip; compute count and Merkle root.
 
     The gzip header carries no name and mtime 0, so the same records give the same
-    bytes on every host and run. Compression runs on a worker thread (zlib releases
-    the GIL) while the next batch is canonicalized and hashed.
+    bytes on every host and run. The object is built in memory; to stream a large
+    one to a file, use `RecordsWriter`.
     """
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-    tree = MerkleBuilder()
-    with gc_paused(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-gzip") as pool:
-        pending: list[Future[bytes]] = []
-        for batch in _batches(records, BATCH_RECORDS):
-            lines = canonical_lines(batch)
-            pending.append(pool.submit(compressor.compress, b"\n".join(lines) + b"\n"))
-            tree.add_leaves(lines)
-        pending.append(pool.submit(compressor.flush))
-        data = b"".join(f.result() for f in pending)
-    return RecordsObject(data, hashlib.sha256(data).hexdigest(), tree.size, tree.root().hex())
+    chunks: list[bytes] = []
+    with RecordsWriter(chunks.append) as writer:
+        for record in records:
+            writer.add(record)
+        digest = writer.finish()
+    data = b"".join(chunks)
+    return RecordsObject(data, digest.sha256, digest.count, digest.merkle_root)
 
 
 def iter_record_lines(data: bytes, source: str) -> Iterator[bytes]:
@@ -151,8 +212,8 @@ def iter_record_lines(data: bytes, source: str) -> Iterator[bytes]:
         raise FormatError(f"{source}: last line has no terminating newline")
 
 
-def sign_manifest(name: BundleName, records: RecordsObject, predicate: dict[str, Any],
-                  signer: Signer) -> bytes:
+def sign_manifest(name: BundleName, records: RecordsObject | RecordsDigest,
+                  predicate: dict[str, Any], signer: Signer) -> bytes:
     """The DSSE envelope over the in-toto statement for this bundle."""
     statement = make_statement(name.records_key, records.sha256, predicate)
     return sign_envelope(canonical_bytes(statement), signer)

@@ -37,7 +37,9 @@ def test_an_overrun_is_abandoned_its_checkpoint_dropped_and_it_is_not_restarted(
     ctx = CollectContext()
     result = run_bounded(slow, ctx, 0.3)
     assert result.status == "error" and "timed out after 0.3 s" in (result.error or "")
-    assert [r.type for r in result.records] == ["collector_timeout"]
+    # what it streamed before the timeout is sealed (as with an error), then the timeout
+    assert [r.type for r in result.records] == ["thing", "collector_timeout"]
+    assert result.records[-1].data["records_before_timeout"] == 1
     assert ctx.new_checkpoints == {}, "an abandoned run never moves a checkpoint"
     again = run_bounded(slow, CollectContext(), 0.3)
     assert [r.type for r in again.records] == ["collector_skipped"]

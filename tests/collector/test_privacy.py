@@ -101,6 +101,24 @@ def test_a_name_seen_in_one_record_is_replaced_in_every_other() -> None:
     assert "10.77.1.23" in out[2]["data"]["content"]
 
 
+def test_records_one_at_a_time_in_two_passes_give_what_apply_gives() -> None:
+    """The sealer streams: gather each record, prepare, then pseudonymize each; a name
+    first seen in the last record is still replaced in the first."""
+    records = [
+        rec("files", "file", "/srv/notes", path="/srv/notes", owner="root",
+            content="ask jiwoo at 10.77.1.23"),
+        rec("sessions", "login", "pts/1:1:jiwoo", user="jiwoo", terminal="pts/1",
+            host="", address="10.77.1.23", pid=1, file="/var/log/wtmp"),
+    ]
+    streamed = BundlePseudonymizer(KEY, scopes(ALL, all_collectors()), frozenset({"root"}))
+    for record in records:
+        streamed.gather(record)
+    streamed.prepare()
+    out = [streamed.pseudonymize(json.loads(json.dumps(r))) for r in records]
+    assert out == run(records)
+    assert out[0]["data"]["content"] == f"ask {psn('jiwoo')} at {psn('10.77.1.23')}"
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("USER=a ; PWD=/home/a", "USER=¤ ; PWD=/home/¤"),
     ("a: a.", "¤: ¤."),
