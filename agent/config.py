@@ -98,6 +98,7 @@ class FilesConfig:
     content_max_bytes: int = 65536
     hash_max_bytes: int = 1024**3  # larger files are recorded without a hash
     watch: bool = True
+    debounce: float = 0.5  # seconds of quiet before a file-change bundle is sealed
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ def parse_duration(value: str | int, key: str) -> int:
     raise UsageError(f'"{key}" must be a duration, got {_type_name(value)}', hint=_DURATION_HINT)
 
 
+_MILLIS_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s)", re.ASCII)
 _SIZE_RE = re.compile(r"(\d+)\s*([KMGT]i?B|B)?", re.ASCII)
 _SIZE_UNITS = {
     None: 1, "B": 1,
@@ -366,7 +368,7 @@ def config_as_toml(cfg: Config) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
@@ -520,6 +522,22 @@ class _Parser:
             self.fail(f'"{key}" must be at least 1 second, got {_show(value)}')
         return seconds
 
+    def seconds(self, value: Any, key: str) -> float:
+        """Seconds to the millisecond, from a number (0.5, 2) or "500ms", "2s"."""
+        hint = 'seconds (0.5, 2) or a string like "500ms", "2s"'
+        if isinstance(value, str):
+            match = _MILLIS_RE.fullmatch(value.strip())
+            if not match:
+                self.fail(f'"{key}" must be a duration, got {_show(value)}', hint)
+            number = float(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value) * 1000
+        else:
+            self.fail(f'"{key}" must be a duration, got {_type_name(value)}', hint)
+        if not 0 <= number <= 60_000:
+            self.fail(f'"{key}" must be between 0 and 60 s, got {_show(value)}', hint)
+        return round(number) / 1000
+
     def size(self, value: Any, key: str) -> int:
         if not isinstance(value, int | str) or isinstance(value, bool):
             self.fail(f'"{key}" must be a size, got {_type_name(value)}', _SIZE_HINT)
@@ -645,7 +663,8 @@ class _Parser:
     def files(self, collectors: Mapping[str, Any]) -> FilesConfig:
         p = "collectors.files"
         t = self.table(collectors, "collectors", "files",
-                       ("paths", "content_max_bytes", "hash_max_bytes", "watch"))
+                       ("paths", "content_max_bytes", "hash_max_bytes", "watch",
+                        "debounce"))
         d = FilesConfig()
         paths = self.string_list(t, p, "paths", d.paths)
         for index, path in enumerate(paths):
@@ -657,6 +676,7 @@ class _Parser:
             hash_max_bytes=self.size(t.get("hash_max_bytes", d.hash_max_bytes),
                                      f"{p}.hash_max_bytes"),
             watch=self.boolean(t, p, "watch", d.watch),
+            debounce=self.seconds(t.get("debounce", d.debounce), f"{p}.debounce"),
         )
 
     def network(self, collectors: Mapping[str, Any]) -> NetworkConfig:

@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from agent.config import Config
+from agent.fim import FileWatch, seal_batch
 from agent.state import StateDir
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
@@ -202,6 +203,7 @@ class Daemon:
         self.wake = threading.Event()
         self.plan = Plan()
         self.last_sealed = time.monotonic()
+        self.watch: FileWatch | None = None  # agent/fim.py
 
     # state and store, from the current config --------------------------------
 
@@ -236,8 +238,10 @@ class Daemon:
 
     # sealing --------------------------------------------------------------------
 
-    def seal(self, names: list[str], trigger: str) -> bool:
-        """Seal one bundle of `names` (none: a heartbeat); False when it failed."""
+    def seal(self, names: list[str], trigger: str,
+             collectors: list[Collector] | None = None) -> bool:
+        """Seal one bundle of `names` (none: a heartbeat), run as `collectors` when
+        given (file watching seals the files of a change); False when it failed."""
         from agent.chainguard import look_before_sealing
         from agent.seal import seal_collection
         from agent.store import open_store
@@ -245,7 +249,8 @@ class Daemon:
         config = self.config
         state = self.state()
         host_id = self.host_id()
-        collectors = [self.collectors[n] for n in names]
+        if collectors is None:
+            collectors = [self.collectors[n] for n in names]
         look = None
         try:  # an unreachable store must not stop evidence from being sealed and spooled
             store = open_store(config.store.url, config.store)
@@ -285,6 +290,25 @@ class Daemon:
             since_head = float("inf")
         return min(time.monotonic() - self.last_sealed, since_head)
 
+    # file watching (agent/fim.py) ---------------------------------------------------
+
+    def start_watch(self) -> None:
+        """Watch `[collectors.files] paths` when the files collector runs and `watch`
+        is on; a reload re-plans from scratch (the start sweep or the next files
+        sweep covers what changed meanwhile)."""
+        leftover = self.watch.pending.take() if self.watch is not None else None
+        self.stop_watch()
+        if "files" in self.collectors and self.config.collectors.files.watch:
+            self.watch = FileWatch(self.config, self.log, self.wake.set)
+            if leftover:  # queued before the reload: sealed with the next batch
+                self.watch.pending.put_back(leftover, 0.0)
+            self.watch.start()
+
+    def stop_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
     # signals and reload ------------------------------------------------------------
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -310,6 +334,7 @@ class Daemon:
             return
         self.config, self.collectors = config, collectors
         self.plan.reset(config, list(collectors), time.monotonic())
+        self.start_watch()
         self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
                  f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
         notify("READY=1")
@@ -327,9 +352,11 @@ class Daemon:
             shipper = Shipper(self)
             shipper.start()
             try:
+                self.start_watch()  # before the start sweep: no change falls between
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
+                self.stop_watch()
                 shipper.stop.set()
                 shipper.kick()
                 shipper.join(STOP_JOIN_SECONDS)
@@ -351,6 +378,12 @@ class Daemon:
             if self.reload_asked:
                 self.reload()
                 continue
+            watch_due = self.watch.pending.due_in(now, self.watch.debounce) \
+                if self.watch is not None else None
+            if self.watch is not None and watch_due is not None and watch_due <= 0:
+                if seal_batch(self, self.watch):
+                    shipper.kick()
+                continue
             due = self.plan.take_due(self.config, now)
             if due:
                 if self.seal(due, "schedule"):
@@ -367,5 +400,7 @@ class Daemon:
             until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
             if ping is not None:
                 until.append(next_ping - now)
+            if watch_due is not None:
+                until.append(watch_due)
             self.wake.wait(max(0.05, min(until)))
             self.wake.clear()

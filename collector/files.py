@@ -678,22 +678,50 @@ def _describe_all(ctx: CollectContext, settings: _Settings, paths: list[bytes],
     return outcomes
 
 
-def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
-    """Records for every configured pattern, and what producing them cost."""
+@dataclass
+class Observation:
+    """The current state of the configured paths (all, or those under some paths).
+
+    `files`: `file` record data by key for each matched path in scope; `problems`:
+    records of paths in scope that could not be described; `complete`: no pattern
+    was truncated, so a path missing from `files` is really gone.
+    """
+
+    under: list[bytes] | None
+    files: dict[str, dict[str, Any]]
+    problems: list[Record]
+    pattern_records: list[Record]
+    stats: ScanStats
+    complete: bool
+
+
+def within(host_path: bytes, under: list[bytes] | None) -> bool:
+    """`host_path` is one of `under` or below one (None: everything is)."""
+    if under is None:
+        return True
+    return any(host_path == u or host_path.startswith(u.rstrip(b"/") + b"/") for u in under)
+
+
+def observe(ctx: CollectContext, under: list[bytes] | None = None,
+            limits: Limits | None = None) -> Observation:
+    """Expand every configured pattern and describe the matches equal to or below one
+    of `under` (host paths; None: every match). The expansion is the one `scan`
+    does, so a watcher and a sweep agree on what is covered."""
     limits = limits or Limits()
     settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
                          _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES))
     walker, pattern_records = _expand_patterns(ctx, limits)
+    paths = sorted(p for p in walker.found if within(p, under))
     cache = HashCache.under(ctx.state_dir, CACHE_FILE)
-    outcomes = _describe_all(ctx, settings, sorted(walker.found), cache, limits, walker.root)
+    outcomes = _describe_all(ctx, settings, paths, cache, limits, walker.root)
 
     stats = ScanStats(matches=len(walker.found))
-    records: list[Record] = []
-    problems = dict(walker.problems)
+    files: dict[str, dict[str, Any]] = {}
+    problems = {k: r for k, r in walker.problems.items()
+                if within(key_path(r.key), under)}
     for outcome in outcomes:
         if outcome.data is not None:
-            records.append(Record(NAME, "file", outcome.key, outcome.data,
-                                  _time_ns(time.time_ns()) or ""))
+            files[outcome.key] = outcome.data
         if outcome.problem is not None:
             problems[(outcome.problem.type, outcome.problem.key)] = outcome.problem
         if outcome.cache_key is not None and outcome.data is not None:
@@ -703,9 +731,116 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
             stats.files_read += 1
             stats.bytes_read += outcome.data["size"] if outcome.data else 0
     with contextlib.suppress(OSError):  # a cache not written costs time, not evidence
-        cache.save()
-    records += [problems[k] for k in sorted(problems)]
-    return ScanResult(records + pattern_records, stats)
+        cache.save(prune=under is None)
+    complete = not any(r.type == "truncated" for r in pattern_records)
+    return Observation(under, files, [problems[k] for k in sorted(problems)],
+                       pattern_records, stats, complete)
+
+
+def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
+    """Records for every configured pattern, and what producing them cost.
+
+    Also the `file_change` records of what differs from the last sealed baseline
+    (`detected_by` `sweep`), and the new baseline proposed as this collector's
+    checkpoint, so it moves exactly when the bundle is sealed."""
+    observation = observe(ctx, None, limits)
+    now = _time_ns(time.time_ns()) or ""
+    records = [Record(NAME, "file", key, data, now) for key, data in observation.files.items()]
+    diff = changes(observation, ctx.checkpoint(NAME), "sweep")
+    if diff.checkpoint is not None:
+        ctx.set_checkpoint(NAME, diff.checkpoint)
+    return ScanResult(records + observation.problems + observation.pattern_records
+                      + [r for r in diff.records if r.type == CHANGE_TYPE],
+                      observation.stats)
+
+
+# --- the baseline and what changed since it was sealed ----------------------------
+
+CHANGE_TYPE = "file_change"
+BASELINE_VERSION = 1
+# What a `file_change` compares: the `file` record fields that say the file is
+# another one (content, type, owner, permissions, identity); not the content text
+# (its hash says it) nor names looked up from ids.
+BASELINE_FIELDS = ("kind", "sha256", "size", "mode", "uid", "gid", "mtime", "inode",
+                   "device", "symlink_target")
+DETECTED_BY = ("sweep", "watch", "rescan")
+
+
+@dataclass
+class Changes:
+    """Records of what differs from a baseline, and the baseline after them."""
+
+    records: list[Record]
+    checkpoint: dict[str, Any] | None  # None: nothing to propose (no baseline, a part)
+    changed: int
+
+
+def key_path(key: str) -> bytes:
+    """The host path a record key stands for (inverse of `path_key`)."""
+    if key.startswith("b64:"):
+        return base64.b64decode(key[4:])
+    return key.encode("utf-8")
+
+
+def baseline_of(checkpoint: Any) -> dict[str, dict[str, Any]]:
+    """Path key -> the fields last sealed, from the collector's checkpoint; a missing
+    or unknown checkpoint is no baseline (a first run reports no change)."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION:
+        return {}
+    files = checkpoint.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Changes:
+    """Compare an observation with the baseline in `checkpoint`.
+
+    Within the observation's scope, a path that appeared, vanished or whose
+    BASELINE_FIELDS differ gives its `file` record (when present) and a
+    `file_change` record; outside it the baseline is kept as it was. A path that
+    could not be described keeps its baseline (its problem record says why), and
+    nothing is called removed when a pattern was truncated. Without a baseline
+    (first run) nothing is reported and the observation becomes the baseline.
+    """
+    baseline = baseline_of(checkpoint)
+    first = not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION
+    updated = dict(baseline)
+    unreadable = {r.key for r in observation.problems}
+    now = _time_ns(time.time_ns()) or ""
+    records: list[Record] = []
+    scope = set(observation.files)
+    if observation.complete:
+        scope.update(k for k in baseline if within(key_path(k), observation.under))
+    changed = 0
+    for key in sorted(scope - unreadable):
+        data = observation.files.get(key)
+        before = baseline.get(key)
+        after = None if data is None else {f: data[f] for f in BASELINE_FIELDS}
+        if after is None:
+            updated.pop(key, None)
+        else:
+            updated[key] = after
+        if first or before == after:
+            continue
+        changed += 1
+        if data is not None:
+            records.append(Record(NAME, "file", key, data, now))
+        fields = sorted(f for f in BASELINE_FIELDS
+                        if (before or {}).get(f) != (after or {}).get(f))
+        records.append(Record(NAME, CHANGE_TYPE, key, {
+            "path": text_or_b64(key_path(key)),
+            "change": "created" if before is None else "removed" if after is None
+            else "modified",
+            "changed_fields": fields if before is not None and after is not None else [],
+            "detected_by": detected_by,
+            "previous": before,
+            "sha256": None if data is None else data["sha256"],
+        }, now))
+    if detected_by != "sweep":  # a sweep has them already
+        records += observation.problems
+    # A first baseline must cover everything, else the rest would later read as created.
+    proposed = None if first and observation.under is not None else \
+        {"v": BASELINE_VERSION, "files": updated}
+    return Changes(records, proposed, changed)
 
 
 def _pattern_records(outcome: _PatternOutcome, limits: Limits) -> list[Record]:
@@ -732,7 +867,7 @@ _PATTERN_DOC = "the configured pattern, as written"
 
 COLLECTOR = Collector(
     name=NAME,
-    version="2",
+    version="3",
     description="Configured files and globs (`paths`; default: sshd, sudoers, PAM, "
                 "login.defs, security limits, resolver and hosts, nftables, environment "
                 "and proxy settings, nginx and gamsa configs, audit rules, time sync, "
@@ -742,8 +877,14 @@ COLLECTOR = Collector(
                 "component (dotfiles too), `**` any number of directories; a matched "
                 "directory means itself and everything under it. Symlinks are recorded, "
                 "never followed; FIFOs, sockets and devices are recorded, never opened. "
+                "Each run compares every path with the state last sealed (the baseline, kept "
+                "as this collector's checkpoint) and adds a `file_change` record for each "
+                "difference; `gamsa agent run` also watches the paths and seals a change "
+                "in a `file-change` bundle within about a second (docs/DESIGN.md, "
+                "\"Agent (daemon)\"). "
                 "Options: `paths`, `content_max_bytes` (default 65536), "
-                "`hash_max_bytes` (default 1 GiB).",
+                "`hash_max_bytes` (default 1 GiB), `watch` (default true), `debounce` "
+                "(default 0.5 s).",
     platforms=("linux", "darwin"),
     record_types={
         "file": RecordType(
@@ -810,6 +951,62 @@ COLLECTOR = Collector(
                                           "Secret scrubbing's file list, or `content: a "
                                           "PEM private key`; its hash and metadata are "
                                           "still recorded. Null otherwise"),
+            },
+        ),
+        CHANGE_TYPE: RecordType(
+            doc="A path whose state differs from the one last sealed (the baseline: "
+                "kept as this collector's checkpoint, so it moves exactly when a bundle "
+                "is sealed). Beside it, the path's new `file` record (none when "
+                "removed). Emitted by every full run against the last sealed state (in "
+                "`gamsa agent run`'s start sweep: a change made while the agent was "
+                "stopped) and by the daemon's file watching in `file-change` bundles. "
+                "A first run, with no baseline, reports none.",
+            key="the path, as in `file`",
+            fields={
+                "path": Field((str, dict), "the absolute path; `{b64}` when not UTF-8"),
+                "change": Field((str,), "`created` (not in the baseline), `modified` "
+                                        "or `removed` (no longer there or no longer "
+                                        "matched)"),
+                "changed_fields": Field((list,), "for `modified`, the `file` fields that "
+                                                 "differ: of " + ", ".join(
+                                                     f"`{f}`" for f in BASELINE_FIELDS)
+                                        + " (an `inode` change is a replaced file: "
+                                          "rename-over, editor save); else empty"),
+                "detected_by": Field((str,), "`sweep` (a full run compared every path), "
+                                             "`watch` (a file event), `rescan` (a rescan "
+                                             "after `watch_overflow` or `watch_limit`)"),
+                "previous": Field((dict, _NONE), "the baseline fields last sealed (" +
+                                  ", ".join(f"`{f}`" for f in BASELINE_FIELDS) +
+                                  "); null for `created`"),
+                "sha256": Field((str, _NONE), "the new SHA-256, as in the `file` record; "
+                                              "null when removed or not hashed"),
+            },
+        ),
+        "watch_overflow": RecordType(
+            doc="File watching lost events (the kernel's inotify queue overflowed: "
+                "`fs.inotify.max_queued_events`), so every configured path was rescanned "
+                "and compared with the baseline; the `file_change` records beside it "
+                "(`detected_by` `rescan`) are what changed. Emitted by `gamsa agent run`.",
+            key="`inotify`",
+            fields={
+                "reason": Field((str,), "what was lost and why"),
+                "rescanned": Field((int,), "paths described by the rescan"),
+                "changed": Field((int,), "paths found changed by the rescan"),
+            },
+        ),
+        "watch_limit": RecordType(
+            doc="A directory that could not be watched with inotify (the watch or "
+                "instance limit: `fs.inotify.max_user_watches`, "
+                "`max_user_instances`), so it is polled instead, after a rescan of what "
+                "lies under it. Emitted by `gamsa agent run`.",
+            key="the directory's path",
+            fields={
+                "path": Field((str, dict), "the directory; `{b64}` when not UTF-8"),
+                "reason": Field((str,), "the error, e.g. `inotify watch limit reached "
+                                        "(ENOSPC)`"),
+                "poll_seconds": Field((int,), "how often it is polled instead"),
+                "rescanned": Field((int,), "paths under it described by the rescan"),
+                "changed": Field((int,), "paths under it found changed by the rescan"),
             },
         ),
         "no_match": RecordType(
