@@ -376,6 +376,10 @@ def seal_batch(daemon: Daemon, watch: FileWatch) -> bool:
         return _notes(batch, observation, diff) + diff.records
 
     collector = dataclasses.replace(files.COLLECTOR, collect=collect)
+    if batch.overflow:
+        daemon.log("warning", "watch_overflow", "file watching lost events (inotify queue "
+                   "overflow): every watched path rescanned (raise "
+                   "fs.inotify.max_queued_events if this repeats)")
     if daemon.seal([files.NAME], "file-change", [collector]):
         return True
     watch.pending.put_back(batch, RETRY_SECONDS)

@@ -782,6 +782,14 @@ def key_path(key: str) -> bytes:
     return key.encode("utf-8")
 
 
+def _compared(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What counts as a change: a directory's mtime and size move with every entry
+    made or removed in it, and those entries are reported themselves."""
+    if entry is None or entry.get("kind") != "dir":
+        return entry
+    return {k: v for k, v in entry.items() if k not in ("mtime", "size")}
+
+
 def baseline_of(checkpoint: Any) -> dict[str, dict[str, Any]]:
     """Path key -> the fields last sealed, from the collector's checkpoint; a missing
     or unknown checkpoint is no baseline (a first run reports no change)."""
@@ -819,13 +827,13 @@ def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Chan
             updated.pop(key, None)
         else:
             updated[key] = after
-        if first or before == after:
+        if first or _compared(before) == _compared(after):
             continue
         changed += 1
         if data is not None:
             records.append(Record(NAME, "file", key, data, now))
         fields = sorted(f for f in BASELINE_FIELDS
-                        if (before or {}).get(f) != (after or {}).get(f))
+                        if (_compared(before) or {}).get(f) != (_compared(after) or {}).get(f))
         records.append(Record(NAME, CHANGE_TYPE, key, {
             "path": text_or_b64(key_path(key)),
             "change": "created" if before is None else "removed" if after is None
@@ -968,8 +976,9 @@ COLLECTOR = Collector(
                                         "or `removed` (no longer there or no longer "
                                         "matched)"),
                 "changed_fields": Field((list,), "for `modified`, the `file` fields that "
-                                                 "differ: of " + ", ".join(
-                                                     f"`{f}`" for f in BASELINE_FIELDS)
+                                        "differ (a directory's `mtime` and `size` are "
+                                        "not compared: its entries are): of "
+                                        + ", ".join(f"`{f}`" for f in BASELINE_FIELDS)
                                         + " (an `inode` change is a replaced file: "
                                           "rename-over, editor save); else empty"),
                 "detected_by": Field((str,), "`sweep` (a full run compared every path), "
