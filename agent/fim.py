@@ -28,6 +28,7 @@ Without inotify at all, everything is polled, with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -170,6 +171,46 @@ def _identity(directory: bytes) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
+def inotify_watched() -> set[tuple[int, int]] | None:
+    """(device, inode) of every inotify watch this process holds, from
+    /proc/self/fdinfo; None where that cannot be read."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    watched: set[tuple[int, int]] = set()
+    for name in names:
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{name}", encoding="ascii") as info:
+                lines = info.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            if not line.startswith("inotify wd:"):
+                continue
+            fields = dict(p.split(":", 1) for p in line.split()[1:] if ":" in p)
+            sdev = int(fields["sdev"], 16)  # the kernel's dev_t: major << 20 | minor
+            watched.add((os.makedev(sdev >> 20, sdev & 0xFFFFF), int(fields["ino"], 16)))
+    return watched
+
+
+def unwatched_below(root: bytes, watched: set[tuple[int, int]]) -> int:
+    """Directories at or below `root` (symlinks not followed, as watchdog does) that
+    hold no inotify watch: watchdog skips a subdirectory it cannot watch silently."""
+    missing = 0
+    for top, dirnames, _ in os.walk(root):
+        paths = [top] if top == root else []
+        for directory in paths + [os.path.join(top, d) for d in dirnames]:
+            try:
+                st = os.lstat(directory)
+            except OSError:
+                continue
+            missing += stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in watched
+    return missing
+
+
 # --- watchdog's side: handlers only queue -------------------------------------------
 
 def _event_types() -> list[type[FileSystemEvent]]:
@@ -307,14 +348,43 @@ class FileWatch:
                              f"by the scheduled files sweep")
                     continue
                 reason = (f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, '?')})")
-                self.log("warning", "watch_limit",
-                         f"cannot watch {path} with inotify: {reason}; polling it every "
-                         f"{POLL_SECONDS} s (raise fs.inotify.max_user_watches)",
-                         path=path)
-                watch = self._poller().schedule(self.handler, path, recursive=recursive,
-                                                event_filter=kinds)
-                self.scheduled[directory] = (watch, self._poller(), identity)
-                self.pending.add_limit(directory, reason)
+                self._poll(directory, recursive, reason, identity)
+        self._check_recursive(wanted)
+
+    def _poll(self, directory: bytes, recursive: bool, reason: str,
+              identity: tuple[int, int] | None) -> None:
+        path = os.fsdecode(directory)
+        self.log("warning", "watch_limit",
+                 f"cannot watch {path} with inotify: {reason}; polling it every "
+                 f"{POLL_SECONDS} s (raise fs.inotify.max_user_watches)", path=path)
+        watch = self._poller().schedule(self.handler, path, recursive=recursive,
+                                        event_filter=_event_types())
+        self.scheduled[directory] = (watch, self._poller(), identity)
+        self.pending.add_limit(directory, reason)
+
+    def _check_recursive(self, wanted: dict[bytes, bool]) -> None:
+        """A recursive inotify watch whose subdirectories could not all be watched
+        (watchdog says nothing) is polled instead."""
+        if self.main is None or "Inotify" not in type(self.main).__name__:
+            return
+        for attempt in range(2):
+            watched = inotify_watched()
+            if watched is None:
+                return
+            short = {d: unwatched_below(d, watched) for d, recursive in wanted.items()
+                     if recursive and self.scheduled.get(d, (None, None, None))[1] is self.main}
+            short = {d: n for d, n in short.items() if n}
+            if not short:
+                return
+            if attempt == 0:
+                time.sleep(0.5)  # a directory made just now: its watch may be on its way
+        for directory, missing in short.items():
+            watch, observer, identity = self.scheduled.pop(directory)
+            with contextlib.suppress(KeyError, OSError):
+                observer.unschedule(watch)
+            self._poll(directory, True, f"inotify watch limit reached (ENOSPC): {missing} "
+                       f"director{'y' if missing == 1 else 'ies'} below it not watched",
+                       identity)
 
 
 # --- the sealer's side -------------------------------------------------------------------

@@ -287,34 +287,38 @@ def _userns_with_watch_limit() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _userns_with_watch_limit(),
                     reason="needs a user namespace with a writable max_inotify_watches")
-def test_a_watch_limit_falls_back_to_polling_with_a_record(
+def test_watch_limits_fall_back_to_polling_with_a_record(
         gamsa_env: GamsaEnv, daemons: list[Running], tmp_path: Path) -> None:
-    """A real limit: the daemon runs in a user namespace allowed one inotify watch,
-    so the second directory is refused (ENOSPC) and polled instead."""
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    (second / "polled").write_bytes(b"1\n")
-    configure(gamsa_env, [f"{first}/*", f"{second}/*"])
+    """Real limits: the daemon runs in a user namespace allowed two inotify watches.
+    `first` takes one; `second` gets its own but not its subdirectory's (watchdog
+    skips that silently: found from /proc/self/fdinfo); `third` is refused (ENOSPC).
+    Both are polled instead, each with a watch_limit record."""
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    for directory in (first, second / "sub", third):
+        directory.mkdir(parents=True)
+    (third / "polled").write_bytes(b"1\n")
+    configure(gamsa_env, [f"{first}/*", f"{second}/**", f"{third}/*"])
     wrapper = tmp_path / "limited.sh"
-    wrapper.write_text('echo 1 > /proc/sys/user/max_inotify_watches && exec "$@"\n')
+    wrapper.write_text('echo 2 > /proc/sys/user/max_inotify_watches && exec "$@"\n')
     d = Limited(gamsa_env, ["unshare", "-Ur", "sh", str(wrapper)])
     daemons.append(d)
     d.wait_line("sealed seq 1 (schedule")
-    d.wait_line(f"cannot watch {second} with inotify")
 
-    def limit_record() -> list[dict[str, Any]]:
-        return [r["data"] for _, records in bundles(gamsa_env) for r in records
-                if r["type"] == "watch_limit"]
-    d.wait_for(lambda: bool(limit_record()), "a watch_limit record")
-    assert limit_record()[0]["path"] == str(second)
-    assert "ENOSPC" in limit_record()[0]["reason"]
+    def limits() -> dict[str, str]:
+        return {r["data"]["path"]: r["data"]["reason"] for _, records in bundles(gamsa_env)
+                for r in records if r["type"] == "watch_limit"}
+    d.wait_for(lambda: len(limits()) == 2, "two watch_limit records")
+    assert "ENOSPC" in limits()[str(third)]
+    assert "1 directory below it not watched" in limits()[str(second)]
     started = time.monotonic()
-    (second / "polled").write_bytes(b"2\n")
-    wait_sealed(d, gamsa_env, second / "polled", "modified", sha(b"2\n"), started)
+    (third / "polled").write_bytes(b"2\n")
+    wait_sealed(d, gamsa_env, third / "polled", "modified", sha(b"2\n"), started)
+    started = time.monotonic()
+    (second / "sub" / "deep").write_bytes(b"d\n")
+    wait_sealed(d, gamsa_env, second / "sub" / "deep", "created", sha(b"d\n"), started)
     started = time.monotonic()  # the first directory still has its inotify watch
     (first / "watched").write_bytes(b"w\n")
-    assert wait_sealed(d, gamsa_env, first / "watched", "created", sha(b"w\n"),
-                       started) < 30
+    took = wait_sealed(d, gamsa_env, first / "watched", "created", sha(b"w\n"), started)
     d.stop()
+    assert took <= SEALED_WITHIN + 1.0
     assert_verifies_one_chain(gamsa_env)
