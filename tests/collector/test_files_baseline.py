@@ -1,0 +1,117 @@
+"""The files collector's baseline (its checkpoint) and `file_change` records, on tmp
+trees: what a sweep and the daemon's watcher report as changed since last sealed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from collector.files import CHANGE_TYPE, Limits, changes, observe, scan
+from collector.registry import CollectContext
+
+NOT_RACY = Limits(racy_ns=0)
+
+
+def context(root: Path, paths: list[str], checkpoint: Any = None) -> CollectContext:
+    return CollectContext(root=root, options={"files": {"paths": paths}},
+                          checkpoints={} if checkpoint is None else {"files": checkpoint})
+
+
+def sweep(root: Path, paths: list[str], checkpoint: Any = None
+          ) -> tuple[dict[str, dict[str, Any]], Any]:
+    """(file_change data by key, the checkpoint proposed) of one full run."""
+    ctx = context(root, paths, checkpoint)
+    records = scan(ctx, NOT_RACY).records
+    found = {r.key: r.data for r in records if r.type == CHANGE_TYPE}
+    return found, ctx.new_checkpoints.get("files")
+
+
+def test_a_first_run_reports_nothing_and_proposes_the_whole_baseline(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "a").write_text("1")
+    found, checkpoint = sweep(tmp_path, ["/etc/*"])
+    assert found == {}
+    assert set(checkpoint["files"]) == {"/etc/a"}
+    assert checkpoint["files"]["/etc/a"]["sha256"] == hashlib.sha256(b"1").hexdigest()
+
+
+def test_a_sweep_reports_created_modified_removed_against_the_baseline(
+        tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("kept", "edited", "removed", "chmodded"):
+        (etc / name).write_text(name)
+    _, baseline = sweep(tmp_path, ["/etc/*"])
+    (etc / "edited").write_text("new content")
+    (etc / "removed").unlink()
+    (etc / "added").write_text("added")
+    os.chmod(etc / "chmodded", 0o600)
+    found, after = sweep(tmp_path, ["/etc/*"], baseline)
+    assert {k: v["change"] for k, v in found.items()} == {
+        "/etc/edited": "modified", "/etc/removed": "removed", "/etc/added": "created",
+        "/etc/chmodded": "modified"}
+    assert found["/etc/chmodded"]["changed_fields"] == ["mode"]
+    assert "sha256" in found["/etc/edited"]["changed_fields"]
+    assert found["/etc/edited"]["previous"]["sha256"] == hashlib.sha256(b"edited").hexdigest()
+    assert found["/etc/removed"]["sha256"] is None
+    assert {v["detected_by"] for v in found.values()} == {"sweep"}
+    assert set(after["files"]) == {"/etc/kept", "/etc/edited", "/etc/added", "/etc/chmodded"}
+    again, _ = sweep(tmp_path, ["/etc/*"], after)  # sealed: the next run is quiet
+    assert again == {}
+
+
+def test_a_directory_s_own_mtime_is_not_a_change(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    _, baseline = sweep(tmp_path, ["/etc"])
+    (etc / "new").write_text("x")
+    found, _ = sweep(tmp_path, ["/etc"], baseline)
+    assert list(found) == ["/etc/new"]
+
+
+def test_a_partial_observation_changes_only_its_scope(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("1")
+    paths = ["/one/*", "/two/*"]
+    _, baseline = sweep(tmp_path, paths)
+    (tmp_path / "one" / "f").write_text("changed")
+    (tmp_path / "two" / "f").unlink()  # outside the scope below: not reported, kept
+    observation = observe(context(tmp_path, paths), [b"/one"], NOT_RACY)
+    diff = changes(observation, baseline, "watch")
+    assert diff.changed == 1
+    assert [(r.type, r.key) for r in diff.records] == [("file", "/one/f"),
+                                                         (CHANGE_TYPE, "/one/f")]
+    assert diff.checkpoint is not None and "/two/f" in diff.checkpoint["files"]
+
+
+def test_without_a_baseline_a_partial_observation_proposes_none(tmp_path: Path) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "f").write_text("1")
+    observation = observe(context(tmp_path, ["/one/*"]), [b"/one"], NOT_RACY)
+    diff = changes(observation, None, "watch")
+    assert (diff.records, diff.checkpoint, diff.changed) == ([], None, 0)
+
+
+def test_an_unreadable_path_keeps_its_baseline(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("1")
+    _, baseline = sweep(tmp_path, ["/d/f"])
+    (tmp_path / "d" / "f").unlink()
+    (tmp_path / "d").rmdir()
+    (tmp_path / "d").write_text("a file where the directory was")  # ENOTDIR below it
+    found, after = sweep(tmp_path, ["/d/f"], baseline)
+    assert found == {}  # a source_unreadable record says why; no phantom removal
+    assert "/d/f" in after["files"]
+
+
+def test_nothing_is_called_removed_when_a_pattern_was_truncated(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    for name in "abc":
+        (tmp_path / "d" / name).write_text(name)
+    _, baseline = sweep(tmp_path, ["/d/*"])
+    ctx = context(tmp_path, ["/d/*"], baseline)
+    records = scan(ctx, Limits(racy_ns=0, max_matches=1)).records
+    assert not [r for r in records if r.type == CHANGE_TYPE and r.data["change"] == "removed"]
