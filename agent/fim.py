@@ -223,16 +223,28 @@ def _event_types() -> list[type[FileSystemEvent]]:
             e.DirMovedEvent, e.DirAttribEvent]
 
 
-def _handler(pending: Pending) -> Any:
+def _handler(pending: Pending, ignored: list[bytes]) -> Any:
+    """Queues the paths of each event, except under `ignored` (the agent's own state
+    dir and store: sealing writes there, and watching that would never stop)."""
     from watchdog.events import FileSystemEventHandler
 
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: FileSystemEvent) -> None:
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
-                    pending.add(os.fsencode(path))
+                    raw = os.fsencode(path)
+                    if not files.within(raw, ignored):
+                        pending.add(raw)
 
     return Handler()
+
+
+def own_directories(config: Config) -> list[bytes]:
+    """Where the agent itself writes: never a reason for a file-change bundle."""
+    own = [os.fsencode(os.path.abspath(config.state_dir))]
+    if config.store.url.startswith("file://"):
+        own.append(os.fsencode(os.path.abspath(config.store.url.removeprefix("file://"))))
+    return own
 
 
 class _OverflowLog(logging.Handler):
@@ -263,7 +275,7 @@ class FileWatch:
         self.config = config
         self.log = log
         self.pending = Pending(wake)
-        self.handler = _handler(self.pending)
+        self.handler = _handler(self.pending, own_directories(config))
         self.scheduled: dict[bytes, tuple[ObservedWatch, BaseObserver, tuple[int, int] | None]] = {}
         self.main: BaseObserver | None = None
         self.poller: BaseObserver | None = None

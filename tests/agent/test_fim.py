@@ -171,6 +171,24 @@ def test_a_change_while_stopped_is_sealed_at_start(gamsa_env: GamsaEnv,
     assert_verifies_one_chain(gamsa_env)
 
 
+def test_the_agent_s_own_writes_under_a_watched_directory_are_not_changes(
+        gamsa_env: GamsaEnv, daemons: list[Running]) -> None:
+    """Watching the directory that holds the state dir and the store must not make
+    each sealing the cause of the next."""
+    (gamsa_env.root / "app.conf").write_bytes(b"1\n")
+    configure(gamsa_env, [f"{gamsa_env.root}/*.conf", str(gamsa_env.state_dir),
+                          str(gamsa_env.store)])
+    d = start(daemons, gamsa_env)
+    d.wait_line("sealed seq 1 (schedule")
+    d.wait_line("shipped 1 bundle")
+    started = time.monotonic()
+    (gamsa_env.root / "app.conf").write_bytes(b"2\n")
+    wait_sealed(d, gamsa_env, gamsa_env.root / "app.conf", "modified", sha(b"2\n"), started)
+    time.sleep(3)  # sealing and shipping wrote to the state dir and the store meanwhile
+    d.stop()
+    assert [t for t, _ in bundles(gamsa_env)] == ["schedule", "file-change"]
+
+
 def test_watch_false_watches_nothing_and_a_sweep_still_finds_the_change(
         gamsa_env: GamsaEnv, daemons: list[Running]) -> None:
     watched = gamsa_env.root / "watched"
