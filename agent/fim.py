@@ -228,12 +228,14 @@ def _handler(pending: Pending, ignored: list[bytes]) -> Any:
     dir and store: sealing writes there, and watching that would never stop)."""
     from watchdog.events import FileSystemEventHandler
 
+    own = files.Scope(ignored)
+
     class Handler(FileSystemEventHandler):
         def on_any_event(self, event: FileSystemEvent) -> None:
             for path in (event.src_path, getattr(event, "dest_path", "")):
                 if path:
                     raw = os.fsencode(path)
-                    if not files.within(raw, ignored):
+                    if raw not in own:
                         pending.add(raw)
 
     return Handler()
@@ -412,12 +414,11 @@ def _notes(batch: Batch, observation: files.Observation,
                       "events were lost, every configured path was rescanned",
             "rescanned": len(observation.files), "changed": len(changed_keys)}))
     for directory, reason in sorted(batch.limits.items()):
-        under = [directory]
+        under = files.Scope([directory])
         notes.append(Record(files.NAME, "watch_limit", files.path_key(directory), {
             "path": text_or_b64(directory), "reason": reason, "poll_seconds": POLL_SECONDS,
-            "rescanned": sum(files.within(files.key_path(k), under)
-                             for k in observation.files),
-            "changed": sum(files.within(files.key_path(k), under) for k in changed_keys)}))
+            "rescanned": sum(files.key_path(k) in under for k in observation.files),
+            "changed": sum(files.key_path(k) in under for k in changed_keys)}))
     return notes
 
 

@@ -27,6 +27,7 @@ records stay in path order.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import errno
 import fnmatch
@@ -37,7 +38,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,6 +270,9 @@ class _Walker:
         self.current = _PatternOutcome("")
         self.current_found: set[bytes] = set()  # this pattern's matches
         self.expanded: set[bytes] = set()  # this pattern's directories walked in full
+        # Entries a walk may enter or match (a watch batch looks at a few paths):
+        # None, every entry.
+        self.keep: Callable[[bytes], bool] | None = None
 
     def fs(self, host_path: bytes) -> bytes:
         return self.root + host_path
@@ -322,6 +326,8 @@ class _Walker:
             with os.scandir(self.fs(directory)) as entries:
                 found = [(_join(directory, e.name), e.is_dir())
                          for e in entries if fnmatch.fnmatchcase(e.name, component)]
+            if self.keep is not None:
+                found = [(p, d) for p, d in found if self.keep(p)]
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -398,8 +404,11 @@ class _Walker:
     def _children(self, directory: bytes) -> list[tuple[bytes, bool]]:
         try:
             with os.scandir(self.fs(directory)) as entries:
-                return sorted((_join(directory, e.name), e.is_dir(follow_symlinks=False))
-                              for e in entries)
+                children = [(_join(directory, e.name), e.is_dir(follow_symlinks=False))
+                            for e in entries]
+            if self.keep is not None:
+                children = [(p, d) for p, d in children if self.keep(p)]
+            return sorted(children)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -647,8 +656,12 @@ def _set_content(raw: bytes, data: dict[str, Any]) -> None:
 
 # --- the run ---------------------------------------------------------------------
 
-def _expand_patterns(ctx: CollectContext, limits: Limits) -> tuple[_Walker, list[Record]]:
+def _expand_patterns(ctx: CollectContext, limits: Limits,
+                     under: Scope | None = None) -> tuple[_Walker, list[Record]]:
     walker = _Walker(os.fsencode(ctx.root).rstrip(b"/"), limits)
+    if under is not None and under.under is not None and b"/" not in under.under:
+        on_the_way = {a for u in under.under for a in _ancestors(u)}
+        walker.keep = lambda path: path in on_the_way or path in under
     records: list[Record] = []
     for pattern in dict.fromkeys(_patterns(ctx)):
         host_pattern = _normalize(pattern)
@@ -695,11 +708,35 @@ class Observation:
     complete: bool
 
 
-def within(host_path: bytes, under: list[bytes] | None) -> bool:
-    """`host_path` is one of `under` or below one (None: everything is)."""
-    if under is None:
+def _ancestors(host_path: bytes) -> Iterator[bytes]:
+    """Every directory above `host_path`, up to "/"."""
+    path = host_path
+    while True:
+        parent = posixpath.dirname(path)
+        if parent == path:
+            return
+        yield parent
+        path = parent
+
+
+class Scope:
+    """Host paths equal to or below any of `under` (None: every path); a lookup costs
+    one set probe per ancestor, however many paths `under` holds."""
+
+    def __init__(self, under: list[bytes] | None) -> None:
+        self.under = None if under is None else \
+            frozenset(u.rstrip(b"/") or b"/" for u in under)
+
+    def __contains__(self, host_path: bytes) -> bool:
+        if self.under is None or b"/" in self.under:
+            return True
+        path = host_path
+        while path not in self.under:
+            parent = posixpath.dirname(path)
+            if parent == path:
+                return False
+            path = parent
         return True
-    return any(host_path == u or host_path.startswith(u.rstrip(b"/") + b"/") for u in under)
 
 
 def observe(ctx: CollectContext, under: list[bytes] | None = None,
@@ -710,15 +747,15 @@ def observe(ctx: CollectContext, under: list[bytes] | None = None,
     limits = limits or Limits()
     settings = _Settings(_int_option(ctx, "content_max_bytes", DEFAULT_CONTENT_MAX_BYTES),
                          _int_option(ctx, "hash_max_bytes", DEFAULT_HASH_MAX_BYTES))
-    walker, pattern_records = _expand_patterns(ctx, limits)
-    paths = sorted(p for p in walker.found if within(p, under))
+    scope = Scope(under)
+    walker, pattern_records = _expand_patterns(ctx, limits, scope)
+    paths = sorted(p for p in walker.found if p in scope)
     cache = HashCache.under(ctx.state_dir, CACHE_FILE)
     outcomes = _describe_all(ctx, settings, paths, cache, limits, walker.root)
 
     stats = ScanStats(matches=len(walker.found))
     files: dict[str, dict[str, Any]] = {}
-    problems = {k: r for k, r in walker.problems.items()
-                if within(key_path(r.key), under)}
+    problems = {k: r for k, r in walker.problems.items() if key_path(r.key) in scope}
     for outcome in outcomes:
         if outcome.data is not None:
             files[outcome.key] = outcome.data
@@ -782,21 +819,49 @@ def key_path(key: str) -> bytes:
     return key.encode("utf-8")
 
 
-def _compared(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+_DIR_IGNORED = (BASELINE_FIELDS.index("size"), BASELINE_FIELDS.index("mtime"))
+
+
+def _compared(entry: list[Any] | None) -> list[Any] | None:
     """What counts as a change: a directory's mtime and size move with every entry
     made or removed in it, and those entries are reported themselves."""
-    if entry is None or entry.get("kind") != "dir":
+    if entry is None or entry[0] != "dir":
         return entry
-    return {k: v for k, v in entry.items() if k not in ("mtime", "size")}
+    return [None if i in _DIR_IGNORED else v for i, v in enumerate(entry)]
 
 
-def baseline_of(checkpoint: Any) -> dict[str, dict[str, Any]]:
-    """Path key -> the fields last sealed, from the collector's checkpoint; a missing
-    or unknown checkpoint is no baseline (a first run reports no change)."""
-    if not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION:
-        return {}
+def baseline_of(checkpoint: Any) -> dict[str, list[Any]] | None:
+    """Path key -> the BASELINE_FIELDS values last sealed (a list each: the
+    checkpoint is rewritten with every bundle that moves it, and lists encode
+    several times faster than objects), from the collector's checkpoint; None when
+    there is none or it is of another form (then nothing is reported as changed)."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION \
+            or checkpoint.get("fields") != list(BASELINE_FIELDS):
+        return None
     files = checkpoint.get("files")
-    return files if isinstance(files, dict) else {}
+    return files if isinstance(files, dict) else None
+
+
+def _keys_in_scope(keys: dict[str, Any], under: list[bytes] | None) -> list[str]:
+    """The keys of `keys` whose paths are in `Scope(under)`, without testing every key
+    when `under` is a few paths (a watch batch against a baseline of thousands)."""
+    if under is None:
+        return list(keys)
+    scope = Scope(under)
+    odd = [k for k in keys if k.startswith("b64:")]  # rare: names that are not UTF-8
+    found = [k for k in odd if key_path(k) in scope]
+    ordered = sorted(keys)
+    for prefix in sorted(scope.under or ()):
+        text = path_key(prefix)
+        if text.startswith("b64:"):
+            continue
+        start = bisect.bisect_left(ordered, text)
+        for key in ordered[start:]:
+            if not key.startswith(text):
+                break
+            if key == text or key[len(text)] == "/" or text == "/":
+                found.append(key)
+    return found
 
 
 def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Changes:
@@ -810,44 +875,47 @@ def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Chan
     (first run) nothing is reported and the observation becomes the baseline.
     """
     baseline = baseline_of(checkpoint)
-    first = not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION
+    first = baseline is None
+    baseline = baseline or {}
     updated = dict(baseline)
     unreadable = {r.key for r in observation.problems}
     now = _time_ns(time.time_ns()) or ""
     records: list[Record] = []
     scope = set(observation.files)
     if observation.complete:
-        scope.update(k for k in baseline if within(key_path(k), observation.under))
+        scope.update(_keys_in_scope(baseline, observation.under))
     changed = 0
     for key in sorted(scope - unreadable):
         data = observation.files.get(key)
         before = baseline.get(key)
-        after = None if data is None else {f: data[f] for f in BASELINE_FIELDS}
+        after = None if data is None else [data[f] for f in BASELINE_FIELDS]
         if after is None:
             updated.pop(key, None)
         else:
             updated[key] = after
-        if first or _compared(before) == _compared(after):
+        old, new = _compared(before), _compared(after)
+        if first or old == new:
             continue
         changed += 1
         if data is not None:
             records.append(Record(NAME, "file", key, data, now))
-        fields = sorted(f for f in BASELINE_FIELDS
-                        if (_compared(before) or {}).get(f) != (_compared(after) or {}).get(f))
+        fields = [f for i, f in enumerate(BASELINE_FIELDS)
+                  if old is not None and new is not None and old[i] != new[i]]
         records.append(Record(NAME, CHANGE_TYPE, key, {
             "path": text_or_b64(key_path(key)),
             "change": "created" if before is None else "removed" if after is None
             else "modified",
-            "changed_fields": fields if before is not None and after is not None else [],
+            "changed_fields": sorted(fields),
             "detected_by": detected_by,
-            "previous": before,
+            "previous": None if before is None else dict(zip(BASELINE_FIELDS, before,
+                                                             strict=True)),
             "sha256": None if data is None else data["sha256"],
         }, now))
     if detected_by != "sweep":  # a sweep has them already
         records += observation.problems
     # A first baseline must cover everything, else the rest would later read as created.
     proposed = None if first and observation.under is not None else \
-        {"v": BASELINE_VERSION, "files": updated}
+        {"v": BASELINE_VERSION, "fields": list(BASELINE_FIELDS), "files": updated}
     return Changes(records, proposed, changed)
 
 

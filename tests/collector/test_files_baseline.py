@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from collector.files import CHANGE_TYPE, Limits, changes, observe, scan
+from collector.files import BASELINE_FIELDS, CHANGE_TYPE, Limits, changes, observe, scan
 from collector.registry import CollectContext
 
 NOT_RACY = Limits(racy_ns=0)
@@ -34,7 +34,9 @@ def test_a_first_run_reports_nothing_and_proposes_the_whole_baseline(tmp_path: P
     found, checkpoint = sweep(tmp_path, ["/etc/*"])
     assert found == {}
     assert set(checkpoint["files"]) == {"/etc/a"}
-    assert checkpoint["files"]["/etc/a"]["sha256"] == hashlib.sha256(b"1").hexdigest()
+    entry = dict(zip(BASELINE_FIELDS, checkpoint["files"]["/etc/a"], strict=True))
+    assert entry["sha256"] == hashlib.sha256(b"1").hexdigest()
+    assert entry["kind"] == "file"
 
 
 def test_a_sweep_reports_created_modified_removed_against_the_baseline(
@@ -85,6 +87,19 @@ def test_a_partial_observation_changes_only_its_scope(tmp_path: Path) -> None:
     assert [(r.type, r.key) for r in diff.records] == [("file", "/one/f"),
                                                          (CHANGE_TYPE, "/one/f")]
     assert diff.checkpoint is not None and "/two/f" in diff.checkpoint["files"]
+
+
+def test_a_watch_batch_walks_only_towards_its_paths(tmp_path: Path) -> None:
+    (tmp_path / "big").mkdir()
+    for i in range(50):
+        (tmp_path / "big" / f"f{i}").write_text(str(i))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_text("x")
+    observation = observe(context(tmp_path, ["/big/*", "/other"]), [b"/big/f7"], NOT_RACY)
+    assert list(observation.files) == ["/big/f7"]
+    # the other 49 were not matched; /other, a literal, costs one lstat, and nothing
+    # below it was walked
+    assert observation.stats.matches == 2
 
 
 def test_without_a_baseline_a_partial_observation_proposes_none(tmp_path: Path) -> None:
