@@ -122,8 +122,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gamsa-bench-fim-"))
-    tree = work / "tree"
-    tree.mkdir()
+    tree = work / "watched" / "tree"  # its parent (watched too) holds nothing else
+    tree.mkdir(parents=True)
     paths = make_tree(tree, args.files)
     config = work / "agent.toml"
     config.write_text(f'state_dir = "{work}/state"\nhost_id = "bench"\n'
