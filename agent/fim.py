@@ -208,8 +208,20 @@ def unwatched_below(root: bytes, watched: set[tuple[int, int]]) -> int:
                 st = os.lstat(directory)
             except OSError:
                 continue
-            missing += stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in watched
+            if stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in watched:
+                missing += _readable(directory)  # else no watch is allowed: not a limit
     return missing
+
+
+def _readable(directory: bytes) -> bool:
+    """inotify_add_watch needs read permission (watchdog ignores EACCES silently);
+    opened with this process's effective ids and capabilities, as a watch is."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 # --- watchdog's side: handlers only queue -------------------------------------------
