@@ -10,8 +10,9 @@ it (`paths = [DIR]`, only the `files` collector, schedule and heartbeat 1 h, a
 file:// store) and measures, in this order:
 
   idle       --seconds with no change: the daemon's RSS (median of 1 s samples, and
-             the maximum) and CPU (utime+stime from /proc, % of one core), beside a
-             bare `python3 -c 'import time; time.sleep(N)'` (the floor) and
+             the maximum) and CPU (utime+stime from /proc, % of one core), beside
+             the same daemon with `watch = false` on the same tree (what watching
+             adds), a bare `python3 -c 'import time; time.sleep(N)'` (the floor) and
              `inotifywait -m -r -q DIR` (inotify-tools: a watcher with no Python,
              no hashing, no sealing), both started with the daemon and measured over
              the same window
@@ -93,8 +94,8 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def sealed_file_changes(work: Path) -> dict[str, str]:
     """path -> newest sealed sha256 of every file_change in the store and spool."""
     found: dict[str, tuple[str, str]] = {}
-    for records in [*(work / "store").rglob("*.records.jsonl.gz"),
-                    *(work / "state" / "spool").rglob("*.records.jsonl.gz")]:
+    for records in [*(work / "daemon-store").rglob("*.records.jsonl.gz"),
+                    *(work / "daemon-state" / "spool").rglob("*.records.jsonl.gz")]:
         try:
             lines = gzip.decompress(records.read_bytes()).splitlines()
         except OSError:
@@ -125,22 +126,28 @@ def main() -> None:
     tree = work / "watched" / "tree"  # its parent (watched too) holds nothing else
     tree.mkdir(parents=True)
     paths = make_tree(tree, args.files)
-    config = work / "agent.toml"
-    config.write_text(f'state_dir = "{work}/state"\nhost_id = "bench"\n'
-                      f'[store]\nurl = "file://{work}/store"\n'
-                      f'[collectors]\nenabled = ["files"]\n'
-                      f'[collectors.files]\npaths = ["{tree}"]\n'
-                      f'[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
-    env["GAMSA_CONFIG"] = str(config)
-    log_path = work / "daemon.log"
-    with log_path.open("w") as err:
-        daemon = subprocess.Popen([GAMSA, "agent", "run", "--log-format", "json"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=err)
+    def run_daemon(name: str, watch: bool) -> tuple[subprocess.Popen[bytes], Path]:
+        config = work / f"{name}.toml"
+        config.write_text(f'state_dir = "{work}/{name}-state"\nhost_id = "bench"\n'
+                          f'[store]\nurl = "file://{work}/{name}-store"\n'
+                          f'[collectors]\nenabled = ["files"]\n'
+                          f'[collectors.files]\npaths = ["{tree}"]\n'
+                          f'watch = {str(watch).lower()}\n'
+                          f'[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
+        env["GAMSA_CONFIG"] = str(config)
+        log = work / f"{name}.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen([GAMSA, "agent", "run", "--log-format", "json"],
+                                    env=env, stdout=subprocess.DEVNULL, stderr=err)
+        wait_for(lambda: any(e.get("event") == "shipped" for e in log_lines(log)),
+                 600, f"{name}: the start sweep to be sealed and shipped")
+        return proc, log
+
     peers: dict[str, subprocess.Popen[bytes]] = {}
+    daemon, log_path = run_daemon("daemon", True)
     try:
-        wait_for(lambda: any(e.get("event") == "shipped" for e in log_lines(log_path)),
-                 600, "the start sweep to be sealed and shipped")
+        peers["gamsa agent run, watch = false"], _ = run_daemon("unwatched", False)
         start_sweep = next(e for e in log_lines(log_path) if e.get("event") == "sealed")
         watching = next(e for e in log_lines(log_path) if e.get("event") == "watching")
 

@@ -189,6 +189,26 @@ def test_the_agent_s_own_writes_under_a_watched_directory_are_not_changes(
     assert [t for t, _ in bundles(gamsa_env)] == ["schedule", "file-change"]
 
 
+def test_a_reload_watches_the_new_paths(gamsa_env: GamsaEnv, daemons: list[Running]) -> None:
+    old, new = gamsa_env.root / "old", gamsa_env.root / "new"
+    old.mkdir()
+    new.mkdir()
+    configure(gamsa_env, [f"{old}/*"])
+    d = start(daemons, gamsa_env)
+    d.wait_line("sealed seq 1 (schedule")
+    configure(gamsa_env, [f"{old}/*", f"{new}/*"])
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_line("config reloaded")
+    assert sum("watching 2 directories" in line for line in d.lines()) == 1
+    started = time.monotonic()
+    (new / "added").write_bytes(b"after reload\n")
+    (old / "edited").write_bytes(b"still watched\n")
+    wait_sealed(d, gamsa_env, old / "edited", "created", sha(b"still watched\n"), started)
+    wait_sealed(d, gamsa_env, new / "added", "created", sha(b"after reload\n"), started)
+    d.stop()
+    assert_verifies_one_chain(gamsa_env)
+
+
 def test_watch_false_watches_nothing_and_a_sweep_still_finds_the_change(
         gamsa_env: GamsaEnv, daemons: list[Running]) -> None:
     watched = gamsa_env.root / "watched"
