@@ -435,7 +435,7 @@ class FileWatch:
 
 # --- the sealer's side -------------------------------------------------------------------
 
-def _notes(batch: Batch, observation: files.Observation,
+def rescan_records(batch: Batch, observation: files.Observation,
            diff: files.Changes) -> list[Record]:
     """The `watch_overflow` / `watch_limit` records of a rescan."""
     changed_keys = [r.key for r in diff.records if r.type == files.CHANGE_TYPE]
@@ -488,7 +488,7 @@ def seal_batch(daemon: Daemon, watch: FileWatch) -> bool:
         diff = files.changes(observation, sealing.checkpoint(files.NAME), detected_by)
         if diff.checkpoint is not None:
             sealing.set_checkpoint(files.NAME, diff.checkpoint)
-        return _notes(batch, observation, diff) + diff.records
+        return rescan_records(batch, observation, diff) + diff.records
 
     collector = dataclasses.replace(files.COLLECTOR, collect=collect)
     if batch.overflow:

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from agent.fim import Pending, inotify_watched, unwatched_below, watch_roots
+from agent.fim import (
+    Batch,
+    Pending,
+    inotify_watched,
+    rescan_records,
+    unwatched_below,
+    watch_roots,
+)
+from collector.files import COLLECTOR, Limits, changes, observe, scan
+from collector.registry import CollectContext
+from tests.collector.test_contract import contract_violations
 
 
 def test_watch_roots_cover_globs_literals_directories_and_missing_parents(
@@ -84,3 +94,22 @@ def test_our_inotify_watches_are_read_from_proc(tmp_path: Path) -> None:
         assert unwatched_below(os.fsencode(tmp_path), watched) == 1  # sub/deeper
     finally:
         os.close(fd)
+
+
+def test_rescan_records_count_what_was_rescanned_and_changed(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text("1")
+    ctx = CollectContext(root=tmp_path, options={"files": {"paths": ["/one/*", "/two/*"]}})
+    scan(ctx, Limits(racy_ns=0))
+    baseline = ctx.new_checkpoints["files"]
+    (tmp_path / "two" / "f").write_text("changed")
+    (tmp_path / "two" / "g").write_text("new")
+    observation = observe(ctx, None, Limits(racy_ns=0))
+    diff = changes(observation, baseline, "rescan")
+    batch = Batch(overflow=True, limits={b"/two": "inotify watch limit reached (ENOSPC)"})
+    records = rescan_records(batch, observation, diff)
+    assert [(r.type, r.data["rescanned"], r.data["changed"]) for r in records] == [
+        ("watch_overflow", 3, 2), ("watch_limit", 2, 2)]
+    for record in records + diff.records:
+        assert not contract_violations(COLLECTOR, record)

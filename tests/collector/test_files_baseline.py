@@ -8,8 +8,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from collector.files import BASELINE_FIELDS, CHANGE_TYPE, Limits, changes, observe, scan
+from collector.files import (
+    BASELINE_FIELDS,
+    CHANGE_TYPE,
+    COLLECTOR,
+    Limits,
+    changes,
+    observe,
+    scan,
+)
 from collector.registry import CollectContext
+from tests.collector.test_contract import contract_violations
 
 NOT_RACY = Limits(racy_ns=0)
 
@@ -59,6 +68,9 @@ def test_a_sweep_reports_created_modified_removed_against_the_baseline(
     assert found["/etc/edited"]["previous"]["sha256"] == hashlib.sha256(b"edited").hexdigest()
     assert found["/etc/removed"]["sha256"] is None
     assert {v["detected_by"] for v in found.values()} == {"sweep"}
+    ctx = context(tmp_path, ["/etc/*"], baseline)
+    for record in scan(ctx, NOT_RACY).records:
+        assert not contract_violations(COLLECTOR, record)
     assert set(after["files"]) == {"/etc/kept", "/etc/edited", "/etc/added", "/etc/chmodded"}
     again, _ = sweep(tmp_path, ["/etc/*"], after)  # sealed: the next run is quiet
     assert again == {}
