@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -830,16 +831,43 @@ def _compared(entry: list[Any] | None) -> list[Any] | None:
     return [None if i in _DIR_IGNORED else v for i, v in enumerate(entry)]
 
 
-def baseline_of(checkpoint: Any) -> dict[str, list[Any]] | None:
-    """Path key -> the BASELINE_FIELDS values last sealed (a list each: the
-    checkpoint is rewritten with every bundle that moves it, and lists encode
-    several times faster than objects), from the collector's checkpoint; None when
+# The baseline is one string in the checkpoint, a line per path: the JSON string of
+# its key, a tab, the JSON array of its BASELINE_FIELDS values. The checkpoint file
+# is decoded and encoded again with every bundle that moves any checkpoint; as one
+# string, 10,000 paths cost milliseconds there instead of a quarter of a second,
+# and only the lines of the paths looked at are parsed.
+
+def _line(key: str, values: list[Any]) -> str:
+    return (json.dumps(key, ensure_ascii=False) + "\t"
+            + json.dumps(values, ensure_ascii=False, separators=(",", ":")))
+
+
+def _values(line: str) -> list[Any]:
+    values: list[Any] = json.loads(line.partition("\t")[2])
+    return values
+
+
+def baseline_of(checkpoint: Any) -> dict[str, str] | None:
+    """Path key -> its baseline line, from the collector's checkpoint; None when
     there is none or it is of another form (then nothing is reported as changed)."""
     if not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION \
-            or checkpoint.get("fields") != list(BASELINE_FIELDS):
+            or checkpoint.get("fields") != list(BASELINE_FIELDS) \
+            or not isinstance(checkpoint.get("paths"), str):
         return None
-    files = checkpoint.get("files")
-    return files if isinstance(files, dict) else None
+    baseline: dict[str, str] = {}
+    for line in checkpoint["paths"].split("\n"):
+        head, tab, _ = line.partition("\t")
+        if not tab or len(head) < 2:
+            continue  # only an empty baseline has no line
+        key = json.loads(head) if "\\" in head else head[1:-1]
+        baseline[key] = line
+    return baseline
+
+
+def baseline_values(checkpoint: Any) -> dict[str, dict[str, Any]]:
+    """The baseline as path key -> {field: value} (for tests and tools; slow)."""
+    return {k: dict(zip(BASELINE_FIELDS, _values(v), strict=True))
+            for k, v in (baseline_of(checkpoint) or {}).items()}
 
 
 def _keys_in_scope(keys: dict[str, Any], under: list[bytes] | None) -> list[str]:
@@ -887,12 +915,13 @@ def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Chan
     changed = 0
     for key in sorted(scope - unreadable):
         data = observation.files.get(key)
-        before = baseline.get(key)
+        line = baseline.get(key)
+        before = None if line is None else _values(line)
         after = None if data is None else [data[f] for f in BASELINE_FIELDS]
         if after is None:
             updated.pop(key, None)
         else:
-            updated[key] = after
+            updated[key] = _line(key, after)
         old, new = _compared(before), _compared(after)
         if first or old == new:
             continue
@@ -915,7 +944,8 @@ def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Chan
         records += observation.problems
     # A first baseline must cover everything, else the rest would later read as created.
     proposed = None if first and observation.under is not None else \
-        {"v": BASELINE_VERSION, "fields": list(BASELINE_FIELDS), "files": updated}
+        {"v": BASELINE_VERSION, "fields": list(BASELINE_FIELDS),
+         "paths": "\n".join(updated.values())}
     return Changes(records, proposed, changed)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from collector.files import (
-    BASELINE_FIELDS,
     CHANGE_TYPE,
     COLLECTOR,
     Limits,
+    baseline_values,
     changes,
     observe,
     scan,
@@ -42,8 +42,8 @@ def test_a_first_run_reports_nothing_and_proposes_the_whole_baseline(tmp_path: P
     (tmp_path / "etc" / "a").write_text("1")
     found, checkpoint = sweep(tmp_path, ["/etc/*"])
     assert found == {}
-    assert set(checkpoint["files"]) == {"/etc/a"}
-    entry = dict(zip(BASELINE_FIELDS, checkpoint["files"]["/etc/a"], strict=True))
+    assert set(baseline_values(checkpoint)) == {"/etc/a"}
+    entry = baseline_values(checkpoint)["/etc/a"]
     assert entry["sha256"] == hashlib.sha256(b"1").hexdigest()
     assert entry["kind"] == "file"
 
@@ -71,7 +71,8 @@ def test_a_sweep_reports_created_modified_removed_against_the_baseline(
     ctx = context(tmp_path, ["/etc/*"], baseline)
     for record in scan(ctx, NOT_RACY).records:
         assert not contract_violations(COLLECTOR, record)
-    assert set(after["files"]) == {"/etc/kept", "/etc/edited", "/etc/added", "/etc/chmodded"}
+    assert set(baseline_values(after)) == {"/etc/kept", "/etc/edited", "/etc/added",
+                                           "/etc/chmodded"}
     again, _ = sweep(tmp_path, ["/etc/*"], after)  # sealed: the next run is quiet
     assert again == {}
 
@@ -98,7 +99,7 @@ def test_a_partial_observation_changes_only_its_scope(tmp_path: Path) -> None:
     assert diff.changed == 1
     assert [(r.type, r.key) for r in diff.records] == [("file", "/one/f"),
                                                          (CHANGE_TYPE, "/one/f")]
-    assert diff.checkpoint is not None and "/two/f" in diff.checkpoint["files"]
+    assert "/two/f" in baseline_values(diff.checkpoint)
 
 
 def test_a_watch_batch_walks_only_towards_its_paths(tmp_path: Path) -> None:
@@ -131,7 +132,7 @@ def test_an_unreadable_path_keeps_its_baseline(tmp_path: Path) -> None:
     (tmp_path / "d").write_text("a file where the directory was")  # ENOTDIR below it
     found, after = sweep(tmp_path, ["/d/f"], baseline)
     assert found == {}  # a source_unreadable record says why; no phantom removal
-    assert "/d/f" in after["files"]
+    assert "/d/f" in baseline_values(after)
 
 
 def test_nothing_is_called_removed_when_a_pattern_was_truncated(tmp_path: Path) -> None:
@@ -142,3 +143,18 @@ def test_nothing_is_called_removed_when_a_pattern_was_truncated(tmp_path: Path) 
     ctx = context(tmp_path, ["/d/*"], baseline)
     records = scan(ctx, Limits(racy_ns=0, max_matches=1)).records
     assert not [r for r in records if r.type == CHANGE_TYPE and r.data["change"] == "removed"]
+
+
+def test_odd_names_survive_the_baseline(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    names = ["tab\there", "new\nline", 'quote"s', "back\\slash", "\u2028sep", "한글"]
+    for name in names:
+        (tmp_path / "d" / name).write_text(name)
+    (tmp_path / "d").joinpath(os.fsdecode(b"not-utf8-\xff")).write_text("x")
+    _, baseline = sweep(tmp_path, ["/d/*"])
+    keys = set(baseline_values(baseline))
+    assert keys == {f"/d/{n}" for n in names} | {"b64:L2Qvbm90LXV0Zjgt/w=="}
+    for name in names:
+        (tmp_path / "d" / name).write_text(name + " changed")
+    found, _ = sweep(tmp_path, ["/d/*"], baseline)
+    assert set(found) == {f"/d/{n}" for n in names}
