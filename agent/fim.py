@@ -293,6 +293,7 @@ class FileWatch:
         self.handler = _handler(self.pending, own_directories(config))
         self.scheduled: dict[bytes, tuple[ObservedWatch, BaseObserver, tuple[int, int] | None]] = {}
         self.main: BaseObserver | None = None
+        self.inotify = False  # main is an inotify observer (else everything is polled)
         self.poller: BaseObserver | None = None
         self.log_handler = _OverflowLog(self.pending, log)
         self._sealed: tuple[tuple[int, int, int], Any] | None = None
@@ -329,6 +330,7 @@ class FileWatch:
             from watchdog.observers.inotify import InotifyObserver
 
             self.main = InotifyObserver()
+            self.inotify = True
         except (ImportError, OSError) as exc:  # not Linux, or no inotify instance left
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             self.log("warning", "watch_polling",
@@ -337,8 +339,8 @@ class FileWatch:
             self.main = PollingObserver(timeout=POLL_SECONDS)
         self.main.start()
         self.replan()
-        kinds = type(self.main).__name__.removesuffix("Observer").lower()
-        if self.poller is not None:
+        kinds = "inotify" if self.inotify else "polling"
+        if self.inotify and self.poller is not None:
             kinds += ", some polled"
         self.log("info", "watching", f"watching {len(self.scheduled)} director"
                  f"{'y' if len(self.scheduled) == 1 else 'ies'} ({kinds}) for "
@@ -411,7 +413,7 @@ class FileWatch:
     def _check_recursive(self, wanted: dict[bytes, bool]) -> None:
         """A recursive inotify watch whose subdirectories could not all be watched
         (watchdog says nothing) is polled instead."""
-        if self.main is None or "Inotify" not in type(self.main).__name__:
+        if not self.inotify:
             return
         for attempt in range(2):
             watched = inotify_watched()

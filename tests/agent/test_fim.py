@@ -360,3 +360,26 @@ def test_watch_limits_fall_back_to_polling_with_a_record(
     d.stop()
     assert took <= SEALED_WITHIN + 1.0
     assert_verifies_one_chain(gamsa_env)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _userns_with_watch_limit(),
+                    reason="needs a user namespace with writable inotify limits")
+def test_without_inotify_everything_is_polled_with_a_warning(
+        gamsa_env: GamsaEnv, daemons: list[Running], tmp_path: Path) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    (watched / "a").write_bytes(b"1\n")
+    configure(gamsa_env, [f"{watched}/*"])
+    wrapper = tmp_path / "no-inotify.sh"
+    wrapper.write_text('echo 0 > /proc/sys/user/max_inotify_instances && exec "$@"\n')
+    d = Limited(gamsa_env, ["unshare", "-Ur", "sh", str(wrapper)])
+    daemons.append(d)
+    d.wait_line("sealed seq 1 (schedule")
+    d.wait_line("inotify unavailable")
+    d.wait_line("watching 1 directory (polling)")
+    started = time.monotonic()
+    (watched / "a").write_bytes(b"2\n")
+    wait_sealed(d, gamsa_env, watched / "a", "modified", sha(b"2\n"), started)
+    d.stop()
+    assert_verifies_one_chain(gamsa_env)
