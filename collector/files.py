@@ -821,6 +821,16 @@ def key_path(key: str) -> bytes:
 
 
 _DIR_IGNORED = (BASELINE_FIELDS.index("size"), BASELINE_FIELDS.index("mtime"))
+_SHA256 = BASELINE_FIELDS.index("sha256")
+
+
+def _hash_skipped(data: dict[str, Any]) -> bool:
+    """A regular file whose hash is missing for a passing reason (unreadable this
+    time, changed while read, any later cap on hashing), not because it is over
+    `hash_max_bytes` for good: its hash is not a change, and the last known one
+    stays in the baseline until it is read again."""
+    return data["kind"] == "file" and data["sha256"] is None \
+        and data["hash_omitted_reason"] not in (None, "over_hash_cap")
 
 
 def _compared(entry: list[Any] | None) -> list[Any] | None:
@@ -918,6 +928,8 @@ def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Chan
         line = baseline.get(key)
         before = None if line is None else _values(line)
         after = None if data is None else [data[f] for f in BASELINE_FIELDS]
+        if data is not None and after is not None and _hash_skipped(data):  # keep the
+            after[_SHA256] = None if before is None else before[_SHA256]  # last hash
         if after is None:
             updated.pop(key, None)
         else:
@@ -1066,7 +1078,10 @@ COLLECTOR = Collector(
                 "removed). Emitted by every full run against the last sealed state (in "
                 "`gamsa agent run`'s start sweep: a change made while the agent was "
                 "stopped) and by the daemon's file watching in `file-change` bundles. "
-                "A first run, with no baseline, reports none.",
+                "A first run, with no baseline, reports none. A hash missing for a "
+                "passing reason (`hash_omitted_reason` other than `over_hash_cap`) is "
+                "not a change: the last known hash stays in the baseline until the "
+                "file is read again.",
             key="the path, as in `file`",
             fields={
                 "path": Field((str, dict), "the absolute path; `{b64}` when not UTF-8"),

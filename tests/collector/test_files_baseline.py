@@ -158,3 +158,23 @@ def test_odd_names_survive_the_baseline(tmp_path: Path) -> None:
         (tmp_path / "d" / name).write_text(name + " changed")
     found, _ = sweep(tmp_path, ["/d/*"], baseline)
     assert set(found) == {f"/d/{n}" for n in names}
+
+
+def test_a_hash_not_read_this_time_is_no_change_and_keeps_the_known_one(
+        tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_text("content")
+    ctx = context(tmp_path, ["/d/*"])
+    _, baseline = sweep(tmp_path, ["/d/*"])
+    observation = observe(ctx, None, NOT_RACY)
+    data = observation.files["/d/f"]
+    data["sha256"], data["hash_omitted_reason"] = None, "changed_during_read"
+    diff = changes(observation, baseline, "watch")
+    assert diff.changed == 0
+    known = baseline_values(baseline)["/d/f"]["sha256"]
+    assert baseline_values(diff.checkpoint)["/d/f"]["sha256"] == known
+    data["mtime"] = "2000-01-01T00:00:00.000000Z"  # but a real change still shows
+    diff = changes(observation, baseline, "watch")
+    assert diff.changed == 1
+    assert [r.data["changed_fields"] for r in diff.records if r.type == CHANGE_TYPE] \
+        == [["mtime"]]
