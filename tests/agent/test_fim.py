@@ -383,3 +383,29 @@ def test_without_inotify_everything_is_polled_with_a_warning(
     wait_sealed(d, gamsa_env, watched / "a", "modified", sha(b"2\n"), started)
     d.stop()
     assert_verifies_one_chain(gamsa_env)
+
+
+@pytest.mark.slow
+def test_a_kill_at_any_step_neither_loses_nor_repeats_a_change(tmp_path: Path) -> None:
+    """The baseline moves with the chain head: `gamsa collect` killed at each
+    state-writing step, then run again, seals the change exactly once."""
+    step = 1
+    while True:
+        env = GamsaEnv(tmp_path / str(step), tmp_path / str(step) / "agent.toml",
+                       tmp_path / str(step) / "state", tmp_path / str(step) / "store")
+        watched = env.root / "watched"
+        watched.mkdir(parents=True)
+        (watched / "f").write_bytes(b"v1\n")
+        configure(env, [f"{watched}/*"])
+        ok(env.run("collect"))
+        (watched / "f").write_bytes(b"v2\n")
+        crashed = env.run("collect", crash_at=step)
+        ok(env.run("collect"))
+        sealed = [c for c in changes(env, "on-demand") if c["sha256"] == sha(b"v2\n")]
+        assert len(sealed) == 1, (step, crashed.stderr, sealed)
+        assert_verifies_one_chain(env)
+        if crashed.returncode == 0:
+            break  # past the last step
+        assert "crashpoint" in crashed.stderr
+        step += 1
+    assert step > 5  # the steps were really there
