@@ -31,10 +31,12 @@ from typing import Any
 from agent import __version__
 from agent.config import Config
 from agent.daemon_status import DaemonStatus, StatusFile
+from agent.fim import FileWatch, seal_batch
 from agent.lifelog import note_quietly
 from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
 from agent.state import StateDir
 from collector.agent import NAME as AGENT
+from collector.files import WATCH as FILES_WATCH
 from collector.record import from_epoch, utc_now
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
@@ -225,6 +227,7 @@ class Daemon:
         self.status = StatusFile(self.config.state_dir, DaemonStatus(
             os.getpid(), utc_now(), self.config.sha256,
             None if self.config.source is None else str(self.config.source)))
+        self.watch: FileWatch | None = None  # agent/fim.py
 
     # the agent's own life (collector/agent.py) and daemon.json --------------------
 
@@ -297,8 +300,10 @@ class Daemon:
 
     # sealing --------------------------------------------------------------------
 
-    def seal(self, names: list[str], trigger: str) -> bool:
-        """Seal one bundle of `names` (none: a heartbeat); False when it failed."""
+    def seal(self, names: list[str], trigger: str,
+             collectors: list[Collector] | None = None) -> bool:
+        """Seal one bundle of `names` (none: a heartbeat), run as `collectors` when
+        given (file watching seals the files of a change); False when it failed."""
         from agent.chainguard import look_before_sealing
         from agent.seal import seal_collection
         from agent.store import open_store
@@ -306,7 +311,8 @@ class Daemon:
         config = self.config
         state = self.state()
         host_id = self.host_id()
-        collectors = [self.collectors[n] for n in names]
+        if collectors is None:
+            collectors = [self.collectors[n] for n in names]
         look = None
         try:  # an unreachable store must not stop evidence from being sealed and spooled
             store = open_store(config.store.url, config.store)
@@ -352,6 +358,25 @@ class Daemon:
             since_head = float("inf")
         return min(time.monotonic() - self.last_sealed, since_head)
 
+    # file watching (agent/fim.py) ---------------------------------------------------
+
+    def start_watch(self) -> None:
+        """Watch `[collectors.files] paths` when the files collector runs and `watch`
+        is on; a reload re-plans from scratch (the start sweep or the next files
+        sweep covers what changed meanwhile)."""
+        leftover = self.watch.pending.take() if self.watch is not None else None
+        self.stop_watch()
+        if "files" in self.collectors and self.config.collectors.value(FILES_WATCH):
+            self.watch = FileWatch(self.config, self.log, self.wake.set)
+            if leftover:  # queued before the reload: sealed with the next batch
+                self.watch.pending.put_back(leftover, 0.0)
+            self.watch.start()
+
+    def stop_watch(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
     # signals and reload ------------------------------------------------------------
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -383,6 +408,7 @@ class Daemon:
                   source=None if config.source is None else str(config.source))
         self.report(config_sha256=config.sha256,
                     config_source=None if config.source is None else str(config.source))
+        self.start_watch()
         self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
                  f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
         notify("READY=1")
@@ -407,12 +433,14 @@ class Daemon:
             shipper = Shipper(self)
             shipper.start()
             try:
+                self.start_watch()  # before the start sweep: no change falls between
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
                 # before the last ship: sealed by the next start's sweep
                 self.life("agent_stop", prompt=False, signal=self.stop_signal,
                           uptime_seconds=int(time.monotonic() - self.started))
+                self.stop_watch()
                 shipper.stop.set()
                 shipper.kick()
                 shipper.join(STOP_JOIN_SECONDS)
@@ -441,6 +469,12 @@ class Daemon:
             if self.reload_asked:
                 self.reload()
                 continue
+            watch_due = self.watch.pending.due_in(now, self.watch.debounce) \
+                if self.watch is not None else None
+            if self.watch is not None and watch_due is not None and watch_due <= 0:
+                if seal_batch(self, self.watch):
+                    shipper.kick()
+                continue
             due = self.plan.take_due(self.config, now)
             if due:
                 if self.seal(due, "schedule"):
@@ -457,5 +491,7 @@ class Daemon:
             until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
             if ping is not None:
                 until.append(next_ping - now)
+            if watch_due is not None:
+                until.append(watch_due)
             self.wake.wait(max(0.05, min(until)))
             self.wake.clear()

@@ -27,17 +27,19 @@ records stay in path order.
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import errno
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ from typing import Any
 from collector._hashcache import HashCache, file_identity
 from collector._hashrate import HashBudget, budget_for, wait_bound
 from collector._linux import MAX_SAFE_INT, os_reason, parse_colon_file
-from collector.options import BOOL, PATH_GLOB_LIST, SIZE, SIZE_OR_ZERO, Option
+from collector.options import BOOL, PATH_GLOB_LIST, SHORT_SECONDS, SIZE, SIZE_OR_ZERO, Option
 from collector.record import Record, text_or_b64
 from collector.registry import (
     SOURCE_MISSING_TYPE,
@@ -103,6 +105,9 @@ HASH_MAX_BYTES = Option(NAME, "hash_max_bytes", SIZE, "1GiB",
                         "larger files are recorded without a hash (bounded time)")
 WATCH = Option(NAME, "watch", BOOL, True,
                "seal a file-change bundle when a watched file changes")
+DEBOUNCE = Option(NAME, "debounce", SHORT_SECONDS, "500ms",
+                  "quiet time before a watched change is sealed (at most twice this after "
+                  "the first event)")
 HASH_RATE = Option(NAME, "hash_rate", SIZE_OR_ZERO, "1GiB",
                     "bytes hashed per minute at most (0 = no cap); a file whose turn "
                     "would come later than halfway to the run's timeout is not hashed this "
@@ -287,6 +292,9 @@ class _Walker:
         self.current = _PatternOutcome("")
         self.current_found: set[bytes] = set()  # this pattern's matches
         self.expanded: set[bytes] = set()  # this pattern's directories walked in full
+        # Entries a walk may enter or match (a watch batch looks at a few paths):
+        # None, every entry.
+        self.keep: Callable[[bytes], bool] | None = None
 
     def fs(self, host_path: bytes) -> bytes:
         return self.root + host_path
@@ -340,6 +348,8 @@ class _Walker:
             with os.scandir(self.fs(directory)) as entries:
                 found = [(_join(directory, e.name), e.is_dir())
                          for e in entries if fnmatch.fnmatchcase(e.name, component)]
+            if self.keep is not None:
+                found = [(p, d) for p, d in found if self.keep(p)]
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -416,8 +426,11 @@ class _Walker:
     def _children(self, directory: bytes) -> list[tuple[bytes, bool]]:
         try:
             with os.scandir(self.fs(directory)) as entries:
-                return sorted((_join(directory, e.name), e.is_dir(follow_symlinks=False))
-                              for e in entries)
+                children = [(_join(directory, e.name), e.is_dir(follow_symlinks=False))
+                            for e in entries]
+            if self.keep is not None:
+                children = [(p, d) for p, d in children if self.keep(p)]
+            return sorted(children)
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -681,8 +694,12 @@ def _set_content(raw: bytes, data: dict[str, Any]) -> None:
 
 # --- the run ---------------------------------------------------------------------
 
-def _expand_patterns(ctx: CollectContext, limits: Limits) -> tuple[_Walker, list[Record]]:
+def _expand_patterns(ctx: CollectContext, limits: Limits,
+                     under: Scope | None = None) -> tuple[_Walker, list[Record]]:
     walker = _Walker(os.fsencode(ctx.root).rstrip(b"/"), limits)
+    if under is not None and under.under is not None and b"/" not in under.under:
+        on_the_way = {a for u in under.under for a in _ancestors(u)}
+        walker.keep = lambda path: path in on_the_way or path in under
     records: list[Record] = []
     for pattern in dict.fromkeys(_patterns(ctx)):
         host_pattern = _normalize(pattern)
@@ -712,19 +729,72 @@ def _describe_all(ctx: CollectContext, settings: _Settings, paths: list[bytes],
     return outcomes
 
 
-def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
-    """Records for every configured pattern, and what producing them cost."""
+@dataclass
+class Observation:
+    """The current state of the configured paths (all, or those under some paths).
+
+    `files`: `file` record data by key for each matched path in scope; `problems`:
+    records of paths in scope that could not be described; `complete`: no pattern
+    was truncated, so a path missing from `files` is really gone.
+    """
+
+    under: list[bytes] | None
+    files: dict[str, dict[str, Any]]
+    problems: list[Record]
+    pattern_records: list[Record]
+    stats: ScanStats
+    complete: bool
+
+
+def _ancestors(host_path: bytes) -> Iterator[bytes]:
+    """Every directory above `host_path`, up to "/"."""
+    path = host_path
+    while True:
+        parent = posixpath.dirname(path)
+        if parent == path:
+            return
+        yield parent
+        path = parent
+
+
+class Scope:
+    """Host paths equal to or below any of `under` (None: every path); a lookup costs
+    one set probe per ancestor, however many paths `under` holds."""
+
+    def __init__(self, under: list[bytes] | None) -> None:
+        self.under = None if under is None else \
+            frozenset(u.rstrip(b"/") or b"/" for u in under)
+
+    def __contains__(self, host_path: bytes) -> bool:
+        if self.under is None or b"/" in self.under:
+            return True
+        path = host_path
+        while path not in self.under:
+            parent = posixpath.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+        return True
+
+
+def observe(ctx: CollectContext, under: list[bytes] | None = None,
+            limits: Limits | None = None) -> Observation:
+    """Expand every configured pattern and describe the matches equal to or below one
+    of `under` (host paths; None: every match). The expansion is the one `scan`
+    does, so a watcher and a sweep agree on what is covered."""
     limits = limits or Limits()
     settings = _Settings(_int_option(ctx, CONTENT_MAX_BYTES), _int_option(ctx, HASH_MAX_BYTES),
                          budget_for(_int_option(ctx, HASH_RATE)),
                          wait_bound(ctx.deadline, time.monotonic()))
-    walker, pattern_records = _expand_patterns(ctx, limits)
+    scope = Scope(under)
+    walker, pattern_records = _expand_patterns(ctx, limits, scope)
+    paths = sorted(p for p in walker.found if p in scope)
     cache = HashCache.under(ctx.state_dir, CACHE_FILE)
-    outcomes = _describe_all(ctx, settings, sorted(walker.found), cache, limits, walker.root)
+    outcomes = _describe_all(ctx, settings, paths, cache, limits, walker.root)
 
     stats = ScanStats(matches=len(walker.found))
-    records: list[Record] = []
-    problems = dict(walker.problems)
+    files: dict[str, dict[str, Any]] = {}
+    problems = {k: r for k, r in walker.problems.items() if key_path(r.key) in scope}
     deferred = sum(outcome.deferred for outcome in outcomes)
     if deferred:
         gap = coverage_gap(NAME, "sha256", f"{HASH_RATE_REASON}: deferred to a later run",
@@ -732,8 +802,7 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
         problems[(gap.type, gap.key)] = gap
     for outcome in outcomes:
         if outcome.data is not None:
-            records.append(Record(NAME, "file", outcome.key, outcome.data,
-                                  _time_ns(time.time_ns()) or ""))
+            files[outcome.key] = outcome.data
         if outcome.problem is not None:
             problems[(outcome.problem.type, outcome.problem.key)] = outcome.problem
         if outcome.cache_key is not None and outcome.data is not None:
@@ -743,9 +812,196 @@ def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
             stats.files_read += 1
             stats.bytes_read += outcome.data["size"] if outcome.data else 0
     with contextlib.suppress(OSError):  # a cache not written costs time, not evidence
-        cache.save()
-    records += [problems[k] for k in sorted(problems)]
-    return ScanResult(records + pattern_records, stats)
+        cache.save(prune=under is None)
+    complete = not any(r.type == "truncated" for r in pattern_records)
+    return Observation(under, files, [problems[k] for k in sorted(problems)],
+                       pattern_records, stats, complete)
+
+
+def scan(ctx: CollectContext, limits: Limits | None = None) -> ScanResult:
+    """Records for every configured pattern, and what producing them cost.
+
+    Also the `file_change` records of what differs from the last sealed baseline
+    (`detected_by` `sweep`), and the new baseline proposed as this collector's
+    checkpoint, so it moves exactly when the bundle is sealed."""
+    observation = observe(ctx, None, limits)
+    now = _time_ns(time.time_ns()) or ""
+    records = [Record(NAME, "file", key, data, now) for key, data in observation.files.items()]
+    diff = changes(observation, ctx.checkpoint(NAME), "sweep")
+    if diff.checkpoint is not None:
+        ctx.set_checkpoint(NAME, diff.checkpoint)
+    return ScanResult(records + observation.problems + observation.pattern_records
+                      + [r for r in diff.records if r.type == CHANGE_TYPE],
+                      observation.stats)
+
+
+# --- the baseline and what changed since it was sealed ----------------------------
+
+CHANGE_TYPE = "file_change"
+BASELINE_VERSION = 1
+# What a `file_change` compares: the `file` record fields that say the file is
+# another one (content, type, owner, permissions, identity); not the content text
+# (its hash says it) nor names looked up from ids.
+BASELINE_FIELDS = ("kind", "sha256", "size", "mode", "uid", "gid", "mtime", "inode",
+                   "device", "symlink_target")
+DETECTED_BY = ("sweep", "watch", "rescan")
+
+
+@dataclass
+class Changes:
+    """Records of what differs from a baseline, and the baseline after them."""
+
+    records: list[Record]
+    checkpoint: dict[str, Any] | None  # None: nothing to propose (no baseline, a part)
+    changed: int
+
+
+def key_path(key: str) -> bytes:
+    """The host path a record key stands for (inverse of `path_key`)."""
+    if key.startswith("b64:"):
+        return base64.b64decode(key[4:])
+    return key.encode("utf-8")
+
+
+_DIR_IGNORED = (BASELINE_FIELDS.index("size"), BASELINE_FIELDS.index("mtime"))
+_SHA256 = BASELINE_FIELDS.index("sha256")
+
+
+def _hash_skipped(data: dict[str, Any]) -> bool:
+    """A regular file whose hash is missing for a passing reason (unreadable this
+    time, changed while read, any later cap on hashing), not because it is over
+    `hash_max_bytes` for good: its hash is not a change, and the last known one
+    stays in the baseline until it is read again."""
+    return data["kind"] == "file" and data["sha256"] is None \
+        and data["hash_omitted_reason"] not in (None, "over_hash_cap")
+
+
+def _compared(entry: list[Any] | None) -> list[Any] | None:
+    """What counts as a change: a directory's mtime and size move with every entry
+    made or removed in it, and those entries are reported themselves."""
+    if entry is None or entry[0] != "dir":
+        return entry
+    return [None if i in _DIR_IGNORED else v for i, v in enumerate(entry)]
+
+
+# The baseline is one string in the checkpoint, a line per path: the JSON string of
+# its key, a tab, the JSON array of its BASELINE_FIELDS values. The checkpoint file
+# is decoded and encoded again with every bundle that moves any checkpoint; as one
+# string, 10,000 paths cost milliseconds there instead of a quarter of a second,
+# and only the lines of the paths looked at are parsed.
+
+def _line(key: str, values: list[Any]) -> str:
+    return (json.dumps(key, ensure_ascii=False) + "\t"
+            + json.dumps(values, ensure_ascii=False, separators=(",", ":")))
+
+
+def _values(line: str) -> list[Any]:
+    values: list[Any] = json.loads(line.partition("\t")[2])
+    return values
+
+
+def baseline_of(checkpoint: Any) -> dict[str, str] | None:
+    """Path key -> its baseline line, from the collector's checkpoint; None when
+    there is none or it is of another form (then nothing is reported as changed)."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("v") != BASELINE_VERSION \
+            or checkpoint.get("fields") != list(BASELINE_FIELDS) \
+            or not isinstance(checkpoint.get("paths"), str):
+        return None
+    baseline: dict[str, str] = {}
+    for line in checkpoint["paths"].split("\n"):
+        head, tab, _ = line.partition("\t")
+        if not tab or len(head) < 2:
+            continue  # only an empty baseline has no line
+        key = json.loads(head) if "\\" in head else head[1:-1]
+        baseline[key] = line
+    return baseline
+
+
+def baseline_values(checkpoint: Any) -> dict[str, dict[str, Any]]:
+    """The baseline as path key -> {field: value} (for tests and tools; slow)."""
+    return {k: dict(zip(BASELINE_FIELDS, _values(v), strict=True))
+            for k, v in (baseline_of(checkpoint) or {}).items()}
+
+
+def _keys_in_scope(keys: dict[str, Any], under: list[bytes] | None) -> list[str]:
+    """The keys of `keys` whose paths are in `Scope(under)`, without testing every key
+    when `under` is a few paths (a watch batch against a baseline of thousands)."""
+    if under is None:
+        return list(keys)
+    scope = Scope(under)
+    odd = [k for k in keys if k.startswith("b64:")]  # rare: names that are not UTF-8
+    found = [k for k in odd if key_path(k) in scope]
+    ordered = sorted(keys)
+    for prefix in sorted(scope.under or ()):
+        text = path_key(prefix)
+        if text.startswith("b64:"):
+            continue
+        start = bisect.bisect_left(ordered, text)
+        for key in ordered[start:]:
+            if not key.startswith(text):
+                break
+            if key == text or key[len(text)] == "/" or text == "/":
+                found.append(key)
+    return found
+
+
+def changes(observation: Observation, checkpoint: Any, detected_by: str) -> Changes:
+    """Compare an observation with the baseline in `checkpoint`.
+
+    Within the observation's scope, a path that appeared, vanished or whose
+    BASELINE_FIELDS differ gives its `file` record (when present) and a
+    `file_change` record; outside it the baseline is kept as it was. A path that
+    could not be described keeps its baseline (its problem record says why), and
+    nothing is called removed when a pattern was truncated. Without a baseline
+    (first run) nothing is reported and the observation becomes the baseline.
+    """
+    baseline = baseline_of(checkpoint)
+    first = baseline is None
+    baseline = baseline or {}
+    updated = dict(baseline)
+    unreadable = {r.key for r in observation.problems}
+    now = _time_ns(time.time_ns()) or ""
+    records: list[Record] = []
+    scope = set(observation.files)
+    if observation.complete:
+        scope.update(_keys_in_scope(baseline, observation.under))
+    changed = 0
+    for key in sorted(scope - unreadable):
+        data = observation.files.get(key)
+        line = baseline.get(key)
+        before = None if line is None else _values(line)
+        after = None if data is None else [data[f] for f in BASELINE_FIELDS]
+        if data is not None and after is not None and _hash_skipped(data):  # keep the
+            after[_SHA256] = None if before is None else before[_SHA256]  # last hash
+        if after is None:
+            updated.pop(key, None)
+        else:
+            updated[key] = _line(key, after)
+        old, new = _compared(before), _compared(after)
+        if first or old == new:
+            continue
+        changed += 1
+        if data is not None:
+            records.append(Record(NAME, "file", key, data, now))
+        fields = [f for i, f in enumerate(BASELINE_FIELDS)
+                  if old is not None and new is not None and old[i] != new[i]]
+        records.append(Record(NAME, CHANGE_TYPE, key, {
+            "path": text_or_b64(key_path(key)),
+            "change": "created" if before is None else "removed" if after is None
+            else "modified",
+            "changed_fields": sorted(fields),
+            "detected_by": detected_by,
+            "previous": None if before is None else dict(zip(BASELINE_FIELDS, before,
+                                                             strict=True)),
+            "sha256": None if data is None else data["sha256"],
+        }, now))
+    if detected_by != "sweep":  # a sweep has them already
+        records += observation.problems
+    # A first baseline must cover everything, else the rest would later read as created.
+    proposed = None if first and observation.under is not None else \
+        {"v": BASELINE_VERSION, "fields": list(BASELINE_FIELDS),
+         "paths": "\n".join(updated.values())}
+    return Changes(records, proposed, changed)
 
 
 def _pattern_records(outcome: _PatternOutcome, limits: Limits) -> list[Record]:
@@ -773,7 +1029,7 @@ _PATTERN_DOC = "the configured pattern, as written"
 
 COLLECTOR = Collector(
     name=NAME,
-    version="2",
+    version="3",
     description="Configured files and globs (`paths`; default: sshd, sudoers, PAM, "
                 "login.defs, security limits, resolver and hosts, nftables, environment "
                 "and proxy settings, nginx and gamsa configs, audit rules, time sync, "
@@ -782,9 +1038,14 @@ COLLECTOR = Collector(
                 "text files with secrets scrubbed. `*`, `?`, `[...]` match within a "
                 "component (dotfiles too), `**` any number of directories; a matched "
                 "directory means itself and everything under it. Symlinks are recorded, "
-                "never followed; FIFOs, sockets and devices are recorded, never opened.",
+                "never followed; FIFOs, sockets and devices are recorded, never opened. "
+                "Each run compares every path with the state last sealed (the baseline, kept "
+                "as this collector's checkpoint) and adds a `file_change` record for each "
+                "difference; `gamsa agent run` also watches the paths and seals a change "
+                "in a `file-change` bundle within about a second (docs/DESIGN.md, "
+                "\"Agent (daemon)\").",
     platforms=("linux", "darwin"),
-    options=(PATHS, CONTENT_MAX_BYTES, HASH_MAX_BYTES, HASH_RATE, WATCH),
+    options=(PATHS, CONTENT_MAX_BYTES, HASH_MAX_BYTES, HASH_RATE, WATCH, DEBOUNCE),
     record_types={
         "file": RecordType(
             doc="One path matched by a configured pattern.",
@@ -854,6 +1115,66 @@ COLLECTOR = Collector(
                                           "Secret scrubbing's file list, or `content: a "
                                           "PEM private key`; its hash and metadata are "
                                           "still recorded. Null otherwise"),
+            },
+        ),
+        CHANGE_TYPE: RecordType(
+            doc="A path whose state differs from the one last sealed (the baseline: "
+                "kept as this collector's checkpoint, so it moves exactly when a bundle "
+                "is sealed). Beside it, the path's new `file` record (none when "
+                "removed). Emitted by every full run against the last sealed state (in "
+                "`gamsa agent run`'s start sweep: a change made while the agent was "
+                "stopped) and by the daemon's file watching in `file-change` bundles. "
+                "A first run, with no baseline, reports none. A hash missing for a "
+                "passing reason (`hash_omitted_reason` other than `over_hash_cap`) is "
+                "not a change: the last known hash stays in the baseline until the "
+                "file is read again.",
+            key="the path, as in `file`",
+            fields={
+                "path": Field((str, dict), "the absolute path; `{b64}` when not UTF-8"),
+                "change": Field((str,), "`created` (not in the baseline), `modified` "
+                                        "or `removed` (no longer there or no longer "
+                                        "matched)"),
+                "changed_fields": Field((list,), "for `modified`, the `file` fields that "
+                                        "differ (a directory's `mtime` and `size` are "
+                                        "not compared: its entries are): of "
+                                        + ", ".join(f"`{f}`" for f in BASELINE_FIELDS)
+                                        + " (an `inode` change is a replaced file: "
+                                          "rename-over, editor save); else empty"),
+                "detected_by": Field((str,), "`sweep` (a full run compared every path), "
+                                             "`watch` (a file event), `rescan` (a rescan "
+                                             "after `watch_overflow` or `watch_limit`)"),
+                "previous": Field((dict, _NONE), "the baseline fields last sealed (" +
+                                  ", ".join(f"`{f}`" for f in BASELINE_FIELDS) +
+                                  "); null for `created`"),
+                "sha256": Field((str, _NONE), "the new SHA-256, as in the `file` record; "
+                                              "null when removed or not hashed"),
+            },
+        ),
+        "watch_overflow": RecordType(
+            doc="File watching lost events (the kernel's inotify queue overflowed: "
+                "`fs.inotify.max_queued_events`), so every configured path was rescanned "
+                "and compared with the baseline; the `file_change` records beside it "
+                "(`detected_by` `rescan`) are what changed. Emitted by `gamsa agent run`.",
+            key="`inotify`",
+            fields={
+                "reason": Field((str,), "what was lost and why"),
+                "rescanned": Field((int,), "paths described by the rescan"),
+                "changed": Field((int,), "paths found changed by the rescan"),
+            },
+        ),
+        "watch_limit": RecordType(
+            doc="A directory that could not be watched with inotify (the watch or "
+                "instance limit: `fs.inotify.max_user_watches`, "
+                "`max_user_instances`), so it is polled instead, after a rescan of what "
+                "lies under it. Emitted by `gamsa agent run`.",
+            key="the directory's path",
+            fields={
+                "path": Field((str, dict), "the directory; `{b64}` when not UTF-8"),
+                "reason": Field((str,), "the error, e.g. `inotify watch limit reached "
+                                        "(ENOSPC)`"),
+                "poll_seconds": Field((int,), "how often it is polled instead"),
+                "rescanned": Field((int,), "paths under it described by the rescan"),
+                "changed": Field((int,), "paths under it found changed by the rescan"),
             },
         ),
         "no_match": RecordType(

@@ -162,11 +162,34 @@ def size_or_zero(value: Any, key: str) -> int:
     return positive_size(value, key)
 
 
+_MILLIS_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s)", re.ASCII)
+SHORT_SECONDS_HINT = 'seconds (0.5, 2) or a string like "500ms", "2s"'
+
+
+def short_seconds(value: Any, key: str) -> float:
+    """Seconds to the millisecond, 0 to 60, from a number (0.5, 2) or "500ms", "2s"."""
+    if isinstance(value, str):
+        match = _MILLIS_RE.fullmatch(value.strip())
+        if not match:
+            raise UsageError(f'"{key}" must be a duration, got {show(value)}',
+                             hint=SHORT_SECONDS_HINT)
+        millis = float(match.group(1)) * (1 if match.group(2) == "ms" else 1000)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        millis = float(value) * 1000
+    else:
+        raise UsageError(f'"{key}" must be a duration, got {type_name(value)}',
+                         hint=SHORT_SECONDS_HINT)
+    if not 0 <= millis <= 60_000:
+        raise UsageError(f'"{key}" must be between 0 and 60 s, got {show(value)}',
+                         hint=SHORT_SECONDS_HINT)
+    return round(millis) / 1000
+
+
 def toml_value(value: Any) -> str:
     """A value as TOML text (inline: arrays and tables on one line)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
@@ -245,6 +268,7 @@ ABSOLUTE_PATH: Kind[str] = Kind("absolute path",
                                 lambda value, key: absolute_path(_string(value, key), key))
 SIZE: Kind[int] = Kind("size", positive_size)
 SIZE_OR_ZERO: Kind[int] = Kind("size (0 = no limit)", size_or_zero)
+SHORT_SECONDS: Kind[float] = Kind("seconds, to the millisecond (0-60)", short_seconds)
 DURATION: Kind[int] = Kind("duration", positive_duration)
 STRING_LIST: Kind[list[str]] = Kind("list of strings", string_list_of)
 PATH_GLOB_LIST: Kind[list[str]] = Kind(
