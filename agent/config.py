@@ -102,9 +102,13 @@ class FilesConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """`[collectors.network]`: endpoints whose connections are flagged as AI traffic."""
+    """`[collectors.network]`: endpoints whose connections are flagged as AI traffic,
+    and the daemon's egress watcher (agent/egress.py)."""
 
     ai_endpoints: list[str] = field(default_factory=list)
+    watch: bool = True  # the daemon polls the socket tables for these endpoints
+    watch_interval: int = 2  # seconds between polls
+    egress_seal_every: int = 300  # seconds an observation may wait before it is sealed
 
 
 @dataclass(frozen=True)
@@ -661,7 +665,9 @@ class _Parser:
 
     def network(self, collectors: Mapping[str, Any]) -> NetworkConfig:
         p = "collectors.network"
-        t = self.table(collectors, "collectors", "network", ("ai_endpoints",))
+        t = self.table(collectors, "collectors", "network",
+                       ("ai_endpoints", "watch", "watch_interval", "egress_seal_every"))
+        d = NetworkConfig()
         endpoints = self.string_list(t, p, "ai_endpoints", [])
         for index, endpoint in enumerate(endpoints):
             key = f"{p}.ai_endpoints[{index}]"
@@ -673,7 +679,14 @@ class _Parser:
                 self.fail(f'"{key}" is not a valid AI endpoint ({exc}), got {_show(endpoint)}',
                           'write e.g. "api.openai.com", "*.anthropic.com", "10.20.0.0/16", '
                           '"127.0.0.1:8443" or "[2001:db8::1]:443"')
-        return NetworkConfig(ai_endpoints=endpoints)
+        return NetworkConfig(
+            ai_endpoints=endpoints,
+            watch=self.boolean(t, p, "watch", d.watch),
+            watch_interval=self.duration(t.get("watch_interval", d.watch_interval),
+                                         f"{p}.watch_interval"),
+            egress_seal_every=self.duration(t.get("egress_seal_every", d.egress_seal_every),
+                                            f"{p}.egress_seal_every"),
+        )
 
     def logs(self, collectors: Mapping[str, Any]) -> LogsConfig:
         p = "collectors.logs"

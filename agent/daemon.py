@@ -28,7 +28,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent import egress
 from agent.config import Config
+from agent.egress import EgressThread
 from agent.state import StateDir
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
@@ -202,6 +204,7 @@ class Daemon:
         self.wake = threading.Event()
         self.plan = Plan()
         self.last_sealed = time.monotonic()
+        self.egress: EgressThread | None = None  # the AI-egress watcher (agent/egress.py)
 
     # state and store, from the current config --------------------------------
 
@@ -245,6 +248,11 @@ class Daemon:
         config = self.config
         state = self.state()
         host_id = self.host_id()
+        if self.egress is not None and names:  # egress waiting goes with the next bundle
+            if egress.NAME not in names and self.egress.due_in() is not None:
+                names = sorted([*names, egress.NAME])
+            if egress.NAME in names:
+                self.egress.cut()
         collectors = [self.collectors[n] for n in names]
         look = None
         try:  # an unreachable store must not stop evidence from being sealed and spooled
@@ -310,6 +318,7 @@ class Daemon:
             return
         self.config, self.collectors = config, collectors
         self.plan.reset(config, list(collectors), time.monotonic())
+        self.restart_egress()
         self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
                  f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
         notify("READY=1")
@@ -327,13 +336,22 @@ class Daemon:
             shipper = Shipper(self)
             shipper.start()
             try:
+                self.restart_egress()
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
+                if self.egress is not None:  # its open window waits, closed, for the next bundle
+                    self.egress.stop()
                 shipper.stop.set()
                 shipper.kick()
                 shipper.join(STOP_JOIN_SECONDS)
                 self.log("info", "stop", "agent stopped")
+
+    def restart_egress(self) -> None:
+        """(Re)start the AI-egress watcher with the current config."""
+        if self.egress is not None:
+            self.egress.stop()
+        self.egress = egress.start(self.config, list(self.collectors), self.log, self.wake)
 
     def loop(self, shipper: Shipper) -> None:
         names = list(self.collectors)
@@ -356,6 +374,11 @@ class Daemon:
                 if self.seal(due, "schedule"):
                     shipper.kick()
                 continue
+            egress_due = self.egress.due_in() if self.egress is not None else None
+            if egress_due == 0.0:
+                if self.seal([egress.NAME], "schedule"):
+                    shipper.kick()
+                continue
             silent = self.silent_for()
             heartbeat = self.config.schedule.heartbeat
             if silent >= heartbeat:
@@ -367,5 +390,7 @@ class Daemon:
             until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
             if ping is not None:
                 until.append(next_ping - now)
+            if egress_due is not None:
+                until.append(egress_due)
             self.wake.wait(max(0.05, min(until)))
             self.wake.clear()
