@@ -43,15 +43,7 @@ from collector._endpoints import (
 from collector._hashcache import HashCache
 from collector._linux import lines
 from collector._proc import as_text, exe_hash_cache, process_identity, process_key
-from collector._socktable import (
-    PROC,
-    TABLES,
-    Row,
-    candidate_rows,
-    prefilter,
-    read_table,
-    socket_owners,
-)
+from collector._socktable import PROC, TABLES, Row, TableReader, socket_owners
 from collector.record import utc_now
 from collector.scrub import scrub_argv
 
@@ -147,6 +139,7 @@ class Window:
     endpoints: list[dict[str, Any]] = field(default_factory=list)  # {entry, addresses}
     owner_denied: int = 0  # connections whose owner could not be looked for (not root)
     read_errors: list[str] = field(default_factory=list)
+    source: str = ""  # sock_diag | proc, and why not sock_diag
     observations: dict[str, Observation] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
@@ -203,7 +196,7 @@ class EgressWatcher:
 
     def __init__(self, state_dir: Path, ai_endpoints: Sequence[str], interval: int,
                  proc: str = PROC, hosts_file: str = HOSTS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, netlink: bool = True) -> None:
         self.directory = state_dir / EGRESS_DIR
         self.endpoints, _invalid = parse_endpoints(list(ai_endpoints))
         self.interval = interval
@@ -212,7 +205,7 @@ class EgressWatcher:
         self.clock = clock
         self.hashes: HashCache = exe_hash_cache(state_dir)
         self.matcher: Matcher | None = None
-        self.patterns: dict[int, Any] = {}
+        self.reader = TableReader(proc, netlink)
         self.resolved_at = float("-inf")
         self.conns: dict[tuple[str, int], _Conn] = {}  # (ends, inode) seen in the last poll
         self.owners: dict[int, tuple[str, dict[str, Any]]] = {}  # pid -> (key, identity)
@@ -286,7 +279,7 @@ class EgressWatcher:
         except OSError:
             hosts = {}
         self.matcher, _resolutions = build_matcher(self.endpoints, hosts, live=True)
-        self.patterns = {family: prefilter(self.matcher, family) for _, family in TABLES}
+        self.reader.compile(self.matcher)
         self.resolved_at = now
         self.window.endpoints = [{"entry": e.entry, "addresses": [str(n) for n in
                                                                   self.matcher.networks(e)]}
@@ -302,11 +295,8 @@ class EgressWatcher:
         seen_at = utc_now()
         rows: list[tuple[Row, list[str], list[str]]] = []
         for table, family in TABLES:
-            pattern = self.patterns.get(family)
-            if pattern is None:
-                continue
             try:
-                data = read_table(f"{self.proc}/net/{table}")
+                candidates = self.reader.read(family, table)
             except FileNotFoundError:
                 continue  # no IPv6 on this host
             except OSError as exc:
@@ -314,11 +304,13 @@ class EgressWatcher:
                 if error not in self.window.read_errors:
                     self.window.read_errors.append(error)
                 continue
-            for row in candidate_rows(data, family, pattern):
+            for row in candidates:
                 matched = self.matcher.match(row.remote_address, row.remote_port)
                 if matched:
                     rows.append((row, [e.spec for e in matched], [e.entry for e in matched]))
         self.window.polls += 1
+        self.window.source = self.reader.source if self.reader.fallback_reason is None \
+            else f"{self.reader.source} (sock_diag: {self.reader.fallback_reason})"
         fresh = self._observe(rows, seen_at)
         if self.window.observations and self.pending_since is None:
             self.pending_since = now

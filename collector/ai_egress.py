@@ -114,6 +114,7 @@ def _window_record(window: Window) -> Record:
         "polls": window.polls, "interval_seconds": window.interval_seconds,
         "endpoints": window.endpoints, "observations": len(window.observations),
         "owner_denied": window.owner_denied, "read_errors": window.read_errors,
+        "source": window.source,
     })
 
 
@@ -172,13 +173,13 @@ COLLECTOR = Collector(
     version="1",
     description="AI egress over time: every TCP connection to a configured `ai_endpoints` "
                 "entry that the daemon's watcher saw in the kernel's socket tables "
-                "(/proc/net/tcp, tcp6, every `watch_interval`), coalesced per process and "
-                "endpoint with first/last seen and a count. Closed connections stay "
-                "visible in TIME_WAIT for about a minute, so calls shorter than the "
-                "interval are counted too (without a process). Bytes are not available "
-                "(the tables hold no byte counts). Runs under `gamsa agent run` with "
-                "`[collectors.network] watch = true`; `network` records the sockets open "
-                "at collection time.",
+                "(sock_diag netlink, else /proc/net/tcp and tcp6, every `watch_interval`), "
+                "coalesced per process and endpoint with first/last seen and a count. "
+                "Closed connections stay visible in TIME_WAIT for about a minute, so "
+                "calls shorter than the interval are counted too (without a process). "
+                "Bytes are not available (the tables hold no byte counts). Runs under "
+                "`gamsa agent run` with `[collectors.network] watch = true`; `network` "
+                "records the sockets open at collection time.",
     platforms=("linux",),
     record_types={
         "ai_egress_observed": RecordType(
@@ -234,6 +235,9 @@ COLLECTOR = Collector(
                 "owner_denied": Field((int,), "connections whose process could not be "
                                               "looked for (not root)"),
                 "read_errors": Field((list,), "socket tables that could not be read"),
+                "source": Field((str,), "how the tables were read: `sock_diag` (netlink, "
+                                        "filtered in the kernel), or `proc` (/proc/net/tcp, "
+                                        "tcp6) with why not sock_diag"),
             },
         ),
         "ai_egress_drain": RecordType(

@@ -52,10 +52,12 @@ def observed(records: list[Any]) -> dict[str, dict[str, Any]]:
     return {key: data for kind, key, data in records if kind == "ai_egress_observed"}
 
 
+@pytest.mark.parametrize("netlink", [True, False], ids=["sock_diag", "proc"])
 def test_open_and_closed_connections_are_coalesced_with_owner_and_counted_once(
-        tmp_path: Path, server: socket.socket) -> None:
+        tmp_path: Path, server: socket.socket, netlink: bool) -> None:
     port = server.getsockname()[1]
-    watcher = EgressWatcher(tmp_path, [f"127.0.0.1:{port}", "10.99.0.0/16"], 1)
+    watcher = EgressWatcher(tmp_path, [f"127.0.0.1:{port}", "10.99.0.0/16"], 1,
+                            netlink=netlink)
     held = connect(server)
     assert watcher.poll() == 1
     close_client_first(*held)  # its TIME_WAIT row continues the same connection
@@ -83,6 +85,7 @@ def test_open_and_closed_connections_are_coalesced_with_owner_and_counted_once(
     assert drained["windows"] == 1 and drained["observed"] == 2
     window = next(d for kind, _k, d in records if kind == "ai_egress_window")
     assert window["polls"] == 4 and window["interval_seconds"] == 1
+    assert window["source"] == ("sock_diag" if netlink else "proc (sock_diag: off)")
 
     # once sealed (the checkpoint committed), the batch is removed and not drained again
     records, ctx = drain(tmp_path, sealed=1)

@@ -11,11 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from collector import _socktable
 from collector._endpoints import build_matcher, parse_endpoints
 from collector._socktable import (
     Row,
+    TableReader,
     address_from_hex,
     candidate_rows,
+    diag_program,
+    diag_rows,
     parse_rows,
     prefilter,
     read_table,
@@ -165,3 +169,58 @@ def test_a_real_connection_is_found_in_the_kernel_table_with_its_inode_and_owner
                 ("ESTABLISHED", inode, os.geteuid())]
             owners = socket_owners([inode, 999_999_999], likely=[os.getpid()])
             assert owners.pids == {inode: os.getpid()}
+
+
+def test_diag_program_is_an_or_chain_of_remote_conditions() -> None:
+    program = diag_program(matcher_of("127.0.0.1:8443", "10.20.0.0/16"), 4)
+    assert program is not None
+    assert program.hex() == (
+        "08101400" "02200000" "fb200000" "7f000001"  # D_COND 127.0.0.1/32 port 8443
+        "01041400"                                    # JMP over the rest: true -> accept
+        "08101400" "02100000" "ffffffff" "0a140000")  # D_COND 10.20.0.0/16 any port
+    assert diag_program(matcher_of("[2001:db8::1]:443"), 4) is None
+
+
+def test_sock_diag_and_proc_give_the_same_rows_for_real_connections(
+        server: socket.socket) -> None:
+    port = server.getsockname()[1]
+    matcher = matcher_of(f"127.0.0.1:{port}", "192.0.2.0/24")
+    open_pair = (socket.create_connection(("127.0.0.1", port)), server.accept()[0])
+    closed = socket.create_connection(("127.0.0.1", port))
+    far_end = server.accept()[0]
+    closed.close()  # the client first: its end stays in TIME_WAIT
+    far_end.close()
+    try:
+        reader = TableReader(use_netlink=False)
+        reader.compile(matcher)
+        program = diag_program(matcher, 4)
+        assert program is not None
+
+        def mine(rows: list[Row]) -> set[Row]:
+            return {r for r in rows if r.remote_port == port
+                    and matcher.match(r.remote_address, r.remote_port)}
+
+        from_diag = mine(diag_rows(4, program))
+        assert from_diag == mine(reader.read(4, "tcp"))
+        inode = os.fstat(open_pair[0].fileno()).st_ino
+        assert {r.inode for r in from_diag if r.state == "ESTABLISHED"} == {inode}
+        assert any(r.inode == 0 for r in from_diag)  # the closed one, no owner
+    finally:
+        for sock in open_pair:
+            sock.close()
+
+
+def test_a_refused_netlink_falls_back_to_proc_and_says_why(
+        server: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(_family: int, _program: bytes) -> list[Row]:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_socktable, "diag_rows", refused)
+    port = server.getsockname()[1]
+    reader = TableReader()
+    reader.compile(matcher_of(f"127.0.0.1:{port}"))
+    with socket.create_connection(("127.0.0.1", port)):
+        rows = reader.read(4, "tcp")
+    assert reader.source == "proc"
+    assert reader.fallback_reason == "PermissionError: Operation not permitted"
+    assert [r.remote_port for r in rows] == [port]
