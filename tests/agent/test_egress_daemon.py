@@ -7,17 +7,20 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.agent.test_daemon import Running, assert_verifies_one_chain, daemons, start
-from tests.conftest import GamsaEnv
+from tests.agent.unprivileged import make_user_env
+from tests.conftest import GAMSA, GamsaEnv
 
 __all__ = ["daemons"]  # the fixture, imported to be used here
 
@@ -175,3 +178,39 @@ def test_collect_beside_the_daemon_says_what_waits_in_the_open_window(
     assert_verifies_one_chain(gamsa_env)
 
 
+
+
+def test_an_unprivileged_agent_counts_root_calls_and_says_it_cannot_name_the_process(
+        daemons: list[Running], endpoint: int) -> None:
+    with make_user_env() as env:
+        env.write_config(config(endpoint), collectors='["ai_egress"]')
+        os.chmod(env.config, 0o644)
+        assert env.user is not None
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
+        environ.update(GAMSA_CONFIG=str(env.config), HOME=str(env.root))
+        log = env.root / "daemon.log"
+        with log.open("w") as err:
+            proc = subprocess.Popen(
+                ["setpriv", f"--reuid={env.user.pw_uid}", f"--regid={env.user.pw_gid}",
+                 "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", GAMSA,
+                 "agent", "run"], env=environ, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 30
+            while "egress watcher on" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            with socket.create_connection(("127.0.0.1", endpoint)):  # root's, held 3 s
+                time.sleep(3)
+            while total(env, endpoint) < 1:
+                assert proc.poll() is None and time.monotonic() < deadline + 30, \
+                    log.read_text()
+                time.sleep(0.2)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, log.read_text()
+        observed = [r["data"] for r in sealed_records(env, "ai_egress_observed")]
+        denied = [o for o in observed if o["process_unknown_reason"] == "denied"]
+        assert denied and denied[0]["pid"] is None and denied[0]["socket_uid"] == 0
+        gaps = [r["data"] for r in sealed_records(env, "coverage_gap")]
+        assert any(g["source"] == "socket owner" for g in gaps), gaps
+        assert "ai_egress partial" in log.read_text()
