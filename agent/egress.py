@@ -5,6 +5,13 @@ It wraps `collector._egress.EgressWatcher` in a thread that polls every
 it seals a bundle holding the `ai_egress` collector (`cut`), and seals one of its
 own when observations have waited `egress_seal_every` (`due_in`). On stop the open
 window is closed as a batch: the next bundle (of this run or the next start) seals it.
+
+Polls are paced to a CPU budget: the kernel walks every socket of the host on each
+read (about 10 ms per address family with 10,000 sockets, docs/BENCHMARKS.md), so
+on a busy host the wait between polls stretches until the measured CPU of reading
+the tables stays under WATCH_CPU_SHARE of one core, never beyond WATCH_MAX_INTERVAL: a
+closed connection stays in TIME_WAIT about 60 s, so every call is still counted;
+only calls shorter than the interval lose their process.
 """
 
 from __future__ import annotations
@@ -19,6 +26,15 @@ from agent.config import Config
 from collector._egress import EgressWatcher
 
 NAME = "ai_egress"
+WATCH_CPU_SHARE = 0.005  # of one core: the watcher's budget (issue 10's target)
+WATCH_MAX_INTERVAL = 30.0  # seconds; half of TIME_WAIT, so no closed call is missed
+COST_SMOOTHING = 0.3  # weight of the newest poll in the running cost
+
+
+def pace(interval: float, cost: float) -> float:
+    """Seconds until the next poll: `interval`, or longer when polls of `cost` CPU
+    seconds would exceed the budget, at most WATCH_MAX_INTERVAL."""
+    return min(max(interval, cost / WATCH_CPU_SHARE), max(interval, WATCH_MAX_INTERVAL))
 
 
 def wanted(config: Config, collectors: list[str]) -> str | None:
@@ -39,7 +55,7 @@ class EgressThread(threading.Thread):
     """Polls in the background; `cut` and `due_in` are called from the main loop."""
 
     def __init__(self, config: Config, log: Callable[..., None],
-                 wake: threading.Event) -> None:
+                 wake: threading.Event, netlink: bool = True) -> None:
         super().__init__(name="gamsa-egress", daemon=True)
         self.wake = wake  # the daemon's: set when observations start to wait
         network = config.collectors.network
@@ -48,12 +64,15 @@ class EgressThread(threading.Thread):
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.watcher = EgressWatcher(config.state_dir, network.ai_endpoints,
-                                     network.watch_interval)
+                                     network.watch_interval, netlink=netlink)
         self.failing = False
+        self.cost = 0.0  # running CPU seconds of one poll
+        self.stretched = False  # the budget spaced polls out (logged once)
 
     def run(self) -> None:
-        interval = self.watcher.interval
-        while not self.stop_event.wait(interval):
+        interval = float(self.watcher.interval)
+        wait = interval
+        while not self.stop_event.wait(wait):
             try:
                 with self.lock:
                     waiting = self.watcher.pending_since is not None
@@ -63,11 +82,23 @@ class EgressThread(threading.Thread):
                 if self.failing:
                     self.failing = False
                     self.log("info", "egress_watch", "egress watcher polling again")
-            except OSError as exc:  # no space for open.json, ...: say so once, keep trying
-                if not self.failing:
+            except Exception as exc:  # noqa: BLE001 - no space for open.json, or a bug:
+                if not self.failing:  # say so once and keep trying, never die silently
                     self.failing = True
                     self.log("error", "egress_watch_failed",
                              f"egress watcher: {type(exc).__name__}: {exc}")
+            # Paced on reading the tables (grows with the host's sockets); looking up a
+            # new process (hashing its executable once) is rare and does not recur.
+            cost = self.watcher.read_cost
+            self.cost = cost if not self.cost else \
+                COST_SMOOTHING * cost + (1 - COST_SMOOTHING) * self.cost
+            wait = pace(interval, self.cost)
+            if wait > interval * 1.5 and not self.stretched:
+                self.stretched = True
+                self.log("info", "egress_paced",
+                         f"egress watcher: a poll costs {1000 * self.cost:.0f} ms of CPU "
+                         f"here (many sockets); polling every {wait:.0f} s to stay under "
+                         f"{100 * WATCH_CPU_SHARE:g}% of a core", wait_seconds=round(wait))
 
     def cut(self) -> None:
         """Close the open window, so the bundle about to be sealed drains it."""

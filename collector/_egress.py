@@ -12,7 +12,8 @@ so the collector's checkpoint (the last batch sealed) says exactly what was seal
 A crash loses nothing: a leftover open.json is closed as a batch at the next start
 (or dropped when its batch already exists: the crash came between the two writes).
 
-Connections: a row is one connection by its ends and inode. The kernel keeps a
+Connections: a row is one connection by its ends and inode, counted once: in the
+window where it was first seen (`count`), and as `continued` in later ones. The kernel keeps a
 closed connection in TIME_WAIT (about 60 s) with inode 0 and no process; such a
 row continues the connection of the same ends seen in the previous poll (so the
 TIME_WAIT row of a call seen while open is not counted twice and keeps its
@@ -123,8 +124,8 @@ class Observation:
     last_seen: str
     states: list[str] = field(default_factory=list)
     remotes: list[str] = field(default_factory=list)
-    new: list[str] = field(default_factory=list)  # connection ids first seen in the window
-    continued: list[str] = field(default_factory=list)  # first seen in an earlier window
+    count: int = 0  # connections first seen in this window
+    continued: int = 0  # connections first seen in an earlier window, seen in this one
 
 
 @dataclass
@@ -165,7 +166,6 @@ def read_window(path: Path) -> Window | None:
 class _Conn:
     """A connection seen in the last poll, with what its observation needs."""
 
-    conn_id: str
     key: str  # its Observation's key: endpoint and process
     window: int  # the window where it was first seen
     endpoint: str
@@ -211,6 +211,7 @@ class EgressWatcher:
         self.owners: dict[int, tuple[str, dict[str, Any]]] = {}  # pid -> (key, identity)
         self.persisted_at = float("-inf")
         self.pending_since: float | None = None  # clock() of the first unsealed observation
+        self.read_cost = 0.0  # CPU seconds the last poll spent reading the tables
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.window = self._recover()
 
@@ -294,6 +295,7 @@ class EgressWatcher:
         assert self.matcher is not None
         seen_at = utc_now()
         rows: list[tuple[Row, list[str], list[str]]] = []
+        started = time.thread_time()
         for table, family in TABLES:
             try:
                 candidates = self.reader.read(family, table)
@@ -308,6 +310,7 @@ class EgressWatcher:
                 matched = self.matcher.match(row.remote_address, row.remote_port)
                 if matched:
                     rows.append((row, [e.spec for e in matched], [e.entry for e in matched]))
+        self.read_cost = time.thread_time() - started
         self.window.polls += 1
         self.window.source = self.reader.source if self.reader.fallback_reason is None \
             else f"{self.reader.source} (sock_diag: {self.reader.fallback_reason})"
@@ -336,13 +339,9 @@ class EgressWatcher:
         owners = self._owners([row.inode for row, _s, _e in new_rows if row.inode])
         for row, specs, entries in new_rows:
             ends = _ends(row)
-            if row.inode:
-                conn_id = f"{ends}#{row.inode}"
-                owner, reason = owners[row.inode]
-            else:
-                conn_id, owner, reason = f"{ends}#0@{seen_at}", None, CLOSED
+            owner, reason = owners[row.inode] if row.inode else (None, CLOSED)
             process_key_text = owner[0] if owner is not None else f"-:{reason}"
-            conn = _Conn(conn_id, f"{specs[0]} {process_key_text}", self.window.number,
+            conn = _Conn(f"{specs[0]} {process_key_text}", self.window.number,
                          specs[0], entries, None if owner is None else owner[1], reason,
                          row.uid if row.inode else None)
             if reason == DENIED:
@@ -364,11 +363,12 @@ class EgressWatcher:
         if remote not in observation.remotes and len(observation.remotes) < REMOTES_MAX:
             observation.remotes.append(remote)
             observation.remotes.sort()
-        if conn.counted_in != self.window.number:
+        if conn.counted_in != self.window.number:  # each connection once per window
             conn.counted_in = self.window.number
-            listed = observation.new if conn.window == self.window.number \
-                else observation.continued
-            listed.append(conn.conn_id)
+            if conn.window == self.window.number:
+                observation.count += 1
+            else:
+                observation.continued += 1
 
     def _owners(self, inodes: list[int]) -> dict[int, tuple[tuple[str, dict[str, Any]] | None,
                                                            str | None]]:

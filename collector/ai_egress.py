@@ -16,6 +16,7 @@ a bundle, and the two use the same endpoint rules (collector/_endpoints.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 from collector._egress import (
     EGRESS_DIR,
     OPEN_FILE,
+    REMOTES_MAX,
     Observation,
     Window,
     batch_name,
@@ -75,29 +77,30 @@ def _prune(directory: Path, sealed: int | None) -> None:
 
 
 def _merge(into: dict[str, Observation], window: Window) -> None:
+    """Add one window's observations (windows in order). A connection is counted in
+    the window where it was first seen, so counts add up; `continued` (seen before
+    these windows) is the first window's."""
     for key, seen in window.observations.items():
         have = into.get(key)
         if have is None:
-            into[key] = Observation(**{**seen.__dict__, "new": list(seen.new),
-                                       "continued": list(seen.continued)})
+            into[key] = dataclasses.replace(seen, states=list(seen.states),
+                                            remotes=list(seen.remotes))
             continue
         have.first_seen = min(have.first_seen, seen.first_seen)
         have.last_seen = max(have.last_seen, seen.last_seen)
         have.states = sorted({*have.states, *seen.states})
-        have.remotes = sorted({*have.remotes, *seen.remotes})[:32]
-        have.new += [c for c in seen.new if c not in have.new]
-        have.continued += [c for c in seen.continued if c not in have.continued]
+        have.remotes = sorted({*have.remotes, *seen.remotes})[:REMOTES_MAX]
+        have.count += seen.count
         if seen.process is not None:
             have.process = seen.process
 
 
 def _observed_record(key: str, seen: Observation) -> Record:
     process = seen.process or {}
-    new = set(seen.new)
     return Record(NAME, "ai_egress_observed", key, {
         "endpoint": seen.endpoint, "matched": seen.matched,
         "first_seen": seen.first_seen, "last_seen": seen.last_seen,
-        "count": len(new), "continued": len(set(seen.continued) - new),
+        "count": seen.count, "continued": seen.continued,
         "states": seen.states, "remote_addresses": seen.remotes,
         "pid": process.get("pid"), "process_name": process.get("name"),
         "user": process.get("user"), "exe": process.get("exe"),

@@ -145,7 +145,7 @@ def test_kill_9_loses_no_observation(gamsa_env: GamsaEnv, daemons: list[Running]
 
     def persisted() -> int:
         window = json.loads(egress.read_bytes())
-        return sum(len(o["new"]) for o in window["observations"].values())
+        return sum(o["count"] for o in window["observations"].values())
 
     d.wait_for(lambda: persisted() >= 4, "4 calls persisted", timeout=30)
     d.kill()
