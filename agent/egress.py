@@ -8,8 +8,8 @@ window is closed as a batch: the next bundle (of this run or the next start) sea
 
 Polls are paced to a CPU budget: the kernel walks every socket of the host on each
 read (about 10 ms per address family with 10,000 sockets, docs/BENCHMARKS.md), so
-on a busy host the wait between polls stretches until the measured CPU of reading
-the tables stays under WATCH_CPU_SHARE of one core, never beyond WATCH_MAX_INTERVAL: a
+on a busy host the wait between polls stretches until the measured CPU of its polls
+stays under WATCH_CPU_SHARE of one core, never beyond WATCH_MAX_INTERVAL: a
 closed connection stays in TIME_WAIT about 60 s, so every call is still counted;
 only calls shorter than the interval lose their process.
 """
@@ -29,6 +29,7 @@ NAME = "ai_egress"
 WATCH_CPU_SHARE = 0.005  # of one core: the watcher's budget (issue 10's target)
 WATCH_MAX_INTERVAL = 30.0  # seconds; half of TIME_WAIT, so no closed call is missed
 COST_SMOOTHING = 0.3  # weight of the newest poll in the running cost
+STRETCH_LOGGED_AFTER = 10  # consecutive spaced-out polls before it is logged
 
 
 def pace(interval: float, cost: float) -> float:
@@ -68,11 +69,13 @@ class EgressThread(threading.Thread):
         self.failing = False
         self.cost = 0.0  # running CPU seconds of one poll
         self.stretched = False  # the budget spaced polls out (logged once)
+        self.stretched_polls = 0  # consecutive polls spaced out by the budget
 
     def run(self) -> None:
         interval = float(self.watcher.interval)
         wait = interval
         while not self.stop_event.wait(wait):
+            started = time.thread_time()
             try:
                 with self.lock:
                     waiting = self.watcher.pending_since is not None
@@ -87,13 +90,14 @@ class EgressThread(threading.Thread):
                     self.failing = True
                     self.log("error", "egress_watch_failed",
                              f"egress watcher: {type(exc).__name__}: {exc}")
-            # Paced on reading the tables (grows with the host's sockets); looking up a
-            # new process (hashing its executable once) is rare and does not recur.
-            cost = self.watcher.read_cost
+            cost = time.thread_time() - started  # the whole poll: reading, owners, writing
             self.cost = cost if not self.cost else \
                 COST_SMOOTHING * cost + (1 - COST_SMOOTHING) * self.cost
             wait = pace(interval, self.cost)
-            if wait > interval * 1.5 and not self.stretched:
+            # One costly poll (a new process's executable hashed) stretches the wait for
+            # a few polls only; say so when the host's sockets keep it stretched.
+            self.stretched_polls = self.stretched_polls + 1 if wait > interval * 1.5 else 0
+            if self.stretched_polls == STRETCH_LOGGED_AFTER and not self.stretched:
                 self.stretched = True
                 self.log("info", "egress_paced",
                          f"egress watcher: a poll costs {1000 * self.cost:.0f} ms of CPU "

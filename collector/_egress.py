@@ -211,7 +211,6 @@ class EgressWatcher:
         self.owners: dict[int, tuple[str, dict[str, Any]]] = {}  # pid -> (key, identity)
         self.persisted_at = float("-inf")
         self.pending_since: float | None = None  # clock() of the first unsealed observation
-        self.read_cost = 0.0  # CPU seconds the last poll spent reading the tables
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.window = self._recover()
 
@@ -295,7 +294,6 @@ class EgressWatcher:
         assert self.matcher is not None
         seen_at = utc_now()
         rows: list[tuple[Row, list[str], list[str]]] = []
-        started = time.thread_time()
         for table, family in TABLES:
             try:
                 candidates = self.reader.read(family, table)
@@ -310,7 +308,6 @@ class EgressWatcher:
                 matched = self.matcher.match(row.remote_address, row.remote_port)
                 if matched:
                     rows.append((row, [e.spec for e in matched], [e.entry for e in matched]))
-        self.read_cost = time.thread_time() - started
         self.window.polls += 1
         self.window.source = self.reader.source if self.reader.fallback_reason is None \
             else f"{self.reader.source} (sock_diag: {self.reader.fallback_reason})"
