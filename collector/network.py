@@ -838,8 +838,9 @@ COLLECTOR = Collector(
         "ai_egress": RecordType(
             doc="A live TCP or UDP socket whose remote address (and port, if the entry "
                 "names one) matches an `ai_endpoints` entry, in any state with a remote "
-                "end (ESTABLISHED, SYN_SENT, CLOSE_WAIT, TIME_WAIT, connected UDP)."
-                + _LIVE,
+                "end (ESTABLISHED, SYN_SENT, CLOSE_WAIT, TIME_WAIT, connected UDP), at the "
+                "instant of collection. Connections made between collections: the "
+                "`ai_egress` collector (`ai_egress_observed`)." + _LIVE,
             key="the connection key (`<proto>:<local>:<port>-<remote>:<port>`) and "
                 "`#<pid>` (`#-` when the pid is unknown)",
             fields={
