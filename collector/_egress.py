@@ -258,7 +258,11 @@ class EgressWatcher:
         if not window.polls and not window.observations:
             return None
         window.ended = utc_now()
-        _write_file(self.directory / batch_name(window.number), window.to_bytes(), replace=False)
+        # A batch of that number cannot exist (numbers start above every batch and the
+        # sealed checkpoint); if one did, this window takes the next, never replaces it.
+        while not _write_file(self.directory / batch_name(window.number), window.to_bytes(),
+                              replace=False):
+            window.number += 1
         self.window = self._new_window(window.number + 1)
         self.window.endpoints = window.endpoints
         self._persist(self.window)
