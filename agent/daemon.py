@@ -269,6 +269,8 @@ class Daemon:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)
             notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
+            if self.egress is not None and egress.NAME in names:
+                self.egress.retry_later()  # its closed window waits on disk: try again
             return False
         self.last_sealed = time.monotonic()
         statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"

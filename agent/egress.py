@@ -114,6 +114,11 @@ class EgressThread(threading.Thread):
                 self.log("error", "egress_cut_failed",
                          f"egress window not closed (sealed later): {exc}")
 
+    def retry_later(self) -> None:
+        """A bundle meant to seal the closed windows failed: seal again when due."""
+        if self.watcher.pending_since is None:
+            self.watcher.pending_since = time.monotonic()
+
     def due_in(self) -> float | None:
         """Seconds until observations waiting must be sealed; None when none wait."""
         since = self.watcher.pending_since

@@ -63,3 +63,6 @@ def test_the_thread_polls_wakes_the_daemon_and_closes_its_window_on_stop(
         assert batch_numbers(tmp_path / "egress") == [1]
         assert thread.due_in() is None
         assert lines == []
+        thread.retry_later()  # the bundle that was to seal batch 1 failed
+        due = thread.due_in()
+        assert due is not None and 3500 < due <= 3600
