@@ -28,9 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import __version__
+from agent import __version__, egress
 from agent.config import Config
 from agent.daemon_status import DaemonStatus, StatusFile
+from agent.egress import EgressThread
 from agent.fim import FileWatch, seal_batch
 from agent.lifelog import note_quietly
 from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
@@ -228,6 +229,7 @@ class Daemon:
             os.getpid(), utc_now(), self.config.sha256,
             None if self.config.source is None else str(self.config.source)))
         self.watch: FileWatch | None = None  # agent/fim.py
+        self.egress: EgressThread | None = None  # the AI-egress watcher (agent/egress.py)
 
     # the agent's own life (collector/agent.py) and daemon.json --------------------
 
@@ -312,6 +314,11 @@ class Daemon:
         state = self.state()
         host_id = self.host_id()
         if collectors is None:
+            if self.egress is not None and names:  # egress waiting goes with the next bundle
+                if egress.NAME not in names and self.egress.due_in() is not None:
+                    names = sorted([*names, egress.NAME])
+                if egress.NAME in names:
+                    self.egress.cut()
             collectors = [self.collectors[n] for n in names]
         look = None
         try:  # an unreachable store must not stop evidence from being sealed and spooled
@@ -328,6 +335,8 @@ class Daemon:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)
             notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
+            if self.egress is not None and egress.NAME in names:
+                self.egress.retry_later()  # its closed window waits on disk: try again
             return False
         self.last_sealed = time.monotonic()
         statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"
@@ -409,6 +418,7 @@ class Daemon:
         self.report(config_sha256=config.sha256,
                     config_source=None if config.source is None else str(config.source))
         self.start_watch()
+        self.restart_egress()
         self.log("info", "reloaded", f"config reloaded ({config.source or 'built-in defaults'}, "
                  f"sha256 {config.sha256[:16]}…)", config_sha256=config.sha256)
         notify("READY=1")
@@ -434,6 +444,7 @@ class Daemon:
             shipper.start()
             try:
                 self.start_watch()  # before the start sweep: no change falls between
+                self.restart_egress()
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
@@ -441,11 +452,19 @@ class Daemon:
                 self.life("agent_stop", prompt=False, signal=self.stop_signal,
                           uptime_seconds=int(time.monotonic() - self.started))
                 self.stop_watch()
+                if self.egress is not None:  # its open window waits, closed, for the next bundle
+                    self.egress.stop()
                 shipper.stop.set()
                 shipper.kick()
                 shipper.join(STOP_JOIN_SECONDS)
                 self.report(stopped=utc_now(), next_due={})
                 self.log("info", "stop", "agent stopped")
+
+    def restart_egress(self) -> None:
+        """(Re)start the AI-egress watcher with the current config."""
+        if self.egress is not None:
+            self.egress.stop()
+        self.egress = egress.start(self.config, list(self.collectors), self.log, self.wake)
 
     def loop(self, shipper: Shipper) -> None:
         names = list(self.collectors)
@@ -480,6 +499,11 @@ class Daemon:
                 if self.seal(due, "schedule"):
                     shipper.kick()
                 continue
+            egress_due = self.egress.due_in() if self.egress is not None else None
+            if egress_due == 0.0:
+                if self.seal([egress.NAME], "schedule"):
+                    shipper.kick()
+                continue
             silent = self.silent_for()
             heartbeat = self.config.schedule.heartbeat
             if silent >= heartbeat:
@@ -493,5 +517,7 @@ class Daemon:
                 until.append(next_ping - now)
             if watch_due is not None:
                 until.append(watch_due)
+            if egress_due is not None:
+                until.append(egress_due)
             self.wake.wait(max(0.05, min(until)))
             self.wake.clear()

@@ -13,6 +13,8 @@ Layout under `state_dir` (docs/OPERATIONS.md):
     checkpoints.next.json     checkpoints of a bundle being sealed; promoted once the
                               head names that bundle, discarded otherwise
     cache/                    collector caches (e.g. executable hashes); safe to delete
+    egress/open.json          the AI-egress watcher's open window (collector/_egress.py)
+    egress/batch-<n>.json     closed windows the ai_egress collector seals next
     spool/<seq>-<cid>/        sealed bundles not yet confirmed by the store
     spool/.tmp-*              a bundle being written (discarded on recovery)
     spool/.done-*             a shipped bundle being removed (removed on recovery)

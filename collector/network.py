@@ -51,6 +51,7 @@ from collector._linux import (
 )
 from collector._proc import exe_hash_cache, process_exe
 from collector.host import interfaces
+from collector.options import BOOL, DURATION, Option
 from collector.record import Record
 from collector.registry import (
     CollectContext,
@@ -697,6 +698,15 @@ _PROTO = {
     "proto": Field((str,), "tcp | udp"),
     "family": Field((str,), "inet (IPv4) | inet6 (IPv6)"),
 }
+# The daemon's egress watcher (agent/egress.py) reads these; the `ai_egress`
+# collector seals what it saw, this one what is open at collection time.
+WATCH = Option(NAME, "watch", BOOL, True,
+               "gamsa agent run polls the socket tables for connections to ai_endpoints")
+WATCH_INTERVAL = Option(NAME, "watch_interval", DURATION, "2s",
+                        "seconds between polls (spaced out further to stay under 0.5% of "
+                        "a core)")
+EGRESS_SEAL_EVERY = Option(NAME, "egress_seal_every", DURATION, "5m",
+                           "longest an egress observation waits before it is sealed")
 
 COLLECTOR = Collector(
     name=NAME,
@@ -708,7 +718,7 @@ COLLECTOR = Collector(
                 "under the root; interfaces, sockets, the agent's environment and name "
                 "resolution only on the live system.",
     platforms=("linux", "darwin", "win32"),
-    options=(AI_ENDPOINTS,),
+    options=(AI_ENDPOINTS, WATCH, WATCH_INTERVAL, EGRESS_SEAL_EVERY),
     record_types={
         "interface": RecordType(
             doc="A network interface, from psutil." + _LIVE,
@@ -840,8 +850,9 @@ COLLECTOR = Collector(
         "ai_egress": RecordType(
             doc="A live TCP or UDP socket whose remote address (and port, if the entry "
                 "names one) matches an `ai_endpoints` entry, in any state with a remote "
-                "end (ESTABLISHED, SYN_SENT, CLOSE_WAIT, TIME_WAIT, connected UDP)."
-                + _LIVE,
+                "end (ESTABLISHED, SYN_SENT, CLOSE_WAIT, TIME_WAIT, connected UDP), at the "
+                "instant of collection. Connections made between collections: the "
+                "`ai_egress` collector (`ai_egress_observed`)." + _LIVE,
             key="the connection key (`<proto>:<local>:<port>-<remote>:<port>`) and "
                 "`#<pid>` (`#-` when the pid is unknown)",
             fields={

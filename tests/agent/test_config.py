@@ -573,7 +573,8 @@ def test_schedule_key_that_names_no_collector_is_an_error(tmp_path: Path,
     assert err.hint == 'did you mean "schedule.packages"?'
     err = load_error(write(tmp_path, '[schedule]\nzzz = "6h"\n'), env)
     assert_one_line(err, 'unknown key "schedule.zzz"')
-    assert "default, heartbeat, timeout, timeouts, or a collector name: accounts, agent" in err.hint
+    assert ("default, heartbeat, timeout, timeouts, or a collector name: accounts, agent, "
+            "ai_egress, files") in err.hint
 
 
 # --------------------------------------------------------------------------- accepted edge cases
