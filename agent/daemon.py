@@ -10,6 +10,7 @@ the main loop acts on them between sealings, so SIGTERM never interrupts a bundl
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -28,8 +29,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent.config import Config
-from agent.state import StateDir
+from agent.config import Config, config_as_toml
+from agent.state import ChainHead, StateDir
+from agent.store_child import ChildResult, Event, run_child, view_from_json
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
 
@@ -38,7 +40,12 @@ JITTER = 0.10  # up to 10% of an interval added, so a fleet started together spr
 SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
 SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
 SHIP_BACKOFF_MAX = 300.0
-STOP_JOIN_SECONDS = 5.0  # how long SIGTERM waits for a ship in flight (spooled is safe)
+# After SIGTERM (all must end within 10 s): a ship in flight may run this long, then its
+# child is ended (crash-safe; the state lock is free for the bundle in hand); the last
+# try after that bundle must end by STOP_SHIP_BY. What is not shipped waits in the spool.
+STOP_SHIP_GRACE = 3.0
+STOP_SHIP_BY = 7.0
+LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
 IOPRIO_WHO_PROCESS = 1
@@ -156,7 +163,12 @@ class Plan:
 
 
 class Shipper(threading.Thread):
-    """Ships the spool after each sealing (`kick`) and on a timer, backing off on failure."""
+    """Ships the spool after each sealing (`kick`) and on a timer, backing off on failure.
+
+    Each ship runs in a short-lived child (agent/store_child.py), so no store client
+    stays resident; a stop ends the child at its deadline (shipping is crash-safe) and
+    then makes one last try, bounded too: what it cannot ship waits in the spool.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         super().__init__(name="gamsa-shipper", daemon=True)
@@ -169,22 +181,38 @@ class Shipper(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.0
-        while True:
+        cut_short = False  # the last ship was ended at the stop's deadline
+        while not self.stop.is_set():
             if backoff:  # sealings during a backoff wait for it; a stop cuts it short
                 self.stop.wait(backoff)
             else:
                 self.wake.wait(SHIP_EVERY)
             self.wake.clear()
-            try:  # on stop, one last try: what it cannot ship waits in the spool
-                self.owner.ship_once()
-                backoff = 0.0
-            except GamsaError as exc:
-                backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
-                self.owner.log("warning", "ship_failed",
-                               f"shipping failed, retry in {backoff:.0f} s: "
-                               f"{exc.diagnostics()}", retry_seconds=backoff)
             if self.stop.is_set():
-                return
+                break
+            result = self.ship(self.owner.ship_deadline)
+            if result is None or result.error is None:
+                backoff = 0.0
+                continue
+            cut_short = result.killed
+            backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
+            self.owner.log("warning", "ship_failed",
+                           f"shipping failed, retry in {backoff:.0f} s: {result.error}",
+                           retry_seconds=backoff)
+        # The last try, for what was sealed at the stop too, unless a ship just ran out
+        # of the stop's time (a store that hangs would only use up the rest).
+        result = None if cut_short else self.ship(self.owner.last_ship_deadline)
+        if cut_short or (result is not None and result.error is not None):
+            why = "no time left" if result is None else result.error
+            self.owner.log("warning", "ship_failed", f"shipping failed at stop: {why}; "
+                           f"the spooled bundles wait for the next start")
+
+    def ship(self, deadline: Callable[[], float | None]) -> ChildResult | None:
+        """One ship in a child, ended at `deadline()`; None: nothing was spooled."""
+        owner = self.owner
+        if not owner.has_spooled():
+            return None
+        return run_child("ship", owner.child_request(), owner.relay, deadline)
 
 
 class Daemon:
@@ -198,6 +226,7 @@ class Daemon:
         self.config = load()
         self.collectors = {c.name: c for c in select(self.config)}
         self.stopping = False
+        self.stop_asked_at: float | None = None  # monotonic, at the first SIGTERM/SIGINT
         self.reload_asked = False
         self.wake = threading.Event()
         self.plan = Plan()
@@ -213,26 +242,53 @@ class Daemon:
 
         return resolve_host_id(self.config.host_id)
 
-    def ship_once(self) -> None:
-        from agent.ship import ship_spool
-        from agent.store import open_store
+    # the store, through short-lived children (agent/store_child.py) -----------
 
+    def child_request(self, head: ChainHead | None = None) -> dict[str, Any]:
         config = self.config
-        store = open_store(config.store.url, config.store)
-        state = StateDir(config.state_dir, config.keys.agent)
-        with state.locked():
-            if not state.entries():
-                return
-            signer, _ = state.signer(self.host_id())
-            state.recover()
-            report = ship_spool(state, store, signer.key_id, config.timestamp)
-        if report.shipped:
-            self.log("info", "shipped", f"shipped {len(report.shipped)} bundle(s) to {store.url}",
-                     count=len(report.shipped), store=store.url)
-        for name in report.quarantined:
-            self.log("error", "quarantined", f"quarantined {name}", bundle=name)
-        if report.status_problem:
-            self.log("warning", "ship_status", report.status_problem)
+        return {"config": config_as_toml(config), "source": str(config.source or "defaults"),
+                "host_id": self.host_id(),
+                "head": None if head is None else dataclasses.asdict(head)}
+
+    def relay(self, event: Event) -> None:
+        """Log a child's event line in the daemon's own format."""
+        fields = {k: v for k, v in event.items() if k not in ("level", "event", "message")}
+        self.log(str(event.get("level", "info")), str(event["event"]), str(event["message"]),
+                 **fields)
+
+    def has_spooled(self) -> bool:
+        """True when the spool may hold a bundle (no child is started for nothing)."""
+        try:
+            return any(not p.name.startswith(".") for p in self.state().spool.iterdir())
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # let the child meet the error and report it
+
+    def ship_deadline(self) -> float | None:
+        return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SHIP_GRACE
+
+    def last_ship_deadline(self) -> float | None:
+        return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SHIP_BY
+
+    def look_in_child(self, state: StateDir, head: ChainHead | None) -> Any:
+        """The pre-seal look (agent/chainguard.py) at a network store, in a child,
+        bounded by LOOK_SECONDS and by a stop: past either, the bundle is sealed
+        unchecked (the shipper checks again before it puts anything)."""
+        from agent.chainguard import StoreView, pending_divergence
+
+        started = time.monotonic()
+
+        def deadline() -> float:
+            limit = started + LOOK_SECONDS
+            return limit if self.stop_asked_at is None else min(limit, self.stop_asked_at)
+
+        result = run_child("look", self.child_request(head), self.relay, deadline)
+        views = [e for e in result.results if e.get("event") == "view"]
+        if result.returncode == 0 and views:
+            return view_from_json(views[-1])
+        return StoreView(pending_divergence(state, head),
+                         problem=f"the store look {result.error or 'gave no answer'}")
 
     # sealing --------------------------------------------------------------------
 
@@ -246,13 +302,16 @@ class Daemon:
         state = self.state()
         host_id = self.host_id()
         collectors = [self.collectors[n] for n in names]
-        look = None
-        try:  # an unreachable store must not stop evidence from being sealed and spooled
-            store = open_store(config.store.url, config.store)
-            look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
-        except GamsaError as exc:
-            self.log("warning", "store_unchecked",
-                     f"store not checked before sealing: {exc.diagnostics()}")
+        look: Callable[[ChainHead | None], Any] | None = None
+        if not config.store.url.startswith("file:"):  # a store client only in a child
+            look = lambda head: self.look_in_child(state, head)  # noqa: E731
+        else:
+            try:  # an unreachable store must not stop evidence from being sealed and spooled
+                store = open_store(config.store.url, config.store)
+                look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+            except GamsaError as exc:
+                self.log("warning", "store_unchecked",
+                         f"store not checked before sealing: {exc.diagnostics()}")
         try:
             with state.locked():
                 sealed = seal_collection(config, host_id, collectors, trigger, state,
@@ -263,12 +322,18 @@ class Daemon:
             notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
             return False
         self.last_sealed = time.monotonic()
-        statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"
+        statuses = ", ".join(f"{r.name} {r.status}" + (
+            f" ({'; '.join(f'{g.reason} x{g.count}' for g in r.gaps)})" if r.gaps else "")
+            for r in sealed.results) or "no collectors"
         self.log("info", "sealed", f"sealed seq {sealed.head.seq} ({trigger}: {statuses}; "
                  f"{sealed.record_count} records)", seq=sealed.head.seq,
                  chain_id=sealed.head.chain_id, trigger=trigger, records=sealed.record_count,
                  collectors={r.name: r.status for r in sealed.results},
+                 gaps={r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
                  manifest_key=sealed.entry.name.manifest_key)
+        if sealed.view is not None and sealed.view.problem is not None:
+            self.log("warning", "store_unchecked", f"store not checked before sealing "
+                     f"({sealed.view.problem}); sealed anyway, shipping checks again")
         if sealed.genesis_reason:
             self.log("warning", "new_chain", f"new chain {sealed.head.chain_id}: "
                      f"{sealed.genesis_reason}", chain_id=sealed.head.chain_id)
@@ -292,6 +357,8 @@ class Daemon:
             self.reload_asked = True
         else:
             self.stopping = True
+            if self.stop_asked_at is None:
+                self.stop_asked_at = time.monotonic()
         self.wake.set()
 
     def reload(self) -> None:
@@ -330,17 +397,24 @@ class Daemon:
                 self.loop(shipper)
             finally:
                 notify("STOPPING=1")
+                if self.stop_asked_at is None:  # an error, not a signal: the same bounds
+                    self.stop_asked_at = time.monotonic()
                 shipper.stop.set()
                 shipper.kick()
-                shipper.join(STOP_JOIN_SECONDS)
+                shipper.join()  # its child ends by STOP_SHIP_BY (+1 s to be killed)
                 self.log("info", "stop", "agent stopped")
 
     def loop(self, shipper: Shipper) -> None:
         names = list(self.collectors)
+        # READY after the start sweep was tried, sealed or not: the daemon is up and
+        # keeps trying on schedule; a failed sweep is told in STATUS and the log.
         if self.seal(names, "schedule"):
             shipper.kick()
+            notify("READY=1")
+        else:
+            notify("READY=1\nSTATUS=running, but the start sweep failed to seal; "
+                   "retrying on schedule (see the log)")
         self.plan.reset(self.config, names, time.monotonic())
-        notify("READY=1")
         ping = watchdog_interval()
         next_ping = time.monotonic()
         while not self.stopping:
