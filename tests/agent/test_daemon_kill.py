@@ -1,0 +1,165 @@
+"""`gamsa agent run` killed -9 at random moments, and stopped while its store hangs.
+
+The daemon is a real subprocess with a file store and 1 s intervals; between kills the
+test notes every spool entry it sees and every bundle the daemon logged as sealed, so
+at the end it can tell that each of them reached the store: no sealed bundle lost, no
+fork, one chain whose seqs run 1..N.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.agent.s3_fixtures import S3GamsaEnv, s3_env
+from tests.agent.test_daemon import Running, start
+from tests.conftest import GamsaEnv, ok
+
+ROUNDS = 30
+KILL_WINDOW = 1.5  # seconds: each kill comes at a uniformly random moment within this
+
+
+def spool_names(env: GamsaEnv) -> set[str]:
+    spool = env.state_dir / "spool"
+    try:
+        return {p.name for p in spool.iterdir() if not p.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def store_names(env: GamsaEnv) -> dict[str, int]:
+    """`<seq>-<collection id>` of every manifest in the store, with how often."""
+    found: dict[str, int] = {}
+    for path in env.store.rglob("*.manifest.dsse.json"):
+        name = path.name.removesuffix(".manifest.dsse.json")
+        found[name] = found.get(name, 0) + 1
+    return found
+
+
+def store_children(daemon_pid: int) -> list[psutil.Process]:
+    """Live `agent.store_child` processes started by that daemon (it names its pid)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "agent.store_child" in cmdline and str(daemon_pid) in cmdline:
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+    return found
+
+
+def wait_until(predicate: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.mark.slow
+def test_thirty_sigkills_lose_nothing_and_never_fork(gamsa_env: GamsaEnv,
+                                                    daemons: list[Running]) -> None:
+    # Collectors every second and a heartbeat every second: most kills land in a
+    # sealing or a ship. Each round's log is its own file, read after the kill.
+    gamsa_env.write_config('[schedule]\ndefault = "1s"\nheartbeat = "1s"\n')
+    seed = random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    seen_in_spool: set[str] = set()
+    logged_sealed: set[str] = set()
+    for round_ in range(ROUNDS):
+        d = start(daemons, gamsa_env, "--log-format", "json", log=f"daemon-{round_}.log")
+        if round_ % 2:  # every other round, counted from the daemon being up
+            d.wait_line('"event": "start"', timeout=30)
+        until = time.monotonic() + rng.uniform(0, KILL_WINDOW)
+        while time.monotonic() < until:
+            seen_in_spool |= spool_names(gamsa_env)
+            time.sleep(0.01)
+        d.kill()
+        seen_in_spool |= spool_names(gamsa_env)
+        for line in d.lines():
+            event = json.loads(line)  # a killed daemon never leaves half a line
+            if event["event"] == "sealed":
+                logged_sealed.add(Path(event["manifest_key"]).name
+                                  .removesuffix(".manifest.dsse.json"))
+        # the ship or look child dies with the daemon: it cannot hold the lock on
+        wait_until(lambda: not store_children(d.proc.pid),  # noqa: B023
+                   f"the store children of killed daemon {d.proc.pid} to exit (seed {seed})")
+
+    last = start(daemons, gamsa_env, log="daemon-last.log")
+    last.wait_line("shipped", timeout=60)
+    assert last.stop() < 10
+    assert last.lines()[-1] == "gamsa: agent stopped"
+
+    result = ok(gamsa_env.run("verify", "--json"))
+    report = json.loads(result.stdout)
+    problems = [f for f in report["findings"] if f["severity"] != "info"]
+    assert not problems, (seed, problems)
+    assert [f["code"] for f in report["findings"]].count("chain_genesis") == 1, seed
+    assert len(report["chains"]) == 1, (seed, report["chains"])
+    in_store = store_names(gamsa_env)
+    assert all(count == 1 for count in in_store.values()), seed
+    seqs = sorted(int(name.split("-", 1)[0]) for name in in_store)
+    assert seqs == list(range(1, len(seqs) + 1)), (seed, seqs)
+    left = spool_names(gamsa_env)
+    lost = (seen_in_spool | logged_sealed) - set(in_store) - left
+    assert not lost, f"sealed bundles neither in the store nor in the spool (seed {seed})"
+    assert logged_sealed, "no round got as far as sealing: the test proved nothing"
+    assert len(seqs) >= len(logged_sealed)
+    for where in (gamsa_env.store, gamsa_env.state_dir):
+        assert not list(where.rglob(".tmp-*")), f"half-written files in {where}"
+    # the spool entries seen were complete bundles, and every one got a seq in the chain
+    assert {int(name.split("-", 1)[0]) for name in seen_in_spool} <= set(seqs)
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """An S3 endpoint on loopback that accepts connections and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)  # the kernel completes the handshakes; nobody reads
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_sigterm_while_a_ship_hangs_exits_0_within_10_s(tmp_path: Path, silent_endpoint: str,
+                                                       daemons: list[Running]) -> None:
+    env: S3GamsaEnv = s3_env(tmp_path, silent_endpoint, "hangs", read_timeout=60)
+    env.write_config('[schedule]\ndefault = "1h"\nheartbeat = "1h"\n', read_timeout=60)
+    d = start(daemons, env, "--log-format", "json", extra_env=env.environment())
+    # The pre-seal look cannot get an answer: it is cut at 20 s, the bundle sealed anyway.
+    d.wait_line('"event": "sealed"', timeout=90)
+    d.wait_line('"event": "store_unchecked"')
+    d.wait_for(lambda: any("ship" in p.cmdline() for p in store_children(d.proc.pid)),
+               "a ship child stuck on the store")
+    time.sleep(1)  # well into its first request, which will never be answered
+    took = d.stop()
+    assert took < 10, took
+    events = [json.loads(line) for line in d.lines()]
+    assert events[-1]["event"] == "stop"
+    assert any(e["event"] == "ship_failed" and "stop" in e["message"] for e in events), events
+    assert len(spool_names(env)) == 1, "the sealed bundle waits in the spool"
+    assert not store_children(d.proc.pid)
+    fd = os.open(env.state_dir / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds the state lock
+    finally:
+        os.close(fd)
