@@ -44,7 +44,7 @@ SHIP_BACKOFF_MAX = 300.0
 # child is ended (crash-safe; the state lock is free for the bundle in hand); the last
 # try after that bundle must end by STOP_SHIP_BY. What is not shipped waits in the spool.
 STOP_SHIP_GRACE = 3.0
-STOP_SHIP_BY = 7.0
+STOP_SHIP_BY = 6.0
 LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
