@@ -163,3 +163,26 @@ def test_sigterm_while_a_ship_hangs_exits_0_within_10_s(tmp_path: Path, silent_e
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody holds the state lock
     finally:
         os.close(fd)
+
+
+def test_ready_after_a_failed_start_sweep_says_so_in_status(gamsa_env: GamsaEnv,
+                                                           daemons: list[Running]) -> None:
+    gamsa_env.write_config('[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
+    gamsa_env.state_dir.mkdir()
+    (gamsa_env.state_dir / "spool").write_text("a file where the spool should be\n")
+    address = str(gamsa_env.root / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(60)
+        d = start(daemons, gamsa_env, extra_env={"NOTIFY_SOCKET": address})
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        # up (systemd may go on with what waits for it), but not claiming a sealed sweep
+        ready = next(m for m in messages if "READY=1" in m).splitlines()
+        assert ready == ["READY=1", "STATUS=running, but the start sweep failed to seal; "
+                         "retrying on schedule (see the log)"], messages
+    assert d.proc.poll() is None, "still running: it retries on schedule"
+    failed = [line for line in d.lines() if "sealing failed (schedule)" in line]
+    assert len(failed) == 1 and "spool" in failed[0], d.lines()
+    d.stop()
