@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from agent.config import Config, config_as_toml
-from agent.state import ChainHead, StateDir
+from agent.state import ChainHead, LockAbandoned, StateDir
 from agent.store_child import ChildResult, Event, run_child, view_from_json
 from collector.registry import Collector
 from signing.errors import RUNTIME, GamsaError
@@ -45,6 +45,10 @@ SHIP_BACKOFF_MAX = 300.0
 # try after that bundle must end by STOP_SHIP_BY. What is not shipped waits in the spool.
 STOP_SHIP_GRACE = 3.0
 STOP_SHIP_BY = 6.0
+# A sealing still waiting for the state lock this long after SIGTERM (another process,
+# e.g. a `gamsa collect` shipping to a slow store, holds it) is abandoned: nothing of
+# it was written.
+STOP_SEAL_WAIT = 5.0
 LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
@@ -313,9 +317,13 @@ class Daemon:
                 self.log("warning", "store_unchecked",
                          f"store not checked before sealing: {exc.diagnostics()}")
         try:
-            with state.locked():
+            with state.locked(give_up=self.give_up_lock):
                 sealed = seal_collection(config, host_id, collectors, trigger, state,
                                          look=look)
+        except LockAbandoned as exc:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): "
+                     f"{exc.diagnostics()}", trigger=trigger, collectors=names)
+            return False
         except GamsaError as exc:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)
@@ -341,6 +349,11 @@ class Daemon:
             self.log("warning", "clock", f"clock: {sealed.clock_warning}")
         notify(f"STATUS=sealed seq {sealed.head.seq} ({trigger})")
         return True
+
+    def give_up_lock(self) -> bool:
+        """True once a stop has waited STOP_SEAL_WAIT for the state lock."""
+        return (self.stop_asked_at is not None
+                and time.monotonic() >= self.stop_asked_at + STOP_SEAL_WAIT)
 
     def silent_for(self) -> float:
         """Seconds since the last bundle this host sealed (ours or a `gamsa collect`)."""

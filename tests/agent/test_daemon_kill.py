@@ -186,3 +186,27 @@ def test_ready_after_a_failed_start_sweep_says_so_in_status(gamsa_env: GamsaEnv,
     failed = [line for line in d.lines() if "sealing failed (schedule)" in line]
     assert len(failed) == 1 and "spool" in failed[0], d.lines()
     d.stop()
+
+
+def test_sigterm_while_another_process_holds_the_state_lock(gamsa_env: GamsaEnv,
+                                                           daemons: list[Running]) -> None:
+    # as when a `gamsa collect` ships to a slow store under the lock
+    gamsa_env.write_config('[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
+    gamsa_env.state_dir.mkdir(mode=0o700)
+    fd = os.open(gamsa_env.state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        d = start(daemons, gamsa_env)
+        d.wait_line("agent started", timeout=30)
+        time.sleep(1)  # its start sweep waits for the lock
+        took = d.stop()
+    finally:
+        os.close(fd)
+    assert took < 10, took
+    abandoned = [line for line in d.lines() if "sealing abandoned (schedule)" in line]
+    assert len(abandoned) == 1 and "another gamsa process holds it" in abandoned[0], d.lines()
+    assert spool_names(gamsa_env) == set(), "nothing half-sealed"
+    assert not (gamsa_env.state_dir / "chain.json").exists()
+    ok(gamsa_env.run("collect"))  # the next run seals seq 1 as if nothing happened
+    assert sorted(store_names(gamsa_env)) and all(
+        name.startswith("0000000001-") for name in store_names(gamsa_env))
