@@ -50,6 +50,10 @@ STOP_SHIP_BY = 6.0
 # it was written.
 STOP_SEAL_WAIT = 5.0
 LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
+# A sealing that waited this long for the state lock our own ship child holds (a slow
+# or hanging store) ends that child: sealing comes first, and shipping resumes after
+# it where it stopped (each shipped bundle leaves the spool as it is confirmed).
+PREEMPT_SHIP_AFTER = 5.0
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
 IOPRIO_WHO_PROCESS = 1
@@ -179,9 +183,17 @@ class Shipper(threading.Thread):
         self.owner = daemon
         self.wake = threading.Event()
         self.stop = threading.Event()
+        self.preempted = threading.Event()  # a sealing waits for the lock our child holds
 
     def kick(self) -> None:
         self.wake.set()
+
+    def preempt(self) -> None:
+        self.preempted.set()
+
+    def deadline(self) -> float | None:
+        """A ship in the loop ends now when preempted, else at the stop's grace."""
+        return time.monotonic() if self.preempted.is_set() else self.owner.ship_deadline()
 
     def run(self) -> None:
         backoff = 0.0
@@ -194,9 +206,15 @@ class Shipper(threading.Thread):
             self.wake.clear()
             if self.stop.is_set():
                 break
-            result = self.ship(self.owner.ship_deadline)
+            self.preempted.clear()
+            result = self.ship(self.deadline)
             if result is None or result.error is None:
                 backoff = 0.0
+                continue
+            if self.preempted.is_set() and self.owner.stop_asked_at is None:
+                self.owner.log("info", "ship_preempted", "shipping paused for a sealing; "
+                               "it resumes after it")
+                backoff = 0.0  # the sealing kicks it again
                 continue
             cut_short = result.killed
             backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
@@ -235,6 +253,9 @@ class Daemon:
         self.wake = threading.Event()
         self.plan = Plan()
         self.last_sealed = time.monotonic()
+        self.shipper: Shipper | None = None
+        self.ping_every = watchdog_interval()
+        self.next_ping = time.monotonic()
 
     # state and store, from the current config --------------------------------
 
@@ -317,7 +338,8 @@ class Daemon:
                 self.log("warning", "store_unchecked",
                          f"store not checked before sealing: {exc.diagnostics()}")
         try:
-            with state.locked(give_up=self.give_up_lock):
+            waiting_since = time.monotonic()
+            with state.locked(give_up=lambda: self.waiting_for_lock(waiting_since)):
                 sealed = seal_collection(config, host_id, collectors, trigger, state,
                                          look=look)
         except LockAbandoned as exc:
@@ -350,10 +372,20 @@ class Daemon:
         notify(f"STATUS=sealed seq {sealed.head.seq} ({trigger})")
         return True
 
-    def give_up_lock(self) -> bool:
-        """True once a stop has waited STOP_SEAL_WAIT for the state lock."""
-        return (self.stop_asked_at is not None
-                and time.monotonic() >= self.stop_asked_at + STOP_SEAL_WAIT)
+    def waiting_for_lock(self, since: float) -> bool:
+        """Called while a sealing waits for the state lock: keeps the watchdog fed, ends
+        our own ship child after PREEMPT_SHIP_AFTER; True (give up) once a stop has
+        waited STOP_SEAL_WAIT."""
+        now = time.monotonic()
+        self.feed_watchdog(now)
+        if now - since >= PREEMPT_SHIP_AFTER and self.shipper is not None:
+            self.shipper.preempt()
+        return self.stop_asked_at is not None and now >= self.stop_asked_at + STOP_SEAL_WAIT
+
+    def feed_watchdog(self, now: float) -> None:
+        if self.ping_every is not None and now >= self.next_ping:
+            notify("WATCHDOG=1")
+            self.next_ping = now + self.ping_every
 
     def silent_for(self) -> float:
         """Seconds since the last bundle this host sealed (ours or a `gamsa collect`)."""
@@ -404,7 +436,7 @@ class Daemon:
             self.log("info", "start", f"agent started (pid {os.getpid()}, collectors: "
                      f"{', '.join(self.collectors)}; config sha256 {self.config.sha256[:16]}…)",
                      pid=os.getpid(), config_sha256=self.config.sha256)
-            shipper = Shipper(self)
+            shipper = self.shipper = Shipper(self)
             shipper.start()
             try:
                 self.loop(shipper)
@@ -428,13 +460,10 @@ class Daemon:
             notify("READY=1\nSTATUS=running, but the start sweep failed to seal; "
                    "retrying on schedule (see the log)")
         self.plan.reset(self.config, names, time.monotonic())
-        ping = watchdog_interval()
-        next_ping = time.monotonic()
+        self.next_ping = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
-            if ping is not None and now >= next_ping:
-                notify("WATCHDOG=1")
-                next_ping = now + ping
+            self.feed_watchdog(now)
             if self.reload_asked:
                 self.reload()
                 continue
@@ -452,7 +481,7 @@ class Daemon:
                     self.last_sealed = time.monotonic()
                 continue
             until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
-            if ping is not None:
-                until.append(next_ping - now)
+            if self.ping_every is not None:
+                until.append(self.next_ping - now)
             self.wake.wait(max(0.05, min(until)))
             self.wake.clear()

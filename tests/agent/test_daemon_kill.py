@@ -210,3 +210,19 @@ def test_sigterm_while_another_process_holds_the_state_lock(gamsa_env: GamsaEnv,
     ok(gamsa_env.run("collect"))  # the next run seals seq 1 as if nothing happened
     assert sorted(store_names(gamsa_env)) and all(
         name.startswith("0000000001-") for name in store_names(gamsa_env))
+
+
+def test_a_ship_stuck_on_the_store_does_not_hold_up_sealing(tmp_path: Path, silent_endpoint: str,
+                                                           daemons: list[Running]) -> None:
+    env: S3GamsaEnv = s3_env(tmp_path, silent_endpoint, "hangs")
+    # each request waits 3 s for an answer that never comes; a ship retries for longer
+    env.write_config('[schedule]\ndefault = "2s"\nheartbeat = "1h"\n', read_timeout=3,
+                     store_extra="max_attempts = 10\n")
+    d = start(daemons, env, "--log-format", "json", extra_env=env.environment())
+    d.wait_line('"event": "ship_preempted"', timeout=90)
+    d.wait_line('"event": "sealed"', count=2, timeout=60)
+    assert d.stop() < 10
+    events = [json.loads(line) for line in d.lines()]
+    sealed = [e["seq"] for e in events if e["event"] == "sealed"]
+    assert sealed == list(range(1, len(sealed) + 1)) and len(sealed) >= 2, events
+    assert len(spool_names(env)) == len(sealed), "everything sealed waits in the spool"
