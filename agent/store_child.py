@@ -23,6 +23,7 @@ This module is both ends of that protocol; the parent end imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -79,15 +80,21 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     later. Lines the child writes to stderr (a crash) are relayed as `error` events.
     """
     command = [sys.executable, "-m", "agent.store_child", action, str(os.getpid())]
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, close_fds=True)
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True)
+    except OSError as exc:  # EAGAIN at the unit's TasksMax, ENOMEM: try again later
+        return ChildResult(RUNTIME, [{"event": "error", "message": f"cannot start the store "
+                                      f"child {sys.executable}: {exc.strerror or exc}"}])
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     result = ChildResult(returncode=0)
     try:
         proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
     except BrokenPipeError:
         pass  # it died at once; its stderr and exit code say why
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.close()
     killed_at: float | None = None
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
@@ -111,6 +118,8 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
                 _signal(proc, signal.SIGTERM)
             elif killed_at is not None and now >= killed_at + KILL_GRACE_SECONDS:
                 _signal(proc, signal.SIGKILL)
+    proc.stdout.close()
+    proc.stderr.close()
     result.returncode = proc.wait()
     result.killed = result.killed and result.returncode != 0
     return result

@@ -14,11 +14,15 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
+
 from agent.config import load_config
 from agent.daemon import Daemon, Log
+from agent.store_child import run_child
 from collector._linux import unreadable_record
 from collector.record import Record
 from collector.registry import coverage_gap
+from signing.errors import RUNTIME, USAGE
 from tests.agent.s3_fixtures import S3GamsaEnv
 from tests.collector.test_coverage import fake
 from tests.conftest import GamsaEnv
@@ -84,3 +88,23 @@ def test_sealed_line_names_the_gap_reasons_of_a_partial_collector(gamsa_env: Gam
             assert {g["reason"]: g["count"] for g in event["gaps"]["fake"]} == {
                 "exe: access denied": 3,
                 "unreadable: PermissionError: Permission denied": 1}, event["gaps"]
+
+
+def test_a_child_that_cannot_start_is_an_error_not_a_dead_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    relayed: list[dict[str, Any]] = []
+    result = run_child("ship", {}, relayed.append, lambda: None)
+    assert result.returncode == RUNTIME
+    assert result.error == ("cannot start the store child /nonexistent/python3: "
+                            "No such file or directory")
+    assert relayed == []
+
+
+def test_a_child_crash_is_relayed_line_by_line(gamsa_env: GamsaEnv) -> None:
+    relayed: list[dict[str, Any]] = []
+    result = run_child("ship", {"config": "not = [toml", "source": "x"}, relayed.append,
+                       lambda: None)
+    assert result.returncode == USAGE
+    assert result.error is not None and "not valid TOML" in result.error
+    assert relayed == []  # the error is the result's, logged once by the caller
