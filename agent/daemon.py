@@ -2,9 +2,11 @@
 
 One main thread schedules and seals (a start sweep, then each collector on its own
 interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
-background thread ships. Both take the state lock only while they seal or ship, so
-`gamsa collect` run meanwhile extends the same chain. Signal handlers only set flags:
-the main loop acts on them between sealings, so SIGTERM never interrupts a bundle.
+background thread ships, each time in a short-lived child (agent/store_child.py) so no
+store client is ever resident here. Both take the state lock only while they seal or
+ship, so `gamsa collect` run meanwhile extends the same chain. Signal handlers only set
+flags: the main loop acts on them between sealings, so SIGTERM never interrupts a
+bundle; a stop ends a ship child that runs too long (shipping is crash-safe).
 """
 
 from __future__ import annotations
