@@ -236,7 +236,14 @@ class Shipper(threading.Thread):
         owner = self.owner
         if not owner.has_spooled():
             return None
-        return run_child("ship", owner.child_request(), owner.relay, deadline)
+        try:
+            return run_child("ship", owner.child_request(), owner.relay, deadline)
+        except GamsaError as exc:  # e.g. the host id cannot be resolved
+            message = exc.diagnostics()
+        except Exception as exc:  # noqa: BLE001 - a dead shipper thread would ship no more
+            message = (f"internal error (this is a bug, please report it): "
+                       f"{type(exc).__name__}: {exc}")
+        return ChildResult(RUNTIME, [{"event": "error", "message": message}])
 
 
 class Daemon:
