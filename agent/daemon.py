@@ -42,10 +42,10 @@ JITTER = 0.10  # up to 10% of an interval added, so a fleet started together spr
 SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
 SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
 SHIP_BACKOFF_MAX = 300.0
-# After SIGTERM (all must end within 10 s): a ship in flight may run this long, then its
-# child is ended (crash-safe; the state lock is free for the bundle in hand); the last
-# try after that bundle must end by STOP_SHIP_BY. What is not shipped waits in the spool.
-STOP_SHIP_GRACE = 3.0
+# After SIGTERM (all must end within 10 s) shipping, in flight or the last try after the
+# bundle in hand, ends by STOP_SHIP_BY (its child is ended: crash-safe); a sealing that
+# waits for the lock our ship child holds ends that child at once. What is not shipped
+# waits in the spool.
 STOP_SHIP_BY = 6.0
 # A sealing still waiting for the state lock this long after SIGTERM (another process,
 # e.g. a `gamsa collect` shipping to a slow store, holds it) is abandoned: nothing of
@@ -213,19 +213,20 @@ class Shipper(threading.Thread):
             if result is None or result.error is None:
                 backoff = 0.0
                 continue
-            if self.preempted.is_set() and self.owner.stop_asked_at is None:
+            preempted = self.preempted.is_set()
+            if preempted and self.owner.stop_asked_at is None:
                 self.owner.log("info", "ship_preempted", "shipping paused for a sealing; "
                                "it resumes after it")
                 backoff = 0.0  # the sealing kicks it again
                 continue
-            cut_short = result.killed
+            cut_short = result.killed and not preempted
             backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
             self.owner.log("warning", "ship_failed",
                            f"shipping failed, retry in {backoff:.0f} s: {result.error}",
                            retry_seconds=backoff)
         # The last try, for what was sealed at the stop too, unless a ship just ran out
         # of the stop's time (a store that hangs would only use up the rest).
-        result = None if cut_short else self.ship(self.owner.last_ship_deadline)
+        result = None if cut_short else self.ship(self.owner.ship_deadline)
         if cut_short or (result is not None and result.error is not None):
             why = "no time left" if result is None else result.error
             self.owner.log("warning", "ship_failed", f"shipping failed at stop: {why}; "
@@ -300,9 +301,6 @@ class Daemon:
             return True  # let the child meet the error and report it
 
     def ship_deadline(self) -> float | None:
-        return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SHIP_GRACE
-
-    def last_ship_deadline(self) -> float | None:
         return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SHIP_BY
 
     def look_in_child(self, state: StateDir, head: ChainHead | None) -> Any:
@@ -383,11 +381,12 @@ class Daemon:
 
     def waiting_for_lock(self, since: float) -> bool:
         """Called while a sealing waits for the state lock: keeps the watchdog fed, ends
-        our own ship child after PREEMPT_SHIP_AFTER; True (give up) once a stop has
-        waited STOP_SEAL_WAIT."""
+        our own ship child after PREEMPT_SHIP_AFTER (at once when stopping); True (give
+        up) once a stop has waited STOP_SEAL_WAIT."""
         now = time.monotonic()
         self.feed_watchdog(now)
-        if now - since >= PREEMPT_SHIP_AFTER and self.shipper is not None:
+        stopping = self.stop_asked_at is not None  # the bundle in hand goes first
+        if (stopping or now - since >= PREEMPT_SHIP_AFTER) and self.shipper is not None:
             self.shipper.preempt()
         return self.stop_asked_at is not None and now >= self.stop_asked_at + STOP_SEAL_WAIT
 

@@ -123,16 +123,17 @@ def replace_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
 
     The temp file is written unnamed where possible and named only for the rename,
     so a kill leaves a stray temp file only in that instant."""
-    fd = _unnamed_file(path.parent, data, mode)
     temp = path.parent / f".tmp-{secrets.token_hex(8)}"
-    if fd is not None:
-        try:
-            linked = _link_unnamed(fd, temp)
-        finally:
-            os.close(fd)
-    if fd is None or not linked:
-        temp = write_temp(path.parent, data, mode)
-    try:
+    try:  # from here on, an exception (SystemExit at a SIGTERM too) leaves no temp file
+        fd = _unnamed_file(path.parent, data, mode)
+        linked = False
+        if fd is not None:
+            try:
+                linked = _link_unnamed(fd, temp)
+            finally:
+                os.close(fd)
+        if not linked:
+            write_new_file(temp, data, mode)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ events the daemon logs in its own format (`level`, `event`, `message` and fields
 for `look` a last `view` object. Its exit code is 0, or the exit code of the
 `GamsaError` it met (its diagnostics in an `error` event before it).
 
-A SIGTERM or SIGINT ends the child at once and it dies with the daemon
+A SIGTERM or SIGINT ends the child at once (unwinding, so no temp file stays) and it
+dies with the daemon
 (PR_SET_PDEATHSIG): shipping is crash-safe by design (agent/ship.py: a crash repeats at
 most a put of identical bytes) and a look only reads. So a ship stuck on a store that
 never answers cannot hold the state lock beyond the daemon's stop, or its life.
@@ -66,6 +67,8 @@ class ChildResult:
             return str(said[-1])
         if self.killed:
             return "stopped at its deadline (the daemon is stopping or the store hangs)"
+        if self.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            return f"ended by signal {signal.Signals(self.returncode - 128).name}"
         if self.returncode < 0:
             return f"ended by signal {signal.Signals(-self.returncode).name}"
         return f"exit code {self.returncode}"
@@ -164,10 +167,16 @@ def _emit(event: str, level: str = "info", message: str | None = None,
     sys.stdout.flush()
 
 
+def _exit_now(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT: unwind at once (SystemExit), so a temp file being written is
+    removed and the lock released on the way out; the daemon kills a second later."""
+    raise SystemExit(128 + signum)
+
+
 def _die_with(parent: int) -> None:
     """Die when the daemon does (it may be killed -9 while we hold the state lock)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _exit_now)
+    signal.signal(signal.SIGINT, _exit_now)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # EPERM under a filter: fine
