@@ -2,14 +2,17 @@
 
 One main thread schedules and seals (a start sweep, then each collector on its own
 interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
-background thread ships. Both take the state lock only while they seal or ship, so
-`gamsa collect` run meanwhile extends the same chain. Signal handlers only set flags:
-the main loop acts on them between sealings, so SIGTERM never interrupts a bundle.
+background thread ships, each time in a short-lived child (agent/store_child.py) so no
+store client is ever resident here. Both take the state lock only while they seal or
+ship, so `gamsa collect` run meanwhile extends the same chain. Signal handlers only set
+flags: the main loop acts on them between sealings, so SIGTERM never interrupts a
+bundle; a stop ends a ship child that runs too long (shipping is crash-safe).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -29,13 +32,14 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__, egress
-from agent.config import Config
+from agent.config import Config, config_as_toml
 from agent.daemon_status import DaemonStatus, StatusFile
 from agent.egress import EgressThread
 from agent.fim import FileWatch, seal_batch
 from agent.lifelog import note_quietly
 from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
-from agent.state import StateDir
+from agent.state import ChainHead, LockAbandoned, StateDir
+from agent.store_child import ChildResult, Event, run_child, view_from_json
 from collector.agent import NAME as AGENT
 from collector.files import WATCH as FILES_WATCH
 from collector.record import from_epoch, utc_now
@@ -47,9 +51,22 @@ JITTER = 0.10  # up to 10% of an interval added, so a fleet started together spr
 SHIP_EVERY = 60.0  # seconds between shipping tries when nothing was sealed
 SHIP_BACKOFF_FIRST = 5.0  # after a failed ship; doubles up to SHIP_BACKOFF_MAX
 SHIP_BACKOFF_MAX = 300.0
-STOP_JOIN_SECONDS = 5.0  # how long SIGTERM waits for a ship in flight (spooled is safe)
 LIFE_SEAL_SECONDS = 10.0  # a life event makes the agent collector due this soon
 LOCK_TRIES = 10  # `gamsa status` peeks at daemon.lock for an instant: try a few times
+# After SIGTERM (all must end within 10 s) shipping, in flight or the last try after the
+# bundle in hand, ends by STOP_SHIP_BY (its child is ended: crash-safe); a sealing that
+# waits for the lock our ship child holds ends that child at once. What is not shipped
+# waits in the spool.
+STOP_SHIP_BY = 6.0
+# A sealing still waiting for the state lock this long after SIGTERM (another process,
+# e.g. a `gamsa collect` shipping to a slow store, holds it) is abandoned: nothing of
+# it was written.
+STOP_SEAL_WAIT = 5.0
+LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
+# A sealing that waited this long for the state lock our own ship child holds (a slow
+# or hanging store) ends that child: sealing comes first, and shipping resumes after
+# it where it stopped (each shipped bundle leaves the spool as it is confirmed).
+PREEMPT_SHIP_AFTER = 5.0
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
 IOPRIO_WHO_PROCESS = 1
@@ -172,37 +189,81 @@ class Plan:
 
 
 class Shipper(threading.Thread):
-    """Ships the spool after each sealing (`kick`) and on a timer, backing off on failure."""
+    """Ships the spool after each sealing (`kick`) and on a timer, backing off on failure.
+
+    Each ship runs in a short-lived child (agent/store_child.py), so no store client
+    stays resident; a stop ends the child at its deadline (shipping is crash-safe) and
+    then makes one last try, bounded too: what it cannot ship waits in the spool.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         super().__init__(name="gamsa-shipper", daemon=True)
         self.owner = daemon
         self.wake = threading.Event()
         self.stop = threading.Event()
+        self.preempted = threading.Event()  # a sealing waits for the lock our child holds
 
     def kick(self) -> None:
         self.wake.set()
 
+    def preempt(self) -> None:
+        self.preempted.set()
+
+    def deadline(self) -> float | None:
+        """A ship in the loop ends now when preempted, else at the stop's grace."""
+        return time.monotonic() if self.preempted.is_set() else self.owner.ship_deadline()
+
     def run(self) -> None:
         backoff = 0.0
-        while True:
+        cut_short = False  # the last ship was ended at the stop's deadline
+        while not self.stop.is_set():
             if backoff:  # sealings during a backoff wait for it; a stop cuts it short
                 self.stop.wait(backoff)
             else:
                 self.wake.wait(SHIP_EVERY)
             self.wake.clear()
-            try:  # on stop, one last try: what it cannot ship waits in the spool
-                self.owner.ship_once()
-                backoff = 0.0
-                self.owner.shipped_ok()
-            except GamsaError as exc:
-                backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
-                self.owner.log("warning", "ship_failed",
-                               f"shipping failed, retry in {backoff:.0f} s: "
-                               f"{exc.diagnostics()}", retry_seconds=backoff)
-                self.owner.ship_failed(exc.diagnostics())
             if self.stop.is_set():
-                return
+                break
+            self.preempted.clear()
+            result = self.ship(self.deadline)
+            if result is None or result.error is None:
+                backoff = 0.0
+                if result is not None:
+                    self.owner.shipped_ok()
+                continue
+            preempted = self.preempted.is_set()
+            if preempted and self.owner.stop_asked_at is None:
+                self.owner.log("info", "ship_preempted", "shipping paused for a sealing; "
+                               "it resumes after it")
+                backoff = 0.0  # the sealing kicks it again
+                continue
+            cut_short = result.killed and not preempted
+            backoff = min(SHIP_BACKOFF_MAX, backoff * 2 or SHIP_BACKOFF_FIRST)
+            self.owner.log("warning", "ship_failed",
+                           f"shipping failed, retry in {backoff:.0f} s: {result.error}",
+                           retry_seconds=backoff)
+            self.owner.ship_failed(result.error)
+        # The last try, for what was sealed at the stop too, unless a ship just ran out
+        # of the stop's time (a store that hangs would only use up the rest).
+        result = None if cut_short else self.ship(self.owner.ship_deadline)
+        if cut_short or (result is not None and result.error is not None):
+            why = "no time left" if result is None else result.error
+            self.owner.log("warning", "ship_failed", f"shipping failed at stop: {why}; "
+                           f"the spooled bundles wait for the next start")
+
+    def ship(self, deadline: Callable[[], float | None]) -> ChildResult | None:
+        """One ship in a child, ended at `deadline()`; None: nothing was spooled."""
+        owner = self.owner
+        if not owner.has_spooled():
+            return None
+        try:
+            return run_child("ship", owner.child_request(), owner.relay, deadline)
+        except GamsaError as exc:  # e.g. the host id cannot be resolved
+            message = exc.diagnostics()
+        except Exception as exc:  # noqa: BLE001 - a dead shipper thread would ship no more
+            message = (f"internal error (this is a bug, please report it): "
+                       f"{type(exc).__name__}: {exc}")
+        return ChildResult(RUNTIME, [{"event": "error", "message": message}])
 
 
 class Daemon:
@@ -216,6 +277,7 @@ class Daemon:
         self.config = load()
         self.collectors = {c.name: c for c in select(self.config)}
         self.stopping = False
+        self.stop_asked_at: float | None = None  # monotonic, at the first SIGTERM/SIGINT
         self.reload_asked = False
         self.wake = threading.Event()
         self.plan = Plan()
@@ -230,6 +292,9 @@ class Daemon:
             None if self.config.source is None else str(self.config.source)))
         self.watch: FileWatch | None = None  # agent/fim.py
         self.egress: EgressThread | None = None  # the AI-egress watcher (agent/egress.py)
+        self.shipper: Shipper | None = None
+        self.ping_every = watchdog_interval()
+        self.next_ping = time.monotonic()
 
     # the agent's own life (collector/agent.py) and daemon.json --------------------
 
@@ -279,26 +344,50 @@ class Daemon:
 
         return resolve_host_id(self.config.host_id)
 
-    def ship_once(self) -> None:
-        from agent.ship import ship_spool
-        from agent.store import open_store
+    # the store, through short-lived children (agent/store_child.py) -----------
 
+    def child_request(self, head: ChainHead | None = None) -> dict[str, Any]:
         config = self.config
-        store = open_store(config.store.url, config.store)
-        state = StateDir(config.state_dir, config.keys.agent)
-        with state.locked():
-            if not state.entries():
-                return
-            signer, _ = state.signer(self.host_id())
-            state.recover()
-            report = ship_spool(state, store, signer.key_id, config.timestamp)
-        if report.shipped:
-            self.log("info", "shipped", f"shipped {len(report.shipped)} bundle(s) to {store.url}",
-                     count=len(report.shipped), store=store.url)
-        for name in report.quarantined:
-            self.log("error", "quarantined", f"quarantined {name}", bundle=name)
-        if report.status_problem:
-            self.log("warning", "ship_status", report.status_problem)
+        return {"config": config_as_toml(config), "source": str(config.source or "defaults"),
+                "host_id": self.host_id(),
+                "head": None if head is None else dataclasses.asdict(head)}
+
+    def relay(self, event: Event) -> None:
+        """Log a child's event line in the daemon's own format."""
+        fields = {k: v for k, v in event.items() if k not in ("level", "event", "message")}
+        self.log(str(event.get("level", "info")), str(event["event"]), str(event["message"]),
+                 **fields)
+
+    def has_spooled(self) -> bool:
+        """True when the spool may hold a bundle (no child is started for nothing)."""
+        try:
+            return any(not p.name.startswith(".") for p in self.state().spool.iterdir())
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True  # let the child meet the error and report it
+
+    def ship_deadline(self) -> float | None:
+        return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SHIP_BY
+
+    def look_in_child(self, state: StateDir, head: ChainHead | None) -> Any:
+        """The pre-seal look (agent/chainguard.py) at a network store, in a child,
+        bounded by LOOK_SECONDS and by a stop: past either, the bundle is sealed
+        unchecked (the shipper checks again before it puts anything)."""
+        from agent.chainguard import StoreView, pending_divergence
+
+        started = time.monotonic()
+
+        def deadline() -> float:
+            limit = started + LOOK_SECONDS
+            return limit if self.stop_asked_at is None else min(limit, self.stop_asked_at)
+
+        result = run_child("look", self.child_request(head), self.relay, deadline)
+        views = [e for e in result.results if e.get("event") == "view"]
+        if result.returncode == 0 and views:
+            return view_from_json(views[-1])
+        return StoreView(pending_divergence(state, head),
+                         problem=f"the store look {result.error or 'gave no answer'}")
 
     # sealing --------------------------------------------------------------------
 
@@ -320,17 +409,25 @@ class Daemon:
                 if egress.NAME in names:
                     self.egress.cut()
             collectors = [self.collectors[n] for n in names]
-        look = None
-        try:  # an unreachable store must not stop evidence from being sealed and spooled
-            store = open_store(config.store.url, config.store)
-            look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
-        except GamsaError as exc:
-            self.log("warning", "store_unchecked",
-                     f"store not checked before sealing: {exc.diagnostics()}")
+        look: Callable[[ChainHead | None], Any] | None = None
+        if not config.store.url.startswith("file:"):  # a store client only in a child
+            look = lambda head: self.look_in_child(state, head)  # noqa: E731
+        else:
+            try:  # an unreachable store must not stop evidence from being sealed and spooled
+                store = open_store(config.store.url, config.store)
+                look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+            except GamsaError as exc:
+                self.log("warning", "store_unchecked",
+                         f"store not checked before sealing: {exc.diagnostics()}")
         try:
-            with state.locked():
+            waiting_since = time.monotonic()
+            with state.locked(give_up=lambda: self.waiting_for_lock(waiting_since)):
                 sealed = seal_collection(config, host_id, collectors, trigger, state,
                                          look=look)
+        except LockAbandoned as exc:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): "
+                     f"{exc.diagnostics()}", trigger=trigger, collectors=names)
+            return False
         except GamsaError as exc:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
                      trigger=trigger, collectors=names)
@@ -339,12 +436,18 @@ class Daemon:
                 self.egress.retry_later()  # its closed window waits on disk: try again
             return False
         self.last_sealed = time.monotonic()
-        statuses = ", ".join(f"{r.name} {r.status}" for r in sealed.results) or "no collectors"
+        statuses = ", ".join(f"{r.name} {r.status}" + (
+            f" ({'; '.join(f'{g.reason} x{g.count}' for g in r.gaps)})" if r.gaps else "")
+            for r in sealed.results) or "no collectors"
         self.log("info", "sealed", f"sealed seq {sealed.head.seq} ({trigger}: {statuses}; "
                  f"{sealed.record_count} records)", seq=sealed.head.seq,
                  chain_id=sealed.head.chain_id, trigger=trigger, records=sealed.record_count,
                  collectors={r.name: r.status for r in sealed.results},
+                 gaps={r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
                  manifest_key=sealed.entry.name.manifest_key)
+        if sealed.view is not None and sealed.view.problem is not None:
+            self.log("warning", "store_unchecked", f"store not checked before sealing "
+                     f"({sealed.view.problem}); sealed anyway, shipping checks again")
         if sealed.genesis_reason:
             self.log("warning", "new_chain", f"new chain {sealed.head.chain_id}: "
                      f"{sealed.genesis_reason}", chain_id=sealed.head.chain_id)
@@ -358,6 +461,22 @@ class Daemon:
         if pressure is not None:
             self.life("spool_pressure", **pressure)
         return True
+
+    def waiting_for_lock(self, since: float) -> bool:
+        """Called while a sealing waits for the state lock: keeps the watchdog fed, ends
+        our own ship child after PREEMPT_SHIP_AFTER (at once when stopping); True (give
+        up) once a stop has waited STOP_SEAL_WAIT."""
+        now = time.monotonic()
+        self.feed_watchdog(now)
+        stopping = self.stop_asked_at is not None  # the bundle in hand goes first
+        if (stopping or now - since >= PREEMPT_SHIP_AFTER) and self.shipper is not None:
+            self.shipper.preempt()
+        return self.stop_asked_at is not None and now >= self.stop_asked_at + STOP_SEAL_WAIT
+
+    def feed_watchdog(self, now: float) -> None:
+        if self.ping_every is not None and now >= self.next_ping:
+            notify("WATCHDOG=1")
+            self.next_ping = now + self.ping_every
 
     def silent_for(self) -> float:
         """Seconds since the last bundle this host sealed (ours or a `gamsa collect`)."""
@@ -394,6 +513,8 @@ class Daemon:
         else:
             self.stopping = True
             self.stop_signal = signal.Signals(signum).name
+            if self.stop_asked_at is None:
+                self.stop_asked_at = time.monotonic()
         self.wake.set()
 
     def reload(self) -> None:
@@ -440,7 +561,7 @@ class Daemon:
                       config_sha256=self.config.sha256,
                       source=None if source is None else str(source))
             self.report()
-            shipper = Shipper(self)
+            shipper = self.shipper = Shipper(self)
             shipper.start()
             try:
                 self.start_watch()  # before the start sweep: no change falls between
@@ -454,9 +575,11 @@ class Daemon:
                 self.stop_watch()
                 if self.egress is not None:  # its open window waits, closed, for the next bundle
                     self.egress.stop()
+                if self.stop_asked_at is None:  # an error, not a signal: the same bounds
+                    self.stop_asked_at = time.monotonic()
                 shipper.stop.set()
                 shipper.kick()
-                shipper.join(STOP_JOIN_SECONDS)
+                shipper.join()  # its child ends by STOP_SHIP_BY (+1 s to be killed)
                 self.report(stopped=utc_now(), next_due={})
                 self.log("info", "stop", "agent stopped")
 
@@ -468,18 +591,20 @@ class Daemon:
 
     def loop(self, shipper: Shipper) -> None:
         names = list(self.collectors)
+        # READY after the start sweep was tried, sealed or not: the daemon is up and
+        # keeps trying on schedule; a failed sweep is told in STATUS and the log.
         if self.seal(names, "schedule"):
             shipper.kick()
+            notify("READY=1")
+        else:
+            notify("READY=1\nSTATUS=running, but the start sweep failed to seal; "
+                   "retrying on schedule (see the log)")
         self.plan.reset(self.config, names, time.monotonic())
         self.report()
-        notify("READY=1")
-        ping = watchdog_interval()
-        next_ping = time.monotonic()
+        self.next_ping = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
-            if ping is not None and now >= next_ping:
-                notify("WATCHDOG=1")
-                next_ping = now + ping
+            self.feed_watchdog(now)
             jump = self.clock.check()
             if jump is not None:
                 self.log("warning", "clock_jump", f"the wall clock stepped "
@@ -513,8 +638,8 @@ class Daemon:
                     self.last_sealed = time.monotonic()
                 continue
             until = [heartbeat - silent, *(at - now for at in self.plan.due.values())]
-            if ping is not None:
-                until.append(next_ping - now)
+            if self.ping_every is not None:
+                until.append(self.next_ping - now)
             if watch_due is not None:
                 until.append(watch_due)
             if egress_due is not None:

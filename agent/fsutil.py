@@ -10,12 +10,15 @@ line the CLI shows (exit 3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from signing.errors import os_error
+
+PROC_FDS = "/proc/self/fd"
 
 
 @contextlib.contextmanager
@@ -76,10 +79,61 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.close(fd)
 
 
-def replace_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Atomically replace `path` with `data` (temp, fsync, rename, fsync dir)."""
-    temp = write_temp(path.parent, data, mode)
+def _unnamed_file(directory: Path, data: bytes, mode: int) -> int | None:
+    """A new file in `directory` with `data`, fsynced, that has no name yet
+    (O_TMPFILE): a process killed before it is linked leaves nothing behind. Its
+    descriptor, or None where the kernel, filesystem or a missing /proc cannot do it
+    (then a named temp file is used)."""
+    flag = getattr(os, "O_TMPFILE", None)
+    if flag is None or not os.path.isdir(PROC_FDS):
+        return None
     try:
+        fd = os.open(directory, flag | os.O_WRONLY, mode)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None  # e.g. NFS, or a kernel older than 3.11
+        raise
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException as exc:  # ENOSPC, EIO: the file had no name, nothing stays
+        os.close(fd)
+        if isinstance(exc, OSError):
+            _name(exc, directory)
+        raise
+    return fd
+
+
+def _link_unnamed(fd: int, path: Path) -> bool:
+    """Give the O_TMPFILE file `fd` the name `path` (linkat(2) through /proc, as
+    open(2) shows); FileExistsError when `path` exists. False where /proc will not
+    link it (EXDEV across bind mounts, EPERM): the caller writes a named temp file,
+    which meets any error of the directory itself."""
+    try:
+        os.link(f"{PROC_FDS}/{fd}", path)
+    except FileExistsError:
+        raise
+    except OSError:
+        return False
+    return True
+
+
+def replace_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Atomically replace `path` with `data` (temp, fsync, rename, fsync dir).
+
+    The temp file is written unnamed where possible and named only for the rename,
+    so a kill leaves a stray temp file only in that instant."""
+    temp = path.parent / f".tmp-{secrets.token_hex(8)}"
+    try:  # from here on, an exception (SystemExit at a SIGTERM too) leaves no temp file
+        fd = _unnamed_file(path.parent, data, mode)
+        linked = False
+        if fd is not None:
+            try:
+                linked = _link_unnamed(fd, temp)
+            finally:
+                os.close(fd)
+        if not linked:
+            write_new_file(temp, data, mode)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
@@ -91,8 +145,20 @@ def create_atomic(path: Path, data: bytes, mode: int = 0o600) -> bool:
     """Create `path` with `data` unless it exists; True if created now.
 
     temp + fsync + link: link(2) fails if the target exists, so two writers never
-    overwrite each other and a reader never sees a partial file.
+    overwrite each other and a reader never sees a partial file. The temp file has
+    no name where the filesystem allows (O_TMPFILE): a kill leaves nothing behind.
     """
+    fd = _unnamed_file(path.parent, data, mode)
+    if fd is not None:
+        try:
+            linked = _link_unnamed(fd, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.close(fd)
+        if linked:
+            fsync_dir(path.parent)
+            return True
     temp = write_temp(path.parent, data, mode)
     try:
         os.link(temp, path)

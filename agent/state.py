@@ -33,7 +33,8 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,15 +139,21 @@ class StateDir:
                 path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the state lock (blocks while another gamsa seals or ships)."""
+    def locked(self, give_up: Callable[[], bool] | None = None) -> Iterator[None]:
+        """Hold the state lock (blocks while another gamsa seals or ships).
+
+        With `give_up`, the wait is a poll that raises LockAbandoned once it returns
+        True (a stopping daemon must not wait out another process's long ship)."""
         self.ensure()
         lock = self.root / "lock"
         with failing("open the state lock", lock):
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             with failing("take the state lock", lock):
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                if give_up is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                else:
+                    _poll_lock(fd, lock, give_up)
             yield
         finally:
             os.close(fd)
@@ -427,6 +434,25 @@ class StateDir:
                                  chain["finished_at"], chain["key_id"])
                 self.write_head(head)
         return head
+
+
+class LockAbandoned(GamsaError):
+    """The state lock was not taken: the caller gave up waiting for it."""
+
+
+LOCK_POLL_SECONDS = 0.1
+
+
+def _poll_lock(fd: int, lock: Path, give_up: Callable[[], bool]) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if give_up():
+                raise LockAbandoned(f"gave up waiting for the state lock {lock}: another "
+                                    f"gamsa process holds it") from None
+            time.sleep(LOCK_POLL_SECONDS)
 
 
 def spooled_statement(manifest: bytes) -> dict[str, Any]:

@@ -1,0 +1,110 @@
+"""The daemon's store work in short-lived children (agent/store_child.py), and its
+`sealed` log line.
+
+With an S3 store (moto over HTTP on loopback), a daemon process seals, looks at the
+store and ships without ever importing boto3 or botocore itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from agent.config import load_config
+from agent.daemon import Daemon, Log
+from agent.store_child import run_child
+from collector._linux import unreadable_record
+from collector.record import Record
+from collector.registry import coverage_gap
+from signing.errors import RUNTIME, USAGE
+from tests.agent.s3_fixtures import S3GamsaEnv
+from tests.collector.test_coverage import fake
+from tests.conftest import GamsaEnv
+
+IN_A_DAEMON = """
+import json, sys
+from pathlib import Path
+from agent.config import load_config
+from agent.daemon import Daemon, Log, Shipper
+from collector.registry import all_collectors
+
+path = Path(sys.argv[1])
+daemon = Daemon(lambda: load_config(path), lambda c: [all_collectors()["host"]], Log("json"))
+sealed = daemon.seal(["host"], "schedule")
+shipped = Shipper(daemon).ship(lambda: None)
+print(json.dumps({"sealed": sealed, "ship_error": shipped.error if shipped else "nothing",
+                  "store_modules": sorted(m for m in sys.modules
+                                          if m.split(".")[0] in ("boto3", "botocore"))}))
+"""
+
+
+def test_an_s3_daemon_never_imports_a_store_client(s3_gamsa: S3GamsaEnv,
+                                                   s3_client: Any) -> None:
+    result = subprocess.run([sys.executable, "-c", IN_A_DAEMON, str(s3_gamsa.config)],
+                            env=s3_gamsa.environment(), capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome == {"sealed": True, "ship_error": None, "store_modules": []}, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    shipped = [e for e in events if e["event"] == "shipped"]
+    assert shipped and shipped[0]["count"] == 1, events  # the child's line, relayed
+    assert not any(e["event"] == "store_unchecked" for e in events), events
+    keys = [o["Key"] for o in s3_client.list_objects_v2(
+        Bucket=s3_gamsa.bucket, Prefix=s3_gamsa.prefix)["Contents"]]
+    manifest = next(k for k in keys if k.endswith(".manifest.dsse.json"))
+    envelope = json.loads(s3_client.get_object(Bucket=s3_gamsa.bucket, Key=manifest)["Body"]
+                          .read())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    # the look ran (in its child): the bundle carries the store's clock
+    assert statement["predicate"]["collection"]["clock_check"]["source"] == "store_date"
+    assert s3_gamsa.spool_names() == []
+
+
+def test_sealed_line_names_the_gap_reasons_of_a_partial_collector(gamsa_env: GamsaEnv) -> None:
+    denied = PermissionError(13, "Permission denied")
+    records: list[Record] = [
+        coverage_gap("fake", "exe", "access denied", 3),
+        unreadable_record("fake", "/home/alice/.ssh/authorized_keys", denied)]
+    config = load_config(gamsa_env.config)
+    for fmt in ("text", "json"):
+        stream = io.StringIO()
+        daemon = Daemon(lambda: config, lambda _c: [fake(records)], Log(fmt, stream))
+        assert daemon.seal(["fake"], "schedule")
+        line = stream.getvalue().splitlines()[0]
+        assert "alice" not in line and "/home" not in line  # reasons and counts only
+        if fmt == "text":
+            assert line.startswith("gamsa: sealed seq 1 (schedule: fake partial (exe: access "
+                                   "denied x3; unreadable: "), line
+        else:
+            event = json.loads(line)
+            assert event["collectors"] == {"fake": "partial"}
+            assert {g["reason"]: g["count"] for g in event["gaps"]["fake"]} == {
+                "exe: access denied": 3,
+                "unreadable: PermissionError: Permission denied": 1}, event["gaps"]
+
+
+def test_a_child_that_cannot_start_is_an_error_not_a_dead_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python3")
+    relayed: list[dict[str, Any]] = []
+    result = run_child("ship", {}, relayed.append, lambda: None)
+    assert result.returncode == RUNTIME
+    assert result.error == ("cannot start the store child /nonexistent/python3: "
+                            "No such file or directory")
+    assert relayed == []
+
+
+def test_a_child_crash_is_relayed_line_by_line(gamsa_env: GamsaEnv) -> None:
+    relayed: list[dict[str, Any]] = []
+    result = run_child("ship", {"config": "not = [toml", "source": "x"}, relayed.append,
+                       lambda: None)
+    assert result.returncode == USAGE
+    assert result.error is not None and "not valid TOML" in result.error
+    assert relayed == []  # the error is the result's, logged once by the caller
