@@ -473,6 +473,19 @@ class Daemon:
             self.shipper.preempt()
         return self.stop_asked_at is not None and now >= self.stop_asked_at + STOP_SEAL_WAIT
 
+    def sweep_strays(self) -> None:
+        """At start: the temp files a kill left between link and rename (state.py)."""
+        state = self.state()
+        try:
+            with state.locked():
+                removed = state.sweep_stray_temp_files()
+        except GamsaError as exc:
+            self.log("warning", "sweep", f"stray temp files not removed: {exc.diagnostics()}")
+            return
+        if removed:
+            self.log("info", "sweep", f"removed {removed} temp file(s) a kill left in "
+                     f"{self.config.state_dir}", removed=removed)
+
     def feed_watchdog(self, now: float) -> None:
         if self.ping_every is not None and now >= self.next_ping:
             notify("WATCHDOG=1")
@@ -551,6 +564,7 @@ class Daemon:
             signal.signal(signum, self.on_signal)
         lower_priority(self.log)
         with daemon_lock(self.config.state_dir):
+            self.sweep_strays()
             self.log("info", "start", f"agent started (pid {os.getpid()}, collectors: "
                      f"{', '.join(self.collectors)}; config sha256 {self.config.sha256[:16]}…)",
                      pid=os.getpid(), config_sha256=self.config.sha256)

@@ -401,6 +401,25 @@ class StateDir:
             crashpoint("spool entry marked done")
             shutil.rmtree(done)
 
+    def sweep_stray_temp_files(self) -> int:
+        """Remove the named temp files (`.tmp-*`) a kill left in the state dir and its
+        egress dir, between linking a finished temp and renaming it over its target
+        (agent/fsutil.py `replace_atomic`). Only for the daemon at start, holding
+        daemon.lock and the state lock: then no other writer of these files runs.
+        Returns how many were removed."""
+        removed = 0
+        for directory in (self.root, self.root / "egress"):
+            try:
+                entries = list(directory.iterdir())
+            except OSError:
+                continue
+            for path in entries:
+                if path.name.startswith(".tmp-") and path.is_file() and not path.is_symlink():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                        removed += 1
+        return removed
+
     def recover(self) -> ChainHead | None:
         """Clean up after a crash and return the chain head.
 

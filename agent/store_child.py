@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,7 +88,20 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, close_fds=True)
-    except OSError as exc:  # EAGAIN at the unit's TasksMax, ENOMEM: try again later
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            # The agent's user may not execute its own interpreter (a venv linked into a
+            # directory it cannot search): do the work here rather than never ship. It
+            # cannot be ended at a deadline and leaves the client resident; said once.
+            global _warned_in_process
+            if not _warned_in_process:
+                _warned_in_process = True
+                relay({"level": "warning", "event": "store_child",
+                       "message": f"cannot start the store child {sys.executable}: "
+                                  f"{exc.strerror}; store work runs in the daemon itself "
+                                  f"(let the agent's user execute its interpreter)"})
+            return run_in_process(action, request, relay)
+        # EAGAIN at the unit's TasksMax, ENOMEM: try again later
         return ChildResult(RUNTIME, [{"event": "error", "message": f"cannot start the store "
                                       f"child {sys.executable}: {exc.strerror or exc}"}])
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -128,6 +143,21 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     return result
 
 
+_warned_in_process = False
+
+
+def run_in_process(action: str, request: dict[str, Any],
+                   relay: Callable[[Event], None]) -> ChildResult:
+    """`action` in this process, its events relayed as a child's would be."""
+    result = ChildResult(returncode=0)
+    _local.sink = lambda event: _take_event(event, relay, result)
+    try:
+        result.returncode = _run(action, request)
+    finally:
+        del _local.sink
+    return result
+
+
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
     if proc.poll() is None:
         proc.send_signal(signum)
@@ -149,7 +179,12 @@ def _take_line(stream: str, line: bytes, relay: Callable[[Event], None],
     if not isinstance(event, dict) or not isinstance(event.get("event"), str):
         relay({"level": "error", "event": "store_child",
                "message": f"store child wrote an unexpected line: {text[:200]}"})
-    elif "message" in event and event["event"] != "error":
+    else:
+        _take_event(event, relay, result)
+
+
+def _take_event(event: Event, relay: Callable[[Event], None], result: ChildResult) -> None:
+    if "message" in event and event["event"] != "error":
         relay(event)
     else:
         result.results.append(event)
@@ -158,13 +193,21 @@ def _take_line(stream: str, line: bytes, relay: Callable[[Event], None],
 # --------------------------------------------------------------------------- child end
 
 
+def _to_stdout(line: Event) -> None:
+    sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+_local = threading.local()  # `.sink`: run_in_process's, per thread (ship and look at once)
+
+
 def _emit(event: str, level: str = "info", message: str | None = None,
           **fields: Any) -> None:
     line: Event = {"event": event, **fields}
     if message is not None:
         line.update(level=level, message=message)
-    sys.stdout.write(json.dumps(line, sort_keys=True, default=str) + "\n")
-    sys.stdout.flush()
+    sink: Callable[[Event], None] = getattr(_local, "sink", _to_stdout)
+    sink(json.loads(json.dumps(line, sort_keys=True, default=str)))
 
 
 def _exit_now(signum: int, _frame: object) -> None:
@@ -263,9 +306,13 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     _die_with(int(argv[1]))
+    return _run(argv[0], json.loads(sys.stdin.buffer.read()))
+
+
+def _run(action: str, request: dict[str, Any]) -> int:
+    """One action; its failure as an `error` event and the exit code."""
     try:
-        request = json.loads(sys.stdin.buffer.read())
-        ACTIONS[argv[0]](request)
+        ACTIONS[action](request)
     except GamsaError as exc:
         _emit("error", "error", exc.diagnostics(), exit_code=exc.exit_code)
         return exc.exit_code
