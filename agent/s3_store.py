@@ -8,14 +8,18 @@ objects (agent/s3_multipart.py), `gamsa store init` (agent/s3_admin.py).
 Create-only on a versioned, Object-Locked bucket:
 
 - every put sends `ChecksumSHA256` (base64 of our SHA-256; the server rejects a
-  body that does not match it) and `If-None-Match: *`;
+  body that does not match it) and `If-None-Match: *`, and its answer is checked:
+  a checksum it reports must be ours, and with `object_lock_mode` set it must
+  name a version (Object Lock exists only on a versioned bucket). S3 refuses lock
+  headers on a bucket without Object Lock, so a put that succeeds with them was
+  locked; `confirm` (a HEAD, which the shipper samples) checks the retention
+  itself, for S3-compatible servers that ignore the headers;
 - a `412 Precondition Failed` means the key exists: we read the stored bytes and
   hash them ourselves (a server's stored checksum is not proof; moto, for one,
   keeps whatever it is sent). Same digest: success. Different: `ConflictError`
   naming the key and both digests. Nothing is ever overwritten;
 - with `object_lock_mode` set, every put asks for that mode and a retain-until
-  date of now + `retention_days`; `head` of an object this store just wrote
-  checks that the server applied at least that (where the server reports it);
+  date of now + `retention_days`;
 - objects over `multipart_threshold` (64 MiB) go multipart, each part with its
   own SHA-256 checksum, completed with `If-None-Match: *`, then confirmed by a HEAD;
 - `put_file` stores a file whose bytes must hash to a given digest (the shipper
@@ -49,7 +53,7 @@ from agent import s3_multipart
 from agent.retry import RetryPolicy
 from agent.s3_client import Bucket, parse_s3_url
 from agent.s3_errors import not_found, precondition_failed
-from agent.store import DigestMismatchError, ObjectInfo
+from agent.store import DigestMismatchError, NotConfirmedError, ObjectInfo, check_stored
 from signing.completeness import ObjectVersion
 from signing.errors import ConflictError, StoreError
 
@@ -63,8 +67,13 @@ MIB = 1024 * 1024
 CONCURRENCY = 8
 ENV_MULTIPART_THRESHOLD = "GAMSA_STORE_MULTIPART_THRESHOLD"
 ENV_PART_SIZE = "GAMSA_STORE_PART_SIZE"
-# How many recently written keys remember the retention they asked for (for `head`).
+# How many recently written keys remember the retention they asked for (for `confirm`).
 REMEMBER_WRITES = 1024
+RETENTION_HINT = ("the server did not apply the Object Lock the put asked for (a server "
+                  "that ignores lock headers, or a bucket without Object Lock): enable "
+                  "Object Lock on the bucket (`gamsa store init`), or set "
+                  'store.object_lock_mode = "" to ship without it knowingly; '
+                  "until then the bundles stay in the spool")
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,8 @@ class S3Store:
                              part_size or _env_size(ENV_PART_SIZE, s3_multipart.PART_SIZE))
         self.list_page_size = list_page_size
         self.concurrency = CONCURRENCY
+        # Manifests per HEAD the shipper makes (agent/ship.py); without a config, all.
+        self.confirm_every = config.confirm_every if config else 1
         self._lock = threading.Lock()
         self._asked: collections.OrderedDict[str, _Asked] = collections.OrderedDict()
 
@@ -204,11 +215,25 @@ class S3Store:
         if response is None:
             self._check_existing(key, full, sha256)
             return False
-        self._note_asked(key, params)
+        self._check_put_answer(key, response, sha256, params)
         return True
 
-    def _note_asked(self, key: str, params: dict[str, Any]) -> None:
+    def _check_put_answer(self, key: str, response: dict[str, Any], sha256: str,
+                          params: dict[str, Any]) -> None:
+        """The PUT's own answer: the checksum it reports is ours; with Object Lock
+        asked, it names a version (no versioning, no lock)."""
+        reported = response.get("ChecksumSHA256")
+        if isinstance(reported, str) and reported and reported != _b64(sha256):
+            raise NotConfirmedError(f"store {self.url}: {key} not confirmed by its put: the "
+                                    f"store answered checksum {reported}, not the "
+                                    f"{_b64(sha256)} sent")
         if "ObjectLockMode" in params:
+            if not response.get("VersionId"):
+                raise NotConfirmedError(
+                    f"store {self.url}: {key} was stored without a version id although "
+                    f"the put asked for Object Lock {params['ObjectLockMode']}: the "
+                    f"bucket is not versioned, so nothing of it is locked",
+                    hint=RETENTION_HINT)
             self._remember(key, _Asked(params["ObjectLockMode"],
                                        params["ObjectLockRetainUntilDate"]))
 
@@ -225,11 +250,11 @@ class S3Store:
             return False
         info = self._head(key)
         if info is None or info.size != size:
-            raise StoreError(
+            raise NotConfirmedError(
                 f"store {self.url}: {key} not confirmed after multipart upload "
                 f"({'missing' if info is None else f'{info.size} bytes'}, expected {size})")
         if info.checksum_sha256 is not None and info.checksum_sha256 != composite:
-            raise StoreError(f"store {self.url}: {key} reports checksum "
+            raise NotConfirmedError(f"store {self.url}: {key} reports checksum "
                                     f"{info.checksum_sha256} after multipart upload, not "
                                     f"the {composite} of the parts sent")
         if "ObjectLockMode" in params:
@@ -327,17 +352,42 @@ class S3Store:
             self._check_retention(key, info, asked)
         return info
 
+    def confirm(self, key: str, size: int, sha256: str) -> S3ObjectInfo:
+        """HEAD an object just put: there, with `size` bytes and (where reported) our
+        checksum, and, with `object_lock_mode` set, retained in that mode at least
+        as long as the put asked (for an object an earlier run stored, into the
+        future). Raises `NotConfirmedError` otherwise, with a lock missing altogether
+        named as such: the sign of a server that ignores lock headers."""
+        info = self._head(key)
+        asked = self._take_asked(key)
+        check_stored(self.url, key, info, size, sha256)
+        assert info is not None  # check_stored refuses a missing object
+        mode = self.config.object_lock_mode if self.config else ""
+        if not mode:
+            return info
+        if info.lock_mode is None or info.retain_until is None:
+            wanted = (f"{asked.mode} until {asked.retain_until.isoformat()}" if asked
+                      else mode)
+            raise NotConfirmedError(
+                f"store {self.url}: {key} is stored without Object Lock retention "
+                f"(mode {info.lock_mode or 'none'}, retain-until "
+                f"{info.retain_until.isoformat() if info.retain_until else 'none'}), "
+                f"though its put asked for {wanted}", hint=RETENTION_HINT)
+        self._check_retention(key, info, asked or _Asked(mode, dt.datetime.now(dt.UTC)))
+        return info
+
     def _check_retention(self, key: str, info: S3ObjectInfo, asked: _Asked) -> None:
         """Fail when the server reports a weaker lock than the put asked for."""
         if info.lock_mode is not None and info.lock_mode != asked.mode:
-            raise StoreError(f"store {self.url}: {key} was stored with Object Lock "
+            raise NotConfirmedError(f"store {self.url}: {key} was stored with Object Lock "
                                     f"mode {info.lock_mode}, not the {asked.mode} the put "
-                                    f"asked for")
+                                    f"asked for", hint=RETENTION_HINT)
         if info.retain_until is not None and (
                 info.retain_until < asked.retain_until - dt.timedelta(seconds=1)):
-            raise StoreError(f"store {self.url}: {key} is retained until "
+            raise NotConfirmedError(f"store {self.url}: {key} is retained until "
                                     f"{info.retain_until.isoformat()}, not until "
-                                    f"{asked.retain_until.isoformat()} as the put asked")
+                                    f"{asked.retain_until.isoformat()} as the put asked",
+                                    hint=RETENTION_HINT)
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys (relative to the store prefix) under `prefix`, page by page, sorted by S3."""
