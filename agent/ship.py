@@ -172,7 +172,7 @@ def _remove(state: StateDir, staged: _Staged, stamp: bool = False) -> None:
 
 
 def _note(report: ShipReport, state: StateDir, staged: _Staged) -> None:
-    """Count a bundle whose confirmation finished."""
+    """Count a bundle whose removal from the spool (or quarantine) finished."""
     if staged.problem is None:
         report.shipped.append(staged.entry.name.manifest_key)
     else:
