@@ -13,6 +13,7 @@ never multiply, and `store.max_attempts` / `store.retry_max_seconds` bound them.
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -125,6 +126,12 @@ class Bucket:
                            config.ca_bundle if config else "", config.proxy if config else "")
         self._client: Any = None
         self._lock = threading.Lock()
+
+    def with_retry(self, retry: RetryPolicy) -> Bucket:
+        """This bucket, its client shared once made, tried under another policy."""
+        view = copy.copy(self)
+        view.retry = retry
+        return view
 
     @property
     def client(self) -> Any:

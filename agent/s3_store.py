@@ -140,7 +140,6 @@ class S3Store:
         self.url = self._bucket.url
         self.bucket, self.prefix = self._bucket.name, self._bucket.prefix
         self.config = config
-        self.retry = self._bucket.retry
         self.endpoint = self._bucket.endpoint
         self.multipart_threshold = multipart_threshold or _env_size(
             ENV_MULTIPART_THRESHOLD, s3_multipart.MULTIPART_THRESHOLD)
@@ -152,6 +151,17 @@ class S3Store:
         self.confirm_every = config.confirm_every if config else 1
         self._lock = threading.Lock()
         self._asked: collections.OrderedDict[str, _Asked] = collections.OrderedDict()
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How hard each call is tried (agent.retry)."""
+        return self._bucket.retry
+
+    @retry.setter
+    def retry(self, policy: RetryPolicy) -> None:
+        # A copy of this store with another policy (agent.chainguard's one-try look)
+        # must not change the original's: each gets its own view of the bucket.
+        self._bucket = self._bucket.with_retry(policy)
 
     # writing ----------------------------------------------------------------------
 
