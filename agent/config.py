@@ -95,6 +95,7 @@ class StoreConfig:
     addressing_style: str = "auto"  # one of ADDRESSING_STYLES
     max_attempts: int = 6  # tries of one store call (throttling, 5xx, timeouts, resets)
     retry_max_seconds: int = 60  # time one store call may take, backoff included
+    confirm_every: int = 100  # the shipper HEADs a run's first manifest and 1 in this many
 
     @property
     def scheme(self) -> str:
@@ -483,6 +484,7 @@ class _Parser:
             max_attempts=self.positive_int(t, p, "max_attempts", d.max_attempts),
             retry_max_seconds=self.duration(t.get("retry_max_seconds", d.retry_max_seconds),
                                             "store.retry_max_seconds"),
+            confirm_every=self.positive_int(t, p, "confirm_every", d.confirm_every),
         )
 
     def check_store_url(self, url: str) -> None:

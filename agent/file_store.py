@@ -45,9 +45,11 @@ def _store_error(exc: OSError, url: str, action: str) -> StoreError:
 class FileStore:
     """A directory that holds objects under their keys."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, confirm_every: int = 1) -> None:
         self.root = root
         self.url = f"file://{root}"
+        # Manifests per HEAD (a stat) the shipper makes: `store.confirm_every`.
+        self.confirm_every = confirm_every
         self._reader = DirectoryReader(root)
 
     def _ensure_root(self) -> None:
@@ -105,4 +107,4 @@ def open_store(url: str, config: StoreConfig | None = None) -> FileStore:
     if not path.is_absolute():
         raise UsageError(f"store.url {url!r}: the path must be absolute")
     _check_is_dir(path)
-    return FileStore(path)
+    return FileStore(path, config.confirm_every if config else 1)

@@ -1,8 +1,16 @@
 """The shipper: moves sealed bundles from the spool to the store, in seq order.
 
 Per bundle: the records object, then the manifest (the commit mark), each
-create-only; a HEAD confirms the manifest (size, checksum, and on S3 the retention
-the put asked for); only then is the spool entry removed. Before its records
+create-only; each put is checked by the store against its own answer (on S3 the
+checksum it reports and, with Object Lock, the version it names), and only then is
+the spool entry removed. A HEAD confirms a sample of the manifests, the first of
+every run and then one in `store.confirm_every` (size, checksum, and on S3 the
+retention the put asked for: the sample is there for S3-compatible servers that
+ignore lock headers). A sample that does not confirm stops the run with one error
+line naming the object and what the store reported: that entry and every later
+one stay in the spool, and since the first manifest of a run is sampled before
+any entry is removed, a store that does not lock what it is given empties no
+spool at all. Before its records
 object is stored, the spooled records file is hashed and compared with the digest
 its signed manifest names: bytes that changed in the spool (disk fault, tampering)
 are never stored. Such an entry is quarantined (moved whole to the state dir's
@@ -42,7 +50,7 @@ from agent.daemon_status import daemon_state
 from agent.enroll import publish_enrollments
 from agent.rotate import publish_rotations
 from agent.state import SpoolEntry, StateDir, spooled_statement
-from agent.store import DigestMismatchError, Store, put_file
+from agent.store import DigestMismatchError, Store, confirm, put_file
 from agent.timestamp import (
     TimestampReport,
     add_timestamps,
@@ -50,15 +58,11 @@ from agent.timestamp import (
     timestamp_problem,
     timestamp_status,
 )
-from signing.errors import GamsaError, StoreError
+from signing.errors import GamsaError
 from signing.keys import key_object_name
 
 # Records bytes read into memory for uploads running ahead (one object always may).
 MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024
-# Threads confirming manifests (HEAD) and removing their spool entries, beside the
-# records uploads. One keeps up with the manifest puts (a HEAD costs what a PUT
-# does), and every extra concurrent request only slows the commit chain down.
-CONFIRM_WORKERS = 1
 QUARANTINE_HINT = ("investigate (disk fault, tampering, or a restored or copied state), "
                    "then remove it; "
                    "`gamsa status` reports it until then")
@@ -67,6 +71,7 @@ QUARANTINE_HINT = ("investigate (disk fault, tampering, or a restored or copied 
 @dataclass
 class ShipReport:
     shipped: list[str] = field(default_factory=list)  # manifest keys
+    confirmed: list[str] = field(default_factory=list)  # manifest keys confirmed by a HEAD
     remaining: int = 0
     quarantined: list[str] = field(default_factory=list)  # one line each: where and why
     status_problem: str | None = None  # the status file could not be written
@@ -126,17 +131,18 @@ def _store_records(store: Store, entry: SpoolEntry) -> _Staged:
     return _Staged(entry, manifest, sha256)
 
 
-def _confirm(store: Store, key: str, size: int, sha256: str) -> None:
-    """HEAD the object just put; raise unless it is there with the expected size and,
-    where the store reports one, the expected checksum."""
-    info = store.head(key)
-    if info is None or info.size != size:
-        found = "missing" if info is None else f"{info.size} bytes"
-        raise StoreError(f"store {store.url}: {key} not confirmed after upload "
-                         f"({found}, expected {size} bytes)")
-    if info.sha256 is not None and info.sha256 != sha256:
-        raise StoreError(f"store {store.url}: {key} not confirmed after upload (the store "
-                         f"reports sha256 {info.sha256}, expected {sha256})")
+@dataclass
+class _Sampler:
+    """Which committed manifests a HEAD confirms: the first of the run, then one in
+    `every` (1: each)."""
+
+    every: int
+    committed: int = 0
+
+    def due(self) -> bool:
+        due = self.committed % self.every == 0
+        self.committed += 1
+        return due
 
 
 def _commit(store: Store, staged: _Staged) -> None:
@@ -145,14 +151,21 @@ def _commit(store: Store, staged: _Staged) -> None:
         store.put(staged.entry.name.manifest_key, staged.manifest, staged.sha256)
 
 
-def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged,
-                        stamp: bool = False) -> None:
-    """Confirm the committed manifest, then drop the entry, or quarantine it.
-    With `stamp`, the manifest is first noted for a TSA token (agent/timestamp.py)."""
-    if staged.commit:
-        _confirm(store, staged.entry.name.manifest_key, len(staged.manifest), staged.sha256)
-        if stamp:
-            note_shipped(state.root, staged.entry.name.manifest_key, staged.sha256)
+def _confirm_sampled(store: Store, staged: _Staged, sampler: _Sampler,
+                     report: ShipReport) -> None:
+    """HEAD the manifest just committed if it is one the sample takes; raise
+    (`NotConfirmedError`) if the store does not hold it as it was put."""
+    if staged.commit and sampler.due():
+        key = staged.entry.name.manifest_key
+        confirm(store, key, len(staged.manifest), staged.sha256)
+        report.confirmed.append(key)
+
+
+def _remove(state: StateDir, staged: _Staged, stamp: bool = False) -> None:
+    """Drop the committed entry from the spool, or quarantine it. With `stamp`, the
+    manifest is first noted for a TSA token (agent/timestamp.py)."""
+    if staged.commit and stamp:
+        note_shipped(state.root, staged.entry.name.manifest_key, staged.sha256)
     if staged.problem is None:
         state.remove_entry(staged.entry)
     else:
@@ -160,7 +173,7 @@ def _confirm_and_remove(state: StateDir, store: Store, staged: _Staged,
 
 
 def _note(report: ShipReport, state: StateDir, staged: _Staged) -> None:
-    """Count a bundle whose confirmation finished."""
+    """Count a bundle whose removal from the spool (or quarantine) finished."""
     if staged.problem is None:
         report.shipped.append(staged.entry.name.manifest_key)
     else:
@@ -179,8 +192,10 @@ def ship_spool(state: StateDir, store: Store, key_id: str,
                timestamp: TimestampConfig | None = None) -> ShipReport:
     """Ship every complete spool entry. Caller holds `state.locked()` and ran recover().
 
-    With a TSA configured (`timestamp.url`), each committed manifest then gets its
-    token, and those a down TSA left without one are retried (agent/timestamp.py).
+    The store's `confirm_every` (from `store.confirm_every`; 1 where a store has
+    none) sets how many committed manifests there are per HEAD. With a TSA
+    configured (`timestamp.url`), each committed manifest then gets its token, and
+    those a down TSA left without one are retried (agent/timestamp.py).
     """
     report = ShipReport()
     entries = state.entries()
@@ -201,11 +216,12 @@ def ship_spool(state: StateDir, store: Store, key_id: str,
             gone = {f.entry.path for f in forks} | {e.path for e in after}
             entries = [e for e in entries if e.path not in gone]
         window = max(1, int(getattr(store, "concurrency", 1)))
+        sampler = _Sampler(max(1, int(getattr(store, "confirm_every", 1))))
         if window == 1:
             _put_key_document(state, store, key_id)
-            _ship_in_turn(state, store, entries, report, stamp)
+            _ship_in_turn(state, store, entries, report, sampler, stamp)
         else:
-            _ship_pipelined(state, store, key_id, entries, report, window, stamp)
+            _ship_pipelined(state, store, key_id, entries, report, window, sampler, stamp)
         if stamp and timestamp is not None:
             report.timestamps = add_timestamps(state.root, store, timestamp)
     except GamsaError as exc:
@@ -218,40 +234,39 @@ def ship_spool(state: StateDir, store: Store, key_id: str,
 
 
 def _ship_in_turn(state: StateDir, store: Store, entries: list[SpoolEntry],
-                  report: ShipReport, stamp: bool) -> None:
+                  report: ShipReport, sampler: _Sampler, stamp: bool) -> None:
     """One request at a time (local stores)."""
     for index, entry in enumerate(entries):
         report.remaining = len(entries) - index
-        # The records object is confirmed by the put itself (the store checks our
-        # SHA-256); the manifest, the commit mark, also by a HEAD.
         staged = _store_records(store, entry)
         crashpoint("records shipped")
         _commit(store, staged)
         crashpoint("manifest shipped")
-        _confirm_and_remove(state, store, staged, stamp)
+        _confirm_sampled(store, staged, sampler, report)
+        _remove(state, staged, stamp)
         _note(report, state, staged)
 
 
 def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[SpoolEntry],
-                    report: ShipReport, window: int, stamp: bool) -> None:
+                    report: ShipReport, window: int, sampler: _Sampler,
+                    stamp: bool) -> None:
     """Network stores: the same order of commits, with the waiting overlapped.
 
     The commit chain, in this thread, is one manifest put after another, in seq
     order, each only after its own records object is stored and the previous
     manifest's put succeeded, so the store always holds a gap-free prefix of the
-    chain's manifests; between two of them this thread does nothing else. Around
-    it: `window` workers store the records objects of the bundles ahead (each
+    chain's manifests; between two of them this thread only HEADs the sampled
+    ones (the run's first before any entry leaves the spool). Around it:
+    `window` workers store the records objects of the bundles ahead (each
     verified against its signed manifest first, which they also read and hash for
-    the commit), and CONFIRM_WORKERS confirm each committed manifest by a HEAD and
-    only then remove its spool entry. The key document is stored before the first
-    manifest.
+    the commit), and one remover drops the committed entries from the spool, in
+    order. The key document is stored before the first manifest.
     """
     with ThreadPoolExecutor(max_workers=window, thread_name_prefix="gamsa-ship") as pool, \
-            ThreadPoolExecutor(max_workers=CONFIRM_WORKERS,
-                               thread_name_prefix="gamsa-confirm") as confirmer:
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="gamsa-remove") as remover:
         key_document = pool.submit(_put_key_document, state, store, key_id)
         uploads: dict[int, Future[_Staged]] = {}
-        confirms: list[tuple[_Staged, Future[None]]] = []
+        removals: list[tuple[_Staged, Future[None]]] = []
         sizes = [entry.records_path.stat().st_size for entry in entries]
         queued = 0
 
@@ -265,9 +280,9 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
                 uploads[queued] = pool.submit(_store_records, store, entries[queued])
                 queued += 1
 
-        def collect_confirmed(block: bool) -> None:
-            while confirms and (block or confirms[0][1].done()):
-                staged, done = confirms.pop(0)
+        def collect_removed(block: bool) -> None:
+            while removals and (block or removals[0][1].done()):
+                staged, done = removals.pop(0)
                 done.result()
                 _note(report, state, staged)
 
@@ -280,20 +295,20 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
                 crashpoint("records shipped")
                 _commit(store, staged)
                 crashpoint("manifest shipped")
-                confirms.append((staged, confirmer.submit(_confirm_and_remove, state, store,
-                                                          staged, stamp)))
+                _confirm_sampled(store, staged, sampler, report)
+                removals.append((staged, remover.submit(_remove, state, staged, stamp)))
                 fill()
-                collect_confirmed(block=False)
-            collect_confirmed(block=True)
+                collect_removed(block=False)
+            collect_removed(block=True)
         except BaseException:
-            pending: list[Future[Any]] = [key_document, *uploads.values(),
-                                          *(done for _, done in confirms)]
-            for future in pending:
+            unstarted: list[Future[Any]] = [key_document, *uploads.values()]
+            for future in unstarted:
                 future.cancel()
-            # Let the puts and confirmations already running finish, so the report
-            # names every entry that was removed from the spool.
-            wait(pending)
-            for staged, done in confirms:
+            # Let the puts already running finish, and the removals of committed
+            # entries (each put was checked), so the report names every entry
+            # that was removed from the spool.
+            wait([*unstarted, *(done for _, done in removals)])
+            for staged, done in removals:
                 if not done.cancelled() and done.exception() is None:
                     _note(report, state, staged)
             raise

@@ -61,6 +61,35 @@ class AccessDeniedError(StoreError):
     """The store refused a request for lack of a permission (not a network fault)."""
 
 
+class NotConfirmedError(StoreError):
+    """The store does not hold an object as it was put: missing, another size or
+    checksum, or (S3) without the retention the put asked for."""
+
+
+def check_stored(url: str, key: str, info: ObjectInfo | None, size: int,
+                 sha256: str) -> None:
+    """Raise `NotConfirmedError` unless `info` (a HEAD of the object just put) shows
+    it with `size` bytes and, where the store reports one, the checksum `sha256`."""
+    if info is None or info.size != size:
+        found = "missing" if info is None else f"{info.size} bytes"
+        raise NotConfirmedError(f"store {url}: {key} not confirmed after upload "
+                                f"({found}, expected {size} bytes)")
+    if info.sha256 is not None and info.sha256 != sha256:
+        raise NotConfirmedError(f"store {url}: {key} not confirmed after upload (the store "
+                                f"reports sha256 {info.sha256}, expected {sha256})")
+
+
+def confirm(store: Store, key: str, size: int, sha256: str) -> None:
+    """HEAD an object just put and raise `NotConfirmedError` unless the store holds
+    it as it was put. Stores that can tell more (S3: the retention) provide their
+    own `confirm`."""
+    own = getattr(store, "confirm", None)
+    if own is not None:
+        own(key, size, sha256)
+        return
+    check_stored(store.url, key, store.head(key), size, sha256)
+
+
 def put_file(store: Store, key: str, path: Path, sha256: str) -> bool:
     """`store.put` of the file at `path`, whose bytes must hash to `sha256`.
 

@@ -11,9 +11,10 @@ One run, one moto server (a real subprocess on loopback), the same files:
    second Object Lock bucket on the same server;
 4. `gamsa verify` the small-bundle store over s3:// (reads and re-hashes every object).
 
-With `--without-head`, a third row runs `gamsa ship` with the HEAD that confirms
-each manifest switched off (patched in the benchmark process only, never in
-gamsa): what the confirmation costs, for deciding on issue 4's target.
+`gamsa ship` runs with the default `store.confirm_every` (a HEAD of the first
+manifest of the run, then one in 100). With `--every-manifest`, a third row runs
+it with `confirm_every = 1` (a HEAD after every manifest, as before issue 10):
+what confirming each one costs.
 
 Beside the wall time of each run it reports the HTTP requests the server logged,
 the server's CPU time and the client's (the tool's process and its children), so
@@ -54,10 +55,6 @@ CREDS = {"AWS_ACCESS_KEY_ID": "AKIABENCH000000000001", "AWS_SECRET_ACCESS_KEY": 
          "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
 
 
-# `gamsa ship` with the manifest confirmation (HEAD) patched out, for --without-head.
-NO_HEAD = ("import sys, agent.ship as ship; ship._confirm = lambda *args: None; "
-           "from agent.cli import main; main(sys.argv[1:])")
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -91,13 +88,15 @@ def client(endpoint: str) -> Any:
                         config=Config(s3={"addressing_style": "path"}))
 
 
-def write_config(directory: Path, endpoint: str, bucket: str, host: str) -> Path:
+def write_config(directory: Path, endpoint: str, bucket: str, host: str,
+                 store_extra: str = "") -> Path:
     config = directory / "agent.toml"
     config.write_text(
         f'state_dir = "{directory / "state"}"\nhost_id = "{host}"\n'
         f'[store]\nurl = "s3://{bucket}/evidence"\nendpoint_url = "{endpoint}"\n'
         f'region = "us-east-1"\naddressing_style = "path"\nobject_lock_mode = "COMPLIANCE"\n'
-        f"retention_days = 1\nread_timeout = 120\n[collectors]\nenabled = []\n")
+        f"retention_days = 1\nread_timeout = 120\n{store_extra}"
+        f"[collectors]\nenabled = []\n")
     return config
 
 
@@ -236,7 +235,7 @@ def run(args: argparse.Namespace) -> str:
             sizes[label] = (files, size)
             for rep in range(args.repeat):
                 order = ("gamsa", "aws") if rep % 2 == 0 else ("aws", "gamsa")
-                tools = (*order, "gamsa-no-head") if args.without_head else order
+                tools = (*order, "gamsa-every") if args.every_manifest else order
                 for tool in tools:
                     bucket = f"{tool}-{key}-{rep}"
                     s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
@@ -244,12 +243,13 @@ def run(args: argparse.Namespace) -> str:
                         copy = work / f"run-{key}-{rep}-{tool}"
                         copy.mkdir()
                         shutil.copytree(state_dir, copy / "state")
-                        config = write_config(copy, endpoint, bucket, f"bench-{key}")
-                        command = [GAMSA, "ship"] if tool == "gamsa" else [
-                            sys.executable, "-c", NO_HEAD, "ship"]
-                        outcome = timed(command, {**env, "GAMSA_CONFIG": str(config)}, server)
+                        config = write_config(
+                            copy, endpoint, bucket, f"bench-{key}",
+                            "confirm_every = 1\n" if tool == "gamsa-every" else "")
+                        outcome = timed([GAMSA, "ship"], {**env, "GAMSA_CONFIG": str(config)},
+                                        server)
                         name = ("gamsa ship" if tool == "gamsa"
-                                else "gamsa ship, no HEAD per manifest (bench only)")
+                                else "gamsa ship, confirm_every = 1 (a HEAD per manifest)")
                     else:
                         outcome = timed([args.aws, "s3", "cp", "--recursive",
                                          "--only-show-errors", "--endpoint-url", endpoint,
@@ -313,11 +313,12 @@ def main() -> None:
     parser.add_argument("--bundles", type=int, default=1000)
     parser.add_argument("--big-mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="runs per tool and workload")
-    parser.add_argument("--aws", default=shutil.which("aws") or "/tmp/awsvenv/bin/aws")
+    parser.add_argument("--aws", default=shutil.which("aws") or "/tmp/awsvenv/bin/aws",
+                        help="awscli from its own virtualenv, never gamsa's")
     parser.add_argument("--out", type=Path, help="append the results to this Markdown file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--without-head", action="store_true",
-                        help="also time gamsa ship without the per-manifest HEAD (bench only)")
+    parser.add_argument("--every-manifest", action="store_true",
+                        help="also time gamsa ship with confirm_every = 1 (a HEAD per manifest)")
     args = parser.parse_args()
     report = run(args)
     print(report)

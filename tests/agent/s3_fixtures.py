@@ -332,6 +332,15 @@ SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown
                  b"<RequestId>gamsa-fault-proxy</RequestId></Error>")
 
 
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One request the proxy read."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
 class FaultProxy:
     """A small threaded HTTP proxy that injects faults between gamsa and the server.
 
@@ -348,16 +357,22 @@ class FaultProxy:
 
     `refuse()` closes the listening socket (connections are refused, as when the
     server is down); `restore()` listens again on the same port.
+
+    Every request it reads is logged in `requests` (method, target, headers with
+    lower-case names), so a test counts what reached the server; headers named in
+    `strip` (lower case) are not forwarded, as by a server that ignores them.
     """
 
     def __init__(self, upstream_port: int, *, reset: float = 0.0, reset_after: float = 0.0,
                  stall: float = 0.0, slowdown: float = 0.0, stall_seconds: float = 1.5,
-                 seed: int = 4) -> None:
+                 seed: int = 4, strip: tuple[bytes, ...] = ()) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.rates = {"reset": reset, "reset_after": reset_after, "stall": stall,
                       "slowdown": slowdown}
         self.stall_seconds = stall_seconds
         self.counts: Counter[str] = Counter()
+        self.requests: list[ProxiedRequest] = []
+        self.strip = strip
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -494,6 +509,10 @@ class FaultProxy:
         names = {line.split(b":", 1)[0].strip().lower(): line.split(b":", 1)[1].strip()
                  for line in headers}
         length = int(names.get(b"content-length", b"0"))
+        with self._lock:
+            self.requests.append(ProxiedRequest(method.decode(), target.decode(),
+                                                {k.decode(): v.decode()
+                                                 for k, v in names.items()}))
         fault = self._choose()
         if fault == "slowdown":
             client.sendall(b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
@@ -515,7 +534,8 @@ class FaultProxy:
             return
         keep = [line for line in headers
                 if line.split(b":", 1)[0].strip().lower()
-                not in (b"connection", b"expect", b"proxy-connection", b"keep-alive")]
+                not in (b"connection", b"expect", b"proxy-connection", b"keep-alive",
+                        *self.strip)]
         request = b"\r\n".join([b" ".join([method, target, version]), *keep,
                                 b"Connection: close", b"", b""]) + body
         with socket.create_connection(self.upstream, timeout=30) as upstream:
