@@ -476,9 +476,11 @@ class Daemon:
     def sweep_strays(self) -> None:
         """At start: the temp files a kill left between link and rename (state.py)."""
         state = self.state()
-        try:
-            with state.locked():
+        try:  # never wait for it: another gamsa at work now leaves them to the next start
+            with state.locked(give_up=lambda: True):
                 removed = state.sweep_stray_temp_files()
+        except LockAbandoned:
+            return
         except GamsaError as exc:
             self.log("warning", "sweep", f"stray temp files not removed: {exc.diagnostics()}")
             return
