@@ -6,18 +6,18 @@ as they read a store, plus:
 
 - `.gamsa-mirror.json`: which store it mirrors, under which trust, and the last
   pull's summary (hidden from `DirectoryReader`: its name starts with a dot);
-- `.gamsa-pull/`: the temp area; each object is downloaded into it whole
-  (create-only: complete or absent), so a killed pull's downloads are reused;
 - `quarantine/<bundle stem>/`: a bundle that failed, its objects and
   `findings.json` (written last: the marker that the bundle was judged).
 
 A bundle is fetched (manifest, records, RFC 3161 reply when present), checked by
 the verifier's own per-bundle code under the given trust, linked to the previous
-bundle of its chain already in the mirror, then hard-linked into place, records
-before manifest: a manifest in the mirror means its bundle is whole. Links are
-create-only, so a kill -9 at any instant leaves whole objects only, and an object
-already in the mirror is never replaced: different bytes under a mirrored key are
-a finding (`store_object_changed`), the new bytes go to quarantine.
+bundle of its chain already in the mirror, then each object is written as an
+unnamed temp file in its mirror directory (O_TMPFILE, fsynced) and linked to its
+name, records before manifest: a manifest in the mirror means its bundle is whole.
+Links are create-only, so a kill -9 at any instant leaves whole objects only (a
+records object without its manifest at worst, completed by the next run), and an
+object already in the mirror is never replaced: different bytes under a mirrored
+key are a finding (`store_object_changed`), the new bytes go to quarantine.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.crashpoints import crashpoint
-from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic
+from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic, write_new_file
 from agent.store import Store
 from signing.bundle import HOST_ID, BundleName, parse_bundle_key
 from signing.dsse import envelope_payload, parse_statement
@@ -55,11 +56,11 @@ from signing.verify import (
 )
 
 STATE_NAME = ".gamsa-mirror.json"
-TEMP_NAME = ".gamsa-pull"
 QUARANTINE_NAME = "quarantine"
+TEMP_NAME = ".gamsa-pull"
 FINDINGS_NAME = "findings.json"
 MIRROR_FORMAT = 1
-DEFAULT_JOBS = 8
+DEFAULT_JOBS = 16  # the S3 store's connection pool (agent.s3_store) holds 16
 _KINDS_IN_ORDER = ("records", "timestamp", "manifest")  # the manifest last: it completes
 
 
@@ -175,8 +176,8 @@ class Mirror:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.state_path = root / STATE_NAME
-        self.temp = root / TEMP_NAME
         self.quarantine = root / QUARANTINE_NAME
+        self.temp = root / TEMP_NAME
 
     def open(self, store_url: str, trust: dict[str, list[str]]) -> None:
         """Create the mirror or check that it mirrors `store_url`; record the trust."""
@@ -196,9 +197,10 @@ class Mirror:
         elif self.root.exists() and any(self.root.iterdir()):
             raise UsageError(f"--to {self.root}: not empty and not a gamsa mirror "
                              f"(no {STATE_NAME})", hint="give a new or empty directory")
+        self.clear_temp()
         with failing("create the mirror", self.root):
             self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
-            self.temp.mkdir(exist_ok=True, mode=0o700)
+            self.temp.mkdir(mode=0o700)
         self.write_state({**state, "format": MIRROR_FORMAT, "store": store_url,
                           "trust": trust})
 
@@ -214,9 +216,6 @@ class Mirror:
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def temp_path(self, key: str) -> Path:
-        return self.temp / key
-
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
@@ -226,43 +225,44 @@ class Mirror:
     def is_quarantined(self, stem: str) -> bool:
         return (self.quarantine_dir(stem) / FINDINGS_NAME).exists()
 
-    def fetch(self, store: Store, key: str) -> bytes:
-        """The object's bytes: from a whole temp file a killed pull left, else the store
-        (kept in the temp area until placed)."""
-        temp = self.temp_path(key)
-        try:
-            return temp.read_bytes()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise GamsaError(f"cannot read {temp}: {exc.strerror}") from exc
-        data = store.get(key)
-        with failing("write", temp):
-            temp.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            create_atomic(temp, data, mode=0o444)
-        return data
+    def prepare(self, data: bytes) -> Path:
+        """`data` in a new fsynced file of the temp area (a worker's part of placing it:
+        the write and fsync run in parallel; `place` only links)."""
+        temp = self.temp / secrets.token_hex(12)
+        with failing("write", self.temp):
+            write_new_file(temp, data, mode=0o444)
+        return temp
 
-    def place(self, key: str, data: bytes) -> bool:
-        """Link the temp copy of `key` into the mirror, create-only. True if placed now
-        or already there with the same bytes; False if the mirror holds other bytes."""
+    def place(self, key: str, data: bytes, prepared: Path | None = None) -> bool:
+        """Name `key` in the mirror with `data` (the `prepared` temp file when given),
+        create-only. True if placed now or already there with the same bytes; False
+        if the mirror holds other bytes. The caller makes the name durable (`sync`)."""
         target = self.path(key)
-        temp = self.temp_path(key)
         with failing("write", target):
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            if not temp.exists():
-                temp.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                create_atomic(temp, data, mode=0o444)
-            try:
-                os.link(temp, target)
-            except FileExistsError:
-                return _sha256_file(target) == hashlib.sha256(data).hexdigest()
-            fsync_dir(target.parent)
-        return True
+            if prepared is None:
+                linked = create_atomic(target, data, mode=0o444)
+            else:
+                try:
+                    os.link(prepared, target)
+                    linked = True
+                except FileExistsError:
+                    linked = False
+                finally:
+                    prepared.unlink(missing_ok=True)
+            if linked:
+                return True
+            return _sha256_file(target) == hashlib.sha256(data).hexdigest()
 
-    def drop_temp(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            with failing("remove", self.temp_path(key)):
-                self.temp_path(key).unlink(missing_ok=True)
+    def sync(self, key: str) -> None:
+        """Make the names linked in the directory of `key` durable."""
+        with failing("write", self.path(key).parent):
+            fsync_dir(self.path(key).parent)
+
+    def clear_temp(self) -> None:
+        """Empty the temp area (what a killed pull left there is not in the mirror)."""
+        with failing("clear", self.temp):
+            shutil.rmtree(self.temp, ignore_errors=True)
 
     def put_in_quarantine(self, stem: str, objects: Mapping[str, bytes],
                           findings: list[Finding]) -> None:
@@ -276,12 +276,6 @@ class Mirror:
             create_atomic(where / FINDINGS_NAME, json.dumps(
                 {"key": stem, "findings": [f.as_dict() for f in findings]},
                 indent=2, sort_keys=True).encode() + b"\n", mode=0o444)
-        self.drop_temp(objects)
-
-    def clear_temp(self) -> None:
-        """Remove what is left of the temp area (nothing that is not elsewhere)."""
-        with failing("remove", self.temp):
-            shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def _sha256_file(path: Path) -> str:
@@ -371,6 +365,13 @@ class _Fetched:
     objects: dict[str, bytes]
     summary: BundleSummary | None
     findings: list[Finding]
+    prepared: dict[str, Path] = field(default_factory=dict)  # key -> its temp file
+
+    def release(self) -> None:
+        """Remove the temp files not linked into the mirror."""
+        for path in self.prepared.values():
+            path.unlink(missing_ok=True)
+        self.prepared.clear()
 
     @property
     def ok(self) -> bool:
@@ -401,11 +402,10 @@ def _pull_keys(store: Store, mirror: Mirror, trust_findings: list[Finding],
     An enrollment the organisation root does not vouch for goes to quarantine."""
     refused = {f.key: f for f in trust_findings if f.severity == ERROR}
     for key in store.list(KEYS_PREFIX):
-        data = mirror.fetch(store, key)
+        data = store.get(key)
         if key in refused:
             if not mirror.is_quarantined(key):
                 mirror.put_in_quarantine(key, {key: data}, [refused[key]])
-            mirror.drop_temp([key])
             continue
         if mirror.has(key):
             if _sha256_file(mirror.path(key)) != hashlib.sha256(data).hexdigest():
@@ -415,10 +415,8 @@ def _pull_keys(store: Store, mirror: Mirror, trust_findings: list[Finding],
                 result.findings.append(changed)
                 if not mirror.is_quarantined(key):
                     mirror.put_in_quarantine(key, {key: data}, [changed])
-            mirror.drop_temp([key])
             continue
         mirror.place(key, data)
-        mirror.drop_temp([key])
         result.keys += 1
         result.bytes += len(data)
 
@@ -451,9 +449,17 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
             todo.append(name)
 
     def fetch(name: BundleName) -> _Fetched:
-        objects = {key: mirror.fetch(store, key) for key in bundles[name].values()}
+        objects = {key: store.get(key) for key in bundles[name].values()}
         summary, findings = verify_bundle(objects, name, trust)
-        return _Fetched(name, objects, summary, findings)
+        fetched = _Fetched(name, objects, summary, findings)
+        if fetched.ok:
+            try:
+                for key, data in objects.items():
+                    fetched.prepared[key] = mirror.prepare(data)
+            except BaseException:
+                fetched.release()
+                raise
+        return fetched
 
     chains = _MirrorChains(mirror)
 
@@ -471,6 +477,7 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
                 result.findings.extend(findings)
                 return
             findings.append(placed)
+        fetched.release()
         mirror.put_in_quarantine(fetched.name.stem, fetched.objects, findings)
         result.quarantined += 1
         result.findings.extend(findings)
@@ -493,12 +500,15 @@ def _place_bundle(mirror: Mirror, fetched: _Fetched) -> Finding | None:
     keys = {kind: key for kind in _KINDS_IN_ORDER
             if (key := getattr(fetched.name, f"{kind}_key")) in fetched.objects}
     for kind, key in keys.items():
-        if not mirror.place(key, fetched.objects[key]):
+        if not mirror.place(key, fetched.objects[key], fetched.prepared.pop(key, None)):
             return Finding(key, "store_object_changed",
                            "the mirror holds other bytes under this key (pulled earlier); "
                            "the store's object changed since")
         crashpoint(f"pull: {kind} placed")
-    mirror.drop_temp(fetched.objects)
+    # One directory fsync for the bundle: links are journaled in order, so after a
+    # power loss a manifest without its records cannot appear (a kill -9 never loses
+    # a link); what was lost is pulled again by the next run.
+    mirror.sync(fetched.name.manifest_key)
     return None
 
 

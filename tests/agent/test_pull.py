@@ -81,7 +81,7 @@ def test_pull_verifies_and_rerun_pulls_only_new_bundles(gamsa_env: GamsaEnv,
         p.name for p in store_objects(gamsa_env, MANIFEST)]
     for key in mirrored(mirror, RECORDS):
         assert (mirror / key).read_bytes() == (gamsa_env.store / key).read_bytes()
-    assert not (mirror / ".gamsa-pull").exists()
+    assert not list(mirror.rglob(".tmp-*"))
     state = json.loads((mirror / ".gamsa-mirror.json").read_text())
     assert state["store"] == gamsa_env.store_url and len(state["trust"]["keys"]) == 1
     assert state["last_pull"]["pulled"] == 3
@@ -181,7 +181,7 @@ def test_kill_9_at_every_step_then_rerun_completes(gamsa_env: GamsaEnv, tmp_path
         assert step < 50
     assert step > 3, "the pull passed crash points"
     assert report["pulled"] + report["skipped"] == 3
-    assert not (mirror / ".gamsa-pull").exists()
+    assert not list(mirror.rglob(".tmp-*"))
     assert verify_mirror(gamsa_env, mirror)["bundles"] == 3
 
 
