@@ -61,6 +61,11 @@ TEMP_NAME = ".gamsa-pull"
 FINDINGS_NAME = "findings.json"
 MIRROR_FORMAT = 1
 DEFAULT_JOBS = 16  # the S3 store's connection pool (agent.s3_store) holds 16
+# Directories fsynced together, not once per bundle (12 ms each on a loaded disk, on
+# the one ordered thread). A kill -9 never loses a link; a power loss may lose the
+# links since the last sync (journaled in order: never a manifest without its
+# records), and the next run pulls those again.
+SYNC_EVERY_BUNDLES = 1000
 _KINDS_IN_ORDER = ("records", "timestamp", "manifest")  # the manifest last: it completes
 
 
@@ -178,6 +183,8 @@ class Mirror:
         self.state_path = root / STATE_NAME
         self.quarantine = root / QUARANTINE_NAME
         self.temp = root / TEMP_NAME
+        self._unsynced: set[Path] = set()
+        self._links_unsynced = 0
 
     def open(self, store_url: str, trust: dict[str, list[str]]) -> None:
         """Create the mirror or check that it mirrors `store_url`; record the trust."""
@@ -254,10 +261,20 @@ class Mirror:
                 return True
             return _sha256_file(target) == hashlib.sha256(data).hexdigest()
 
-    def sync(self, key: str) -> None:
-        """Make the names linked in the directory of `key` durable."""
-        with failing("write", self.path(key).parent):
-            fsync_dir(self.path(key).parent)
+    def linked_in(self, key: str) -> None:
+        """Note that a name was linked beside `key`: `sync` makes it durable."""
+        self._unsynced.add(self.path(key).parent)
+        self._links_unsynced += 1
+        if self._links_unsynced >= SYNC_EVERY_BUNDLES:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync each directory names were linked in since the last sync."""
+        for directory in sorted(self._unsynced):
+            with failing("write", directory):
+                fsync_dir(directory)
+        self._unsynced.clear()
+        self._links_unsynced = 0
 
     def clear_temp(self) -> None:
         """Empty the temp area (what a killed pull left there is not in the mirror)."""
@@ -486,6 +503,7 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
         settle(fetched)
         if progress is not None:
             progress(done, len(todo))
+    mirror.sync()
     mirror.clear_temp()
     state = mirror.read_state()
     state["last_pull"] = {"at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -505,10 +523,7 @@ def _place_bundle(mirror: Mirror, fetched: _Fetched) -> Finding | None:
                            "the mirror holds other bytes under this key (pulled earlier); "
                            "the store's object changed since")
         crashpoint(f"pull: {kind} placed")
-    # One directory fsync for the bundle: links are journaled in order, so after a
-    # power loss a manifest without its records cannot appear (a kill -9 never loses
-    # a link); what was lost is pulled again by the next run.
-    mirror.sync(fetched.name.manifest_key)
+    mirror.linked_in(fetched.name.manifest_key)
     return None
 
 
