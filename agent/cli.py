@@ -501,7 +501,7 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
 @click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
               help="Organisation root public key (default: verify.trust_org); repeatable.")
 @click.option("--jobs", type=click.IntRange(min=1, max=64), default=None,
-              help="Bundles downloaded and checked at once (default 8).")
+              help="Bundles downloaded and checked at once (default 16).")
 @json_option
 def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: tuple[str, ...],
          since: str | None, until: str | None, trust: tuple[Path, ...],

@@ -255,3 +255,35 @@ def test_pull_of_store_unreachable_is_exit_3(gamsa_env: GamsaEnv, tmp_path: Path
                            str(tmp_path / "m"), "--trust", agent_key(gamsa_env))
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bundle_not_linking_to_the_mirror_is_quarantined(gamsa_env: GamsaEnv,
+                                                         tmp_path: Path) -> None:
+    """A bundle signed by the host's own key whose prev is not the mirror's bundle
+    before it (a forged or replayed continuation) stays out of the mirror."""
+    from signing.canonical import canonical_bytes
+    from signing.keys import load_private_key
+
+    seal(gamsa_env, 2)
+    mirror = tmp_path / "mirror"
+    assert pull(gamsa_env, mirror)[0] == 0
+    manifest = store_objects(gamsa_env, MANIFEST)[1]
+    statement = json.loads(base64.b64decode(parse_envelope(manifest.read_bytes())["payload"]))
+    predicate = statement["predicate"]
+    predicate["chain"].update(seq=3, prev="0" * 64)
+    predicate["collection"]["id"] = "20990101T000000Z-forged00"
+    stem = manifest.name.removesuffix(MANIFEST).split("-", 1)[0]
+    new_stem = manifest.parent / f"{3:010d}-{predicate['collection']['id']}"
+    records_key = new_stem.relative_to(gamsa_env.store).as_posix() + RECORDS
+    statement["subject"][0]["name"] = records_key
+    (gamsa_env.store / records_key).write_bytes(
+        (manifest.parent / (manifest.name.removesuffix(MANIFEST) + RECORDS)).read_bytes())
+    signer = FileSigner(load_private_key(gamsa_env.state_dir / "keys" / "agent.key"))
+    forged = Path(str(new_stem) + MANIFEST)
+    forged.write_bytes(sign_envelope(canonical_bytes(statement), signer))
+    assert stem == f"{2:010d}"
+    code, report, _ = pull(gamsa_env, mirror)
+    assert code == 1 and (report["pulled"], report["quarantined"]) == (0, 1), report
+    key = forged.relative_to(gamsa_env.store).as_posix()
+    assert (key, "chain_prev_mismatch") in {(f["key"], f["code"]) for f in report["findings"]}
+    assert not (mirror / key).exists()
