@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signing.dsse import parse_envelope, sign_envelope
@@ -164,6 +165,7 @@ def test_store_object_changed_since_pulled_is_a_finding(gamsa_env: GamsaEnv,
     assert (mirror / key).read_bytes() != key_doc.read_bytes(), "the mirror keeps the first"
 
 
+@pytest.mark.slow
 def test_kill_9_at_every_step_then_rerun_completes(gamsa_env: GamsaEnv, tmp_path: Path) -> None:
     seal(gamsa_env, 3)
     mirror = tmp_path / "mirror"
