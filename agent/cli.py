@@ -387,7 +387,7 @@ def _trusted_keys(config: Config, trust: tuple[Path, ...]) -> dict[str, PublicKe
     return {k.key_id: k for k in (own, *retired)}
 
 
-def _progress_bar(enabled: bool) -> Callable[[int, int], None] | None:
+def _progress_bar(enabled: bool, label: str = "verifying") -> Callable[[int, int], None] | None:
     if not enabled:
         return None
     state: dict[str, Any] = {}
@@ -395,7 +395,7 @@ def _progress_bar(enabled: bool) -> Callable[[int, int], None] | None:
     def update(done: int, total: int) -> None:
         bar = state.get("bar")
         if bar is None:
-            bar = click.progressbar(length=total, label="verifying", file=sys.stderr)
+            bar = click.progressbar(length=total, label=label, file=sys.stderr)
             bar.__enter__()
             state["bar"] = bar
         bar.update(1)
@@ -483,6 +483,60 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
         errors = sum(1 for f in result.findings if f.severity == "error")
         click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "
                    f"{errors} error finding(s) in {store.url}")
+    if not result.ok:
+        sys.exit(FINDINGS)
+
+
+@cli.command()
+@config_option
+@click.option("--store", "store_url", metavar="URL", help="Store to pull from (default: config).")
+@click.option("--to", "mirror", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The mirror directory (created; a re-run continues it).")
+@click.option("--host", "hosts", multiple=True, metavar="HOST_ID",
+              help="Only this host's bundles; repeatable.")
+@click.option("--since", metavar="YYYY-MM-DD", help="Only bundles dated this day or later.")
+@click.option("--until", metavar="YYYY-MM-DD", help="Only bundles dated this day or earlier.")
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document), for any host; repeatable.")
+@click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
+              help="Organisation root public key (default: verify.trust_org); repeatable.")
+@click.option("--jobs", type=click.IntRange(min=1, max=64), default=None,
+              help="Bundles downloaded and checked at once (default 16).")
+@json_option
+def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: tuple[str, ...],
+         since: str | None, until: str | None, trust: tuple[Path, ...],
+         trust_org: tuple[Path, ...], jobs: int | None, as_json: bool) -> None:
+    """Copy a store's bundles into a local mirror, verifying each on arrival; bundles that
+    fail go to DIR/quarantine (exit 1)."""
+    from agent.pull import DEFAULT_JOBS, parse_selection
+    from agent.pull import pull as pull_store
+    from agent.store import open_store
+    from signing.keys import load_public_key_pem
+
+    config = load(config_path)
+    selection = parse_selection(hosts, since, until)
+    org_keys = _org_keys(trust_org or tuple(config.verify.trust_org))
+    if not trust and org_keys is None:
+        raise UsageError("pull needs the keys to verify with",
+                         hint="pass --trust KEY.pem or --trust-org ORG.pub "
+                              "(or set verify.trust_org)")
+    trusted = {k.key_id: k for k in (load_public_key_pem(p) for p in trust)}
+    store = open_store(store_url or config.store.url, config.store)
+    result = pull_store(store, mirror.absolute(), selection, trusted, org_keys,
+                        jobs or DEFAULT_JOBS,
+                        _progress_bar(sys.stderr.isatty() and not as_json, "pulling"))
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        for finding in result.findings:
+            click.echo(f"{finding.severity.upper():7} {finding.code}: {finding.key}: "
+                       f"{finding.message}")
+        held = (f", {result.quarantined_before} held in quarantine from earlier pulls"
+                if result.quarantined_before else "")
+        click.echo(f"{'OK' if result.ok else 'QUARANTINED'}: {result.pulled} bundle(s) "
+                   f"pulled, {result.skipped} already mirrored, {result.quarantined} "
+                   f"quarantined{held}, {result.bytes} bytes from {result.store} "
+                   f"into {result.mirror}")
     if not result.ok:
         sys.exit(FINDINGS)
 
