@@ -15,38 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from signing.dsse import parse_envelope, sign_envelope
 from signing.keys import FileSigner
-from tests.agent.s3_fixtures import S3GamsaEnv, tiny_collector
-from tests.conftest import GamsaEnv, ok
+from tests.agent.mirror_fixtures import agent_key, pull, seal
+from tests.agent.s3_fixtures import S3GamsaEnv
+from tests.conftest import GamsaEnv
 
 RECORDS = ".records.jsonl.gz"
 MANIFEST = ".manifest.dsse.json"
-
-
-def seal(env: GamsaEnv, count: int, host: str = "test-host") -> None:
-    """Seal `count` small bundles of `host` in this process, then ship them (real CLI)."""
-    from agent.config import load_config
-    from agent.seal import seal_collection
-    from agent.state import StateDir
-
-    config = load_config(env.config, {})
-    state = StateDir(config.state_dir)
-    with state.locked():
-        for _ in range(count):
-            seal_collection(config, host, [tiny_collector()], "schedule", state)
-    ok(env.run("ship"))
-
-
-def agent_key(env: GamsaEnv) -> str:
-    return str(env.state_dir / "keys" / "agent.json")
-
-
-def pull(env: GamsaEnv, mirror: Path, *args: str, store: str | None = None,
-         crash_at: int | None = None) -> tuple[int, dict[str, Any], str]:
-    result = env.run("pull", "--store", store or env.store_url, "--to", str(mirror),
-                     "--trust", agent_key(env), "--json", *args, crash_at=crash_at)
-    assert "Traceback" not in result.stderr, result.stderr
-    report = json.loads(result.stdout) if result.stdout.strip() else {}
-    return result.returncode, report, result.stderr
 
 
 def verify_mirror(env: GamsaEnv, mirror: Path) -> dict[str, Any]:

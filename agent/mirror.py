@@ -1,0 +1,153 @@
+"""Reading a verified mirror (made by `gamsa pull`): the one place that knows its layout.
+
+The auditor's commands (query, diff, export, report) read only the mirror, never a
+store: every bundle in it was verified on arrival, and failing ones sit in
+`quarantine/`, which is not read here. This module finds the mirror's bundles by
+host, date and seq, and opens their manifests and records; it does not verify again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
+from signing.bundle import BundleName, iter_record_lines, parse_bundle_key
+from signing.dsse import envelope_payload, parse_statement
+from signing.errors import FormatError, GamsaError, UsageError
+
+BUNDLES_PREFIX = "v1/host="
+
+
+@dataclass(frozen=True)
+class MirroredBundle:
+    """One whole bundle in the mirror (its manifest is there, so its records are)."""
+
+    name: BundleName
+    manifest_path: Path
+    records_path: Path
+    timestamp_path: Path | None
+
+    @property
+    def host(self) -> str:
+        return self.name.host_id
+
+    @property
+    def seq(self) -> int:
+        return self.name.seq
+
+    @property
+    def manifest_key(self) -> str:
+        return self.name.manifest_key
+
+    @property
+    def records_key(self) -> str:
+        return self.name.records_key
+
+
+@dataclass(frozen=True)
+class BundleFilter:
+    """Which bundles a command reads: hosts (none: all) and a date range by `date=`."""
+
+    hosts: frozenset[str] = frozenset()
+    since: date | None = None
+    until: date | None = None
+
+    def admits_host(self, host: str) -> bool:
+        return not self.hosts or host in self.hosts
+
+    def admits_date(self, day: str) -> bool:
+        try:
+            when = date.fromisoformat(day)
+        except ValueError:
+            return False
+        if self.since is not None and when < self.since:
+            return False
+        return self.until is None or when <= self.until
+
+
+class MirrorView:
+    """A mirror directory opened for reading."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_path = root / STATE_NAME
+
+    def state(self) -> dict[str, Any]:
+        """`.gamsa-mirror.json`: the store it mirrors, its trust, the last pull."""
+        try:
+            state: dict[str, Any] = json.loads(self.state_path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise GamsaError(f"{self.state_path}: not a readable mirror state ({exc})") from exc
+        return state
+
+    def hosts(self) -> list[str]:
+        """Every host with a directory in the mirror, sorted."""
+        base = self.root / "v1"
+        if not base.is_dir():
+            return []
+        return sorted(entry.name.removeprefix("host=") for entry in base.iterdir()
+                      if entry.is_dir() and entry.name.startswith("host="))
+
+    def bundles(self, which: BundleFilter | None = None) -> Iterator[MirroredBundle]:
+        """Whole bundles (manifest present), by host, then date, then seq."""
+        which = which or BundleFilter()
+        for host in self.hosts():
+            if not which.admits_host(host):
+                continue
+            host_dir = self.root / "v1" / f"host={host}"
+            found: list[MirroredBundle] = []
+            for day_dir in sorted(host_dir.iterdir()):
+                day = day_dir.name.removeprefix("date=")
+                if not day_dir.is_dir() or not which.admits_date(day):
+                    continue
+                found.extend(self._bundles_in(day_dir))
+            found.sort(key=lambda bundle: (bundle.name.date, bundle.seq))
+            yield from found
+
+    def _bundles_in(self, day_dir: Path) -> Iterable[MirroredBundle]:
+        rel = day_dir.relative_to(self.root).as_posix()
+        for entry in sorted(day_dir.iterdir()):
+            parsed = parse_bundle_key(f"{rel}/{entry.name}")
+            if parsed is None or parsed[1] != "manifest" or not entry.is_file():
+                continue
+            name = parsed[0]
+            tsr = self.root / name.timestamp_key
+            yield MirroredBundle(name, entry, self.root / name.records_key,
+                                 tsr if tsr.is_file() else None)
+
+    def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
+        """The manifest's in-toto statement (verified when it was pulled)."""
+        try:
+            return parse_statement(envelope_payload(bundle.manifest_path.read_bytes()))
+        except (OSError, FormatError) as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
+
+    def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
+        """Each record's canonical JSON line, in order (line numbers start at 1)."""
+        try:
+            data = bundle.records_path.read_bytes()
+        except OSError as exc:
+            raise GamsaError(f"{bundle.records_path}: unreadable records ({exc})") from exc
+        yield from iter_record_lines(data, bundle.records_key)
+
+    def records(self, bundle: MirroredBundle) -> Iterator[dict[str, Any]]:
+        """Each record as a dict, in order."""
+        for line in self.record_lines(bundle):
+            yield json.loads(line)
+
+
+def open_mirror(root: Path) -> MirrorView:
+    """The mirror at `root`, or a UsageError saying it is not one."""
+    if not (root / STATE_NAME).is_file():
+        raise UsageError(f"--mirror {root}: not a gamsa mirror (no {STATE_NAME})",
+                         hint="make one with `gamsa pull --store URL --to DIR`")
+    return MirrorView(root)
+
+
+# Names the mirror keeps beside the bundles, never read as evidence.
+NOT_EVIDENCE = (STATE_NAME, QUARANTINE_NAME, TEMP_NAME)
