@@ -1,0 +1,260 @@
+"""`gamsa verify`, `pull`, `prove` and `verify-proof`: the commands that check evidence."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from agent.cli_common import (
+    config_option,
+    emit_json,
+    json_option,
+    load,
+    org_root_keys,
+    progress_bar,
+    trusted_keys,
+)
+from signing.errors import FINDINGS, GamsaError, UsageError
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+# verify / prove --------------------------------------------------------------------
+
+
+@click.command()
+@config_option
+@click.option("--store", "store_url", metavar="URL", help="Store to verify (default: config).")
+@click.option("--host", metavar="HOST_ID", help="Only this host's bundles.")
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document), for any host; repeatable.")
+@click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
+              help="Organisation root public key: trust each enrolled key for its enrolled "
+                   "host and validity window only; repeatable (default: verify.trust_org).")
+@click.option("--max-silence", metavar="DURATION",
+              help="Longest an expected host may go without a bundle, e.g. 20m, 6h "
+                   "(default: verify.max_silence, 4 x schedule.heartbeat).")
+@click.option("--as-of", metavar="TIME",
+              help="Judge silence at this UTC time, e.g. 2026-12-01T06:00:00Z (default: now).")
+@click.option("--tsa-cert", type=click.Path(path_type=Path), metavar="CHAIN.pem",
+              help="Check each bundle's RFC 3161 timestamp token against this TSA "
+                   "certificate chain (PEM); a bundle without one is timestamp_missing.")
+@json_option
+def verify(config_path: Path | None, store_url: str | None, host: str | None,
+           trust: tuple[Path, ...], trust_org: tuple[Path, ...], max_silence: str | None,
+           as_of: str | None, tsa_cert: Path | None, as_json: bool) -> None:
+    """Verify every bundle and chain in a store, and the fleet's completeness;
+    exit 1 on any error finding."""
+    from agent.completeness import expectations, fleet_lines, parse_as_of, silence_allowed
+    from agent.store import open_store
+    from signing.verify import verify_store
+
+    config = load(config_path)
+    when = parse_as_of(as_of)
+    tsa_chain = None
+    if tsa_cert is not None:
+        from signing.timestamp import load_tsa_chain
+
+        tsa_chain = load_tsa_chain(tsa_cert)
+    silence: dt.timedelta | None = silence_allowed(config, max_silence)
+    store = open_store(store_url or config.store.url, config.store)
+    org_keys = org_root_keys(trust_org or tuple(config.verify.trust_org))
+    if not trust and org_keys is None and max_silence is None:
+        # The host checking its own store with its own key: no daemon seals heartbeats
+        # yet, and truncation is found from the local chain head; silence is judged
+        # when asked (--max-silence) or in an audit (--trust, --trust-org).
+        silence = None
+    # With an organisation root, the agent's own key is not trusted by default.
+    trusted = trusted_keys(config, trust) if trust or org_keys is None else {}
+    expect, read_findings = expectations(store, host, when, silence)
+    result = verify_store(store, trusted, host,
+                          progress_bar(sys.stderr.isatty() and not as_json),
+                          workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys,
+                          expect=expect, tsa_chain=tsa_chain)
+    result.findings.extend(read_findings)
+    if store.url == open_store(config.store.url, config.store).url:
+        result.findings.extend(_truncation_findings(config, result, host))
+    if as_json:
+        emit_json({"store": store.url, **result.as_dict()})
+    else:
+        for finding in result.findings:
+            click.echo(f"{finding.severity.upper():7} {finding.code}: {finding.key}: "
+                       f"{finding.message}")
+        for line in fleet_lines(result.fleet) if result.fleet is not None else []:
+            click.echo(line)
+        if (stamps := result.timestamps) is not None:
+            click.echo(f"timestamps: {stamps.verified} of {stamps.checked} bundle(s) witnessed "
+                       f"in time, {stamps.missing} missing, {stamps.invalid} invalid, "
+                       f"{stamps.mismatched} mismatched, {stamps.late} late")
+        verdict = "OK" if result.ok else "FAILED"
+        errors = sum(1 for f in result.findings if f.severity == "error")
+        click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "
+                   f"{errors} error finding(s) in {store.url}")
+    if not result.ok:
+        sys.exit(FINDINGS)
+
+
+@click.command()
+@config_option
+@click.option("--store", "store_url", metavar="URL", help="Store to pull from (default: config).")
+@click.option("--to", "mirror", required=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="The mirror directory (created; a re-run continues it).")
+@click.option("--host", "hosts", multiple=True, metavar="HOST_ID",
+              help="Only this host's bundles; repeatable.")
+@click.option("--since", metavar="YYYY-MM-DD", help="Only bundles dated this day or later.")
+@click.option("--until", metavar="YYYY-MM-DD", help="Only bundles dated this day or earlier.")
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document), for any host; repeatable.")
+@click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
+              help="Organisation root public key (default: verify.trust_org); repeatable.")
+@click.option("--jobs", type=click.IntRange(min=1, max=64), default=None,
+              help="Bundles downloaded and checked at once (default 16).")
+@json_option
+def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: tuple[str, ...],
+         since: str | None, until: str | None, trust: tuple[Path, ...],
+         trust_org: tuple[Path, ...], jobs: int | None, as_json: bool) -> None:
+    """Copy a store's bundles into a local mirror, verifying each on arrival; bundles that
+    fail go to DIR/quarantine (exit 1)."""
+    from agent.pull import DEFAULT_JOBS, parse_selection
+    from agent.pull import pull as pull_store
+    from agent.store import open_store
+    from signing.keys import load_public_key_pem
+
+    config = load(config_path)
+    selection = parse_selection(hosts, since, until)
+    org_keys = org_root_keys(trust_org or tuple(config.verify.trust_org))
+    if not trust and org_keys is None:
+        raise UsageError("pull needs the keys to verify with",
+                         hint="pass --trust KEY.pem or --trust-org ORG.pub "
+                              "(or set verify.trust_org)")
+    trusted = {k.key_id: k for k in (load_public_key_pem(p) for p in trust)}
+    store = open_store(store_url or config.store.url, config.store)
+    result = pull_store(store, mirror.absolute(), selection, trusted, org_keys,
+                        jobs or DEFAULT_JOBS,
+                        progress_bar(sys.stderr.isatty() and not as_json, "pulling"))
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        for finding in result.findings:
+            click.echo(f"{finding.severity.upper():7} {finding.code}: {finding.key}: "
+                       f"{finding.message}")
+        held = (f", {result.quarantined_before} held in quarantine from earlier pulls"
+                if result.quarantined_before else "")
+        click.echo(f"{'OK' if result.ok else 'QUARANTINED'}: {result.pulled} bundle(s) "
+                   f"pulled, {result.skipped} already mirrored, {result.quarantined} "
+                   f"quarantined{held}, {result.bytes} bytes from {result.store} "
+                   f"into {result.mirror}")
+    if not result.ok:
+        sys.exit(FINDINGS)
+
+
+def _truncation_findings(config: Config, result: Any, host: str | None) -> list[Any]:
+    """What only this host can tell: has its own store lost the newest bundles?
+
+    The store alone cannot show its last bundles being deleted. On the agent's host,
+    the chain head says how far the chain goes and the spool what is not shipped yet;
+    everything before the oldest spooled bundle must be in the store.
+    """
+    from agent.identity import resolve_host_id
+    from agent.state import StateDir
+    from signing.verify import Finding
+
+    state = StateDir(config.state_dir)
+    if not state.chain_path.exists():
+        return []
+    head = state.read_head()
+    host_id = resolve_host_id(config.host_id)
+    if head is None or (host is not None and host != host_id):
+        return []
+    spooled = [e.name.seq for e in state.entries() if e.name.host_id == host_id]
+    shipped_up_to = min(spooled) - 1 if spooled else head.seq
+    in_store = max((b.seq for b in result.bundles if b.chain_id == head.chain_id
+                    and b.name.host_id == host_id), default=0)
+    from agent.chainguard import head_findings
+
+    found = [Finding(*f) for f in head_findings(
+        head, {e.name.seq: e.name.manifest_key for e in state.entries()
+               if e.name.host_id == host_id}, host_id, result.bundles)]
+    if in_store >= shipped_up_to:
+        return found
+    return [Finding(f"v1/host={host_id}/", "chain_truncated",
+                    f"this host's chain {head.chain_id} has shipped up to seq {shipped_up_to} "
+                    f"(head {head.seq}), but the store ends at seq {in_store}"), *found]
+
+
+def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:
+    """(records key, manifest key) for a bundle given by either key or its stem."""
+    from signing.bundle import MANIFEST_SUFFIX, RECORDS_SUFFIX
+
+    stem = ref.removesuffix(RECORDS_SUFFIX).removesuffix(MANIFEST_SUFFIX)
+    if not stem.startswith("v1/"):
+        matches = [k for k in store.list("v1/host=") if k.endswith(MANIFEST_SUFFIX)
+                   and k.removesuffix(MANIFEST_SUFFIX).endswith(stem)]
+        if len(matches) != 1:
+            raise UsageError(f"bundle {ref!r}: {len(matches)} matching bundles in {store.url}",
+                             hint="give the full object key")
+        stem = matches[0].removesuffix(MANIFEST_SUFFIX)
+    return stem + RECORDS_SUFFIX, stem + MANIFEST_SUFFIX
+
+
+@click.command()
+@config_option
+@click.argument("bundle")
+@click.argument("line", type=click.IntRange(min=1))
+@click.option("--store", "store_url", metavar="URL", help="Store holding the bundle.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Write the proof here.")
+def prove(config_path: Path | None, bundle: str, line: int, store_url: str | None,
+          output: Path | None) -> None:
+    """Write an inclusion proof of LINE (1-based) of BUNDLE (object key or seq-id)."""
+    from agent.store import open_store
+    from signing.proof import make_proof
+
+    config = load(config_path)
+    store = open_store(store_url or config.store.url, config.store)
+    records_key, manifest_key = _resolve_bundle(store, bundle)
+    proof = make_proof(store.get(manifest_key), store.get(records_key), line, records_key)
+    if output is None:
+        click.echo(proof.decode())
+    else:
+        output.write_bytes(proof)
+        click.echo(f"proof of {records_key} line {line} written to {output}", err=True)
+
+
+@click.command("verify-proof")
+@config_option
+@click.argument("proof", type=click.Path(path_type=Path))
+@click.option("--trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY.pem",
+              help="Trusted public key (PEM or key document); repeatable.")
+@json_option
+def verify_proof_cmd(config_path: Path | None, proof: Path, trust: tuple[Path, ...],
+                     as_json: bool) -> None:
+    """Check an inclusion proof against its signed manifest; print the record."""
+    from signing.errors import ProofError, SignatureError
+    from signing.proof import verify_proof
+
+    config = load(config_path)
+    trusted = trusted_keys(config, trust)
+    try:
+        data = proof.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"proof file {proof}: {exc.strerror}") from exc
+    try:
+        proven = verify_proof(data, trusted)
+    except (ProofError, SignatureError) as exc:
+        raise GamsaError(f"{proof}: proof does not verify: {exc.message}",
+                         exit_code=FINDINGS) from exc
+    if as_json:
+        emit_json({"ok": True, "records_key": proven.records_key, "line": proven.line,
+                   "tree_size": proven.tree_size, "key_id": proven.key_id,
+                   "record": proven.record})
+    else:
+        click.echo(f"OK: line {proven.line} of {proven.tree_size} in {proven.records_key}, "
+                   f"signed by {proven.key_id[:16]}…")
+        click.echo(json.dumps(proven.record, ensure_ascii=False, sort_keys=True))
+
+
