@@ -30,8 +30,10 @@ import datetime as dt
 import json
 import multiprocessing
 import os
+import subprocess
 import time
 import types
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,12 +41,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.agent.s3_fixtures import FAST_RETRIES, ISOLATED_AWS_ENV, REGION, TEST_CREDENTIALS
+from tests.conftest import GAMSA
 
 START = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
 STATE = "fleet_state"  # collector whose output is stable but for the planted change
 EVENTS = "fleet_events"  # collector of a few events per bundle (counts vary by seq)
 STAGGER = dt.timedelta(seconds=7)  # host h starts h * 7 s after host 0
 SHIP_EVERY = 25  # a real agent ships as it goes: the spool stays small
+MANIFEST = ".manifest.dsse.json"
+RECORDS = ".records.jsonl.gz"
 
 
 @dataclass(frozen=True)
@@ -285,6 +290,7 @@ class _Job:
     prefix: str
     org_key: Path
     foreign: bool  # also append a bundle signed by a key nobody enrolled
+    agents: Path  # where the hosts' state dirs live
 
 
 def _host_config(job: _Job, host: str, state_dir: Path) -> Path:
@@ -319,7 +325,7 @@ def _seal_host(job: _Job) -> tuple[list[Sealed], str]:
     os.environ.update({**ISOLATED_AWS_ENV, **TEST_CREDENTIALS, **FAST_RETRIES})
     spec, index = job.spec, job.index
     host = spec.host(index)
-    home = job.root / "hosts" / host
+    home = job.agents / "hosts" / host
     home.mkdir(parents=True)
     config = load_config(_host_config(job, host, home / "state"), {})
     store = open_store(config.store.url, config.store)
@@ -362,7 +368,7 @@ def _append_foreign(job: _Job, host: str, head: Any, host_config: Any) -> None:
     from collector.record import format_time
 
     spec = job.spec
-    forger = StateDir(job.root / "forger" / "state")
+    forger = StateDir(job.agents / "forger" / "state")
     config = dataclasses.replace(host_config, state_dir=forger.root)
     store = open_store(config.store.url, config.store)
     # just after the host's last bundle, so only the key betrays it
@@ -411,16 +417,21 @@ def planted_for(spec: FleetSpec) -> Planted:
 
 
 def make_fleet(spec: FleetSpec, root: Path, endpoint: str, client: Any, bucket: str,
-               prefix: str = "evidence") -> Fleet:
-    """Seal, ship and tamper with a fleet in `bucket` (an Object Lock bucket on moto)."""
+               prefix: str = "evidence", agents: Path | None = None) -> Fleet:
+    """Seal, ship and tamper with a fleet in `bucket` (an Object Lock bucket on moto).
+
+    `agents`: where the hosts' state dirs go (default `root`). The agents' disks are
+    not what a fleet is for: on a tmpfs their fsyncs (8 a bundle) cost nothing, and
+    generation is bound by sealing and shipping alone (twice as fast on the CI VM).
+    """
     from agent.org import init_org
 
     began = time.perf_counter()
     org = init_org(root / "org")
     planted = planted_for(spec)
     foreign_index = int(planted.foreign.host.rsplit("-", 1)[1])
-    jobs = [_Job(spec, i, root, endpoint, bucket, prefix, org.private_path, i == foreign_index)
-            for i in range(spec.hosts)]
+    jobs = [_Job(spec, i, root, endpoint, bucket, prefix, org.private_path, i == foreign_index,
+                 agents or root) for i in range(spec.hosts)]
     bundles: list[Sealed] = []
     key_docs: dict[str, Path] = {}
     context = multiprocessing.get_context("spawn")  # no threads or sockets of ours inherited
@@ -437,3 +448,136 @@ def make_fleet(spec: FleetSpec, root: Path, endpoint: str, client: Any, bucket: 
     (root / "fleet.json").write_text(json.dumps(
         {"hosts": spec.hosts, "bundles": spec.bundles, "seconds": fleet.seconds}))
     return fleet
+
+
+@dataclass
+class Auditor:
+    """The auditor's side: real `gamsa` processes against the fleet's bucket."""
+
+    fleet: Fleet
+    config: Path
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([GAMSA, *args], env=auditor_environment(self.config),
+                                capture_output=True, text=True, timeout=timeout, check=False)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def trust(self) -> list[str]:
+        return ["--trust-org", str(self.fleet.org_pub)]
+
+    def verify(self, store: str, *extra: str) -> dict[str, Any]:
+        """`gamsa verify --json` as of the fleet's audit time; findings expected: exit 1."""
+        result = self.run("verify", "--store", store, *self.trust(), "--json",
+                          "--as-of", self.fleet.as_of, "--max-silence",
+                          self.fleet.max_silence, *extra)
+        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    def supports(self, command: str, option: str | None = None) -> bool:
+        """Does this build's `gamsa COMMAND --help` exist (and name OPTION)?"""
+        result = subprocess.run([GAMSA, command, "--help"], env=auditor_environment(self.config),
+                                capture_output=True, text=True, timeout=60, check=False)
+        return result.returncode == 0 and (option is None or option in result.stdout)
+
+
+# --------------------------------------------------------------------------- expectations
+# What the auditor's commands must report about a fleet (`--json` reports); shared by
+# tests/agent/test_fleet.py and bench/bench_fleet.py.
+
+
+def stem(fleet: Fleet, host: str, seq: int) -> str:
+    bundle = next(b for b in fleet.bundles if (b.host, b.seq) == (host, seq))
+    return bundle.manifest_key.removesuffix(MANIFEST)
+
+
+def errors(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in report["findings"] if f["severity"] == "error"]
+
+
+def one(report: dict[str, Any], code: str) -> dict[str, Any]:
+    """The single error finding of `code` (a planted defect is reported exactly once)."""
+    found = [f for f in errors(report) if f["code"] == code]
+    assert len(found) == 1, (code, found)
+    return found[0]
+
+
+def assert_gap(report: dict[str, Any], fleet: Fleet, host: str, seq: int) -> None:
+    """Exactly one chain_gap for `host`, on the bundle after `seq`, naming `seq`."""
+    gaps = [f for f in errors(report) if f["code"] == "chain_gap"
+            and f"/host={host}/" in f["key"]]
+    assert len(gaps) == 1, gaps
+    assert gaps[0]["key"] == stem(fleet, host, seq + 1) + MANIFEST
+    assert f"seq {seq} missing before seq {seq + 1}" in gaps[0]["message"]
+
+
+def assert_silent(report: dict[str, Any], fleet: Fleet) -> None:
+    silent = one(report, "host_silent")
+    ref = fleet.planted.silent
+    assert silent["key"] == f"v1/host={ref.host}/"
+    assert stem(fleet, ref.host, ref.seq) + MANIFEST in silent["message"]
+    assert report["fleet"]["silent_hosts"] == [ref.host]
+    assert report["fleet"]["expected_hosts"] == fleet.spec.hosts
+
+
+# What a flipped byte in a records object may bring along, on that object only: the
+# verifier reads on after the digest differs (bounded reading that stops there is the
+# verifyscale branch's). Each at most once; the defect itself is `digest_mismatch`.
+FLIP_CASCADE = {"records_unreadable", "count_mismatch", "merkle_root_mismatch"}
+
+
+def assert_store_defects(report: dict[str, Any], fleet: Fleet) -> None:
+    """`gamsa verify` of the bucket: every planted defect once, nothing else."""
+    planted = fleet.planted
+    assert_gap(report, fleet, planted.deleted.host, planted.deleted.seq)
+    deleted = stem(fleet, planted.deleted.host, planted.deleted.seq)
+    assert sorted(f["key"] for f in errors(report) if f["code"] == "object_deleted") == sorted([
+        deleted + RECORDS, deleted + MANIFEST])
+    flipped = stem(fleet, planted.flipped.host, planted.flipped.seq) + RECORDS
+    assert one(report, "digest_mismatch")["key"] == flipped
+    assert one(report, "object_overwritten")["key"] == flipped
+    foreign = one(report, "untrusted_key")["key"]
+    assert foreign.startswith(f"v1/host={planted.foreign.host}/")
+    assert foreign.endswith(MANIFEST) and f"/{planted.foreign.seq:010d}-" in foreign
+    assert_silent(report, fleet)
+    assert report["fleet"]["versions"]["checked"], "the bucket's versions were read"
+    cascade = Counter(f["code"] for f in errors(report) if f["code"] in FLIP_CASCADE)
+    assert all(f["key"] == flipped for f in errors(report) if f["code"] in FLIP_CASCADE)
+    assert max(cascade.values(), default=0) <= 1, cascade
+    expected = {"chain_gap": 1, "object_deleted": 2, "digest_mismatch": 1,
+                "object_overwritten": 1, "untrusted_key": 1, "host_silent": 1, **cascade}
+    assert Counter(f["code"] for f in errors(report)) == expected, errors(report)
+
+
+def assert_mirror_defects(report: dict[str, Any], fleet: Fleet) -> None:
+    """`gamsa verify` of the mirror: the deleted and the quarantined (flipped) bundles
+    are gaps, the foreign one never arrived, the silent host is still silent."""
+    planted = fleet.planted
+    assert_gap(report, fleet, planted.deleted.host, planted.deleted.seq)
+    assert_gap(report, fleet, planted.flipped.host, planted.flipped.seq)
+    assert_silent(report, fleet)
+    assert Counter(f["code"] for f in errors(report)) == {"chain_gap": 2, "host_silent": 1}
+    healthy = len(fleet.bundles) - 2
+    assert report["bundles"] == healthy
+    sealed = sum(b.records for b in fleet.bundles if (b.host, b.seq) not in {
+        (planted.deleted.host, planted.deleted.seq), (planted.flipped.host, planted.flipped.seq)})
+    assert report["records"] == sealed
+
+
+def assert_pull_defects(report: dict[str, Any], mirror: Path, fleet: Fleet) -> None:
+    """`gamsa pull` of the bucket: the flipped and the foreign bundle quarantined, with
+    their findings; every other bundle there is mirrored."""
+    planted = fleet.planted
+    flipped = stem(fleet, planted.flipped.host, planted.flipped.seq)
+    assert (report["pulled"], report["quarantined"]) == (len(fleet.bundles) - 2, 2), report
+    by_code = Counter((f["code"], f["key"]) for f in errors(report))
+    assert by_code[("digest_mismatch", flipped + RECORDS)] == 1
+    (foreign,) = [k for c, k in by_code if c == "untrusted_key"]
+    assert foreign.startswith(f"v1/host={planted.foreign.host}/")
+    assert f"/{planted.foreign.seq:010d}-" in foreign
+    held = sorted(p.parent.relative_to(mirror / "quarantine").as_posix()
+                  for p in (mirror / "quarantine").rglob("findings.json"))
+    assert held == sorted([flipped, foreign.removesuffix(MANIFEST)])
+    assert not (mirror / (flipped + MANIFEST)).exists()
+    assert not (mirror / foreign).exists()

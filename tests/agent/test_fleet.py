@@ -24,26 +24,36 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.agent.s3_fixtures import MotoServer, make_lock_bucket
-from tests.conftest import GAMSA
-from tests.fleet import EVENTS, STATE, Fleet, FleetSpec, auditor_environment, make_fleet
+from tests.fleet import (
+    EVENTS,
+    MANIFEST,
+    STATE,
+    Auditor,
+    Fleet,
+    FleetSpec,
+    assert_mirror_defects,
+    assert_pull_defects,
+    assert_store_defects,
+    make_fleet,
+)
 
 pytestmark = pytest.mark.slow
 
 CI_SPEC = FleetSpec(hosts=12, bundles=30)
-MANIFEST = ".manifest.dsse.json"
-RECORDS = ".records.jsonl.gz"
 _CLOCK: dict[str, float] = {}
 
 
@@ -53,49 +63,33 @@ def _phase(name: str, began: float) -> None:
     print(f"\nfleet: {name}: {took:.1f} s", flush=True)
 
 
-@dataclass
-class Auditor:
-    """The auditor's side: real `gamsa` processes against the fleet's bucket."""
-
-    fleet: Fleet
-    config: Path
-
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([GAMSA, *args], env=auditor_environment(self.config),
-                                capture_output=True, text=True, timeout=timeout, check=False)
-        assert "Traceback" not in result.stderr, result.stderr
-        return result
-
-    def trust(self) -> list[str]:
-        return ["--trust-org", str(self.fleet.org_pub)]
-
-    def verify(self, store: str, *extra: str) -> dict[str, Any]:
-        """`gamsa verify --json` as of the fleet's audit time; findings expected: exit 1."""
-        result = self.run("verify", "--store", store, *self.trust(), "--json",
-                          "--as-of", self.fleet.as_of, "--max-silence",
-                          self.fleet.max_silence, *extra)
-        assert result.returncode == 1, result.stdout[-2000:] + result.stderr
-        report: dict[str, Any] = json.loads(result.stdout)
-        return report
-
-    def supports(self, command: str, option: str | None = None) -> bool:
-        """Does this build's `gamsa COMMAND --help` exist (and name OPTION)?"""
-        result = subprocess.run([GAMSA, command, "--help"], env=auditor_environment(self.config),
-                                capture_output=True, text=True, timeout=60, check=False)
-        return result.returncode == 0 and (option is None or option in result.stdout)
-
-
 @pytest.fixture(scope="module")
 def fleet(moto_server: MotoServer, s3_client: Any,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     began = time.perf_counter()
-    made = make_fleet(CI_SPEC, tmp_path_factory.mktemp("fleet"), moto_server.url, s3_client,
-                      make_lock_bucket(s3_client))
+    with agents_scratch(tmp_path_factory) as agents:
+        made = make_fleet(CI_SPEC, tmp_path_factory.mktemp("fleet"), moto_server.url,
+                          s3_client, make_lock_bucket(s3_client), agents=agents)
     _phase(f"generate {CI_SPEC.hosts} hosts x {CI_SPEC.bundles} bundles "
            f"(seal+ship {made.seconds['seal_and_ship']:.1f} s)", began)
     yield made
     print(f"\nfleet: whole module: {sum(_CLOCK.values()):.1f} s "
           + ", ".join(f"{k.split(' ')[0]} {v:.1f}" for k, v in _CLOCK.items()), flush=True)
+
+
+@contextlib.contextmanager
+def agents_scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The hosts' state dirs: on tmpfs where there is one (their fsyncs are not under
+    test here), removed once the fleet is in the bucket."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        scratch = Path(tempfile.mkdtemp(prefix="gamsa-fleet-", dir=shm))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("agents")
 
 
 @pytest.fixture(scope="module")
@@ -125,87 +119,6 @@ def mirror_report(auditor: Auditor, pulled: tuple[Path, dict[str, Any]]) -> dict
     return report
 
 
-# --------------------------------------------------------------------------- expectations
-
-
-def stem(fleet: Fleet, host: str, seq: int) -> str:
-    bundle = next(b for b in fleet.bundles if (b.host, b.seq) == (host, seq))
-    return bundle.manifest_key.removesuffix(MANIFEST)
-
-
-def errors(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in report["findings"] if f["severity"] == "error"]
-
-
-def one(report: dict[str, Any], code: str) -> dict[str, Any]:
-    """The single error finding of `code` (a planted defect is reported exactly once)."""
-    found = [f for f in errors(report) if f["code"] == code]
-    assert len(found) == 1, (code, found)
-    return found[0]
-
-
-def assert_gap(report: dict[str, Any], fleet: Fleet, host: str, seq: int) -> None:
-    """Exactly one chain_gap for `host`, on the bundle after `seq`, naming `seq`."""
-    gaps = [f for f in errors(report) if f["code"] == "chain_gap"
-            and f"/host={host}/" in f["key"]]
-    assert len(gaps) == 1, gaps
-    assert gaps[0]["key"] == stem(fleet, host, seq + 1) + MANIFEST
-    assert f"seq {seq} missing before seq {seq + 1}" in gaps[0]["message"]
-
-
-def assert_silent(report: dict[str, Any], fleet: Fleet) -> None:
-    silent = one(report, "host_silent")
-    ref = fleet.planted.silent
-    assert silent["key"] == f"v1/host={ref.host}/"
-    assert stem(fleet, ref.host, ref.seq) + MANIFEST in silent["message"]
-    assert report["fleet"]["silent_hosts"] == [ref.host]
-    assert report["fleet"]["expected_hosts"] == fleet.spec.hosts
-
-
-# What a flipped byte in a records object may bring along, on that object only: the
-# verifier reads on after the digest differs (bounded reading that stops there is the
-# verifyscale branch's). Each at most once; the defect itself is `digest_mismatch`.
-FLIP_CASCADE = {"records_unreadable", "count_mismatch", "merkle_root_mismatch"}
-
-
-def assert_store_defects(report: dict[str, Any], fleet: Fleet) -> None:
-    """`gamsa verify` of the bucket: every planted defect once, nothing else."""
-    planted = fleet.planted
-    assert_gap(report, fleet, planted.deleted.host, planted.deleted.seq)
-    deleted = stem(fleet, planted.deleted.host, planted.deleted.seq)
-    assert sorted(f["key"] for f in errors(report) if f["code"] == "object_deleted") == sorted([
-        deleted + RECORDS, deleted + MANIFEST])
-    flipped = stem(fleet, planted.flipped.host, planted.flipped.seq) + RECORDS
-    assert one(report, "digest_mismatch")["key"] == flipped
-    assert one(report, "object_overwritten")["key"] == flipped
-    foreign = one(report, "untrusted_key")["key"]
-    assert foreign.startswith(f"v1/host={planted.foreign.host}/")
-    assert foreign.endswith(MANIFEST) and f"/{planted.foreign.seq:010d}-" in foreign
-    assert_silent(report, fleet)
-    assert report["fleet"]["versions"]["checked"], "the bucket's versions were read"
-    cascade = Counter(f["code"] for f in errors(report) if f["code"] in FLIP_CASCADE)
-    assert all(f["key"] == flipped for f in errors(report) if f["code"] in FLIP_CASCADE)
-    assert max(cascade.values(), default=0) <= 1, cascade
-    expected = {"chain_gap": 1, "object_deleted": 2, "digest_mismatch": 1,
-                "object_overwritten": 1, "untrusted_key": 1, "host_silent": 1, **cascade}
-    assert Counter(f["code"] for f in errors(report)) == expected, errors(report)
-
-
-def assert_mirror_defects(report: dict[str, Any], fleet: Fleet) -> None:
-    """`gamsa verify` of the mirror: the deleted and the quarantined (flipped) bundles
-    are gaps, the foreign one never arrived, the silent host is still silent."""
-    planted = fleet.planted
-    assert_gap(report, fleet, planted.deleted.host, planted.deleted.seq)
-    assert_gap(report, fleet, planted.flipped.host, planted.flipped.seq)
-    assert_silent(report, fleet)
-    assert Counter(f["code"] for f in errors(report)) == {"chain_gap": 2, "host_silent": 1}
-    healthy = len(fleet.bundles) - 2
-    assert report["bundles"] == healthy
-    sealed = sum(b.records for b in fleet.bundles if (b.host, b.seq) not in {
-        (planted.deleted.host, planted.deleted.seq), (planted.flipped.host, planted.flipped.seq)})
-    assert report["records"] == sealed
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -220,20 +133,7 @@ def test_generated_fleet_is_what_was_asked(fleet: Fleet) -> None:
 
 def test_pull_quarantines_the_tampered_and_the_foreign_bundle(
         fleet: Fleet, pulled: tuple[Path, dict[str, Any]]) -> None:
-    mirror, report = pulled
-    planted = fleet.planted
-    flipped = stem(fleet, planted.flipped.host, planted.flipped.seq)
-    assert (report["pulled"], report["quarantined"]) == (len(fleet.bundles) - 2, 2), report
-    by_code = Counter((f["code"], f["key"]) for f in errors(report))
-    assert by_code[("digest_mismatch", flipped + RECORDS)] == 1
-    (foreign,) = [k for c, k in by_code if c == "untrusted_key"]
-    assert foreign.startswith(f"v1/host={planted.foreign.host}/")
-    assert f"/{planted.foreign.seq:010d}-" in foreign
-    held = sorted(p.parent.relative_to(mirror / "quarantine").as_posix()
-                  for p in (mirror / "quarantine").rglob("findings.json"))
-    assert held == sorted([flipped, foreign.removesuffix(MANIFEST)])
-    assert not (mirror / (flipped + MANIFEST)).exists()
-    assert not (mirror / foreign).exists()
+    assert_pull_defects(pulled[1], pulled[0], fleet)
 
 
 def test_verify_bucket_reports_each_defect_once(auditor: Auditor) -> None:
