@@ -80,7 +80,8 @@ class FleetSpec:
     @property
     def end(self) -> dt.datetime:
         """When the healthy hosts' last bundles have been sealed."""
-        return self.started_at(self.hosts - 1, self.bundles) + dt.timedelta(seconds=1)
+        last = START + (self.bundles - 1) * self.interval + (self.hosts - 1) * STAGGER
+        return last + dt.timedelta(seconds=1)
 
     @property
     def change_seq(self) -> int:
@@ -138,7 +139,8 @@ class Fleet:
     org_pub: Path
     planted: Planted
     bundles: list[Sealed]  # every bundle the hosts sealed (the foreign one excepted)
-    key_docs: dict[str, Path] = field(default_factory=dict)  # host -> key document
+    # host -> its public key document (for `--trust` instead of the org root)
+    key_docs: dict[str, Path] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall time
 
     @property
@@ -310,8 +312,8 @@ def _host_config(job: _Job, host: str, state_dir: Path) -> Path:
     return path
 
 
-def _seal_host(job: _Job) -> tuple[list[Sealed], str]:
-    """Worker: seal and ship one host's bundles; (what was sealed, key document path)."""
+def _seal_host(job: _Job) -> tuple[list[Sealed], bytes]:
+    """Worker: seal and ship one host's bundles; (what was sealed, its key document)."""
     from agent.config import load_config
     from agent.enroll import build_request, install_enrollment
     from agent.seal import seal_collection
@@ -353,7 +355,7 @@ def _seal_host(job: _Job) -> tuple[list[Sealed], str]:
         head = state.read_head()
     if job.foreign and head is not None:
         _append_foreign(job, host, head, config)
-    return sealed, str(state.key_doc_path)
+    return sealed, state.key_document_bytes()
 
 
 def _append_foreign(job: _Job, host: str, head: Any, host_config: Any) -> None:
@@ -434,11 +436,13 @@ def make_fleet(spec: FleetSpec, root: Path, endpoint: str, client: Any, bucket: 
                  agents or root) for i in range(spec.hosts)]
     bundles: list[Sealed] = []
     key_docs: dict[str, Path] = {}
+    (root / "keys").mkdir()
     context = multiprocessing.get_context("spawn")  # no threads or sockets of ours inherited
     with ProcessPoolExecutor(max_workers=spec.workers, mp_context=context) as pool:
         for job, (sealed, key_doc) in zip(jobs, pool.map(_seal_host, jobs), strict=True):
             bundles.extend(sealed)
-            key_docs[spec.host(job.index)] = Path(key_doc)
+            path = key_docs[spec.host(job.index)] = root / "keys" / f"{spec.host(job.index)}.json"
+            path.write_bytes(key_doc)
     sealed_at = time.perf_counter()
     fleet = Fleet(spec, root, endpoint, bucket, prefix, org.public_path, planted, bundles,
                   key_docs)

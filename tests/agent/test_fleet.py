@@ -48,6 +48,7 @@ from tests.fleet import (
     assert_mirror_defects,
     assert_pull_defects,
     assert_store_defects,
+    auditor_environment,
     make_fleet,
 )
 
@@ -115,8 +116,10 @@ def pulled(auditor: Auditor) -> tuple[Path, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def mirror_report(auditor: Auditor, pulled: tuple[Path, dict[str, Any]]) -> dict[str, Any]:
     """`gamsa verify` of the mirror in one process: what every other mode must equal."""
+    # One process, also once `verify` uses every core by default (branch verifyscale).
+    one_process = ("--workers", "1") if auditor.supports("verify", "--workers") else ()
     began = time.perf_counter()
-    report = auditor.verify(f"file://{pulled[0]}")
+    report = auditor.verify(f"file://{pulled[0]}", *one_process)
     _phase("verify mirror", began)
     return report
 
@@ -187,9 +190,10 @@ def test_verify_mirror_with_two_worker_processes(auditor: Auditor,
 
 
 @contextlib.contextmanager
-def dask_cluster(workdir: Path) -> Iterator[str]:
+def dask_cluster(workdir: Path, env: dict[str, str]) -> Iterator[str]:
     """A Dask LocalCluster of 2 worker processes over TCP, in a process of its own (its
-    threads stay out of the test); yields the scheduler's tcp:// address."""
+    threads stay out of the test) with the auditor's environment (the workers read the
+    bucket too); yields the scheduler's tcp:// address."""
     script = ("import sys\n"
               "from distributed import LocalCluster\n"
               "cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,\n"
@@ -199,7 +203,7 @@ def dask_cluster(workdir: Path) -> Iterator[str]:
               "cluster.close()\n")
     process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=(workdir / "dask.log").open("w"),
-                               text=True, cwd=workdir)
+                               text=True, cwd=workdir, env=env)
     try:
         assert process.stdout is not None
         address = process.stdout.readline().strip()
@@ -222,7 +226,7 @@ def test_verify_mirror_on_a_dask_cluster(auditor: Auditor, pulled: tuple[Path, d
     pytest.importorskip("distributed", reason="needs the `audit` extra (dask, distributed)")
     workdir = auditor.fleet.root / "dask"
     workdir.mkdir(exist_ok=True)
-    with dask_cluster(workdir) as address:
+    with dask_cluster(workdir, auditor_environment(auditor.config)) as address:
         began = time.perf_counter()
         report = auditor.verify(f"file://{pulled[0]}", "--dask", address)
         _phase("verify mirror --dask (2 workers)", began)
