@@ -102,6 +102,7 @@ def main() -> None:
         if args.agents is None:
             shutil.rmtree(agents, ignore_errors=True)
     load_after = os.getloadavg()
+    cores = os.cpu_count() or 1
     lines = [
         f"## Fleet, {spec.hosts} hosts x {spec.bundles} bundles "
         f"({dt.date.today().isoformat()})",
@@ -113,15 +114,16 @@ def main() -> None:
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after",
         f"- {len(fleet.bundles)} bundles sealed in {spec.workers} worker processes, agents' "
         f"state dirs in {agents} ({'tmpfs' if str(agents).startswith('/dev/shm') else 'disk'})"
-        f"; every planted defect reported as expected",
+        + ("; not audited (--no-audit)" if args.no_audit
+           else "; every planted defect reported as expected"),
         "",
-        "| phase | wall s | bundles/s | moto CPU s | gamsa CPU s | CPU s / 2 cores |",
+        f"| phase | wall s | bundles/s | moto CPU s | gamsa CPU s | CPU s / {cores} cores |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *(f"| {name} | {wall:.1f} | {len(fleet.bundles) / wall:.0f} | {cpu:.1f} | "
-          f"{ours:.1f} | {(cpu + ours) / 2:.1f} |" for name, wall, cpu, ours in rows),
+          f"{ours:.1f} | {(cpu + ours) / cores:.1f} |" for name, wall, cpu, ours in rows),
         "",
         "gamsa CPU: the sealing workers', or the `gamsa` process's; the last column is",
-        "the least wall time the phase could take on 2 idle cores.",
+        f"the least wall time the phase could take on {cores} idle cores.",
         "",
     ]
     text = "\n".join(lines)

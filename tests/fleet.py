@@ -9,9 +9,9 @@ HTTP. Hosts are sealed in worker processes, in parallel; nothing is cached acros
 
 Time is the fleet's own: host h's bundle s starts at `start + (s - 1) * interval +
 h * 7 s`, so bundles spread over days and the layout has several `date=` partitions.
-The agent reads the clock in `agent.seal` and `agent.state` only; `sealing_clock`
-points those two modules at a fixed instant while one bundle is sealed (this process
-is a worker of ours, never the agent).
+The agent reads a bundle's time in `agent.seal` only; `sealing_clock` points that
+module at a fixed instant while one bundle is sealed (in a worker process of ours,
+never the agent), and each key file is dated its install time (`make_key`).
 
 Planted, each at a known (host, seq), recorded in `Planted`:
 - `deleted`: both objects of one bundle deleted in the bucket (delete markers): a gap;
@@ -254,13 +254,13 @@ def fleet_collectors(spec: FleetSpec, index: int, seq: int, observed_at: str) ->
 
 @contextlib.contextmanager
 def sealing_clock(moment: dt.datetime) -> Iterator[None]:
-    """Make `seal_collection` (and a key made meanwhile) see `moment` as now.
+    """Make `seal_collection` see `moment` as now.
 
-    The agent reads the time through `dt.datetime.now` in agent/seal.py and
-    `utc_now` in agent/seal.py and agent/state.py; finished_at reads half a second later.
+    The agent reads the time for a bundle through `dt.datetime.now` and `utc_now` in
+    agent/seal.py (finished_at here reads half a second later); its key document is
+    dated by the key file's mtime (`make_key`).
     """
     import agent.seal
-    import agent.state
     from collector.record import format_time
 
     class Frozen(dt.datetime):
@@ -269,14 +269,23 @@ def sealing_clock(moment: dt.datetime) -> Iterator[None]:
             return moment if tz is None else moment.astimezone(tz)
 
     later = format_time(moment + dt.timedelta(milliseconds=500))
-    saved = (agent.seal.dt, agent.seal.utc_now, agent.state.utc_now)
+    saved = (agent.seal.dt, agent.seal.utc_now)
     agent.seal.dt = types.SimpleNamespace(datetime=Frozen, UTC=dt.UTC,  # type: ignore[assignment]
                                           timedelta=dt.timedelta)
-    agent.seal.utc_now = agent.state.utc_now = lambda: later
+    agent.seal.utc_now = lambda: later
     try:
         yield
     finally:
-        agent.seal.dt, agent.seal.utc_now, agent.state.utc_now = saved
+        agent.seal.dt, agent.seal.utc_now = saved
+
+
+def make_key(state: Any, moment: dt.datetime) -> None:
+    """The agent key of `state`, made as the agent makes it, dated `moment`."""
+    from signing.keys import load_or_create_signer
+
+    state.ensure()
+    load_or_create_signer(state.key_path)
+    os.utime(state.key_path, (moment.timestamp(), moment.timestamp()))
 
 
 # --------------------------------------------------------------------------- workers
@@ -336,8 +345,8 @@ def _seal_host(job: _Job) -> tuple[list[Sealed], bytes]:
     sealed: list[Sealed] = []
     with state.locked():
         first = spec.started_at(index, 1)
-        with sealing_clock(first - dt.timedelta(hours=1)):  # the key, made at install
-            request = build_request(state, host)
+        make_key(state, first - dt.timedelta(hours=1))  # at install, an hour before
+        request = build_request(state, host)
         envelope = sign_enrollment(request, org, first - dt.timedelta(hours=1),
                                    START + dt.timedelta(days=3650), first)
         install_enrollment(state, envelope, "fleet", request.key.key_id, host, None)
@@ -376,6 +385,7 @@ def _append_foreign(job: _Job, host: str, head: Any, host_config: Any) -> None:
     # just after the host's last bundle, so only the key betrays it
     moment = spec.started_at(job.index, spec.bundles) + dt.timedelta(seconds=10)
     with forger.locked():
+        make_key(forger, moment - dt.timedelta(minutes=5))
         with sealing_clock(moment):
             signer, _ = forger.signer(host)
             forger.write_head(ChainHead(head.chain_id, head.seq, head.manifest_sha256,
