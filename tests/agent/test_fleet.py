@@ -178,6 +178,21 @@ def test_verify_mirror_reports_each_defect_once(auditor: Auditor,
     assert_mirror_defects(mirror_report, auditor.fleet)
 
 
+def test_verify_mirror_trusting_each_host_key_directly(auditor: Auditor,
+                                                     pulled: tuple[Path, dict[str, Any]]) -> None:
+    """The same defects with the hosts' keys given (`--trust`) instead of the org root:
+    the hosts expected are then those the keys signed for."""
+    fleet = auditor.fleet
+    keys = [arg for host in fleet.host_names() for arg in ("--trust", str(fleet.key_docs[host]))]
+    result = auditor.run("verify", "--store", f"file://{pulled[0]}", *keys, "--json",
+                         "--as-of", fleet.as_of, "--max-silence", fleet.max_silence)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    report = json.loads(result.stdout)
+    assert_mirror_defects(report, fleet)
+    unbound = [f for f in report["findings"] if f["code"] == "key_unbound"]
+    assert len(unbound) == fleet.spec.hosts, "each key given directly is said to be unbound"
+
+
 def test_verify_mirror_with_two_worker_processes(auditor: Auditor,
                                                  pulled: tuple[Path, dict[str, Any]],
                                                  mirror_report: dict[str, Any]) -> None:
