@@ -11,7 +11,7 @@ naming its host and seq.
 Size: the issue's 50 x 200 (10,000 bundles) cannot be generated in CI's budget on
 its 2 cores: moto's one process alone spends 91 s of CPU on the puts and the agents'
 sealing as much again (4 minutes on the shared machine; docs/BENCHMARKS.md, "Fleet
-generation and audit"). CI runs CI_SPEC, 12 x 30 (the module takes 30-60 s), and
+generation and audit"). CI runs CI_SPEC, 12 x 30 (the module takes 15-60 s), and
 `bench/bench_fleet.py` runs the full fleet with the same assertions by hand. Each
 phase's wall time and the module's are printed at the end, past pytest's capture.
 
