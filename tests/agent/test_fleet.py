@@ -24,6 +24,7 @@ Dask LocalCluster of 2 worker processes (branch verifyscale), `gamsa query` and
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import shutil
@@ -254,10 +255,11 @@ def test_verify_mirror_on_a_dask_cluster(auditor: Auditor, pulled: tuple[Path, d
 
 
 # ----------------------------------------------------------- query and diff (branch query)
-# The command lines below assume the shape the issue gives (`gamsa query SQL`, `gamsa diff
-# --host H --from T1 --to T2 [--collector ...]`, reading the mirror given by `--mirror`,
-# `--json` a list of rows / of changes). ADAPT AT MERGE: only `query_rows` and
-# `diff_changes` know the command lines and the JSON shapes.
+# The command lines follow the query branch as it stood on 2026-12-03 (`gamsa query
+# --mirror DIR --json SQL`: an array of row objects; `gamsa diff --mirror DIR --host H
+# --from T1 --to T2 --collector C --json`: `changes`, each with `change`, `type`, `key`
+# and `from`/`to` = {bundle, line}; exit 1 on drift). ADAPT AT MERGE if they moved:
+# only `query_rows` and `diff_changes` know the command lines and the JSON shapes.
 
 
 def query_rows(auditor: Auditor, mirror: Path, sql: str) -> list[dict[str, Any]]:
@@ -271,9 +273,15 @@ def diff_changes(auditor: Auditor, mirror: Path, host: str, since: str, until: s
                  collector: str) -> list[dict[str, Any]]:
     result = auditor.run("diff", "--mirror", str(mirror), "--host", host, "--from", since,
                          "--to", until, "--collector", collector, "--json")
-    assert result.returncode in (0, 1), result.stdout[-2000:] + result.stderr
-    changes: list[dict[str, Any]] = json.loads(result.stdout)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr  # 1: drift found
+    changes: list[dict[str, Any]] = json.loads(result.stdout)["changes"]
     return changes
+
+
+def just_after(started_at: str) -> str:
+    """A second after a fleet bundle started (it finishes half a second in)."""
+    moment = dt.datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return (moment + dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_query_counts_what_was_sealed(auditor: Auditor,
@@ -309,8 +317,9 @@ def test_diff_shows_the_planted_change_citing_bundle_and_line(
     fleet, change = auditor.fleet, auditor.fleet.planted.change
     before = next(b for b in fleet.bundles if (b.host, b.seq) == (change.host, change.before))
     after = next(b for b in fleet.bundles if (b.host, b.seq) == (change.host, change.after))
-    changes = diff_changes(auditor, pulled[0], change.host, before.started_at,
-                           after.started_at, STATE)
+    # A state at T is the newest collection finished by T: just after each bundle ends.
+    changes = diff_changes(auditor, pulled[0], change.host, just_after(before.started_at),
+                           just_after(after.started_at), STATE)
     found = {(c["change"], c["type"], c["key"]) for c in changes}
     assert found == {("changed", "account", change.changed),
                      ("removed", "account", change.removed),
