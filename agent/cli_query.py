@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli_common import emit_json
-from signing.errors import UsageError
+from signing.errors import FINDINGS, UsageError
 
 if TYPE_CHECKING:
     from agent.diff import DiffResult
@@ -158,6 +158,7 @@ def diff(mirror: Path | None, host: str, at_from: str, at_to: str, collectors: t
     The state at a time is each collector's newest full collection finished by then
     (plus file-change bundles after it). Event record types (log lines, logins,
     journal entries) are not states and are left out: query them instead.
+    Exit 0 when nothing differs, 1 when something does.
     """
     from agent.diff import diff_host
     from agent.when import parse_when
@@ -169,6 +170,8 @@ def diff(mirror: Path | None, host: str, at_from: str, at_to: str, collectors: t
         emit_json(result.as_dict())
     else:
         _print_diff(result)
+    if result.changes:
+        sys.exit(FINDINGS)  # drift, as `diff` itself exits 1 on differences
 
 
 def _print_diff(result: DiffResult) -> None:
@@ -202,4 +205,5 @@ def _print_diff(result: DiffResult) -> None:
 
 
 def _stamp(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S" + (".%f" if moment.microsecond else "") + "Z")

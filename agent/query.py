@@ -136,9 +136,10 @@ class MirrorDatabase:
                       " NULL::JSON AS signatures WHERE false")
             params: dict[str, Any] = {}
         else:
-            source = ("SELECT filename, payload, signatures FROM read_json($paths,"
-                      " format='unstructured', filename=true, hive_partitioning=false,"
-                      " columns={'payload': 'VARCHAR', 'signatures': 'JSON'})")
+            # read_text and DuckDB's JSON functions: several times faster than
+            # read_json over many small files.
+            source = ("SELECT filename, content::JSON->>'payload' AS payload,"
+                      " content::JSON->'signatures' AS signatures FROM read_text($paths)")
             params = {"paths": self.con.execute(
                 "SELECT list(manifest_path ORDER BY idx) FROM _bundle").fetchall()[0][0]}
         self.con.execute(f"""
@@ -225,19 +226,28 @@ class MirrorDatabase:
             return
         collector_filter = ("WHERE r.collector IN (SELECT name FROM _wanted)"
                             if self.scope.collectors else "")
+        # Each records line read whole as one CSV field (a canonical JSON line holds no
+        # raw control character, so \x01 never splits it and nothing is quoted), then
+        # its fields taken by DuckDB's JSON functions: faster than read_json here.
         relation = self.con.sql(f"""
+            WITH lines AS (
+                SELECT filename, ordinality, json_extract_string(line,
+                       ['$.collector', '$.type', '$.key', '$.observed_at']) AS f,
+                       line->'$.data' AS data
+                FROM read_csv($paths, columns={{'line': 'VARCHAR'}}, header=false,
+                              delim='\x01', quote='', escape='', auto_detect=false,
+                              filename=true, hive_partitioning=false,
+                              max_line_size={MAX_LINE_BYTES + 1}) WITH ORDINALITY),
+            r AS (SELECT filename, ordinality, f[1] AS collector, f[2] AS type,
+                         f[3] AS key, f[4] AS observed_at, data FROM lines)
             SELECT m.host, m.date, m.seq, m.bundle,
-                   CASE WHEN r.ordinality - m._first_row BETWEEN 1 AND m.record_count
-                        THEN r.ordinality - m._first_row
-                        ELSE error('{LINE_ORDER_LOST} in ' || m.bundle) END AS line,
+                   (CASE WHEN r.ordinality - m._first_row BETWEEN 1 AND m.record_count
+                         THEN r.ordinality - m._first_row
+                         ELSE error('{LINE_ORDER_LOST} in ' || m.bundle) END)::BIGINT
+                       AS line,
                    r.collector, r.type, r.key,
                    r.observed_at::TIMESTAMP AS observed_at, r.data
-            FROM read_json($paths, format='newline_delimited', filename=true,
-                           hive_partitioning=false, maximum_object_size={MAX_LINE_BYTES + 1},
-                           columns={{'collector': 'VARCHAR', 'type': 'VARCHAR',
-                                     'key': 'VARCHAR', 'observed_at': 'VARCHAR',
-                                     'data': 'JSON'}}) WITH ORDINALITY AS r
-            JOIN _scoped m ON m._records_path = r.filename
+            FROM r JOIN _scoped m ON m._records_path = r.filename
             {collector_filter}""", params={"paths": paths})  # noqa: S608
         relation.create_view("records", replace=True)
 
