@@ -32,6 +32,17 @@ from signing.bundle import MAX_LINE_BYTES
 from signing.errors import RUNTIME, GamsaError, UsageError
 
 VIEWS = ("records", "manifests", "collectors")
+# The manifests view's text columns: predicate path -> column, in order.
+_PREDICATE_TEXT = {
+    "chain.id": "chain_id", "chain.seq": "chain_seq", "chain.prev": "chain_prev",
+    "chain.genesis_reason": "genesis_reason", "collection.id": "collection_id",
+    "collection.trigger": "trigger", "collection.started_at": "started_at",
+    "collection.finished_at": "finished_at", "records.count": "record_count",
+    "records.merkle_root": "merkle_root", "host.hostname": "hostname",
+    "agent.version": "agent_version",
+}
+_PREDICATE_CAST = {"chain_seq": "::BIGINT", "record_count": "::BIGINT",
+                   "started_at": "::TIMESTAMP", "finished_at": "::TIMESTAMP"}
 LINE_ORDER_LOST = "gamsa: records line order lost"
 BATCH_ROWS = 2048
 
@@ -142,31 +153,28 @@ class MirrorDatabase:
                       " content::JSON->'signatures' AS signatures FROM read_text($paths)")
             params = {"paths": self.con.execute(
                 "SELECT list(manifest_path ORDER BY idx) FROM _bundle").fetchall()[0][0]}
+        # Each statement is decoded once and parsed once per group of fields (an
+        # expression per field would decode and parse it again, row by row).
+        self.con.execute(f"""
+            CREATE TEMP TABLE _statement AS
+            WITH env AS ({source})
+            SELECT filename, signatures->>'$[0].keyid' AS key_id,
+                   decode(from_base64(payload))::JSON->'$.predicate' AS predicate
+            FROM env""", params)  # noqa: S608
+        fields = ", ".join(f"'$.{path}'" for path in _PREDICATE_TEXT)
+        names = ",\n".join(
+            f"f[{n}]{_PREDICATE_CAST.get(name, '')} AS {name}"
+            for n, name in enumerate(_PREDICATE_TEXT.values(), start=1))
         self.con.execute(f"""
             CREATE TEMP TABLE _manifest AS
-            WITH env AS ({source}),
-            st AS (SELECT filename, decode(from_base64(payload))::JSON AS statement,
-                          signatures->>'$[0].keyid' AS key_id FROM env)
+            WITH p AS (SELECT filename, key_id, predicate,
+                              json_extract_string(predicate, [{fields}]) AS f,
+                              json_extract(predicate, ['$.host.os', '$.collectors']) AS j
+                       FROM _statement)
             SELECT b.idx, b.host, b.date, b.seq, b.bundle, b.records_key, b.records_path,
-                   st.statement->>'$.predicate.chain.id' AS chain_id,
-                   (st.statement->>'$.predicate.chain.seq')::BIGINT AS chain_seq,
-                   st.statement->>'$.predicate.chain.prev' AS chain_prev,
-                   st.statement->>'$.predicate.chain.genesis_reason' AS genesis_reason,
-                   st.statement->>'$.predicate.collection.id' AS collection_id,
-                   st.statement->>'$.predicate.collection.trigger' AS trigger,
-                   (st.statement->>'$.predicate.collection.started_at')::TIMESTAMP
-                       AS started_at,
-                   (st.statement->>'$.predicate.collection.finished_at')::TIMESTAMP
-                       AS finished_at,
-                   (st.statement->>'$.predicate.records.count')::BIGINT AS record_count,
-                   st.statement->>'$.predicate.records.merkle_root' AS merkle_root,
-                   st.key_id,
-                   st.statement->>'$.predicate.host.hostname' AS hostname,
-                   st.statement->'$.predicate.host.os' AS os,
-                   st.statement->>'$.predicate.agent.version' AS agent_version,
-                   st.statement->'$.predicate.collectors' AS collectors_json,
-                   st.statement->'$.predicate' AS predicate
-            FROM _bundle b JOIN st ON st.filename = b.manifest_path""", params)  # noqa: S608
+                   {names}, p.key_id, j[1] AS os, j[2] AS collectors_json, p.predicate
+            FROM _bundle b JOIN p ON p.filename = b.manifest_path""")  # noqa: S608
+        self.con.execute("DROP TABLE _statement")
 
     def _scope_manifests(self) -> None:
         """Drop the bundles outside the time range and, with --collector, those
