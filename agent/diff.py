@@ -167,7 +167,8 @@ def _plans(view: MirrorView, host: str, times: tuple[dt.datetime, dt.datetime],
     """Walk the host's bundles newest first (up to the later time) and pick, for each
     time, each collector's newest full collection and the file-change bundles after."""
     plans = (_Plan(), _Plan())
-    last_day = (times[1] + dt.timedelta(days=1)).date()  # a bundle's date is its sealing day
+    # A bundle's `date=` is the UTC day its collection started, before it finished.
+    last_day = times[1].astimezone(dt.UTC).date()
     bundles = list(view.bundles(BundleFilter(hosts=frozenset({host}), until=last_day)))
     for bundle in reversed(bundles):
         predicate = view.statement(bundle).get("predicate", {})

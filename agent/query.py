@@ -58,12 +58,11 @@ class Scope:
     until: dt.datetime | None = None
 
     def bundle_filter(self) -> BundleFilter:
-        """The mirror directories worth listing (by `date=`, a day either side: a
-        bundle's date is the day it was sealed, its collection may start before)."""
-        day = dt.timedelta(days=1)
+        """The mirror directories worth listing: a bundle's `date=` is the UTC day
+        its collection started (agent/seal.py names it so)."""
         return BundleFilter(hosts=self.hosts,
-                            since=(self.since - day).date() if self.since else None,
-                            until=(self.until + day).date() if self.until else None)
+                            since=self.since.astimezone(dt.UTC).date() if self.since else None,
+                            until=self.until.astimezone(dt.UTC).date() if self.until else None)
 
 
 @dataclass

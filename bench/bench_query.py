@@ -213,7 +213,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="gamsa-bench-query-"))
     start = dt.date(2025, 12, 1)
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-             f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}",
+             f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}", "",
              "| mirror | query | seconds | CPU s | peak RSS MiB | rows |",
              "|---|---|---|---|---|---|"]
     try:
