@@ -101,6 +101,9 @@ class MirrorDatabase:
         self.con.execute("SET enable_progress_bar = false")
         try:
             self._build()
+        except duckdb.Error as exc:
+            self.close()
+            raise _build_error(exc) from None
         except BaseException:
             self.close()
             raise
@@ -270,6 +273,15 @@ class MirrorDatabase:
             raise UsageError("SQL: the statement returns no rows (give a SELECT)")
         columns = [(str(d[0]), str(d[1])) for d in cursor.description]
         return Result(columns, cursor)
+
+
+def _build_error(exc: duckdb.Error) -> GamsaError:
+    """Reading the mirror's manifests or listing its records objects failed: a
+    mirror damaged after the pull (a file removed or unreadable)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return GamsaError(f"query: reading the mirror failed: {first}",
+                      hint="run `gamsa verify --store file://DIR` on the mirror",
+                      exit_code=RUNTIME)
 
 
 def _query_error(exc: duckdb.Error) -> GamsaError:

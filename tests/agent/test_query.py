@@ -395,3 +395,18 @@ def test_a_line_outside_the_signed_count_fails_the_query(tmp_path: Path) -> None
         with pytest.raises(GamsaError, match="line order lost") as caught:
             list(db.query("SELECT line FROM records").batches())
     assert caught.value.exit_code == RUNTIME
+
+
+def test_a_records_object_gone_from_the_mirror_is_one_line_exit_3(tmp_path: Path) -> None:
+    pytest.importorskip("duckdb")
+    from agent.query import MirrorDatabase, Scope
+    from signing.bundle import BundleName
+    from signing.errors import RUNTIME, GamsaError
+    from signing.keys import FileSigner, generate_private_key
+
+    name = BundleName("h", "2026-11-01", 1, "a")
+    _write_bundle(tmp_path, name, ["x"], FileSigner.from_key(generate_private_key()))
+    (tmp_path / name.records_key).unlink()
+    with pytest.raises(GamsaError, match="reading the mirror failed") as caught:
+        MirrorDatabase(open_mirror(tmp_path), Scope())
+    assert caught.value.exit_code == RUNTIME
