@@ -103,7 +103,8 @@ def query(sql: str | None, mirror: Path | None, named: str | None, list_named: b
     window = (parse_when(since, "--since") if since else None,
               parse_when(until, "--until", end_of_day=True) if until else None)
     view = _required_mirror(mirror)
-    with _database(view, hosts, collectors, window, memory_limit) as db:
+    with _database(view, hosts, collectors, window, memory_limit,
+                   progress=fmt == "table") as db:
         if schema:
             sql = ("SELECT table_name AS view, column_name AS column, data_type AS type "
                    "FROM information_schema.columns WHERE table_name IN "
@@ -116,7 +117,7 @@ def query(sql: str | None, mirror: Path | None, named: str | None, list_named: b
 
 def _database(view: MirrorView, hosts: tuple[str, ...], collectors: tuple[str, ...],
               window: tuple[dt.datetime | None, dt.datetime | None],
-              memory_limit: str | None) -> MirrorDatabase:
+              memory_limit: str | None, progress: bool) -> MirrorDatabase:
     try:
         from agent.query import MirrorDatabase, Scope
     except ModuleNotFoundError as exc:
@@ -125,7 +126,7 @@ def _database(view: MirrorView, hosts: tuple[str, ...], collectors: tuple[str, .
         raise UsageError("gamsa query needs DuckDB, which agents do not carry",
                          hint="pip install 'gamsa[audit]'") from None
     return MirrorDatabase(view, Scope(frozenset(hosts), frozenset(collectors), *window),
-                          memory_limit=memory_limit)
+                          memory_limit=memory_limit, progress=progress)
 
 
 def _list_named(as_json: bool) -> None:

@@ -87,7 +87,9 @@ class MirrorDatabase:
     """A DuckDB connection with the mirror's views; close it (or use `with`)."""
 
     def __init__(self, view: MirrorView, scope: Scope, *,
-                 memory_limit: str | None = None) -> None:
+                 memory_limit: str | None = None, progress: bool = False) -> None:
+        """`progress`: DuckDB's progress bar, which it draws on stdout: only for a
+        table on a terminal."""
         self.view = view
         self.scope = scope
         # Spills (large sorts, joins) go to a private temp dir, never the cwd.
@@ -98,7 +100,7 @@ class MirrorDatabase:
         if memory_limit:
             config["memory_limit"] = memory_limit
         self.con = duckdb.connect(":memory:", config=config)
-        self.con.execute("SET enable_progress_bar = false")
+        self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         try:
             self._build()
         except duckdb.Error as exc:

@@ -88,6 +88,8 @@ def write_table(out: TextIO, columns: Sequence[tuple[str, str]],
     rows = [[_cut(text(v, t)) for v, (_, t) in zip(row, columns, strict=True)]
             for batch in batches for row in batch]
     widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(names)]
+    if out.isatty():  # wipe the progress bar DuckDB drew on this line while it ran
+        out.write("\r\033[K")
     out.write("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip() + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for row in rows:
