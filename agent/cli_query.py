@@ -63,7 +63,7 @@ def _output_format(as_csv: bool, as_json: bool) -> str:
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (the default off a terminal).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
 @click.option("--memory-limit", metavar="SIZE",
-              help="DuckDB's memory limit, e.g. 2GB (default: DuckDB's, 80%% of RAM); "
+              help="DuckDB's memory limit, e.g. 2GB (default: DuckDB's, 80% of RAM); "
                    "beyond it large sorts and joins spill to a temp directory.")
 def query(sql: str | None, mirror: Path | None, named: str | None, list_named: bool, schema: bool,
           hosts: tuple[str, ...], collectors: tuple[str, ...], since: str | None,
@@ -72,7 +72,7 @@ def query(sql: str | None, mirror: Path | None, named: str | None, list_named: b
 
     \b
     records     one row per record: host, date, seq, bundle (manifest key), line
-                (1-based; `gamsa prove BUNDLE LINE`), collector, type, key,
+                (1-based; `gamsa prove --store file://DIR BUNDLE LINE`), collector, type, key,
                 observed_at, data (JSON)
     manifests   one row per bundle: chain, collection time and trigger, record
                 count, Merkle root, key id, host facts, predicate (JSON)
