@@ -72,8 +72,8 @@ def query(sql: str | None, mirror: Path | None, named: str | None, list_named: b
 
     \b
     records     one row per record: host, date, seq, bundle (manifest key), line
-                (1-based; `gamsa prove --store file://DIR BUNDLE LINE`), collector, type, key,
-                observed_at, data (JSON)
+                (1-based: `gamsa prove --store file://DIR BUNDLE LINE`),
+                collector, type, key, observed_at, data (JSON)
     manifests   one row per bundle: chain, collection time and trigger, record
                 count, Merkle root, key id, host facts, predicate (JSON)
     collectors  one row per collector of each bundle: status, records, gaps
