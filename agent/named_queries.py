@@ -52,16 +52,19 @@ ORDER BY host, account, bundle, line
 WITH seen AS (
     SELECT host, 'watch' AS seen_by, data->>'endpoint' AS endpoint,
            coalesce(data->>'process_name', '(unknown)') AS process, data->>'exe' AS exe,
-           data->>'user' AS user_name, (data->>'count')::BIGINT AS connections,
+           (data->>'count')::BIGINT AS connections, key,
            (data->>'first_seen')::TIMESTAMP AS first_seen,
            (data->>'last_seen')::TIMESTAMP AS last_seen, bundle, line
     FROM records WHERE collector = 'ai_egress' AND type = 'ai_egress_observed'
     UNION ALL
+    -- a snapshot sees a connection as long as it lasts: count each (its key) once
     SELECT host, 'snapshot', data->'matched'->>0,
-           coalesce(data->>'process_name', '(unknown)'), data->>'exe', data->>'user', 1,
+           coalesce(data->>'process_name', '(unknown)'), data->>'exe', NULL, key,
            observed_at, observed_at, bundle, line
     FROM records WHERE collector = 'network' AND type = 'ai_egress')
-SELECT host, process, exe, endpoint, seen_by, sum(connections)::BIGINT AS connections,
+SELECT host, process, exe, endpoint, seen_by,
+       CASE WHEN seen_by = 'watch' THEN sum(connections)
+            ELSE count(DISTINCT key) END::BIGINT AS connections,
        min(first_seen) AS first_seen, max(last_seen) AS last_seen, count(*) AS records,
        arg_min(bundle, first_seen) AS bundle, arg_min(line, first_seen) AS line
 FROM seen GROUP BY host, process, exe, endpoint, seen_by
@@ -72,19 +75,20 @@ ORDER BY host, process, endpoint, seen_by
         "Failed logins and refused privilege use: sshd, sudo and su from the logs, and "
         "btmp's failed logins (each once, at the first bundle that holds it).",
         """
-SELECT host, time, account, source, action, target_account, bundle, line FROM (
-    SELECT host, (data->>'time')::TIMESTAMP AS time, data->>'account' AS account,
-           data->>'source' AS source, data->>'action' AS action,
-           data->>'target_account' AS target_account, bundle, line, observed_at, key
-    FROM records WHERE collector = 'logs' AND type = 'access'
-      AND data->>'action' IN ('ssh_login_failed', 'ssh_invalid_user', 'sudo_failed',
-                               'sudo_denied', 'su_failed')
-    UNION ALL
-    SELECT host, (data->>'time')::TIMESTAMP, data->>'user',
-           coalesce(data->>'address', data->>'host'), 'failed_login', NULL, bundle, line,
-           observed_at, key
-    FROM records WHERE collector = 'sessions' AND type = 'failed_login')
-QUALIFY row_number() OVER (PARTITION BY host, action, key ORDER BY observed_at, line) = 1
+SELECT host, (data->>'time')::TIMESTAMP AS time, data->>'account' AS account,
+       data->>'source' AS source, data->>'action' AS action,
+       data->>'target_account' AS target_account, bundle, line
+FROM records WHERE collector = 'logs' AND type = 'access'
+  AND data->>'action' IN ('ssh_login_failed', 'ssh_invalid_user', 'sudo_failed',
+                           'sudo_denied', 'su_failed')
+UNION ALL
+-- btmp is read whole by every sessions run: each entry once, where first sealed.
+SELECT host, time, account, source, action, NULL, bundle, line FROM (
+    SELECT host, (data->>'time')::TIMESTAMP AS time, data->>'user' AS account,
+           coalesce(data->>'address', data->>'host') AS source,
+           'failed_login' AS action, bundle, line, observed_at, key
+    FROM records WHERE collector = 'sessions' AND type = 'failed_login'
+    QUALIFY row_number() OVER (PARTITION BY host, key ORDER BY observed_at, line) = 1)
 ORDER BY host, time, bundle, line
 """),
     NamedQuery(

@@ -87,6 +87,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                        "previous": None, "sha256": None})])]],
         trigger="file-change", ship=False)
     t3 = _now()
+    snapshot = planted("network", [("ai_egress", "tcp:10.0.0.5:50000-192.0.2.10:443#42",
+                                     {"proto": "tcp", "remote_address": "192.0.2.10",
+                                      "remote_port": 443, "pid": 42, "process_name": "curl",
+                                      "exe": "/usr/bin/curl",
+                                      "matched": ["api.openai.com:443"]})])
     seal_bundles(env, "web-2", [
         [_accounts(("root", 0, False))],
         [planted("ai_egress", [("ai_egress_observed", "api.openai.com:443 42:1",
@@ -96,10 +101,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                                  "last_seen": "2026-12-01T00:05:00Z"})]),
          planted("sessions", [("failed_login", "ssh:notty:1:root",
                                {"user": "root", "host": "198.51.100.7", "address": None,
-                                "time": "2026-12-01T00:00:01Z"})])],
+                                "time": "2026-12-01T00:00:01Z"})]), snapshot],
         [planted("sessions", [("failed_login", "ssh:notty:1:root",
                                {"user": "root", "host": "198.51.100.7", "address": None,
-                                "time": "2026-12-01T00:00:01Z"})])],
+                                "time": "2026-12-01T00:00:01Z"})]), snapshot],
     ])
     mirror = root / "mirror"
     code, _, stderr = pull(env, mirror)
@@ -148,7 +153,7 @@ def test_manifests_and_collectors_views(fleet: Fleet) -> None:
     assert [(m["host"], m["trigger"]) for m in manifests] == [
         ("web-1", "schedule"), ("web-1", "schedule"), ("web-1", "file-change"),
         ("web-2", "schedule"), ("web-2", "schedule"), ("web-2", "schedule")]
-    assert [m["record_count"] for m in manifests] == [4, 7, 1, 1, 2, 1]
+    assert [m["record_count"] for m in manifests] == [4, 7, 1, 1, 3, 2]
     assert all(len(m["key_id"]) == 64 for m in manifests)
     collectors = fleet.query("SELECT host, seq, name, status, records, gap_count "
                              "FROM collectors WHERE host = 'web-1' ORDER BY seq, name")
@@ -215,9 +220,12 @@ def test_privileged_accounts_as_of_each_hosts_newest_collection(fleet: Fleet) ->
 
 def test_ai_egress_by_host_and_process(fleet: Fleet) -> None:
     rows = fleet.query("--named", "ai-egress")
-    assert [(r["host"], r["process"], r["endpoint"], r["connections"]) for r in rows] == [
-        ("web-2", "python3", "api.openai.com:443", 3)]
-    assert _record_at(fleet, rows[0]["bundle"], rows[0]["line"])["type"] == \
+    assert [(r["host"], r["process"], r["endpoint"], r["seen_by"], r["connections"],
+             r["records"]) for r in rows] == [
+        ("web-2", "curl", "api.openai.com:443", "snapshot", 1, 2),
+        ("web-2", "python3", "api.openai.com:443", "watch", 3, 1)]
+    watched = rows[1]
+    assert _record_at(fleet, watched["bundle"], watched["line"])["type"] == \
         "ai_egress_observed"
 
 
