@@ -103,6 +103,10 @@ def query(sql: str | None, mirror: Path | None, named: str | None, list_named: b
     window = (parse_when(since, "--since") if since else None,
               parse_when(until, "--until", end_of_day=True) if until else None)
     view = _required_mirror(mirror)
+    unknown = sorted(set(hosts) - set(view.hosts()))
+    if unknown:
+        raise UsageError(f"--host {unknown[0]}: no bundles of this host in the mirror",
+                         hint="hosts: " + (", ".join(view.hosts()[:10]) or "none"))
     with _database(view, hosts, collectors, window, memory_limit,
                    progress=fmt == "table") as db:
         if schema:

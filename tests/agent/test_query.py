@@ -304,6 +304,7 @@ def test_diff_text_names_each_side(fleet: Fleet) -> None:
     (("SELECT nope FROM records",), "SQL: Binder Error"),
     (("--named", "nope"), "no such query"),
     (("--since", "yesterday", "SELECT 1"), "--since"),
+    (("--host", "nope", "SELECT 1"), "--host nope: no bundles of this host"),
 ])
 def test_bad_queries_are_one_line_usage_errors(fleet: Fleet, args: tuple[str, ...],
                                                message: str) -> None:
