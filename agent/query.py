@@ -99,7 +99,12 @@ class MirrorDatabase:
             "autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
         if memory_limit:
             config["memory_limit"] = memory_limit
-        self.con = duckdb.connect(":memory:", config=config)
+        try:
+            self.con = duckdb.connect(":memory:", config=config)
+        except duckdb.Error as exc:  # the one value a user gives here
+            shutil.rmtree(self._spill, ignore_errors=True)
+            raise UsageError(f"--memory-limit {memory_limit}: {_first_line(exc)}",
+                             hint="e.g. 2GB or 512MB") from None
         self.con.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
         try:
             self._build()
@@ -277,17 +282,21 @@ class MirrorDatabase:
         return Result(columns, cursor)
 
 
+def _first_line(exc: duckdb.Error) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _build_error(exc: duckdb.Error) -> GamsaError:
     """Reading the mirror's manifests or listing its records objects failed: a
     mirror damaged after the pull (a file removed or unreadable)."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = _first_line(exc)
     return GamsaError(f"query: reading the mirror failed: {first}",
                       hint="run `gamsa verify --store file://DIR` on the mirror",
                       exit_code=RUNTIME)
 
 
 def _query_error(exc: duckdb.Error) -> GamsaError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = _first_line(exc)
     if LINE_ORDER_LOST in first:
         return GamsaError(f"query: {first.split(': ', 1)[-1]}; this is a bug",
                           exit_code=RUNTIME)

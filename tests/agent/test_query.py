@@ -305,6 +305,7 @@ def test_diff_text_names_each_side(fleet: Fleet) -> None:
     (("--named", "nope"), "no such query"),
     (("--since", "yesterday", "SELECT 1"), "--since"),
     (("--host", "nope", "SELECT 1"), "--host nope: no bundles of this host"),
+    (("--memory-limit", "lots", "SELECT 1"), "--memory-limit lots"),
 ])
 def test_bad_queries_are_one_line_usage_errors(fleet: Fleet, args: tuple[str, ...],
                                                message: str) -> None:
