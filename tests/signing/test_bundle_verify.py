@@ -24,6 +24,7 @@ from signing.bundle import (
 from signing.errors import FormatError, StoreError
 from signing.keys import FileSigner, PublicKey, generate_private_key
 from signing.merkle import leaf_hash, root_from_leaf_hashes
+from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, verify_store
 
 
@@ -92,7 +93,7 @@ def write_chain(root: Path, signer: FileSigner, count: int, host: str = "h1",
                      "collectors": [], "records": {"count": obj.count,
                                                    "merkle_root": obj.merkle_root},
                      "chain": chain}
-        manifest = sign_manifest(name, obj, predicate, signer)
+        manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
         for key, data in ((name.records_key, obj.data), (name.manifest_key, manifest)):
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(data)
@@ -148,7 +149,8 @@ def test_time_backwards_and_broken_prev(tmp_path: Path) -> None:
                                 "finished_at": "2026-11-25T00:00:00.100000Z"},
                  "collectors": [], "records": {"count": 3, "merkle_root": obj.merkle_root},
                  "chain": {"id": "c1", "seq": 2, "prev": "00" * 32}}
-    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
+    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, parse_predicate(predicate),
+                                                                   signer))
     (tmp_path / name.records_key).write_bytes(obj.data)
     result = verify_store(DirectoryReader(tmp_path), trusted(signer))
     codes = {f.code for f in result.findings if f.severity == "error"}
