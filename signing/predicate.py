@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Final, Literal
 
 from signing.dsse import make_statement, parse_statement
 from signing.errors import FormatError
@@ -55,50 +55,60 @@ Missing = Literal[Absent.ABSENT]
 # -- reading, one object at a time ----------------------------------------------------
 
 class _Reader:
-    """One JSON object of the predicate, read member by member under its path."""
+    """One JSON object of the predicate, read member by member.
 
-    def __init__(self, value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            raise FormatError(f"{path} is not an object")
+    Fast on the path every verified bundle takes (a type check per member); its
+    path in the predicate is only spelled out for an error message.
+    """
+
+    __slots__ = ("_index", "_name", "_parent", "data")
+
+    def __init__(self, value: Any, parent: _Reader | str, name: str = "",
+                 index: int | None = None) -> None:
         self.data: dict[str, Any] = value
-        self.path = path
-        self.known: set[str] = set()
+        self._parent = parent
+        self._name = name
+        self._index = index
+        if type(value) is not dict:
+            raise FormatError(f"{self.path} is " + (
+                "missing" if value is ABSENT else "not an object"))
 
-    def _take(self, name: str, required: bool) -> Any:
-        self.known.add(name)
+    @property
+    def path(self) -> str:
+        if isinstance(self._parent, str):
+            return self._parent
+        where = f"{self._parent.path}.{self._name}"
+        return where if self._index is None else f"{where}[{self._index}]"
+
+    def _fail(self, name: str, what: str) -> FormatError:
         if name not in self.data:
-            if required:
-                raise FormatError(f"{self.path}.{name} is missing")
-            return ABSENT
-        return self.data[name]
-
-    def _wrong(self, name: str, what: str) -> FormatError:
+            return FormatError(f"{self.path}.{name} is missing")
         return FormatError(f"{self.path}.{name} is not {what}")
 
     def text(self, name: str) -> str:
-        value = self._take(name, True)
-        if not isinstance(value, str):
-            raise self._wrong(name, "a string")
+        value = self.data.get(name)
+        if type(value) is not str:
+            raise self._fail(name, "a string")
         return value
 
     def optional_text(self, name: str) -> str | None:
-        value = self._take(name, False)
+        value = self.data.get(name, ABSENT)
+        if type(value) is str:
+            return value
         if value is ABSENT:
             return None
-        if not isinstance(value, str):
-            raise self._wrong(name, "a string")
-        return value
+        raise self._fail(name, "a string")
 
     def nullable_text(self, name: str, required: bool = True) -> str | Missing | None:
-        value = self._take(name, required)
-        if value is not ABSENT and value is not None and not isinstance(value, str):
-            raise self._wrong(name, "a string or null")
-        return value
+        value = self.data.get(name, ABSENT)
+        if type(value) is str or value is None or (value is ABSENT and not required):
+            return value
+        raise self._fail(name, "a string or null")
 
     def integer(self, name: str, minimum: int | None = None) -> int:
-        value = self._take(name, True)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self._wrong(name, "an integer")
+        value = self.data.get(name)
+        if type(value) is not int:  # not bool, not float
+            raise self._fail(name, "an integer")
         if minimum is not None and value < minimum:
             raise FormatError(f"{self.path}.{name} is less than {minimum}")
         return value
@@ -106,27 +116,37 @@ class _Reader:
     def optional_raw(self, name: str) -> Any:
         """The member's JSON value as it is (`ABSENT` when missing), for a caller
         that checks its shape itself."""
-        return self._take(name, False)
+        return self.data.get(name, ABSENT)
 
     def child(self, name: str) -> _Reader:
-        return _Reader(self._take(name, True), f"{self.path}.{name}")
+        return _Reader(self.data.get(name, ABSENT), self, name)
 
     def optional_child(self, name: str) -> _Reader | None:
-        value = self._take(name, False)
-        return None if value is ABSENT else _Reader(value, f"{self.path}.{name}")
+        value = self.data.get(name, ABSENT)
+        return None if value is ABSENT else _Reader(value, self, name)
 
-    def items(self, name: str, required: bool = True) -> list[tuple[Any, str]] | None:
-        """The list at `name` with each item's path; None when absent and optional."""
-        value = self._take(name, required)
-        if value is ABSENT:
+    def items(self, name: str, required: bool = True) -> list[Any] | None:
+        """The list at `name`; None when absent and optional. Read an item with `item`."""
+        value = self.data.get(name, ABSENT)
+        if type(value) is list:
+            return value
+        if value is ABSENT and not required:
             return None
-        if not isinstance(value, list):
-            raise self._wrong(name, "a list")
-        return [(item, f"{self.path}.{name}[{i}]") for i, item in enumerate(value)]
+        raise self._fail(name, "a list")
 
-    def extra(self) -> dict[str, Any]:
-        """The members this model does not name, kept as they were."""
-        return {k: v for k, v in self.data.items() if k not in self.known}
+    def item(self, name: str, index: int, value: Any) -> _Reader:
+        return _Reader(value, self, name, index)
+
+    def unknown(self, known: frozenset[str]) -> dict[str, Any]:
+        """The members this model does not name (`known`), kept as they were."""
+        if self.data.keys() <= known:
+            return {}
+        return {k: v for k, v in self.data.items() if k not in known}
+
+
+def _names(cls: type) -> frozenset[str]:
+    """The JSON members a model class names: its fields but `extra`."""
+    return frozenset(f.name for f in fields(cls)) - {"extra"}
 
 
 def _json(extra: dict[str, Any], known: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +170,7 @@ class Host:
     os_release: str | None = None
     arch: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         out = _json(self.extra, {"id": self.id, "hostname": self.hostname,
@@ -163,7 +184,7 @@ class Host:
     def read(cls, r: _Reader) -> Host:
         return cls(r.text("id"), r.optional_text("hostname"), r.nullable_text(
             "machine_id_sha256", required=False), r.optional_text("os"),
-            r.optional_text("os_release"), r.optional_text("arch"), r.extra())
+            r.optional_text("os_release"), r.optional_text("arch"), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -174,6 +195,7 @@ class ClockSteppedBack:
     previous_finished_at: str
     clock: str
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"previous_finished_at": self.previous_finished_at,
@@ -181,7 +203,7 @@ class ClockSteppedBack:
 
     @classmethod
     def read(cls, r: _Reader) -> ClockSteppedBack:
-        return cls(r.text("previous_finished_at"), r.text("clock"), r.extra())
+        return cls(r.text("previous_finished_at"), r.text("clock"), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -194,6 +216,7 @@ class ClockCheck:
     ahead_seconds: int
     tolerance_seconds: int
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"source": self.source, "local_time": self.local_time,
@@ -204,7 +227,8 @@ class ClockCheck:
     @classmethod
     def read(cls, r: _Reader) -> ClockCheck:
         return cls(r.text("source"), r.text("local_time"), r.text("store_date"),
-                   r.integer("ahead_seconds"), r.integer("tolerance_seconds"), r.extra())
+                   r.integer("ahead_seconds"), r.integer("tolerance_seconds"),
+                   r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -219,6 +243,7 @@ class Collection:
     clock_stepped_back: ClockSteppedBack | None = None
     clock_check: ClockCheck | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {
@@ -235,7 +260,7 @@ class Collection:
         return cls(r.text("id"), r.text("trigger"), r.text("started_at"),
                    r.text("finished_at"), r.optional_text("clock_started_at"),
                    None if stepped is None else ClockSteppedBack.read(stepped),
-                   None if check is None else ClockCheck.read(check), r.extra())
+                   None if check is None else ClockCheck.read(check), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -245,13 +270,14 @@ class RecordsSummary:
     count: int
     merkle_root: str  # hex; compared, not parsed: a bad one is a merkle_root_mismatch
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"count": self.count, "merkle_root": self.merkle_root})
 
     @classmethod
     def read(cls, r: _Reader) -> RecordsSummary:
-        return cls(r.integer("count", 0), r.text("merkle_root"), r.extra())
+        return cls(r.integer("count", 0), r.text("merkle_root"), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -262,7 +288,7 @@ class ChainFollows:
     seq: int
     manifest_sha256: str
 
-    FIELDS = ("chain_id", "seq", "manifest_sha256")
+    FIELDS: ClassVar[tuple[str, ...]] = ("chain_id", "seq", "manifest_sha256")
 
     def to_json(self) -> dict[str, Any]:
         return {"chain_id": self.chain_id, "seq": self.seq,
@@ -291,6 +317,7 @@ class Chain:
     genesis_reason: str | None = None
     follows: ChainFollows | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         out = _json(self.extra, {"id": self.id, "seq": self.seq,
@@ -308,7 +335,7 @@ class Chain:
         follows = r.optional_raw("follows")
         return cls(chain_id, seq, None if prev is ABSENT else prev, reason,
                    None if follows is ABSENT else ChainFollows.read(follows, f"{r.path}.follows"),
-                   r.extra())
+                   r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -318,13 +345,14 @@ class Gap:
     reason: str
     count: int
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"reason": self.reason, "count": self.count})
 
     @classmethod
     def read(cls, r: _Reader) -> Gap:
-        return cls(r.text("reason"), r.integer("count", 0), r.extra())
+        return cls(r.text("reason"), r.integer("count", 0), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -339,6 +367,7 @@ class CollectorEntry:
     duration_ms: int
     gaps: tuple[Gap, ...] | None = None  # None: written before gaps existed (read as none)
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     @property
     def gap_list(self) -> tuple[Gap, ...]:
@@ -363,7 +392,8 @@ class CollectorEntry:
         gaps = r.items("gaps", required=False)
         return cls(name, version, status, records, None if error is ABSENT else error,
                    duration, None if gaps is None
-                   else tuple(Gap.read(_Reader(item, path)) for item, path in gaps), r.extra())
+                   else tuple(Gap.read(r.item("gaps", i, item)) for i, item in enumerate(gaps)),
+                   r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -375,6 +405,7 @@ class Resources:
     rss_bytes: int
     peak_rss_bytes: int
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"cpu_user_ms": self.cpu_user_ms,
@@ -385,7 +416,7 @@ class Resources:
     @classmethod
     def read(cls, r: _Reader) -> Resources:
         return cls(r.integer("cpu_user_ms", 0), r.integer("cpu_system_ms", 0),
-                   r.integer("rss_bytes", 0), r.integer("peak_rss_bytes", 0), r.extra())
+                   r.integer("rss_bytes", 0), r.integer("peak_rss_bytes", 0), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -399,6 +430,7 @@ class AgentInfo:
     key_id: str
     resources: Resources | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"name": self.name, "version": self.version,
@@ -413,7 +445,7 @@ class AgentInfo:
         config, key_id = r.text("config_sha256"), r.text("key_id")
         resources = r.optional_child("resources")
         return cls(name, version, config, key_id,
-                   None if resources is None else Resources.read(resources), r.extra())
+                   None if resources is None else Resources.read(resources), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -423,6 +455,7 @@ class Privacy:
     pseudonymized: tuple[str, ...]
     key_id: str
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         return _json(self.extra, {"pseudonymized": list(self.pseudonymized),
@@ -431,11 +464,11 @@ class Privacy:
     @classmethod
     def read(cls, r: _Reader) -> Privacy:
         names = []
-        for item, path in r.items("pseudonymized") or []:
-            if not isinstance(item, str):
-                raise FormatError(f"{path} is not a string")
+        for i, item in enumerate(r.items("pseudonymized") or []):
+            if type(item) is not str:
+                raise FormatError(f"{r.path}.pseudonymized[{i}] is not a string")
             names.append(item)
-        return cls(tuple(names), r.text("key_id"), r.extra())
+        return cls(tuple(names), r.text("key_id"), r.unknown(cls.NAMES))
 
 
 @dataclass(frozen=True)
@@ -450,6 +483,7 @@ class ManifestPredicate:
     agent: AgentInfo | None = None
     privacy: Privacy | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    NAMES: ClassVar[frozenset[str]] = frozenset()  # set below: the members named here
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object the writer signs (canonical encoding is the signer's job)."""
@@ -461,6 +495,11 @@ class ManifestPredicate:
             "privacy": None if self.privacy is None else self.privacy.to_json()})
 
 
+for _model in (Host, ClockSteppedBack, ClockCheck, Collection, RecordsSummary, Chain, Gap,
+               CollectorEntry, Resources, AgentInfo, Privacy, ManifestPredicate):
+    _model.NAMES = _names(_model)
+
+
 def parse_predicate(value: Any, path: str = "predicate") -> ManifestPredicate:
     """The model of a predicate's JSON value; FormatError naming the first bad field."""
     r = _Reader(value, path)
@@ -468,13 +507,14 @@ def parse_predicate(value: Any, path: str = "predicate") -> ManifestPredicate:
     collection = Collection.read(r.child("collection"))
     records = RecordsSummary.read(r.child("records"))
     chain = Chain.read(r.child("chain"))
-    collectors = tuple(CollectorEntry.read(_Reader(item, item_path))
-                       for item, item_path in r.items("collectors") or [])
+    collectors = tuple(CollectorEntry.read(r.item("collectors", i, item))
+                       for i, item in enumerate(r.items("collectors") or []))
     agent = r.optional_child("agent")
     privacy = r.optional_child("privacy")
     return ManifestPredicate(host, collection, records, chain, collectors,
                              None if agent is None else AgentInfo.read(agent),
-                             None if privacy is None else Privacy.read(privacy), r.extra())
+                             None if privacy is None else Privacy.read(privacy),
+                             r.unknown(ManifestPredicate.NAMES))
 
 
 @dataclass(frozen=True)
