@@ -183,8 +183,9 @@ def scope_to_package(result: VerifyResult) -> None:
         if f.code == "chain_gap" and f.key in starts:
             b = starts[f.key]
             f = Finding(f.key, "chain_starts_before_package",
-                        f"host {b.name.host_id} chain {b.chain_id}: seq 1..{b.seq - 1} are "
-                        f"not in this package, which starts the chain at seq {b.seq}; its "
+                        f"host {b.name.host_id} chain {b.chain_id}: "
+                        + ("seq 1 is" if b.seq == 2 else f"seq 1..{b.seq - 1} are")
+                        + f" not in this package, which starts the chain at seq {b.seq}; its "
                         f"link to seq {b.seq - 1} is not checked here", WARNING)
         elif f.code == "host_without_bundles" and f.key.removeprefix(
                 "v1/host=").rstrip("/") not in hosts:

@@ -234,3 +234,60 @@ def test_the_package_verifies_alone_in_a_venv_with_only_cryptography(
     forged = verify_package(package, python)
     assert forged.returncode == 1
     assert f"proof_invalid: {proof.relative_to(package)}" in forged.stdout
+
+
+def test_a_selection_starting_mid_chain_warns_and_a_hole_inside_is_refused(
+        gamsa_env: GamsaEnv, tmp_path: Path) -> None:
+    mirror = make_mirror(gamsa_env, tmp_path)
+    first, second, _ = manifests(mirror, "host-a")
+    for manifest in (first,):  # as if the mirror were pulled from a later date
+        for key in (manifest, manifest.removesuffix(MANIFEST) + RECORDS):
+            (mirror / key).unlink()
+    out = tmp_path / "later.zip"
+    result = export(gamsa_env, mirror, out, "--host", "host-a")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"WARNING chain_starts_before_package: {second}" in result.stdout
+    assert "seq 1 is not in this package" in result.stdout
+    checked = verify_package(unzip(out, tmp_path / "later"))
+    assert checked.returncode == 0 and "chain_starts_before_package" in checked.stdout
+
+    for key in (second, second.removesuffix(MANIFEST) + RECORDS):
+        (mirror / key).unlink()
+    seal(gamsa_env, 1, host="host-a", collector=ticks_collector(1))
+    assert pull(gamsa_env, mirror)[0] == 0  # seq 4 arrives; seq 2 stays missing
+    refused = export(gamsa_env, mirror, tmp_path / "holed.zip", "--host", "host-a")
+    assert refused.returncode == 1 and "chain_gap" in refused.stderr, refused.stderr
+
+
+def test_an_org_trusted_mirror_ships_its_root_and_the_enrollment_recipe_runs(
+        tmp_path: Path) -> None:
+    from tests.agent.test_enrollment import make_fleet
+
+    fleet = make_fleet(tmp_path, ("web-01", "db-01"))
+    mirror = tmp_path / "mirror"
+    pulled = fleet.any.run("pull", "--store", f"file://{fleet.store}", "--to", str(mirror),
+                           "--trust-org", str(fleet.org_pub))
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    out = tmp_path / "web.zip"
+    result = fleet.any.run("export", "--mirror", str(mirror), "--out", str(out),
+                           "--host", "web-01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING host_not_in_package: v1/host=db-01/" in result.stdout
+    package = unzip(out, tmp_path / "package")
+    org_id = next((package / "trust" / "org").iterdir()).stem
+    assert (package / "trust" / "org" / f"{org_id}.pem").read_text() == "".join(
+        fleet.org_pub.read_text())
+    assert not (package / "trust" / "keys").exists()
+    recipe = readme_recipe(package)
+    assert "enrollment" in recipe
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", recipe], cwd=package,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert ran.stdout.count("Signature Verified Successfully") == 2
+    checked = verify_package(package)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"trusting organisation root {org_id}" in checked.stdout
+    wrong = tmp_path / "other-org"
+    assert fleet.any.run("org", "init", "--out", str(wrong)).returncode == 0
+    foreign = verify_package(package, sys.executable, "--trust-org", str(wrong / "org.pub"))
+    assert foreign.returncode == 1 and "report_differs" in foreign.stdout
