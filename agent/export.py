@@ -36,7 +36,7 @@ from signing.canonical import canonical_bytes
 from signing.enrollment import KEYS_PREFIX
 from signing.errors import FINDINGS, GamsaError, UsageError
 from signing.keys import PublicKey, load_public_key_pem, parse_key_document, public_key_from_pem
-from signing.proof import make_proof
+from signing.proof import make_proofs
 from signing.verify import ERROR, DirectoryReader, Finding, verify_store
 from signing.verify_package import (
     FAILURES_DIR,
@@ -211,7 +211,7 @@ def _stage_proofs(request: ExportRequest, bundles: list[MirroredBundle],
         return 0
     by_key = {key: b for b in bundles for key in (b.manifest_key, b.records_key)}
     failed = {b.manifest_key for b in failing}
-    made = 0
+    wanted: dict[str, list[int]] = {}
     for row in read_proof_rows(request.prove_lines):
         bundle = by_key.get(row.bundle)
         if bundle is None:
@@ -224,13 +224,18 @@ def _stage_proofs(request: ExportRequest, bundles: list[MirroredBundle],
         if bundle.manifest_key in failed:
             raise GamsaError(f"--prove-lines {row.where}: bundle {bundle.manifest_key} does "
                              f"not verify; no proof is made from it", exit_code=FINDINGS)
-        proof = make_proof(bundle.manifest_path.read_bytes(), bundle.records_path.read_bytes(),
-                           row.line, bundle.records_key)
+        wanted.setdefault(bundle.manifest_key, []).append(row.line)
+    made = 0
+    for manifest_key, lines in sorted(wanted.items()):
+        bundle = by_key[manifest_key]
         stem = bundle.records_key.removesuffix(".records.jsonl.gz")
-        target = stage / PROOFS_DIR / f"{stem}.line-{row.line:08d}{PROOF_SUFFIX}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(proof)
-        made += 1
+        proofs = make_proofs(bundle.manifest_path.read_bytes(),
+                             bundle.records_path.read_bytes(), lines, bundle.records_key)
+        for line, proof in proofs.items():
+            target = stage / PROOFS_DIR / f"{stem}.line-{line:08d}{PROOF_SUFFIX}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(proof)
+            made += 1
     return made
 
 
@@ -283,7 +288,7 @@ def export(request: ExportRequest,
         raise UsageError(f"--mirror {request.mirror.root}: no bundles match the selection "
                          "(--host/--since/--until)")
     result = ExportResult(str(out))
-    with failing("stage the package beside", out), tempfile.TemporaryDirectory(
+    with failing("stage the export of"), tempfile.TemporaryDirectory(
             dir=out.parent, prefix=f".{out.name}.") as temp:
         stage = Path(temp) / "package"
         _stage_evidence(request, bundles, stage)

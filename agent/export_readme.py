@@ -22,6 +22,7 @@ from signing.verify_package import (
 
 # Marks the fenced blocks an inspector runs in order from the package's folder.
 RECIPE_FENCE = "```sh"
+LISTED = 50  # chains, failures, proofs named in the README; all are in report.json
 
 _DSSE_PY = """\
 python3 - "$M" "$tmp" <<'EOF'
@@ -151,6 +152,14 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _listed(items: list[str], what: str) -> list[str]:
+    """A markdown list of at most LISTED items; the rest are in report.json."""
+    shown = [f"- {item}" for item in items[:LISTED]]
+    if len(items) > LISTED:
+        shown.append(f"- … and {len(items) - LISTED} more ({what} in `{REPORT_NAME}`)")
+    return [*shown, ""]
+
+
 def render_readme(stage: Path, package: dict[str, Any], report: dict[str, Any]) -> str:
     """The README for the staged package (deterministic: no time, no temp paths)."""
     evidence = report["evidence"]
@@ -196,22 +205,20 @@ def render_readme(stage: Path, package: dict[str, Any], report: dict[str, Any]) 
         " the selection; `signing/` and `verify.py`: the verifier; "
         f"`{MANIFEST_NAME}`: the SHA-256 of every other file.",
         "",
-        "Chains: " + ("; ".join(f"{c['host']} chain {c['chain_id']} seq {c['first_seq']}.."
-                                 f"{c['last_seq']} ({c['bundles']} bundle(s))" for c in chains)
-                      or "none") + ".",
+        f"Chains ({len(chains)}):",
         "",
+        *_listed([f"{c['host']} chain {c['chain_id']}: seq {c['first_seq']}..{c['last_seq']}"
+                  f" ({c['bundles']} bundle(s))" for c in chains], "chains"),
     ]
     if report["failures"]:
         lines += [f"Failing bundles ({len(report['failures'])}), under `{FAILURES_DIR}/`:", ""]
-        for entry in report["failures"]:
-            codes = ", ".join(sorted({f["code"] for f in entry["findings"]})) or "see report"
-            lines.append(f"- `{entry['bundle']}`: {codes}")
-        lines.append("")
+        lines += _listed([f"`{entry['bundle']}`: " + (", ".join(sorted(
+            {f["code"] for f in entry["findings"]})) or "see report.json")
+            for entry in report["failures"]], "failures")
     if report["proofs"]:
         lines += [f"Proofs ({len(report['proofs'])}):", ""]
-        lines += [f"- `{p['path']}`: line {p['line']} of `{p['records_key']}`"
-                  for p in report["proofs"]]
-        lines.append("")
+        lines += _listed([f"`{p['path']}`: line {p['line']} of `{p['records_key']}`"
+                          for p in report["proofs"]], "proofs")
     lines += _recipe(stage, report)
     lines += [
         "## 3. Check everything with the shipped verifier",

@@ -301,6 +301,13 @@ def verify_package(root: Path, trusted: Mapping[str, PublicKey] | None = None,
     if trusted is None and org_keys is None:
         trusted, org_keys = package_trust(root)
     findings = check_manifest(root)
+    odd = [f for f in findings if f.code == "package_file_not_regular" or (
+        f.code == "package_file_unlisted" and "not a regular file" in f.message)]
+    if odd:
+        # A symlink to /dev/zero or a FIFO would hang or exhaust the verifier.
+        return PackageResult({}, [*findings, Finding(
+            odd[0].key, "evidence_not_checked", "the package holds something that is not "
+            "a regular file; nothing in it was verified")])
     report, evidence = build_report(root, trusted or {}, org_keys)
     try:
         shipped = (root / REPORT_NAME).read_bytes()
@@ -311,6 +318,25 @@ def verify_package(root: Path, trusted: Mapping[str, PublicKey] | None = None,
         findings.append(Finding(REPORT_NAME, "report_differs",
                                 "the shipped report is not what the evidence gives now"))
     return PackageResult(report, findings + evidence)
+
+
+def _print_text(result: PackageResult, root: Path, own_trust: bool) -> None:
+    report = result.report
+    trust = report.get("trust", {})
+    for kind, ids in (("organisation root", trust.get("org", [])),
+                      ("agent key", trust.get("keys", []))):
+        for key_id in ids:
+            print(f"trusting {kind} {key_id}"
+                  + ("" if own_trust else " (from the package's trust/: compare it with the "
+                                          "key id you were given)"))
+    for f in result.findings:
+        print(f"{f.severity.upper():7} {f.code}: {f.key}: {f.message}")
+    evidence = report.get("evidence", {})
+    errors = sum(1 for f in result.findings if f.severity == ERROR)
+    print(f"{'OK' if result.ok else 'FAILED'}: {evidence.get('bundles', 0)} bundle(s), "
+          f"{evidence.get('records', 0)} records, {len(report.get('proofs', []))} proof(s), "
+          f"{len(report.get('failures', []))} failing bundle(s), {errors} error "
+          f"finding(s) in {root}")
 
 
 def main(argv: Sequence[str] | None = None, default_root: Path | None = None) -> int:
@@ -346,20 +372,7 @@ def main(argv: Sequence[str] | None = None, default_root: Path | None = None) ->
                           "findings": [f.as_dict() for f in result.findings],
                           "report": result.report}, indent=2, sort_keys=True))
     else:
-        trust = result.report["trust"]
-        for kind, ids in (("organisation root", trust["org"]), ("agent key", trust["keys"])):
-            for key_id in ids:
-                print(f"trusting {kind} {key_id}"
-                      + ("" if own else " (from the package's trust/: compare it with the "
-                                        "key id you were given)"))
-        for f in result.findings:
-            print(f"{f.severity.upper():7} {f.code}: {f.key}: {f.message}")
-        evidence = result.report["evidence"]
-        errors = sum(1 for f in result.findings if f.severity == ERROR)
-        print(f"{'OK' if result.ok else 'FAILED'}: {evidence['bundles']} bundle(s), "
-              f"{evidence['records']} records, {len(result.report['proofs'])} proof(s), "
-              f"{len(result.report['failures'])} failing bundle(s), {errors} error "
-              f"finding(s) in {root}")
+        _print_text(result, root, own)
     return OK if result.ok else FINDINGS
 
 

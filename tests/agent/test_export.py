@@ -127,6 +127,12 @@ def test_export_holds_the_selection_untouched_and_is_byte_identical(gamsa_env: G
                  "Signature Verified Successfully", "Merkle root OK: 5 records"):
         assert said in recipe.stdout, recipe.stdout
 
+    os.mkfifo(package / "v1" / "keys" / "stuck.json")  # must not hang the verifier
+    fifo = verify_package(package)
+    assert fifo.returncode == 1
+    assert "package_file_unlisted: v1/keys/stuck.json" in fifo.stdout
+    assert "evidence_not_checked" in fifo.stdout
+
 
 def test_a_tampered_mirror_is_refused_unless_failures_are_included(gamsa_env: GamsaEnv,
                                                                    tmp_path: Path) -> None:
