@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli_common import config_option, emit_json, json_option, load
+from agent.cli_common import config_option, emit_json, json_option, load, progress_bar
 from signing.errors import FINDINGS
 
 
@@ -52,9 +52,7 @@ def export(config_path: Path | None, mirror_dir: Path, out: Path, hosts: tuple[s
                             BundleFilter(frozenset(selection.hosts), selection.since,
                                          selection.until),
                             trusted, org_keys, prove_lines, include_failures)
-    progress = ((lambda line: click.echo(f"gamsa: {line}", err=True))
-                if sys.stderr.isatty() and not as_json else None)
-    result = export_package(request, progress)
+    result = export_package(request, progress_bar(sys.stderr.isatty() and not as_json))
     if as_json:
         emit_json(result.as_dict())
     else:

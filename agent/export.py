@@ -37,7 +37,7 @@ from signing.enrollment import KEYS_PREFIX
 from signing.errors import FINDINGS, GamsaError, UsageError
 from signing.keys import PublicKey, load_public_key_pem, parse_key_document, public_key_from_pem
 from signing.proof import make_proofs
-from signing.verify import ERROR, DirectoryReader, Finding, verify_store
+from signing.verify import ERROR, Finding, VerifyResult
 from signing.verify_package import (
     FAILURES_DIR,
     MANIFEST_NAME,
@@ -49,11 +49,12 @@ from signing.verify_package import (
     TRUST_KEYS_DIR,
     TRUST_ORG_DIR,
     build_report,
+    check_evidence,
     manifest_text,
     report_bytes,
-    scope_to_package,
 )
 
+Progress = Callable[[int, int], None]
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip epoch: entries carry no export time
 VERIFY_PY = '''"""Check this inspection package: python3 verify.py [--json] [--trust-org ORG.pub]
 [--trust KEY.pem]. Needs Python 3.11+ and the `cryptography` package (msgspec is not
@@ -183,15 +184,15 @@ def _stage_evidence(request: ExportRequest, bundles: list[MirroredBundle], stage
     (stage / "verify.py").write_text(VERIFY_PY)
 
 
-def _failing_bundles(stage: Path, request: ExportRequest,
-                     bundles: list[MirroredBundle]) -> tuple[list[MirroredBundle],
-                                                             list[Finding]]:
-    """The selected bundles that do not verify in the package, and every error finding."""
-    result = verify_store(DirectoryReader(stage), request.trusted, org_keys=request.org_keys)
-    scope_to_package(result)
+def _failing_bundles(stage: Path, request: ExportRequest, bundles: list[MirroredBundle],
+                     progress: Progress | None) -> tuple[list[MirroredBundle], list[Finding],
+                                                         VerifyResult]:
+    """The selected bundles that do not verify in the package, every error finding, and
+    the verifier's result."""
+    result = check_evidence(stage, request.trusted, request.org_keys, progress)
     good = {b.manifest_key for b in result.bundles if b.ok}
     errors = [f for f in result.findings if f.severity == ERROR]
-    return [b for b in bundles if b.manifest_key not in good], errors
+    return [b for b in bundles if b.manifest_key not in good], errors, result
 
 
 def _refusal(failing: list[MirroredBundle], errors: list[Finding]) -> GamsaError:
@@ -274,9 +275,9 @@ def _zip(stage: Path, out: Path) -> int:
         temp.unlink(missing_ok=True)
 
 
-def export(request: ExportRequest,
-           progress: Callable[[str], None] | None = None) -> ExportResult:
-    """Write the inspection package of `request` to `request.out`."""
+def export(request: ExportRequest, progress: Progress | None = None) -> ExportResult:
+    """Write the inspection package of `request` to `request.out`; `progress` is
+    called as the staged bundles are verified (done, total)."""
     out = request.out
     if out.exists() or out.is_symlink():
         raise UsageError(f"--out {out}: already exists; an export never replaces a file",
@@ -292,9 +293,8 @@ def export(request: ExportRequest,
             dir=out.parent, prefix=f".{out.name}.") as temp:
         stage = Path(temp) / "package"
         _stage_evidence(request, bundles, stage)
-        if progress:
-            progress(f"staged {len(bundles)} bundle(s); verifying")
-        failing_bundles, errors = _failing_bundles(stage, request, bundles)
+        failing_bundles, errors, evidence = _failing_bundles(stage, request, bundles,
+                                                             progress)
         if (failing_bundles or errors) and not request.include_failures:
             raise _refusal(failing_bundles, errors)
         for bundle in failing_bundles:
@@ -311,7 +311,9 @@ def export(request: ExportRequest,
                    "store": request.mirror.state().get("store"), "selection": selection,
                    "include_failures": request.include_failures}
         (stage / PACKAGE_NAME).write_bytes(canonical_bytes(package) + b"\n")
-        report, findings = build_report(stage, request.trusted, request.org_keys)
+        # The verifier's result stands for the package unless failing bundles moved.
+        report, findings = build_report(stage, request.trusted, request.org_keys,
+                                        None if failing_bundles else evidence)
         (stage / REPORT_NAME).write_bytes(report_bytes(report))
         (stage / "README.md").write_text(render_readme(stage, package, report))
         (stage / MANIFEST_NAME).write_bytes(manifest_text(stage))
@@ -319,7 +321,5 @@ def export(request: ExportRequest,
         result.bundles = report["evidence"]["bundles"] + len(report["failures"])
         result.records = report["evidence"]["records"]
         result.files = len((stage / MANIFEST_NAME).read_bytes().splitlines()) + 1
-        if progress:
-            progress(f"writing {out}")
         result.bytes = _zip(stage, out)
     return result

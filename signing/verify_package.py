@@ -29,7 +29,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,14 +261,25 @@ def check_proof(root: Path, path: str, trust: Trust) -> dict[str, Any]:
     return entry
 
 
-def build_report(root: Path, trusted: Mapping[str, PublicKey],
-                 org_keys: Mapping[str, PublicKey] | None) -> tuple[dict[str, Any],
-                                                                    list[Finding]]:
-    """The verification report over the package's contents, and its findings (evidence,
-    failures, proofs). Deterministic: the same package gives the same bytes."""
-    reader = DirectoryReader(root)
-    result = verify_store(reader, trusted, org_keys=org_keys)
+def check_evidence(root: Path, trusted: Mapping[str, PublicKey],
+                   org_keys: Mapping[str, PublicKey] | None,
+                   progress: Callable[[int, int], None] | None = None) -> VerifyResult:
+    """The verifier over the package's `v1/` (bundles, chains, keys), in its scope."""
+    result = verify_store(DirectoryReader(root), trusted, progress=progress,
+                          org_keys=org_keys)
     scope_to_package(result)
+    return result
+
+
+def build_report(root: Path, trusted: Mapping[str, PublicKey],
+                 org_keys: Mapping[str, PublicKey] | None,
+                 evidence: VerifyResult | None = None) -> tuple[dict[str, Any],
+                                                                list[Finding]]:
+    """The verification report over the package's contents, and its findings (evidence,
+    failures, proofs). Deterministic: the same package gives the same bytes.
+    `evidence`: `check_evidence` of this same `v1/`, when the caller just ran it."""
+    reader = DirectoryReader(root)
+    result = evidence if evidence is not None else check_evidence(root, trusted, org_keys)
     trust, _ = load_trust(reader, trusted, org_keys)
     failures = failure_entries(root, trust)
     proofs = [check_proof(root, name, trust) for name, _ in walk_files(root)

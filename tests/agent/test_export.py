@@ -265,6 +265,7 @@ def test_a_selection_starting_mid_chain_warns_and_a_hole_inside_is_refused(
     assert refused.returncode == 1 and "chain_gap" in refused.stderr, refused.stderr
 
 
+@pytest.mark.slow
 def test_an_org_trusted_mirror_ships_its_root_and_the_enrollment_recipe_runs(
         tmp_path: Path) -> None:
     from tests.agent.test_enrollment import make_fleet
