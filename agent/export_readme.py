@@ -57,6 +57,33 @@ print(f"Merkle root OK: {len(lines)} records")
 EOF"""
 
 
+_PROOF_PY = """\
+python3 - "$P" <<'EOF'
+import base64, hashlib, json, sys
+proof = json.load(open(sys.argv[1]))
+manifest = base64.b64decode(proof["manifest"])
+key = proof["records_key"].removesuffix(".records.jsonl.gz") + ".manifest.dsse.json"
+assert manifest == open(key, "rb").read(), "the proof's manifest is not the package's"
+signed = json.loads(base64.b64decode(json.loads(manifest)["payload"]))["predicate"]["records"]
+record = base64.b64decode(proof["record"])
+node = hashlib.sha256(b"\\x00" + record).digest()
+fn, sn = proof["leaf_index"], proof["tree_size"] - 1     # RFC 9162 section 2.1.3.2
+for sibling in map(bytes.fromhex, proof["audit_path"]):
+    assert sn > 0, "audit path too long"
+    if fn & 1 or fn == sn:
+        node = hashlib.sha256(b"\\x01" + sibling + node).digest()
+        while not fn & 1 and fn:
+            fn, sn = fn >> 1, sn >> 1
+    else:
+        node = hashlib.sha256(b"\\x01" + node + sibling).digest()
+    fn, sn = fn >> 1, sn >> 1
+assert sn == 0 and proof["tree_size"] == signed["count"], "tree size differs"
+assert node.hex() == signed["merkle_root"], "the record is not under the signed root"
+assert proof["line"] == proof["leaf_index"] + 1
+print(f"proof OK: line {proof['line']} of {proof['records_key']}: {record.decode()}")
+EOF"""
+
+
 def _example(stage: Path) -> tuple[str, str, str] | None:
     """(manifest key, records key, signing key id) of the package's first bundle."""
     host_dirs = sorted((stage / "v1").glob("host=*"))
@@ -66,6 +93,18 @@ def _example(stage: Path) -> tuple[str, str, str] | None:
         return (key, key.removesuffix(".manifest.dsse.json") + ".records.jsonl.gz",
                 str(envelope["signatures"][0]["keyid"]))
     return None
+
+
+def _proof_recipe(report: dict[str, Any]) -> list[str]:
+    """One proof checked by hand: its record up the audit path to the signed root of a
+    manifest that is the package's own (whose signature the step above checks)."""
+    first = next((p for p in report["proofs"] if p["ok"]), None)
+    if first is None:
+        return []
+    return ["A record shown by its inclusion proof alone (the record, its audit path, and "
+            "the bundle's signed manifest, byte-equal to the package's; its signature is "
+            "checked as above):", "", RECIPE_FENCE, f"P='{first['path']}'", _PROOF_PY, "```",
+            ""]
 
 
 def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
@@ -144,6 +183,7 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
         "rm -rf \"$tmp\"",
         "```",
         "",
+        *(_proof_recipe(report) if report["proofs"] else []),
         "Each manifest's `predicate.chain.prev` is the SHA-256 (`sha256sum`) of the previous "
         "manifest of its chain, byte for byte: that is how a missing or replaced bundle "
         "shows.",

@@ -59,7 +59,7 @@ def readme_recipe(root: Path) -> str:
     """The README's standard-tools commands (section 2), as one script."""
     text = (root / "README.md").read_text()
     section = text.split("## 2.", 1)[1].split("## 3.", 1)[0]
-    return "\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
+    return "\n\n".join(re.findall(r"```sh\n(.*?)```", section, re.S))
 
 
 def flip_byte(path: Path, offset: int = -20) -> bytes:
@@ -124,7 +124,8 @@ def test_export_holds_the_selection_untouched_and_is_byte_identical(gamsa_env: G
                             check=False)
     assert recipe.returncode == 0, recipe.stdout + recipe.stderr
     for said in ("all files match", "records digest OK", "key id OK",
-                 "Signature Verified Successfully", "Merkle root OK: 5 records"):
+                 "Signature Verified Successfully", "Merkle root OK: 5 records",
+                 f"proof OK: line 2 of {bundles[1].removesuffix(MANIFEST) + RECORDS}"):
         assert said in recipe.stdout, recipe.stdout
 
     os.mkfifo(package / "v1" / "keys" / "stuck.json")  # must not hang the verifier
@@ -240,6 +241,12 @@ def test_the_package_verifies_alone_in_a_venv_with_only_cryptography(
     forged = verify_package(package, python)
     assert forged.returncode == 1
     assert f"proof_invalid: {proof.relative_to(package)}" in forged.stdout
+    by_hand = next(block for block in map(str.strip, readme_recipe(package).split("\n\n"))
+                   if block.startswith("P="))
+    refused = subprocess.run(["bash", "-euo", "pipefail", "-c", by_hand], cwd=package,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0
+    assert "the record is not under the signed root" in refused.stderr
 
 
 def test_a_selection_starting_mid_chain_warns_and_a_hole_inside_is_refused(
