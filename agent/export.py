@@ -63,9 +63,15 @@ needed); it uses the signing/ folder beside this file, not an installed gamsa.""
 import sys
 from pathlib import Path
 
+if sys.version_info < (3, 11):
+    sys.exit("verify.py needs Python 3.11 or later (this is %d.%d)" % sys.version_info[:2])
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.dont_write_bytecode = True  # leave the package as it was: no __pycache__ in it
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    sys.exit("verify.py needs the cryptography package: pip install cryptography")
 
 from signing.verify_package import main  # noqa: E402
 

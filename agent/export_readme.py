@@ -112,6 +112,8 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
     lines = [
         "## 2. Check it with standard tools",
         "",
+        "Unpack the zip into a folder of its own (its paths are the store keys, with no "
+        "top folder: `unzip inspection.zip -d inspection`). "
         "Run these from the unpacked folder (bash, coreutils, openssl 3, python3; no "
         "gamsa code). They check one bundle by hand; step 3 checks every bundle.",
         "",
