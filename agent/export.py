@@ -29,7 +29,7 @@ import signing
 from agent import __version__
 from agent.export_readme import render_readme
 from agent.fsutil import failing, fsync_dir
-from agent.mirror import BundleFilter, MirroredBundle, MirrorView
+from agent.mirror import BundleFilter, MirroredBundle, MirrorView, QuarantinedBundle
 from agent.proof_rows import read_proof_rows
 from signing.bundle import parse_bundle_key
 from signing.canonical import canonical_bytes
@@ -201,12 +201,17 @@ def _failing_bundles(stage: Path, request: ExportRequest, bundles: list[Mirrored
     return [b for b in bundles if b.manifest_key not in good], errors, result
 
 
-def _refusal(failing: list[MirroredBundle], errors: list[Finding]) -> GamsaError:
-    first = errors[0] if errors else None
-    what = (f"{len(failing)} selected bundle(s) and {len(errors)} error finding(s)"
-            if failing else f"{len(errors)} error finding(s)")
-    detail = f" (first: {first.key}: {first.code}: {first.message})" if first else ""
-    return GamsaError(f"export refused: the selection does not verify: {what}{detail}",
+def _refusal(failing: list[MirroredBundle], held: list[QuarantinedBundle],
+             errors: list[Finding]) -> GamsaError:
+    counts = [f"{len(failing)} selected bundle(s) fail" if failing else "",
+              f"{len(held)} held in the mirror's quarantine" if held else "",
+              f"{len(errors)} error finding(s)" if errors else ""]
+    if errors:
+        detail = f" (first: {errors[0].key}: {errors[0].code}: {errors[0].message})"
+    else:
+        detail = f" (first: {held[0].name.manifest_key}: failed when pulled)" if held else ""
+    return GamsaError(f"export refused: the selection does not verify: "
+                      f"{', '.join(c for c in counts if c)}{detail}",
                       hint="pass --include-failures to export it with the failing bundles "
                            "under failures/, marked in the report and README",
                       exit_code=FINDINGS)
@@ -301,15 +306,21 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         _stage_evidence(request, bundles, stage)
         failing_bundles, errors, evidence = _failing_bundles(stage, request, bundles,
                                                              progress)
-        if (failing_bundles or errors) and not request.include_failures:
-            raise _refusal(failing_bundles, errors)
+        # Bundles pull refused are part of the selection too: never left out unsaid.
+        held = request.mirror.quarantined(request.which)
+        if (failing_bundles or held or errors) and not request.include_failures:
+            raise _refusal(failing_bundles, held, errors)
         for bundle in failing_bundles:
             for key in (bundle.records_key, bundle.manifest_key, bundle.name.timestamp_key):
                 if (stage / key).exists():
                     (stage / FAILURES_DIR / key).parent.mkdir(parents=True, exist_ok=True)
                     (stage / key).rename(stage / FAILURES_DIR / key)
+        for quarantined in held:
+            for key, path in quarantined.objects().items():
+                _place(path, stage / FAILURES_DIR / key)
         result.proofs = _stage_proofs(request, bundles, failing_bundles, stage)
-        result.failures = [b.manifest_key for b in failing_bundles]
+        result.failures = sorted([b.manifest_key for b in failing_bundles]
+                                 + [q.name.manifest_key for q in held])
         selection = {"hosts": sorted(request.which.hosts),
                      "since": request.which.since and request.which.since.isoformat(),
                      "until": request.which.until and request.which.until.isoformat()}

@@ -305,3 +305,29 @@ def test_an_org_trusted_mirror_ships_its_root_and_the_enrollment_recipe_runs(
     assert fleet.any.run("org", "init", "--out", str(wrong)).returncode == 0
     foreign = verify_package(package, sys.executable, "--trust-org", str(wrong / "org.pub"))
     assert foreign.returncode == 1 and "report_differs" in foreign.stdout
+
+
+def test_bundles_held_in_the_mirrors_quarantine_are_never_left_out_unsaid(
+        gamsa_env: GamsaEnv, tmp_path: Path) -> None:
+    mirror = make_mirror(gamsa_env, tmp_path)
+    seal(gamsa_env, 1, host="host-a", collector=ticks_collector(5))
+    newest = sorted((gamsa_env.store / "v1" / "host=host-a").rglob(f"*{RECORDS}"))[-1]
+    flip_byte(newest)
+    code, report, _ = pull(gamsa_env, mirror)
+    assert code == 1 and report["quarantined"] == 1  # the newest bundle: no gap shows it
+    held = newest.relative_to(gamsa_env.store).as_posix()
+    out = tmp_path / "inspection.zip"
+    refused = export(gamsa_env, mirror, out, "--host", "host-a")
+    assert refused.returncode == 1 and "1 held in the mirror's quarantine" in refused.stderr
+    assert not out.exists()
+    assert export(gamsa_env, mirror, out, "--host", "host-b").returncode == 0
+
+    marked = export(gamsa_env, mirror, tmp_path / "marked.zip", "--host", "host-a",
+                    "--include-failures")
+    assert marked.returncode == 1
+    package = unzip(tmp_path / "marked.zip", tmp_path / "package")
+    assert (package / "failures" / held).read_bytes() == newest.read_bytes()
+    checked = verify_package(package)
+    assert checked.returncode == 1
+    assert f"bundle_failed: failures/{held.removesuffix(RECORDS) + MANIFEST}" in checked.stdout
+    assert "digest_mismatch" in checked.stdout
