@@ -31,11 +31,14 @@ from signing.errors import FINDINGS
               help="Agent key of the mirror's trust (default: the keys it was pulled under).")
 @click.option("--trust-org", multiple=True, type=click.Path(path_type=Path), metavar="ORG.pub",
               help="Organisation root of the mirror's trust (default: as pulled).")
+@click.option("--tsa-cert", type=click.Path(path_type=Path), metavar="CHAIN.pem",
+              help="Ship this TSA certificate chain (PEM) and judge each bundle's RFC 3161 "
+                   "token by it, in the report and for the inspector.")
 @json_option
 def export(config_path: Path | None, mirror_dir: Path, out: Path, hosts: tuple[str, ...],
            since: str | None, until: str | None, prove_lines: Path | None,
            include_failures: bool, trust: tuple[Path, ...], trust_org: tuple[Path, ...],
-           as_json: bool) -> None:
+           tsa_cert: Path | None, as_json: bool) -> None:
     """Write an inspection package (zip) a supervisor checks alone: the selected
     bundles untouched, keys, trust, proofs, the verifier's report, a README and the
     verifier itself. Refuses (exit 1) a selection that does not verify."""
@@ -45,13 +48,17 @@ def export(config_path: Path | None, mirror_dir: Path, out: Path, hosts: tuple[s
     from agent.pull import parse_selection
 
     load(config_path)
+    if tsa_cert is not None:
+        from signing.timestamp import load_tsa_chain
+
+        load_tsa_chain(tsa_cert)  # a usage error naming the file, before any work
     selection = parse_selection(hosts, since, until)
     view = open_mirror(mirror_dir)
     trusted, org_keys = resolve_trust(view, trust, trust_org)
     request = ExportRequest(view, out.absolute(),
                             BundleFilter(frozenset(selection.hosts), selection.since,
                                          selection.until),
-                            trusted, org_keys, prove_lines, include_failures)
+                            trusted, org_keys, prove_lines, include_failures, tsa_cert)
     result = export_package(request, progress_bar(sys.stderr.isatty() and not as_json))
     if as_json:
         emit_json(result.as_dict())

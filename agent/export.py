@@ -48,9 +48,11 @@ from signing.verify_package import (
     REPORT_NAME,
     TRUST_KEYS_DIR,
     TRUST_ORG_DIR,
+    TRUST_TSA,
     build_report,
     check_evidence,
     manifest_text,
+    package_tsa_chain,
     report_bytes,
 )
 
@@ -90,6 +92,7 @@ class ExportRequest:
     org_keys: Mapping[str, PublicKey] | None
     prove_lines: Path | None = None
     include_failures: bool = False
+    tsa_chain: Path | None = None  # the TSA certificates (PEM) to ship and judge tokens by
 
 
 @dataclass
@@ -184,6 +187,10 @@ def _stage_evidence(request: ExportRequest, bundles: list[MirroredBundle], stage
             target = stage / folder / f"{key_id}.pem"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(key.pem())
+    if request.tsa_chain is not None:
+        target = stage / TRUST_TSA
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.tsa_chain, target)
     source = Path(signing.__file__).parent
     for module in sorted(source.glob("*.py")):
         _place(module, stage / "signing" / module.name)
@@ -195,7 +202,8 @@ def _failing_bundles(stage: Path, request: ExportRequest, bundles: list[Mirrored
                                                          VerifyResult]:
     """The selected bundles that do not verify in the package, every error finding, and
     the verifier's result."""
-    result = check_evidence(stage, request.trusted, request.org_keys, progress)
+    result = check_evidence(stage, request.trusted, request.org_keys, progress,
+                            package_tsa_chain(stage))
     good = {b.manifest_key for b in result.bundles if b.ok}
     errors = [f for f in result.findings if f.severity == ERROR]
     return [b for b in bundles if b.manifest_key not in good], errors, result
@@ -330,7 +338,8 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         (stage / PACKAGE_NAME).write_bytes(canonical_bytes(package) + b"\n")
         # The verifier's result stands for the package unless failing bundles moved.
         report, findings = build_report(stage, request.trusted, request.org_keys,
-                                        None if failing_bundles else evidence)
+                                        None if failing_bundles else evidence,
+                                        package_tsa_chain(stage))
         (stage / REPORT_NAME).write_bytes(report_bytes(report))
         (stage / "README.md").write_text(render_readme(stage, package, report))
         (stage / MANIFEST_NAME).write_bytes(manifest_text(stage))

@@ -18,6 +18,7 @@ from signing.verify_package import (
     REPORT_NAME,
     TRUST_KEYS_DIR,
     TRUST_ORG_DIR,
+    TRUST_TSA,
 )
 
 # Marks the fenced blocks an inspector runs in order from the package's folder.
@@ -159,6 +160,19 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
         "```",
         "",
     ]
+    if (stage / TRUST_TSA).is_file() and (stage / (manifest.removesuffix(".dsse.json")
+                                                   + ".tsr")).is_file():
+        lines += [
+            "The bundle's RFC 3161 timestamp token (`.manifest.tsr`: a TSA saw this manifest's "
+            f"SHA-256 at its genTime), with the TSA certificate chain in `{TRUST_TSA}`:",
+            "",
+            RECIPE_FENCE,
+            "openssl ts -verify -in \"${M%.dsse.json}.tsr\" -data \"$M\" "
+            f"-CAfile {TRUST_TSA}",
+            "openssl ts -reply -in \"${M%.dsse.json}.tsr\" -text | grep 'Time stamp:'",
+            "```",
+            "",
+        ]
     org = report["trust"]["org"]
     enrollments = sorted((stage / "v1" / "keys").glob(f"{key_id}.enrollment.*.dsse.json"))
     if org and enrollments:

@@ -32,12 +32,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from signing.bundle import BundleName, parse_bundle_key
 from signing.errors import FINDINGS, OK, USAGE, GamsaError
 from signing.keys import PublicKey, load_public_key_pem
 from signing.proof import verify_proof
+from signing.timestamp import load_tsa_chain
 from signing.verify import (
     ERROR,
     WARNING,
@@ -51,12 +52,16 @@ from signing.verify import (
     verify_store,
 )
 
+if TYPE_CHECKING:
+    from cryptography.x509 import Certificate
+
 PACKAGE_FORMAT = 1
 MANIFEST_NAME = "MANIFEST.sha256"
 REPORT_NAME = "report.json"
 PACKAGE_NAME = "package.json"
 TRUST_ORG_DIR = "trust/org"
 TRUST_KEYS_DIR = "trust/keys"
+TRUST_TSA = "trust/tsa.pem"  # the TSA certificate chain, when the export was given one
 PROOFS_DIR = "proofs"
 FAILURES_DIR = "failures"
 PROOF_SUFFIX = ".proof.json"
@@ -261,25 +266,35 @@ def check_proof(root: Path, path: str, trust: Trust) -> dict[str, Any]:
     return entry
 
 
+def package_tsa_chain(root: Path) -> list[Certificate] | None:
+    """The TSA chain shipped in `trust/tsa.pem`, or None (tokens are then not judged)."""
+    path = root / TRUST_TSA
+    return load_tsa_chain(path) if path.is_file() else None
+
+
 def check_evidence(root: Path, trusted: Mapping[str, PublicKey],
                    org_keys: Mapping[str, PublicKey] | None,
-                   progress: Callable[[int, int], None] | None = None) -> VerifyResult:
-    """The verifier over the package's `v1/` (bundles, chains, keys), in its scope."""
+                   progress: Callable[[int, int], None] | None = None,
+                   tsa_chain: list[Certificate] | None = None) -> VerifyResult:
+    """The verifier over the package's `v1/` (bundles, chains, keys, and RFC 3161
+    tokens when a TSA chain is given), in its scope."""
     result = verify_store(DirectoryReader(root), trusted, progress=progress,
-                          org_keys=org_keys)
+                          org_keys=org_keys, tsa_chain=tsa_chain)
     scope_to_package(result)
     return result
 
 
 def build_report(root: Path, trusted: Mapping[str, PublicKey],
                  org_keys: Mapping[str, PublicKey] | None,
-                 evidence: VerifyResult | None = None) -> tuple[dict[str, Any],
-                                                                list[Finding]]:
+                 evidence: VerifyResult | None = None,
+                 tsa_chain: list[Certificate] | None = None) -> tuple[dict[str, Any],
+                                                                     list[Finding]]:
     """The verification report over the package's contents, and its findings (evidence,
     failures, proofs). Deterministic: the same package gives the same bytes.
     `evidence`: `check_evidence` of this same `v1/`, when the caller just ran it."""
     reader = DirectoryReader(root)
-    result = evidence if evidence is not None else check_evidence(root, trusted, org_keys)
+    result = evidence if evidence is not None else check_evidence(
+        root, trusted, org_keys, tsa_chain=tsa_chain)
     trust, _ = load_trust(reader, trusted, org_keys)
     failures = failure_entries(root, trust)
     proofs = [check_proof(root, name, trust) for name, _ in walk_files(root)
@@ -304,8 +319,10 @@ def report_bytes(report: Mapping[str, Any]) -> bytes:
 
 
 def verify_package(root: Path, trusted: Mapping[str, PublicKey] | None = None,
-                   org_keys: Mapping[str, PublicKey] | None = None) -> PackageResult:
-    """Check the package at `root` (under its own trust unless keys are given)."""
+                   org_keys: Mapping[str, PublicKey] | None = None,
+                   tsa_chain: list[Certificate] | None = None) -> PackageResult:
+    """Check the package at `root` (under its own trust unless keys or a TSA chain
+    are given)."""
     if not (root / PACKAGE_NAME).is_file():
         raise GamsaError(f"{root}: not an inspection package (no {PACKAGE_NAME})",
                          exit_code=USAGE)
@@ -319,7 +336,8 @@ def verify_package(root: Path, trusted: Mapping[str, PublicKey] | None = None,
         return PackageResult({}, [*findings, Finding(
             odd[0].key, "evidence_not_checked", "the package holds something that is not "
             "a regular file; nothing in it was verified")])
-    report, evidence = build_report(root, trusted or {}, org_keys)
+    chain = tsa_chain if tsa_chain is not None else package_tsa_chain(root)
+    report, evidence = build_report(root, trusted or {}, org_keys, tsa_chain=chain)
     try:
         shipped = (root / REPORT_NAME).read_bytes()
     except OSError as exc:
@@ -363,6 +381,9 @@ def main(argv: Sequence[str] | None = None, default_root: Path | None = None) ->
     parser.add_argument("--trust", action="append", type=Path, default=[], metavar="KEY.pem",
                         help="agent public key you hold (instead of the package's "
                              "trust/); repeatable")
+    parser.add_argument("--tsa-cert", type=Path, metavar="CHAIN.pem",
+                        help="TSA certificate chain you hold, to judge the RFC 3161 tokens "
+                             "(instead of the package's trust/tsa.pem)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     root: Path = default_root if default_root is not None else args.root
@@ -370,7 +391,8 @@ def main(argv: Sequence[str] | None = None, default_root: Path | None = None) ->
         own = bool(args.trust or args.trust_org)
         trusted = {k.key_id: k for k in map(load_public_key_pem, args.trust)} if own else None
         org = {k.key_id: k for k in map(load_public_key_pem, args.trust_org)} or None
-        result = verify_package(root, trusted if own else None, org if own else None)
+        chain = load_tsa_chain(args.tsa_cert) if args.tsa_cert else None
+        result = verify_package(root, trusted if own else None, org if own else None, chain)
     except GamsaError as exc:
         print(f"verify: {exc.diagnostics()}", file=sys.stderr)
         return exc.exit_code

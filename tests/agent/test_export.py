@@ -331,3 +331,32 @@ def test_bundles_held_in_the_mirrors_quarantine_are_never_left_out_unsaid(
     assert checked.returncode == 1
     assert f"bundle_failed: failures/{held.removesuffix(RECORDS) + MANIFEST}" in checked.stdout
     assert "digest_mismatch" in checked.stdout
+
+
+@pytest.mark.slow
+def test_timestamp_tokens_are_judged_by_the_shipped_tsa_chain(gamsa_env: GamsaEnv,
+                                                               tmp_path: Path) -> None:
+    from tests.agent.test_timestamp import with_tsa
+    from tests.tsa import running_tsa
+
+    with running_tsa(tmp_path / "tsa") as tsa:
+        with_tsa(gamsa_env, tsa)
+        for _ in range(2):
+            assert gamsa_env.run("collect").returncode == 0
+    mirror = tmp_path / "mirror"
+    assert pull(gamsa_env, mirror)[0] == 0
+    out = tmp_path / "stamped.zip"
+    result = export(gamsa_env, mirror, out, "--tsa-cert", str(tsa.chain))
+    assert result.returncode == 0, result.stdout + result.stderr
+    package = unzip(out, tmp_path / "package")
+    report = json.loads((package / "report.json").read_text())
+    assert report["evidence"]["timestamps"]["verified"] == 2
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_recipe(package)],
+                         cwd=package, capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "Verification: OK" in ran.stdout and "Time stamp:" in ran.stdout
+    token = next(package.rglob("*.manifest.tsr"))
+    flip_byte(token, -40)
+    tampered = verify_package(package)
+    assert tampered.returncode == 1
+    assert f"timestamp_invalid: {token.relative_to(package)}" in tampered.stdout, tampered.stdout
