@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from signing.keys import PublicKey
 from tests.agent.mirror_fixtures import pull, seal, ticks_collector
 from tests.conftest import GamsaEnv
 
@@ -183,6 +185,21 @@ def test_prove_lines_rows_that_name_nothing_exported_are_usage_errors(
     no_line.write_text(f"bundle\n{other}\n")
     result = export(gamsa_env, mirror, out, "--prove-lines", str(no_line))
     assert result.returncode == 2 and "has no line column" in result.stderr
+    assert not out.exists()
+
+    stranger = tmp_path / "stranger.pub"
+    key = PublicKey.from_key(Ed25519PrivateKey.generate().public_key())
+    stranger.write_text(key.pem())
+    result = export(gamsa_env, mirror, out, "--trust-org", str(stranger))
+    assert result.returncode == 2
+    assert f"--trust-org: key {key.key_id} is not in the trust the mirror was pulled under" \
+        in result.stderr
+    for args, said in ((("--since", "2026-13-01"), "--since '2026-13-01': not a date"),
+                       (("--host", "no/such"), "--host 'no/such': not a host id")):
+        result = export(gamsa_env, mirror, out, *args)
+        assert result.returncode == 2 and said in result.stderr, result.stderr
+    result = export(gamsa_env, tmp_path / "nothing", out)
+    assert result.returncode == 2 and "not a gamsa mirror" in result.stderr
     assert not out.exists()
 
 
