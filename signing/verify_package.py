@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -93,17 +92,20 @@ def sha256_file(path: Path) -> str:
 
 
 def walk_files(root: Path) -> Iterator[tuple[str, bool]]:
-    """(relative posix path, is a regular file) of everything under `root` but
-    directories, sorted; symlinks are not followed."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(filenames + [d for d in dirnames if (here / d).is_symlink()]):
-            path = here / name
-            regular = stat.S_ISREG(path.lstat().st_mode)
-            yield path.relative_to(root).as_posix(), regular
-        dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()
-                       and d != "__pycache__"]
+    """(relative posix path, is a regular file) of everything under `root` that is not
+    a directory, in no particular order; symlinks are listed, never followed, and
+    `__pycache__/` (what running the verifier leaves) is skipped."""
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        with os.scandir(os.path.join(root, rel)) as entries:
+            for entry in entries:
+                name = f"{rel}/{entry.name}" if rel else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        pending.append(name)
+                else:
+                    yield name, entry.is_file(follow_symlinks=False)
 
 
 def manifest_text(root: Path) -> bytes:
@@ -134,7 +136,7 @@ def check_manifest(root: Path) -> list[Finding]:
                                     f"line {number} is not '<sha256>  <relative path>'"))
             continue
         listed[name] = match.group(1)
-    present = dict(walk_files(root))
+    present = dict(sorted(walk_files(root)))
     for name, expected in sorted(listed.items()):
         if name not in present:
             findings.append(Finding(name, "package_file_missing",
@@ -146,7 +148,7 @@ def check_manifest(root: Path) -> list[Finding]:
             findings.append(Finding(name, "package_file_changed",
                                     f"sha256 is {actual}, {MANIFEST_NAME} says {expected}"))
     for name, regular in present.items():
-        if name != MANIFEST_NAME and name not in listed and "__pycache__/" not in name:
+        if name != MANIFEST_NAME and name not in listed:
             findings.append(Finding(name, "package_file_unlisted",
                                     f"not listed in {MANIFEST_NAME}"
                                     + ("" if regular else " (and not a regular file)")))
@@ -297,7 +299,7 @@ def build_report(root: Path, trusted: Mapping[str, PublicKey],
         root, trusted, org_keys, tsa_chain=tsa_chain)
     trust, _ = load_trust(reader, trusted, org_keys)
     failures = failure_entries(root, trust)
-    proofs = [check_proof(root, name, trust) for name, _ in walk_files(root)
+    proofs = [check_proof(root, name, trust) for name, _ in sorted(walk_files(root))
               if name.startswith(f"{PROOFS_DIR}/") and name.endswith(PROOF_SUFFIX)]
     findings = list(result.findings)
     findings += [Finding(entry["path"], "bundle_failed",
