@@ -6,6 +6,7 @@ so they run as written (tests/agent/test_export.py runs them).
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -202,10 +203,42 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
         *(_proof_recipe(report) if report["proofs"] else []),
         "Each manifest's `predicate.chain.prev` is the SHA-256 (`sha256sum`) of the previous "
         "manifest of its chain, byte for byte: that is how a missing or replaced bundle "
-        "shows.",
+        "shows." + ("" if (following := _next_in_chain(stage, manifest)) is None else
+                    " For this bundle and the next:"),
         "",
     ]
+    if following is not None:
+        lines += [
+            RECIPE_FENCE,
+            f"N='{following}'",
+            "prev=$(python3 -c 'import base64,json,sys; print(json.loads(base64.b64decode("
+            "json.load(open(sys.argv[1]))[\"payload\"]))[\"predicate\"][\"chain\"]"
+            "[\"prev\"])' \"$N\")",
+            "test \"$prev\" = \"$(sha256sum \"$M\" | cut -d' ' -f1)\" && "
+            "echo \"chain link OK: $prev\"",
+            "```",
+            "",
+        ]
     return lines
+
+
+def _chain_position(path: Path) -> tuple[str, int]:
+    statement = json.loads(base64.b64decode(json.loads(path.read_bytes())["payload"]))
+    chain = statement["predicate"]["chain"]
+    return str(chain.get("id")), int(chain["seq"])
+
+
+def _next_in_chain(stage: Path, manifest: str) -> str | None:
+    """The manifest key of the bundle after `manifest` in its chain, when the package
+    holds it (the next file of its host, same chain, seq + 1)."""
+    host_dir = stage / manifest.split("/date=", 1)[0]
+    ordered = sorted(host_dir.rglob("*.manifest.dsse.json"))
+    keys = [p.relative_to(stage).as_posix() for p in ordered]
+    at = keys.index(manifest)
+    if at + 1 >= len(keys):
+        return None
+    chain, seq = _chain_position(ordered[at])
+    return keys[at + 1] if _chain_position(ordered[at + 1]) == (chain, seq + 1) else None
 
 
 def _listed(items: list[str], what: str) -> list[str]:
