@@ -40,10 +40,11 @@ from agent.crashpoints import crashpoint
 from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic, write_new_file
 from agent.store import Store
 from signing.bundle import HOST_ID, BundleName, parse_bundle_key
-from signing.dsse import envelope_payload, parse_statement
+from signing.dsse import envelope_payload
 from signing.enrollment import KEYS_PREFIX
 from signing.errors import GamsaError, UsageError
 from signing.keys import PublicKey
+from signing.predicate import parse_bundle_statement
 from signing.verify import (
     ERROR,
     WARNING,
@@ -336,9 +337,8 @@ class _MirrorChains:
                 continue
             data = path.read_bytes()
             try:
-                chain = parse_statement(envelope_payload(data))["predicate"]["chain"]
-                chain_id = str(chain.get("id", ""))
-            except (GamsaError, KeyError, TypeError, AttributeError):
+                chain_id = parse_bundle_statement(envelope_payload(data)).predicate.chain.id
+            except GamsaError:
                 continue  # not ours to judge here: `gamsa verify` on the mirror reports it
             self._links.setdefault((host, chain_id, parsed[0].seq), []).append(
                 _Link(key, hashlib.sha256(data).hexdigest()))

@@ -17,10 +17,11 @@ from typing import Any
 
 from signing.bundle import iter_record_lines
 from signing.canonical import canonical_bytes, parse_canonical
-from signing.dsse import parse_statement, verify_envelope
+from signing.dsse import verify_envelope
 from signing.errors import FormatError, ProofError, UsageError
 from signing.keys import PublicKey
 from signing.merkle import inclusion_proof, leaf_hash, verify_inclusion
+from signing.predicate import ManifestPredicate, parse_bundle_statement
 
 PROOF_TYPE = "urn:gamsa:inclusion-proof:v1"
 
@@ -34,7 +35,7 @@ class ProvenRecord:
     tree_size: int
     records_key: str
     key_id: str
-    predicate: dict[str, Any]
+    predicate: ManifestPredicate
 
 
 def make_proof(manifest: bytes, records: bytes, line: int, records_key: str) -> bytes:
@@ -91,16 +92,16 @@ def verify_proof(data: bytes, trusted: Mapping[str, PublicKey]) -> ProvenRecord:
     size = _field(document, "tree_size", int)
     records_key = _field(document, "records_key", str)
     envelope = verify_envelope(manifest, trusted)
-    statement = parse_statement(envelope.payload)
-    predicate = statement["predicate"]
-    if statement["subject"][0].get("name") != records_key:
+    statement = parse_bundle_statement(envelope.payload)
+    predicate = statement.predicate
+    if statement.subject_name != records_key:
         raise ProofError(f"proof names {records_key}, signed manifest names "
-                         f"{statement['subject'][0].get('name')}")
-    signed = predicate.get("records", {}) if isinstance(predicate, dict) else {}
-    if signed.get("count") != size:
-        raise ProofError(f"proof tree size {size}, signed record count {signed.get('count')}")
+                         f"{statement.subject_name}")
+    signed = predicate.records
+    if signed.count != size:
+        raise ProofError(f"proof tree size {size}, signed record count {signed.count}")
     try:
-        root = bytes.fromhex(str(signed.get("merkle_root")))
+        root = bytes.fromhex(signed.merkle_root)
     except ValueError as exc:
         raise FormatError("signed merkle_root is not hex") from exc
     verify_inclusion(index, size, leaf_hash(record_line), path, root)
