@@ -171,25 +171,24 @@ def _plans(view: MirrorView, host: str, times: tuple[dt.datetime, dt.datetime],
     last_day = times[1].astimezone(dt.UTC).date()
     bundles = list(view.bundles(BundleFilter(hosts=frozenset({host}), until=last_day)))
     for bundle in reversed(bundles):
-        predicate = view.statement(bundle).get("predicate", {})
-        collection = predicate.get("collection", {})
-        finished = parse_time(collection.get("finished_at", ""))
+        predicate = view.predicate(bundle)
+        collection = predicate.collection
+        finished = parse_time(collection.finished_at)
         if finished is None:
             continue
-        trigger = collection.get("trigger")
-        for entry in predicate.get("collectors", []):
-            name = entry.get("name")
-            if not isinstance(name, str) or (wanted and name not in wanted):
+        for entry in predicate.collectors:
+            name = entry.name
+            if wanted and name not in wanted:
                 continue
             for plan, moment in zip(plans, times, strict=True):
                 if finished > moment or name in plan.base:
                     continue
-                if trigger == FILE_CHANGE_TRIGGER:
+                if collection.trigger == FILE_CHANGE_TRIGGER:
                     plan.updates.setdefault(name, []).insert(0, bundle)
-                elif entry.get("status") in STATE_STATUSES:
+                elif entry.status in STATE_STATUSES:
                     plan.base[name] = (bundle, Source(
-                        name, bundle.manifest_key, collection.get("started_at", ""),
-                        collection.get("finished_at", ""), entry["status"]))
+                        name, bundle.manifest_key, collection.started_at,
+                        collection.finished_at, entry.status))
         if wanted and all(wanted <= set(plan.base) for plan in plans):
             break
     for plan in plans:

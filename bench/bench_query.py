@@ -37,6 +37,7 @@ from agent.mirror import open_mirror  # noqa: E402
 from agent.pull import STATE_NAME  # noqa: E402
 from signing.bundle import BundleName, sign_manifest, write_records  # noqa: E402
 from signing.keys import FileSigner, generate_private_key  # noqa: E402
+from signing.predicate import parse_predicate  # noqa: E402
 
 SHA = "0" * 64
 
@@ -122,14 +123,15 @@ def make_mirror(root: Path, hosts: int, days: int, hourly: int, daily: int,
                 obj = write_records(records)
                 predicate = {
                     "host": {"id": host, "hostname": host, "os": "Linux"},
-                    "agent": {"version": "bench"},
+                    "agent": {"name": "gamsa", "version": "bench", "config_sha256": SHA,
+                              "key_id": signer.key_id},
                     "collection": {"id": cid, "trigger": "schedule", "started_at": at,
                                    "finished_at": at},
                     "collectors": _collectors(records),
                     "records": {"count": obj.count, "merkle_root": obj.merkle_root},
                     "chain": {"id": "bench", "seq": seq, "prev": None},
                 }
-                manifest = sign_manifest(name, obj, predicate, signer)
+                manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
                 directory = root / f"v1/host={host}/date={day.isoformat()}"
                 directory.mkdir(parents=True, exist_ok=True)
                 (root / name.records_key).write_bytes(obj.data)

@@ -147,6 +147,20 @@ def test_a_cited_record_is_proven_from_the_mirror(fleet: Fleet) -> None:
     assert "alice" in checked.stdout
 
 
+def test_a_query_names_the_records_export_proves(fleet: Fleet) -> None:
+    """`gamsa query --csv` output is what `gamsa export --prove-lines` takes."""
+    rows = fleet.env.root / "privileged.csv"
+    result = fleet.run("query", "--mirror", str(fleet.mirror), "--csv", "--host", "web-1",
+                       "--named", "privileged-accounts")
+    assert result.returncode == 0, result.stderr
+    rows.write_text(result.stdout)
+    out = fleet.env.root / "inspection.zip"
+    exported = fleet.run("export", "--mirror", str(fleet.mirror), "--out", str(out),
+                         "--host", "web-1", "--prove-lines", str(rows), "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["proofs"] == 2  # root and alice
+
+
 def test_manifests_and_collectors_views(fleet: Fleet) -> None:
     manifests = fleet.query("SELECT host, seq, trigger, record_count, key_id, chain_id "
                             "FROM manifests")
@@ -340,6 +354,7 @@ def _write_bundle(root: Path, name: Any, keys: list[str], signer: Any,
     """A bundle sealed by signing/ straight into a mirror's layout (no chain, no pull:
     query verifies nothing again); `count` overrides the signed record count."""
     from signing.bundle import sign_manifest, write_records
+    from signing.predicate import parse_predicate
 
     obj = write_records({"v": 1, "collector": "tick", "type": "tick", "key": k,
                          "host": name.host_id, "observed_at": f"{name.date}T00:00:00.000000Z",
@@ -347,14 +362,16 @@ def _write_bundle(root: Path, name: Any, keys: list[str], signer: Any,
     at = f"{name.date}T00:00:{name.seq % 60:02d}.000000Z"
     predicate = {"host": {"id": name.host_id}, "collection": {
         "id": name.collection_id, "trigger": "schedule", "started_at": at,
-        "finished_at": at}, "collectors": [{"name": "tick", "status": "ok",
-                                             "records": obj.count}],
+        "finished_at": at}, "collectors": [{"name": "tick", "version": "1", "status": "ok",
+                                             "records": obj.count, "error": None,
+                                             "duration_ms": 0, "gaps": []}],
         "records": {"count": obj.count if count is None else count,
                     "merkle_root": obj.merkle_root},
         "chain": {"id": "c", "seq": name.seq, "prev": None}}
     (root / name.records_key).parent.mkdir(parents=True, exist_ok=True)
     (root / name.records_key).write_bytes(obj.data)
-    (root / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
+    (root / name.manifest_key).write_bytes(
+        sign_manifest(name, obj, parse_predicate(predicate), signer))
     (root / ".gamsa-mirror.json").write_text("{}")
 
 
