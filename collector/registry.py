@@ -77,12 +77,22 @@ class RecordType:
 
     `key_field`: the personal field whose value the key is, when the record has no such
     data field (accounts `user` records are keyed by the user name, declared as `user`).
+
+    (collector, type, key) is a record's identity: `gamsa diff` compares two states
+    by it. `event`: each record is something that happened (a log line, a journal
+    entry, a login, a change), emitted once, not the state of a thing, so a later
+    bundle lacking it does not mean it is gone; diff leaves event types out.
+    `removes`: for an event type, the state type whose record of the same key it
+    declares gone when its `change` is `removed` (files: `file_change` of a `file`),
+    so a bundle holding only changes (trigger `file-change`) updates a state.
     """
 
     doc: str
     key: str
     fields: Mapping[str, Field]
     key_field: str | None = None
+    event: bool = False
+    removes: str | None = None
 
 
 @dataclass

@@ -43,11 +43,26 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path) -> None:
     assert imported_packages(probe) == {"agent", "signing"}
 
 
+def test_only_agent_query_imports_duckdb() -> None:
+    """DuckDB is the `audit` extra: one module imports it, inside `gamsa query`."""
+    importers = []
+    for path in sorted(REPO.glob("*/*.py")):
+        if path.parts[-2] not in OURS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split(".")[0] == "duckdb" for n in names):
+                importers.append(str(path.relative_to(REPO)))
+    assert sorted(set(importers)) == ["agent/query.py"]
+
+
 def test_help_imports_no_aws_sdk_and_no_collector() -> None:
     code = ("import sys\nfrom agent.cli import main\nsys.argv = ['gamsa', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('boto3', 'botocore', 's3transfer', 'psutil') or m.startswith('collector.'))\n"
+            "('boto3', 'botocore', 's3transfer', 'psutil', 'duckdb') "
+            "or m.startswith('collector.'))\n"
             "print('HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, cwd=REPO)
