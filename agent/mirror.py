@@ -17,8 +17,8 @@ from typing import Any
 
 from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
 from signing.bundle import BundleName, iter_record_lines, parse_bundle_key
-from signing.dsse import envelope_payload, parse_statement
-from signing.errors import FormatError, GamsaError, UsageError
+from signing.dsse import envelope_payload, parse_envelope, parse_statement
+from signing.errors import FormatError, GamsaError, SignatureError, UsageError
 
 BUNDLES_PREFIX = "v1/host="
 
@@ -47,6 +47,16 @@ class MirroredBundle:
     @property
     def records_key(self) -> str:
         return self.name.records_key
+
+
+@dataclass(frozen=True)
+class MirroredManifest:
+    """A mirrored manifest: its exact bytes, its statement and the key id it names
+    (all verified when it was pulled; the chain checks hash the bytes)."""
+
+    raw: bytes
+    statement: dict[str, Any]
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -122,10 +132,17 @@ class MirrorView:
 
     def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
         """The manifest's in-toto statement (verified when it was pulled)."""
+        return self.manifest(bundle).statement
+
+    def manifest(self, bundle: MirroredBundle) -> MirroredManifest:
+        """The manifest's bytes, statement and signing key id."""
         try:
-            return parse_statement(envelope_payload(bundle.manifest_path.read_bytes()))
-        except (OSError, FormatError) as exc:
+            raw = bundle.manifest_path.read_bytes()
+            envelope = parse_envelope(raw)
+            statement = parse_statement(envelope_payload(raw))
+        except (OSError, FormatError, SignatureError) as exc:
             raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
+        return MirroredManifest(raw, statement, str(envelope["signatures"][0].get("keyid", "")))
 
     def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
         """Each record's canonical JSON line, in order (line numbers start at 1)."""

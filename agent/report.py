@@ -1,0 +1,113 @@
+"""`gamsa report`: one pass over a verified mirror gathering what the HTML report shows.
+
+Each selected bundle's manifest is read once and its records streamed once (memory
+grows with hosts, days and distinct findings, not with records). The timeline comes
+from agent/report_timeline.py, the other numbers from agent/report_facts.py; the
+page is written by agent/report_html.py. A bundle that cannot be read is listed in
+the report and makes the command exit 1: what could not be read is said, never
+counted as fine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.mirror import BundleFilter, MirroredBundle, MirrorView
+from agent.report_facts import Facts
+from agent.report_timeline import BundlePoint, Timeline, build_timeline, bundle_time, summary_of
+from signing.bundle import manifest_sha256
+from signing.errors import GamsaError
+from signing.verify import BundleSummary
+
+
+@dataclass
+class Report:
+    """Everything the page shows."""
+
+    mirror: str
+    as_of: dt.datetime
+    max_silence: dt.timedelta
+    selection: BundleFilter
+    timeline: Timeline
+    facts: Facts
+    bundles: int = 0
+    records: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (object, why)
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted(self.timeline.points)
+
+    def summary(self) -> dict[str, Any]:
+        """The numbers `--json` prints (and the page's header states)."""
+        t = self.timeline
+        return {"mirror": self.mirror, "as_of": self.as_of.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "max_silence_seconds": int(self.max_silence.total_seconds()),
+                "hosts": len(self.hosts), "bundles": self.bundles, "records": self.records,
+                "gaps": t.count("gap"), "silences": t.count("silence"),
+                "breaks": t.count("break"), "not_fully_collected": t.count("coverage"),
+                "ai_egress_rows": len(self.facts.egress),
+                "access_anomalies": len(self.facts.anomalies()),
+                "unreadable": [{"object": o, "error": e} for o, e in self.unreadable]}
+
+
+def build_report(view: MirrorView, selection: BundleFilter, as_of: dt.datetime,
+                 max_silence: dt.timedelta,
+                 progress: Callable[[int, int], None] | None = None) -> Report:
+    """Read the selected bundles of the mirror once; `progress(done, total)` after each."""
+    facts = Facts()
+    points: list[BundlePoint] = []
+    summaries: list[BundleSummary] = []
+    unreadable: list[tuple[str, str]] = []
+    records = 0
+    selected = list(view.bundles(selection))
+    for done, bundle in enumerate(selected, 1):
+        try:
+            point, summary, count = _read_bundle(view, bundle, facts)
+        except GamsaError as exc:
+            unreadable.append((bundle.manifest_key, exc.message))
+        else:
+            points.append(point)
+            summaries.append(summary)
+            records += count
+        if progress is not None:
+            progress(done, len(selected))
+    timeline = build_timeline(points, summaries, as_of, max_silence)
+    return Report(str(view.root), as_of, max_silence, selection, timeline, facts,
+                  len(points), records, unreadable)
+
+
+def _read_bundle(view: MirrorView, bundle: MirroredBundle,
+                 facts: Facts) -> tuple[BundlePoint, BundleSummary, int]:
+    manifest = view.manifest(bundle)
+    predicate = manifest.statement.get("predicate")
+    if not isinstance(predicate, dict):
+        raise GamsaError(f"{bundle.manifest_key}: statement has no predicate")
+    summary = summary_of(bundle.manifest_key, bundle.name, manifest_sha256(manifest.raw),
+                         manifest.key_id, predicate)
+    collection = predicate.get("collection") or {}
+    started = bundle_time(collection.get("started_at"), "collection.started_at")
+    finished = bundle_time(collection.get("finished_at"), "collection.finished_at")
+    entries = [e for e in predicate.get("collectors") or [] if isinstance(e, dict)]
+    not_ok = tuple(sorted(str(e.get("name")) for e in entries
+                          if e.get("status") in ("partial", "error")))
+    accounts_ok = any(e.get("name") == "accounts" and e.get("status") == "ok"
+                      for e in entries)
+    facts.add_manifest(bundle.host, bundle.seq, bundle.name.date, predicate)
+    users: dict[str, bool] | None = {} if accounts_ok else None
+    count = 0
+    try:
+        for record in view.records(bundle):
+            count += 1
+            facts.add_record(bundle.host, record, users)
+    except ValueError as exc:  # a line that is not JSON (the pull checked it was)
+        raise GamsaError(f"{bundle.records_key}: unreadable records ({exc})") from exc
+    if users is not None:
+        facts.end_accounts(bundle.host, users)
+    point = BundlePoint(bundle.host, summary.seq, summary.chain_id, started, finished,
+                        str(collection.get("trigger", "")), count, bundle.manifest_key,
+                        not_ok)
+    return point, summary, count

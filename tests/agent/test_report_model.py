@@ -1,0 +1,156 @@
+"""agent.report*: what the HTML report counts and marks, on data built in the test
+(the real-mirror and browser tests are in test_report_e2e.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+
+from agent.mirror import BundleFilter
+from agent.report import Report
+from agent.report_facts import Facts
+from agent.report_html import CSP, render
+from agent.report_timeline import BundlePoint, build_timeline, summary_of
+from signing.bundle import BundleName
+from signing.verify import BundleSummary
+from tests.conftest import GamsaEnv
+
+T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+MINUTE = dt.timedelta(minutes=1)
+
+
+def _bundle(host: str, seq: int, minute: int, chain: str = "c1", genesis: str | None = None,
+            not_ok: tuple[str, ...] = ()) -> tuple[BundlePoint, BundleSummary]:
+    started = T0 + minute * MINUTE
+    stamp = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    name = BundleName(host, started.strftime("%Y-%m-%d"), seq, f"id{seq}{chain}")
+    predicate = {"chain": {"id": chain, "seq": seq, "prev": None if seq == 1 else f"{seq - 1:064x}",
+                           **({"genesis_reason": genesis} if seq == 1 else {})},
+                 "collection": {"started_at": stamp, "finished_at": stamp},
+                 "records": {"count": 1}}
+    summary = summary_of(name.manifest_key, name, f"{seq:064x}", "k" * 64, predicate)
+    point = BundlePoint(host, seq, chain, started, started, "schedule", 1, name.manifest_key,
+                        not_ok)
+    return point, summary
+
+
+def _timeline(bundles: list[tuple[BundlePoint, BundleSummary]], as_of_minute: int = 60,
+              silence_minutes: int = 20) -> dict[str, list[tuple[str, str]]]:
+    timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
+                              T0 + as_of_minute * MINUTE, silence_minutes * MINUTE)
+    return {host: [(m.kind, m.label) for m in marks] for host, marks in timeline.marks.items()}
+
+
+def test_gaps_are_marked_on_the_host_and_seqs_the_chain_check_names() -> None:
+    marks = _timeline([_bundle("host-a", 1, 0, genesis="first collection"),
+                       _bundle("host-a", 2, 5), _bundle("host-a", 3, 10),
+                       _bundle("host-b", 1, 0, genesis="first collection"),
+                       _bundle("host-b", 2, 5), _bundle("host-b", 5, 10)], as_of_minute=20)
+    assert marks["host-a"] == []
+    assert marks["host-b"] == [("gap", "3-4")]
+
+
+def test_silences_between_bundles_and_at_the_end_use_the_max_silence() -> None:
+    marks = _timeline([_bundle("h", 1, 0, genesis="first collection"), _bundle("h", 2, 19),
+                       _bundle("h", 3, 50)], as_of_minute=60)
+    assert marks["h"] == [("silence", "")]  # 19 -> 50 is 31 min; 50 -> 60 only 10
+    marks = _timeline([_bundle("h", 1, 0, genesis="first collection")], as_of_minute=21)
+    assert marks["h"] == [("silence", "")]  # the completeness rule: 21 min > 20 min
+    marks = _timeline([_bundle("h", 1, 0, genesis="first collection")], as_of_minute=20)
+    assert marks["h"] == []
+
+
+def test_a_new_chain_is_a_break_but_a_hosts_first_chain_is_not() -> None:
+    marks = _timeline([_bundle("h", 1, 0, genesis="first collection"), _bundle("h", 2, 5),
+                       _bundle("h", 1, 10, chain="c2", genesis="chain state missing")],
+                      as_of_minute=20)
+    assert marks["h"] == [("break", "1")]
+
+
+def test_a_bundle_with_a_partial_collector_is_marked() -> None:
+    marks = _timeline([_bundle("h", 1, 0, genesis="first", not_ok=("processes",))],
+                      as_of_minute=1)
+    assert marks["h"] == [("coverage", "1")]
+
+
+def _access(facts: Facts, host: str, month: str, action: str, n: int) -> None:
+    for _i in range(n):
+        facts.add_record(host, {"collector": "logs", "type": "access",
+                                "observed_at": "2026-12-01T00:00:00.000000Z",
+                                "data": {"action": action, "time": f"{month}-02T00:00:00Z"}},
+                         None)
+
+
+def test_a_month_far_above_the_others_is_an_anomaly_and_a_flat_one_is_not() -> None:
+    facts = Facts()
+    for month, n in (("2026-06", 10), ("2026-07", 11), ("2026-08", 10), ("2026-09", 40),
+                     ("2026-10", 11)):
+        _access(facts, "h", month, "ssh_login", n)
+        _access(facts, "h", month, "sudo", 5)
+    _access(facts, "h", "2026-10", "sudo", 1)  # 6 against 5, 5, 5, 5: chance, not a spike
+    found = [(a.host, a.group, a.month, a.count) for a in facts.anomalies()]
+    assert found == [("", "logins", "2026-09", 40), ("h", "logins", "2026-09", 40)]
+    few = Facts()
+    for month, n in (("2026-06", 1), ("2026-07", 1), ("2026-08", 90)):
+        _access(few, "h", month, "ssh_login_failed", n)
+    assert few.anomalies() == []  # two other months say nothing
+
+
+def test_drift_counts_file_changes_config_changes_and_accounts() -> None:
+    facts = Facts()
+    for seq, config in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
+        facts.add_manifest("h", seq, "2026-11-01", {"agent": {"config_sha256": config},
+                                                     "collectors": []})
+    facts.end_accounts("h", {"root": True, "kim": False})
+    facts.end_accounts("h", {"root": True, "kim": True, "lee": False})
+    facts.add_record("h", {"collector": "files", "type": "file_change",
+                           "data": {"path": "/etc/sudoers", "change": "modified"}}, None)
+    drift = facts.drift["h"]
+    assert drift.config_changes == [(3, "2026-11-01")]
+    assert (drift.accounts_added, drift.sudo_granted) == (["lee"], ["kim"])
+    assert drift.file_changes == {"modified": 1} and drift.paths == ["/etc/sudoers"]
+
+
+def test_evidence_is_escaped_and_the_page_fetches_nothing() -> None:
+    planted = "<script>alert(1)</script>"
+    facts = Facts()
+    facts.add_record("h", {"collector": "ai_egress", "type": "ai_egress_observed",
+                           "data": {"endpoint": "api.example\"><img src=x>",
+                                    "process_name": planted, "count": 3,
+                                    "exe": {"b64": "/w=="}, "user": None}}, None)
+    facts.add_manifest("h", 1, "2026-11-01", {"collectors": [
+        {"name": "x<svg onload=alert(1)>", "status": "partial",
+         "gaps": [{"reason": "</table><script>", "count": 1}]}]})
+    bundles = [_bundle("h", 1, 0, genesis="first")]
+    timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
+                              T0 + 5 * MINUTE, 20 * MINUTE)
+    report = Report("/m<i>", T0, 20 * MINUTE, BundleFilter(), timeline, facts, 1, 1)
+    page = render(report)
+    assert "<script" not in page and "<img" not in page and "<svg onload" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "b64:/w==" in page
+    assert f'content="{CSP}"' in page
+    tags = re.findall(r"<[A-Za-z][^>]*>", page)
+    assert not [t for t in tags if re.search(r"\s(src|href|xlink:href|action)=", t)]
+    assert "url(" not in page and "@import" not in page
+    assert not [t for t in tags if "http:" in t.replace('xmlns="http://www.w3.org/2000/svg"', "")]
+
+
+def test_usage_errors_are_one_line(gamsa_env: GamsaEnv, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    result = gamsa_env.run("report", "--mirror", str(tmp_path), "--html", str(out))
+    assert result.returncode == 2 and "not a gamsa mirror" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    mirror = tmp_path / "empty"
+    mirror.mkdir()
+    (mirror / ".gamsa-mirror.json").write_text("{}")
+    result = gamsa_env.run("report", "--mirror", str(mirror), "--html", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bundles"] == 0 and "No bundles" in out.read_text()
+    result = gamsa_env.run("report", "--mirror", str(mirror), "--html", str(out))
+    assert result.returncode == 2 and "exists" in result.stderr
+    result = gamsa_env.run("report", "--mirror", str(mirror), "--html", str(out),
+                           "--since", "2026-13-01")
+    assert result.returncode == 2 and "--since" in result.stderr
