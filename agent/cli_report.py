@@ -25,7 +25,8 @@ from signing.errors import FINDINGS, UsageError
               help="Longest time without a bundle before a host reads as silent, e.g. 20m "
                    "(default: verify.max_silence, 4 x schedule.heartbeat).")
 @click.option("--as-of", metavar="TIME",
-              help="Judge silence at this UTC time, e.g. 2026-12-01T06:00:00Z (default: now).")
+              help="Judge silence at this UTC time, e.g. 2026-12-01T06:00:00Z (default: now, or "
+                   "the end of the --until day when earlier).")
 @click.option("--replace", is_flag=True, help="Replace FILE if it exists.")
 @json_option
 def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, ...],
@@ -38,12 +39,12 @@ def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, 
     from agent.fsutil import create_atomic, failing, replace_atomic
     from agent.mirror import BundleFilter, open_mirror
     from agent.pull import parse_selection
-    from agent.report import build_report
+    from agent.report import build_report, default_as_of
     from agent.report_html import render
 
     config = load(config_path)
     selection = parse_selection(hosts, since, until)
-    when = parse_as_of(as_of)
+    when = parse_as_of(as_of) if as_of is not None else default_as_of(selection.until)
     silence = silence_allowed(config, max_silence)
     if not out.parent.is_dir():
         raise UsageError(f"--html {out}: directory {out.parent} does not exist")

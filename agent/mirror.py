@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
-from signing.bundle import BundleName, iter_record_lines, parse_bundle_key
+from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
 from signing.dsse import envelope_payload, parse_envelope, parse_statement
 from signing.errors import FormatError, GamsaError, SignatureError, UsageError
 
@@ -129,6 +129,20 @@ class MirrorView:
             tsr = self.root / name.timestamp_key
             yield MirroredBundle(name, entry, self.root / name.records_key,
                                  tsr if tsr.is_file() else None)
+
+    def bundles_at(self, host: str, seq: int) -> list[MirroredBundle]:
+        """The host's whole bundles at `seq`, any date (seq is in the object name)."""
+        found: list[MirroredBundle] = []
+        pattern = f"v1/host={host}/date=*/{seq:010d}-*{MANIFEST_SUFFIX}"
+        for path in sorted(self.root.glob(pattern)):
+            parsed = parse_bundle_key(path.relative_to(self.root).as_posix())
+            if (parsed is not None and parsed[1] == "manifest" and parsed[0].host_id == host
+                    and path.is_file()):
+                name = parsed[0]
+                tsr = self.root / name.timestamp_key
+                found.append(MirroredBundle(name, path, self.root / name.records_key,
+                                            tsr if tsr.is_file() else None))
+        return found
 
     def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
         """The manifest's in-toto statement (verified when it was pulled)."""

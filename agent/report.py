@@ -75,9 +75,42 @@ def build_report(view: MirrorView, selection: BundleFilter, as_of: dt.datetime,
             records += count
         if progress is not None:
             progress(done, len(selected))
-    timeline = build_timeline(points, summaries, as_of, max_silence)
+    continued = _continued(view, summaries) if selection.since is not None else set()
+    timeline = build_timeline(points, summaries, as_of, max_silence, continued)
     return Report(str(view.root), as_of, max_silence, selection, timeline, facts,
                   len(points), records, unreadable)
+
+
+def default_as_of(until: dt.date | None) -> dt.datetime:
+    """When silence is judged without `--as-of`: now, or the end of the `--until` day
+    when that came first (bundles after it are not selected, so not seen)."""
+    now = dt.datetime.now(dt.UTC)
+    if until is None:
+        return now
+    end = dt.datetime.combine(until + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return min(now, end)
+
+
+def _continued(view: MirrorView, summaries: list[BundleSummary]) -> set[str]:
+    """First selected bundles of a chain whose bundle at seq - 1 of the same chain is in
+    the mirror before `--since`: their chain starts outside the selection, not in a gap."""
+    first: dict[tuple[str, str], BundleSummary] = {}
+    for s in summaries:
+        key = (s.name.host_id, s.chain_id)
+        if key not in first or s.seq < first[key].seq:
+            first[key] = s
+    found: set[str] = set()
+    for (host, chain_id), s in first.items():
+        if s.seq == 1:
+            continue
+        for before in view.bundles_at(host, s.seq - 1):
+            try:
+                chain = view.statement(before).get("predicate", {}).get("chain", {})
+            except GamsaError:
+                continue
+            if isinstance(chain, dict) and chain.get("id") == chain_id:
+                found.add(s.manifest_key)
+    return found
 
 
 def _read_bundle(view: MirrorView, bundle: MirroredBundle,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
 from signing.bundle import BundleName
@@ -107,14 +107,18 @@ def summary_of(manifest_key: str, name: BundleName, raw_sha256: str, key_id: str
 
 
 def build_timeline(points: Sequence[BundlePoint], summaries: Sequence[BundleSummary],
-                   as_of: dt.datetime, max_silence: dt.timedelta) -> Timeline:
-    """Marks for every host: chain gaps, forks and new chains, silences, coverage."""
+                   as_of: dt.datetime, max_silence: dt.timedelta,
+                   continued: Set[str] = frozenset()) -> Timeline:
+    """Marks for every host: chain gaps, forks and new chains, silences, coverage.
+
+    `continued`: manifest keys of bundles whose chain goes on before the selection
+    (`--since`): the seqs before them are not a gap."""
     timeline = Timeline(as_of, max_silence)
     for point in sorted(points, key=lambda p: (p.host, p.started, p.seq)):
         timeline.points.setdefault(point.host, []).append(point)
         timeline.marks.setdefault(point.host, [])
     by_key = {p.manifest_key: p for p in points}
-    _chain_marks(timeline, summaries, by_key)
+    _chain_marks(timeline, summaries, by_key, continued)
     _silence_marks(timeline, summaries, as_of, max_silence)
     for host, pts in timeline.points.items():
         for p in pts:
@@ -128,7 +132,7 @@ def build_timeline(points: Sequence[BundlePoint], summaries: Sequence[BundleSumm
 
 
 def _chain_marks(timeline: Timeline, summaries: Sequence[BundleSummary],
-                 by_key: dict[str, BundlePoint]) -> None:
+                 by_key: dict[str, BundlePoint], continued: Set[str]) -> None:
     chains: dict[tuple[str, str], list[int]] = defaultdict(list)
     for s in summaries:
         chains[(s.name.host_id, s.chain_id)].append(s.seq)
@@ -139,6 +143,10 @@ def _chain_marks(timeline: Timeline, summaries: Sequence[BundleSummary],
             continue
         host = point.host
         if finding.code == "chain_gap":
+            if finding.key in continued and not any(
+                    q.chain_id == point.chain_id and q.seq < point.seq
+                    for q in timeline.points[host]):
+                continue  # the chain began before --since
             before = [q for q in timeline.points[host]
                       if q.chain_id == point.chain_id and q.seq < point.seq]
             prev = max(before, key=lambda q: q.seq, default=None)

@@ -79,6 +79,15 @@ def test_the_report_counts_what_the_mirror_holds(made: ReportMirror, tmp_path: P
     assert out.stat().st_ino != before  # renamed over, never written in place
 
 
+def test_the_mirror_finds_a_hosts_bundles_at_a_seq(made: ReportMirror) -> None:
+    from agent.mirror import open_mirror
+
+    view = open_mirror(made.mirror)
+    assert [b.seq for b in view.bundles_at(GAP_HOST, GAP_SEQ - 1)] == [GAP_SEQ - 1]
+    assert view.bundles_at(GAP_HOST, GAP_SEQ) == []  # the removed one
+    assert view.bundles_at("host-a", GAP_SEQ + 1) == []
+
+
 def test_a_bundle_that_cannot_be_read_is_said_and_exits_1(made: ReportMirror,
                                                           tmp_path: Path) -> None:
     import shutil

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from agent.mirror import BundleFilter
-from agent.report import Report
+from agent.report import Report, default_as_of
 from agent.report_facts import Facts
 from agent.report_html import CSP, render
 from agent.report_timeline import BundlePoint, build_timeline, summary_of
@@ -154,3 +154,19 @@ def test_usage_errors_are_one_line(gamsa_env: GamsaEnv, tmp_path: Path) -> None:
     result = gamsa_env.run("report", "--mirror", str(mirror), "--html", str(out),
                            "--since", "2026-13-01")
     assert result.returncode == 2 and "--since" in result.stderr
+
+
+def test_a_chain_begun_before_since_is_not_a_gap_but_a_gap_after_is() -> None:
+    bundles = [_bundle("h", 4, 0), _bundle("h", 5, 5), _bundle("h", 7, 10)]
+    timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
+                              T0 + 20 * MINUTE, 20 * MINUTE, {bundles[0][1].manifest_key})
+    assert [(m.kind, m.label) for m in timeline.marks["h"]] == [("gap", "6")]
+    timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
+                              T0 + 20 * MINUTE, 20 * MINUTE)
+    assert [(m.kind, m.label) for m in timeline.marks["h"]] == [("gap", "1-3"), ("gap", "6")]
+
+
+def test_silence_is_judged_at_the_end_of_until_unless_that_is_later_than_now() -> None:
+    assert default_as_of(dt.date(2026, 11, 30)) == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    far = default_as_of(dt.date(2999, 1, 1))
+    assert abs((far - dt.datetime.now(dt.UTC)).total_seconds()) < 60
