@@ -19,6 +19,7 @@ and escaped where the page is written (agent/report_html.py).
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ ANOMALY_SD = 3
 ANOMALY_MIN_OTHER_MONTHS = 3
 STATUS_ORDER = ("ok", "unsupported", "partial", "error")  # worst last
 PATHS_SHOWN = 20
+_MONTH = re.compile(r"^\d{4}-\d{2}")
 
 
 def text(value: Any) -> str:
@@ -152,7 +154,9 @@ class Facts:
         elif collector == "logs" and kind == "access":
             group = _GROUP_OF.get(text(data.get("action")))
             if group is not None:
-                when = text(data.get("time")) or text(record.get("observed_at"))
+                when = text(data.get("time"))
+                if not _MONTH.match(when):  # no time in the line: when it was read
+                    when = text(record.get("observed_at"))
                 self.access[(host, when[:7], group)] += 1
 
     def _egress(self, host: str, data: Mapping[str, Any], connections: Any,

@@ -27,6 +27,7 @@ from agent.report_svg import (
     esc,
     timeline_svg,
 )
+from agent.report_timeline import COVERAGE
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 ROWS_SHOWN = 500  # per table; the rest is counted, and `gamsa query` lists it all
@@ -122,11 +123,13 @@ def _timeline(report: Report) -> str:
               + _key(GAP_COLOUR, "chain gap (missing seq)")
               + _key(SILENCE_COLOUR, "silence") + _key(BREAK_COLOUR, "new chain, fork or "
                                                                    "follows") + "</p>")
+    # Bundles not fully collected are amber in the chart and listed under Coverage: a
+    # host whose agent is not root is partial in every bundle, which would bury the rest.
     rows = [(m.host, m.kind, m.label, m.start.strftime(TIME), m.end.strftime(TIME), m.text)
-            for host in sorted(t.marks) for m in t.marks[host]]
+            for host in sorted(t.marks) for m in t.marks[host] if m.kind != COVERAGE]
     return ('<h2 id="timeline">Timeline</h2>' + legend + timeline_svg(t)
             + _table(("host", "mark", "seq", "from", "to", "what"), rows,
-                     empty="No gap, silence, break or partial collection."))
+                     empty="No gap, silence or break."))
 
 
 def _coverage(report: Report) -> str:

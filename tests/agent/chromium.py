@@ -26,7 +26,7 @@ from typing import Any
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-default-apps", "--disable-extensions", "--mute-audio",
-         "--hide-scrollbars", "--remote-debugging-pipe")
+         "--hide-scrollbars", "--disable-dev-shm-usage", "--remote-debugging-pipe")
 
 
 def chromium_path() -> str | None:
@@ -51,7 +51,7 @@ class _Pipe:
         self.events: list[dict[str, Any]] = []
 
     def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None, timeout: float = 30) -> dict[str, Any]:
+             session: str | None = None, timeout: float = 60) -> dict[str, Any]:
         self.next_id += 1
         message: dict[str, Any] = {"id": self.next_id, "method": method,
                                    "params": params or {}}
@@ -68,7 +68,7 @@ class _Pipe:
                 return result
             self.events.append(reply)
 
-    def wait_event(self, method: str, timeout: float = 30) -> dict[str, Any]:
+    def wait_event(self, method: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         for event in self.events:
             if event.get("method") == method:

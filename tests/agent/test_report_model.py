@@ -170,3 +170,13 @@ def test_silence_is_judged_at_the_end_of_until_unless_that_is_later_than_now() -
     assert default_as_of(dt.date(2026, 11, 30)) == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     far = default_as_of(dt.date(2999, 1, 1))
     assert abs((far - dt.datetime.now(dt.UTC)).total_seconds()) < 60
+
+
+def test_an_access_record_without_a_usable_time_counts_in_the_month_it_was_read() -> None:
+    facts = Facts()
+    for when in (None, "yesterday", "2026-10-31T23:59:59Z"):
+        facts.add_record("h", {"collector": "logs", "type": "access",
+                               "observed_at": "2026-11-01T00:00:00.000000Z",
+                               "data": {"action": "su_failed", "time": when}}, None)
+    assert facts.access == {("h", "2026-11", "su failures"): 2,
+                            ("h", "2026-10", "su failures"): 1}
