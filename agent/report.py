@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.mirror import BundleFilter, MirroredBundle, MirrorView
-from agent.report_facts import Facts
+from agent.report_facts import Facts, as_list
 from agent.report_timeline import BundlePoint, Timeline, build_timeline, bundle_time, summary_of
 from signing.bundle import manifest_sha256
 from signing.errors import GamsaError
@@ -124,7 +124,7 @@ def _read_bundle(view: MirrorView, bundle: MirroredBundle,
     collection = predicate.get("collection") or {}
     started = bundle_time(collection.get("started_at"), "collection.started_at")
     finished = bundle_time(collection.get("finished_at"), "collection.finished_at")
-    entries = [e for e in predicate.get("collectors") or [] if isinstance(e, dict)]
+    entries = [e for e in as_list(predicate.get("collectors")) if isinstance(e, dict)]
     not_ok = tuple(sorted(str(e.get("name")) for e in entries
                           if e.get("status") in ("partial", "error")))
     accounts_ok = any(e.get("name") == "accounts" and e.get("status") == "ok"
@@ -135,6 +135,8 @@ def _read_bundle(view: MirrorView, bundle: MirroredBundle,
     try:
         for record in view.records(bundle):
             count += 1
+            if not isinstance(record, dict):
+                raise GamsaError(f"{bundle.records_key}: line {count} is not a JSON object")
             facts.add_record(bundle.host, record, users)
     except ValueError as exc:  # a line that is not JSON (the pull checked it was)
         raise GamsaError(f"{bundle.records_key}: unreadable records ({exc})") from exc

@@ -51,6 +51,11 @@ def text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def as_list(value: Any) -> list[Any]:
+    """A manifest field that should be a list (anything else reads as empty)."""
+    return value if isinstance(value, list) else []
+
+
 @dataclass
 class HostDrift:
     """What changed on one host over the report's bundles."""
@@ -108,13 +113,13 @@ class Facts:
 
     def add_manifest(self, host: str, seq: int, day: str, predicate: Mapping[str, Any]) -> None:
         drift = self.drift.setdefault(host, HostDrift())
-        for entry in predicate.get("collectors") or []:
+        for entry in as_list(predicate.get("collectors")):
             if not isinstance(entry, dict):
                 continue
             name, status = text(entry.get("name")), text(entry.get("status"))
             self.coverage.setdefault((name, day), Counter())[status] += 1
             if status in ("partial", "error"):
-                reasons = {text(g.get("reason")) for g in entry.get("gaps") or []
+                reasons = {text(g.get("reason")) for g in as_list(entry.get("gaps"))
                            if isinstance(g, dict)}
                 if entry.get("error"):
                     reasons.add(text(entry.get("error")))

@@ -180,3 +180,12 @@ def test_an_access_record_without_a_usable_time_counts_in_the_month_it_was_read(
                                "data": {"action": "su_failed", "time": when}}, None)
     assert facts.access == {("h", "2026-11", "su failures"): 2,
                             ("h", "2026-10", "su failures"): 1}
+
+
+def test_odd_manifest_shapes_read_as_nothing_rather_than_crash() -> None:
+    facts = Facts()
+    facts.add_manifest("h", 1, "2026-11-01", {"collectors": 5, "agent": "x"})
+    facts.add_manifest("h", 2, "2026-11-01", {"collectors": [
+        7, {"name": "files", "status": "partial", "gaps": "lots"}]})
+    assert facts.coverage == {("files", "2026-11-01"): {"partial": 1}}
+    assert facts.not_ok == {("h", "files"): {"2026-11-01": {"partial"}}}
