@@ -82,7 +82,9 @@ def timeline_svg(timeline: Timeline) -> str:
 
 def _axis(scale: _Scale, span: tuple[dt.datetime, dt.datetime], height: int) -> str:
     start, end = span
-    fmt = "%Y-%m-%d" if (end - start) > dt.timedelta(days=2) else "%m-%d %H:%M"
+    length = end - start
+    fmt = ("%Y-%m-%d" if length > dt.timedelta(days=2) else
+           "%m-%d %H:%M" if length > dt.timedelta(hours=1) else "%H:%M:%S")
     parts = []
     for i in range(6):
         moment = start + (end - start) * i / 5
@@ -127,7 +129,7 @@ def coverage_svg(coverage: Mapping[tuple[str, str], Mapping[str, int]]) -> str:
     if not collectors:
         return "<p>No collector ran in the selection.</p>"
     cell = max(4, min(16, PLOT_WIDTH // max(len(days), 1)))
-    width = LABEL_WIDTH + cell * len(days) + 10
+    width = LABEL_WIDTH + cell * len(days) + 80  # room for the last day's label
     height = AXIS_HEIGHT + 16 * len(collectors) + 4
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="coverage" width="{width}" '
            f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
