@@ -11,12 +11,13 @@ counted as fine.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.mirror import BundleFilter, MirroredBundle, MirrorView
-from agent.report_facts import Facts, as_list
+from agent.report_facts import Facts, as_list, wanted_line
 from agent.report_timeline import BundlePoint, Timeline, build_timeline, bundle_time, summary_of
 from signing.bundle import manifest_sha256
 from signing.errors import GamsaError
@@ -133,8 +134,11 @@ def _read_bundle(view: MirrorView, bundle: MirroredBundle,
     users: dict[str, bool] | None = {} if accounts_ok else None
     count = 0
     try:
-        for record in view.records(bundle):
+        for line in view.record_lines(bundle):
             count += 1
+            if not wanted_line(line):
+                continue
+            record = json.loads(line)
             if not isinstance(record, dict):
                 raise GamsaError(f"{bundle.records_key}: line {count} is not a JSON object")
             facts.add_record(bundle.host, record, users)

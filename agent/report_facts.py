@@ -40,6 +40,25 @@ ANOMALY_MIN_OTHER_MONTHS = 3
 STATUS_ORDER = ("ok", "unsupported", "partial", "error")  # worst last
 PATHS_SHOWN = 20
 _MONTH = re.compile(r"^\d{4}-\d{2}")
+# The records this module reads, by (collector, type); coverage_gap of any collector.
+WANTED = frozenset({("files", "file_change"), ("accounts", "user"),
+                    ("ai_egress", "ai_egress_observed"), ("network", "ai_egress"),
+                    ("logs", "access")})
+_COLLECTOR_AT = len(b'{"collector":"')
+
+
+def wanted_line(line: bytes) -> bool:
+    """Whether a record's canonical line (docs/FORMAT.md: keys sorted, so it starts
+    with `collector` and ends with `type` then `v`) is one `add_record` reads; the
+    rest are counted without being parsed."""
+    kind_at = line.rfind(b',"type":"')
+    if kind_at < 0 or not line.startswith(b'{"collector":"'):
+        return True  # not the canonical shape: parse it and let add_record judge
+    kind = line[kind_at + 9:line.find(b'"', kind_at + 9)]
+    if kind == b"coverage_gap":
+        return True
+    collector = line[_COLLECTOR_AT:line.find(b'"', _COLLECTOR_AT)]
+    return (collector.decode("utf-8", "replace"), kind.decode("utf-8", "replace")) in WANTED
 
 
 def text(value: Any) -> str:

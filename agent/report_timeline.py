@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from signing.bundle import BundleName
 from signing.clock import clock_facts
-from signing.clock import parse_time as parse_record_time
 from signing.completeness import Completeness, check_fleet, duration_text
 from signing.enrollment import parse_time
 from signing.errors import FormatError
@@ -81,8 +80,12 @@ class Timeline:
 
 def bundle_time(value: object, what: str) -> dt.datetime:
     """A manifest time (`...Z`, optional fraction) as an aware datetime; FormatError."""
-    moment = parse_record_time(value) if isinstance(value, str) else None
-    return moment if moment is not None else parse_time(value, what)
+    if isinstance(value, str) and len(value) == 27 and value.endswith("Z"):
+        try:  # gamsa's own form, read fast (strptime is ten times slower)
+            return dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return parse_time(value, what)
 
 
 def summary_of(manifest_key: str, name: BundleName, raw_sha256: str, key_id: str,

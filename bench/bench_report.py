@@ -5,7 +5,8 @@ mirror and a bare read of every record (gzip + json.loads) in the same run.
 
 1. Seal HOSTS x BUNDLES bundles (each host its own state dir and key) with records
    like a day of a server: 20 access records (logins, sudo, a failure), one AI egress
-   observation, 5 accounts, one file change; lay them out as a file:// store.
+   observation, 5 accounts, one file change, and 20 process records the report does
+   not read; lay them out as a file:// store.
 2. `gamsa pull` them into a mirror (real CLI).
 3. Time, alternating, `gamsa report --mirror … --html …`, `gamsa verify --store
    file://MIRROR --trust …` (what the report is next to in an audit) and the bare
@@ -52,6 +53,10 @@ def day_collectors(host: str, n: int) -> list[Any]:
                 for i in range(5)]
         out.append(Record("files", "file_change", "/etc/hosts",
                           {"path": "/etc/hosts", "change": "modified"}))
+        out += [Record("processes", "process", f"{pid}:1",  # read by nothing in the report
+                       {"pid": pid, "name": f"proc{pid}", "exe": f"/usr/bin/proc{pid}",
+                        "cmdline": [f"/usr/bin/proc{pid}", "--serve"], "user": "root"})
+                for pid in range(100, 120)]
         return out
 
     return [Collector(name="day", version="1", description="bench",

@@ -189,3 +189,21 @@ def test_odd_manifest_shapes_read_as_nothing_rather_than_crash() -> None:
         7, {"name": "files", "status": "partial", "gaps": "lots"}]})
     assert facts.coverage == {("files", "2026-11-01"): {"partial": 1}}
     assert facts.not_ok == {("h", "files"): {"2026-11-01": {"partial"}}}
+
+
+def test_only_the_records_the_report_reads_are_parsed() -> None:
+    from agent.report_facts import wanted_line
+    from signing.canonical import canonical_bytes
+
+    def line(collector: str, kind: str, data: dict[str, object]) -> bytes:
+        return canonical_bytes({"v": 1, "collector": collector, "type": kind, "key": "k",
+                                "host": "h", "observed_at": "2026-11-01T00:00:00.000000Z",
+                                "data": data})
+
+    assert wanted_line(line("logs", "access", {"action": "su"}))
+    assert wanted_line(line("processes", "coverage_gap", {"count": 1}))
+    assert wanted_line(line("network", "ai_egress", {}))
+    assert not wanted_line(line("network", "connection", {"type": "ai_egress"}))
+    assert not wanted_line(line("processes", "process",
+                                {"type": "coverage_gap", "collector": "logs"}))
+    assert wanted_line(b'{"odd":1}')  # not canonical: parsed, and judged by its fields
