@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agent import cli_audit, cli_keys, cli_report
+from agent import cli_audit, cli_export, cli_keys, cli_report
 from agent.cli_common import config_option, emit_json, json_option, load, warn
 from signing.errors import (
     FINDINGS,
@@ -428,6 +428,7 @@ cli.add_command(cli_audit.prove)
 cli.add_command(cli_audit.verify_proof_cmd)
 cli.add_command(cli_keys.keys)
 cli.add_command(cli_keys.org)
+cli.add_command(cli_export.export)
 cli.add_command(cli_report.report)
 
 

@@ -2,7 +2,8 @@
 
 The auditor's commands (query, diff, export, report) read only the mirror, never a
 store: every bundle in it was verified on arrival, and failing ones sit in
-`quarantine/`, which is not read here. This module finds the mirror's bundles by
+`quarantine/`, read only to say which bundles are held there (export must not
+leave them out unsaid). This module finds the mirror's bundles by
 host, date and seq, and opens their manifests and records; it does not verify again.
 """
 
@@ -15,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
+from agent.pull import FINDINGS_NAME, QUARANTINE_NAME, STATE_NAME, TEMP_NAME
 from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
 from signing.dsse import envelope_payload, parse_envelope, parse_statement
 from signing.errors import FormatError, GamsaError, SignatureError, UsageError
@@ -57,6 +58,20 @@ class MirroredManifest:
     raw: bytes
     statement: dict[str, Any]
     key_id: str
+
+
+@dataclass(frozen=True)
+class QuarantinedBundle:
+    """A bundle `gamsa pull` refused: its objects and `findings.json` in quarantine/."""
+
+    name: BundleName
+    directory: Path
+
+    def objects(self) -> dict[str, Path]:
+        """Its objects held in quarantine, by store key (some may be missing)."""
+        keys = (self.name.records_key, self.name.manifest_key, self.name.timestamp_key)
+        return {key: self.directory / key.rsplit("/", 1)[-1] for key in keys
+                if (self.directory / key.rsplit("/", 1)[-1]).is_file()}
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,23 @@ class MirrorView:
                 found.append(MirroredBundle(name, path, self.root / name.records_key,
                                             tsr if tsr.is_file() else None))
         return found
+
+    def quarantined(self, which: BundleFilter | None = None) -> list[QuarantinedBundle]:
+        """Bundles of the selection held in quarantine/ (judged: `findings.json` is there)
+        and not in the mirror, by host, then date, then seq."""
+        which = which or BundleFilter()
+        base = self.root / QUARANTINE_NAME
+        found = []
+        for findings in sorted((base / "v1").rglob(FINDINGS_NAME)) if base.is_dir() else []:
+            stem = findings.parent.relative_to(base).as_posix()
+            parsed = parse_bundle_key(stem + MANIFEST_SUFFIX)
+            if parsed is None:  # a key object quarantined, not a bundle
+                continue
+            name = parsed[0]
+            if (which.admits_host(name.host_id) and which.admits_date(name.date)
+                    and not (self.root / name.manifest_key).is_file()):
+                found.append(QuarantinedBundle(name, findings.parent))
+        return sorted(found, key=lambda q: (q.name.host_id, q.name.date, q.name.seq))
 
     def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
         """The manifest's in-toto statement (verified when it was pulled)."""

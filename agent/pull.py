@@ -186,8 +186,10 @@ class Mirror:
         self._unsynced: set[Path] = set()
         self._links_unsynced = 0
 
-    def open(self, store_url: str, trust: dict[str, list[str]]) -> None:
-        """Create the mirror or check that it mirrors `store_url`; record the trust."""
+    def open(self, store_url: str, trust: dict[str, list[str]],
+             public_keys: Mapping[str, str] | None = None) -> None:
+        """Create the mirror or check that it mirrors `store_url`; record the trust
+        (key ids, and the public keys' PEM so `gamsa export` can ship them)."""
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"--to {self.root}: exists and is not a directory")
         state: dict[str, Any] = {}
@@ -209,7 +211,8 @@ class Mirror:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
             self.temp.mkdir(mode=0o700)
         self.write_state({**state, "format": MIRROR_FORMAT, "store": store_url,
-                          "trust": trust})
+                          "trust": trust, "trust_public_keys": dict(sorted(
+                              (public_keys or {}).items()))})
 
     def write_state(self, state: dict[str, Any]) -> None:
         with failing("write", self.state_path):
@@ -443,7 +446,8 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
          jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> PullResult:
     """Pull the selected bundles of `store` into the mirror at `mirror_dir`."""
     mirror = Mirror(mirror_dir)
-    mirror.open(store.url, {"keys": sorted(trusted), "org": sorted(org_keys or {})})
+    mirror.open(store.url, {"keys": sorted(trusted), "org": sorted(org_keys or {})},
+                {k.key_id: k.pem() for k in (*trusted.values(), *(org_keys or {}).values())})
     result = PullResult(store.url, str(mirror_dir))
     trust, trust_findings = trust_for(store, trusted, org_keys, jobs)
     result.findings.extend(trust_findings)

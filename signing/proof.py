@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,22 +39,31 @@ class ProvenRecord:
 
 def make_proof(manifest: bytes, records: bytes, line: int, records_key: str) -> bytes:
     """The proof (canonical JSON bytes) that line `line` (1-based) is in the bundle."""
-    lines = list(iter_record_lines(records, records_key))
-    if not 1 <= line <= len(lines):
-        raise UsageError(f"{records_key}: line {line} out of range (1..{len(lines)})")
-    leaves = [leaf_hash(item) for item in lines]
-    path = inclusion_proof(line - 1, leaves)
-    document = {
-        "type": PROOF_TYPE,
-        "records_key": records_key,
-        "line": line,
-        "leaf_index": line - 1,
-        "tree_size": len(lines),
-        "record": base64.b64encode(lines[line - 1]).decode("ascii"),
-        "audit_path": [h.hex() for h in path],
-        "manifest": base64.b64encode(manifest).decode("ascii"),
-    }
-    return canonical_bytes(document)
+    return make_proofs(manifest, records, [line], records_key)[line]
+
+
+def make_proofs(manifest: bytes, records: bytes, lines: Iterable[int],
+                records_key: str) -> dict[int, bytes]:
+    """Proofs of several lines of one bundle, its records read and hashed once."""
+    records_lines = list(iter_record_lines(records, records_key))
+    leaves = [leaf_hash(item) for item in records_lines]
+    proofs: dict[int, bytes] = {}
+    for line in lines:
+        if not 1 <= line <= len(records_lines):
+            raise UsageError(f"{records_key}: line {line} out of range "
+                             f"(1..{len(records_lines)})")
+        document = {
+            "type": PROOF_TYPE,
+            "records_key": records_key,
+            "line": line,
+            "leaf_index": line - 1,
+            "tree_size": len(records_lines),
+            "record": base64.b64encode(records_lines[line - 1]).decode("ascii"),
+            "audit_path": [h.hex() for h in inclusion_proof(line - 1, leaves)],
+            "manifest": base64.b64encode(manifest).decode("ascii"),
+        }
+        proofs[line] = canonical_bytes(document)
+    return proofs
 
 
 def _field(document: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -53,3 +53,23 @@ def test_help_imports_no_aws_sdk_and_no_collector() -> None:
                             check=False, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout[-500:]
+
+
+def test_signing_needs_only_the_stdlib_and_cryptography() -> None:
+    """`gamsa export` ships signing/ to inspectors who install only `cryptography`:
+    any other import must be optional (msgspec, falling back) or of one backend
+    (python-pkcs11, imported by signing/pkcs11.py when a pkcs11: URI is used)."""
+    optional = {"msgspec", "pkcs11"}
+    allowed = set(sys.stdlib_module_names) | {"signing", "cryptography", "__future__"}
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / "signing").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = {node.module.split(".")[0]}
+            else:
+                continue
+            found.setdefault(path.name, set()).update(names - allowed)
+    assert {k: v for k, v in found.items() if v - optional} == {}
+    assert found.get("canonical.py") == {"msgspec"} and found.get("pkcs11.py") == {"pkcs11"}
