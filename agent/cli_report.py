@@ -34,7 +34,7 @@ def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, 
            replace: bool, as_json: bool) -> None:
     """Write an HTML report of a mirror: timelines with gaps, silences and breaks,
     collector coverage, drift, AI egress and monthly access records (exit 1 when a
-    bundle could not be read)."""
+    bundle could not be read or is held in quarantine)."""
     from agent.completeness import parse_as_of, silence_allowed
     from agent.fsutil import create_atomic, failing, replace_atomic
     from agent.mirror import BundleFilter, open_mirror
@@ -67,11 +67,15 @@ def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, 
     else:
         for name, why in result.unreadable:
             warn(f"not read: {name}: {why}")
+        for name, codes in result.quarantined:
+            warn(f"held in quarantine: {name}: {codes}")
         click.echo(f"report: {out}: {summary['hosts']} host(s), {summary['bundles']} "
                    f"bundle(s), {summary['gaps']} gap(s), {summary['silences']} "
                    f"silence(s), {summary['breaks']} break(s), "
                    f"{summary['access_anomalies']} access anomaly(ies)"
                    + (f", {len(result.unreadable)} bundle(s) not read"
-                      if result.unreadable else ""))
-    if result.unreadable:
+                      if result.unreadable else "")
+                   + (f", {len(result.quarantined)} held in quarantine"
+                      if result.quarantined else ""))
+    if result.unreadable or result.quarantined:
         sys.exit(FINDINGS)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.mirror import BundleFilter, MirroredBundle, MirrorView
+from agent.mirror import BundleFilter, MirroredBundle, MirrorView, QuarantinedBundle
+from agent.pull import FINDINGS_NAME
 from agent.report_facts import Facts, as_list, wanted_line
 from agent.report_timeline import BundlePoint, Timeline, build_timeline, bundle_time, summary_of
 from signing.bundle import manifest_sha256
@@ -37,6 +38,7 @@ class Report:
     bundles: int = 0
     records: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (object, why)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)  # (manifest key, why)
 
     @property
     def hosts(self) -> list[str]:
@@ -52,7 +54,8 @@ class Report:
                 "breaks": t.count("break"), "not_fully_collected": t.count("coverage"),
                 "ai_egress_rows": len(self.facts.egress),
                 "access_anomalies": len(self.facts.anomalies()),
-                "unreadable": [{"object": o, "error": e} for o, e in self.unreadable]}
+                "unreadable": [{"object": o, "error": e} for o, e in self.unreadable],
+                "quarantined": [{"object": o, "findings": f} for o, f in self.quarantined]}
 
 
 def build_report(view: MirrorView, selection: BundleFilter, as_of: dt.datetime,
@@ -78,8 +81,18 @@ def build_report(view: MirrorView, selection: BundleFilter, as_of: dt.datetime,
             progress(done, len(selected))
     continued = _continued(view, summaries) if selection.since is not None else set()
     timeline = build_timeline(points, summaries, as_of, max_silence, continued)
+    held = [(q.name.manifest_key, _quarantine_codes(q)) for q in view.quarantined(selection)]
     return Report(str(view.root), as_of, max_silence, selection, timeline, facts,
-                  len(points), records, unreadable)
+                  len(points), records, unreadable, held)
+
+
+def _quarantine_codes(held: QuarantinedBundle) -> str:
+    """What `gamsa pull` found wrong with a bundle it held back (its findings.json)."""
+    try:
+        findings = json.loads((held.directory / FINDINGS_NAME).read_bytes())["findings"]
+        return ", ".join(sorted({str(f["code"]) for f in findings})) or "no finding recorded"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{FINDINGS_NAME} unreadable ({exc})"
 
 
 def default_as_of(until: dt.date | None) -> dt.datetime:

@@ -99,6 +99,10 @@ def _header(report: Report) -> str:
     span = (f"{sel.since or 'the first'} to {sel.until or 'the last'} bundle date")
     unread = (f'<p class="bad">{len(report.unreadable)} bundle(s) could not be read: see '
               f'"Not read" below.</p>' if report.unreadable else "")
+    if report.quarantined:
+        unread += (f'<p class="bad">{len(report.quarantined)} bundle(s) of the selection are '
+                   f'held in quarantine (they failed verification when pulled): see "Not '
+                   f'read" below.</p>')
     return (f"<h1>gamsa report</h1><p>Mirror <code>{esc(report.mirror)}</code>; {esc(chosen)}; "
             f"{esc(span)}. Judged as of {esc(s['as_of'])} UTC with a longest silence of "
             f"{esc(_duration(s['max_silence_seconds']))}.</p>"
@@ -206,11 +210,16 @@ def _anomalies(anomalies: Sequence[Anomaly]) -> str:
 
 
 def _unreadable(report: Report) -> str:
-    if not report.unreadable:
+    if not report.unreadable and not report.quarantined:
         return ""
+    rows = [(key, "could not be read", why) for key, why in report.unreadable]
+    rows += [(key, "held in quarantine by gamsa pull", codes)
+             for key, codes in report.quarantined]
     return ('<h2 id="unread" class="bad">Not read</h2>'
-            '<p>These bundles are in the mirror but could not be read: nothing of them is '
-            "counted above.</p>" + _table(("object", "why"), report.unreadable))
+            "<p>These bundles of the selection were not read: nothing of them is counted "
+            "above. A bundle in quarantine failed verification when it was pulled (its "
+            "objects and findings are in the mirror's quarantine/); the store still holds "
+            "it.</p>" + _table(("bundle", "state", "why"), rows))
 
 
 def _sources(report: Report) -> str:

@@ -88,19 +88,36 @@ def test_the_mirror_finds_a_hosts_bundles_at_a_seq(made: ReportMirror) -> None:
     assert view.bundles_at("host-a", GAP_SEQ + 1) == []
 
 
-def test_a_bundle_that_cannot_be_read_is_said_and_exits_1(made: ReportMirror,
-                                                          tmp_path: Path) -> None:
+def test_bundles_not_read_or_held_in_quarantine_are_said_and_exit_1(
+        made: ReportMirror, tmp_path: Path) -> None:
     import shutil
 
     mirror = tmp_path / "copy"
     shutil.copytree(made.mirror, mirror)
     records = sorted((mirror / "v1" / "host=host-a").rglob("*.records.jsonl.gz"))[0]
     records.write_bytes(b"not gzip")
+    # host-b's newest bundle as `gamsa pull` quarantines one: objects, then findings.json
+    manifest = sorted((mirror / "v1" / f"host={GAP_HOST}").rglob("*.manifest.dsse.json"))[-1]
+    stem = manifest.relative_to(mirror).as_posix().removesuffix(".manifest.dsse.json")
+    held = mirror / "quarantine" / stem
+    held.mkdir(parents=True)
+    for path in manifest.parent.glob(manifest.name.split("-")[0] + "-*"):
+        path.rename(held / path.name)
+    (held / "findings.json").write_text(json.dumps({"key": stem, "findings": [
+        {"key": f"{stem}.records.jsonl.gz", "code": "digest_mismatch", "message": "x",
+         "severity": "error"}]}))
     out = tmp_path / "r.html"
-    result = made.env.run("report", "--mirror", str(mirror), "--html", str(out))
+    result = made.env.run("report", "--mirror", str(mirror), "--html", str(out), "--json")
     assert result.returncode == 1, result.stderr
-    assert "not read:" in result.stderr and "Traceback" not in result.stderr
-    assert "could not be read" in out.read_text()
+    summary = json.loads(result.stdout)
+    assert [u["object"].split("/")[1] for u in summary["unreadable"]] == ["host=host-a"]
+    assert summary["quarantined"] == [{"object": f"{stem}.manifest.dsse.json",
+                                       "findings": "digest_mismatch"}]
+    page = out.read_text()
+    assert "could not be read" in page and "held in quarantine" in page
+    result = made.env.run("report", "--mirror", str(mirror), "--html", str(tmp_path / "b"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "not read:" in result.stderr and "held in quarantine:" in result.stderr
 
 
 @needs_chromium
