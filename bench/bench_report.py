@@ -8,7 +8,7 @@ mirror and a bare read of every record (gzip + json.loads) in the same run.
    observation, 5 accounts, one file change, and 20 process records the report does
    not read; lay them out as a file:// store.
 2. `gamsa pull` them into a mirror (real CLI).
-3. Time, alternating, `gamsa report --mirror … --html …`, `gamsa verify --store
+3. Time, in turn in each repeat, `gamsa report --mirror … --html …`, `gamsa verify --store
    file://MIRROR --trust …` (what the report is next to in an audit) and the bare
    read; wall time and the child's peak RSS (wait4).
 """
