@@ -13,13 +13,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.mirror import BundleFilter, MirroredBundle, MirrorView, QuarantinedBundle
 from agent.pull import FINDINGS_NAME
 from agent.report_facts import Facts, as_list, wanted_line
-from agent.report_timeline import BundlePoint, Timeline, build_timeline, bundle_time, summary_of
+from agent.report_timeline import (
+    GAP,
+    BundlePoint,
+    Timeline,
+    build_timeline,
+    bundle_time,
+    summary_of,
+)
 from signing.bundle import manifest_sha256
 from signing.errors import GamsaError
 from signing.verify import BundleSummary
@@ -81,9 +88,27 @@ def build_report(view: MirrorView, selection: BundleFilter, as_of: dt.datetime,
             progress(done, len(selected))
     continued = _continued(view, summaries) if selection.since is not None else set()
     timeline = build_timeline(points, summaries, as_of, max_silence, continued)
-    held = [(q.name.manifest_key, _quarantine_codes(q)) for q in view.quarantined(selection)]
+    quarantined = view.quarantined(selection)
+    note_quarantine(timeline, {(q.name.host_id, q.name.seq) for q in quarantined})
+    held = [(q.name.manifest_key, _quarantine_codes(q)) for q in quarantined]
     return Report(str(view.root), as_of, max_silence, selection, timeline, facts,
                   len(points), records, unreadable, held)
+
+
+def note_quarantine(timeline: Timeline, held: set[tuple[str, int]]) -> None:
+    """Say on a gap which of its seqs the mirror holds in quarantine (refused when
+    pulled), so the gap is not read as a deletion."""
+    for host, marks in timeline.marks.items():
+        for i, mark in enumerate(marks):
+            if mark.kind != GAP:
+                continue
+            first, _, last = mark.label.partition("-")
+            seqs = range(int(first), int(last or first) + 1)
+            there = [seq for seq in seqs if (host, seq) in held]
+            if there:
+                marks[i] = replace(mark, text=f"{mark.text}; held in quarantine (failed "
+                                              f"verification when pulled): seq "
+                                              f"{', '.join(map(str, there))}")
 
 
 def _quarantine_codes(held: QuarantinedBundle) -> str:

@@ -207,3 +207,15 @@ def test_only_the_records_the_report_reads_are_parsed() -> None:
     assert not wanted_line(line("processes", "process",
                                 {"type": "coverage_gap", "collector": "logs"}))
     assert wanted_line(b'{"odd":1}')  # not canonical: parsed, and judged by its fields
+
+
+def test_a_gap_says_which_of_its_seqs_are_held_in_quarantine() -> None:
+    from agent.report import note_quarantine
+
+    bundles = [_bundle("h", 1, 0, genesis="first"), _bundle("h", 5, 5)]
+    timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
+                              T0 + 5 * MINUTE, 20 * MINUTE)
+    note_quarantine(timeline, {("h", 3), ("other", 2)})
+    (gap,) = timeline.marks["h"]
+    assert gap.label == "2-4" and gap.text.endswith("held in quarantine (failed "
+                                                    "verification when pulled): seq 3")
