@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agent import cli_audit, cli_export, cli_keys, cli_query
+from agent import cli_audit, cli_export, cli_keys, cli_query, cli_report
 from agent.cli_common import config_option, emit_json, json_option, load, warn
 from signing.errors import (
     FINDINGS,
@@ -431,6 +431,7 @@ cli.add_command(cli_keys.org)
 cli.add_command(cli_export.export)
 cli.add_command(cli_query.query)
 cli.add_command(cli_query.diff)
+cli.add_command(cli_report.report)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from agent.pull import FINDINGS_NAME, QUARANTINE_NAME, STATE_NAME, TEMP_NAME
 from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
-from signing.dsse import envelope_payload, parse_statement
-from signing.errors import GamsaError, UsageError
+from signing.dsse import envelope_payload, parse_envelope, parse_statement
+from signing.errors import FormatError, GamsaError, SignatureError, UsageError
 from signing.predicate import BundleStatement, ManifestPredicate, parse_bundle_statement
 
 BUNDLES_PREFIX = "v1/host="
@@ -50,6 +50,16 @@ class MirroredBundle:
     @property
     def records_key(self) -> str:
         return self.name.records_key
+
+
+@dataclass(frozen=True)
+class MirroredManifest:
+    """A mirrored manifest: its exact bytes, its statement and the key id it names
+    (all verified when it was pulled; the chain checks hash the bytes)."""
+
+    raw: bytes
+    statement: dict[str, Any]
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,20 @@ class MirrorView:
         """The manifest's predicate (host, collection, chain, collectors, ...)."""
         return self.manifest(bundle).predicate
 
+    def bundles_at(self, host: str, seq: int) -> list[MirroredBundle]:
+        """The host's whole bundles at `seq`, any date (seq is in the object name)."""
+        found: list[MirroredBundle] = []
+        pattern = f"v1/host={host}/date=*/{seq:010d}-*{MANIFEST_SUFFIX}"
+        for path in sorted(self.root.glob(pattern)):
+            parsed = parse_bundle_key(path.relative_to(self.root).as_posix())
+            if (parsed is not None and parsed[1] == "manifest" and parsed[0].host_id == host
+                    and path.is_file()):
+                name = parsed[0]
+                tsr = self.root / name.timestamp_key
+                found.append(MirroredBundle(name, path, self.root / name.records_key,
+                                            tsr if tsr.is_file() else None))
+        return found
+
     def quarantined(self, which: BundleFilter | None = None) -> list[QuarantinedBundle]:
         """Bundles of the selection held in quarantine/ (judged: `findings.json` is there)
         and not in the mirror, by host, then date, then seq."""
@@ -177,6 +201,16 @@ class MirrorView:
         except GamsaError as exc:
             raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
                              f"({exc.message})") from exc
+
+    def signed_manifest(self, bundle: MirroredBundle) -> MirroredManifest:
+        """The manifest's bytes, statement and signing key id."""
+        try:
+            raw = bundle.manifest_path.read_bytes()
+            envelope = parse_envelope(raw)
+            statement = parse_statement(envelope_payload(raw))
+        except (OSError, FormatError, SignatureError) as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
+        return MirroredManifest(raw, statement, str(envelope["signatures"][0].get("keyid", "")))
 
     def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
         """Each record's canonical JSON line, in order (line numbers start at 1)."""
