@@ -6,11 +6,12 @@ so they run as written (tests/agent/test_export.py runs them).
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
 
+from signing.dsse import envelope_payload
+from signing.predicate import parse_bundle_statement
 from signing.verify_package import (
     FAILURES_DIR,
     MANIFEST_NAME,
@@ -223,9 +224,8 @@ def _recipe(stage: Path, report: dict[str, Any]) -> list[str]:
 
 
 def _chain_position(path: Path) -> tuple[str, int]:
-    statement = json.loads(base64.b64decode(json.loads(path.read_bytes())["payload"]))
-    chain = statement["predicate"]["chain"]
-    return str(chain.get("id")), int(chain["seq"])
+    chain = parse_bundle_statement(envelope_payload(path.read_bytes())).predicate.chain
+    return chain.id, chain.seq
 
 
 def _next_in_chain(stage: Path, manifest: str) -> str | None:

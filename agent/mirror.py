@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from agent.pull import FINDINGS_NAME, QUARANTINE_NAME, STATE_NAME, TEMP_NAME
 from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
-from signing.dsse import envelope_payload, parse_envelope, parse_statement
-from signing.errors import FormatError, GamsaError, SignatureError, UsageError
+from signing.dsse import envelope_payload, parse_envelope
+from signing.errors import GamsaError, UsageError
 from signing.predicate import BundleStatement, ManifestPredicate, parse_bundle_statement
 
 BUNDLES_PREFIX = "v1/host="
@@ -54,12 +54,17 @@ class MirroredBundle:
 
 @dataclass(frozen=True)
 class MirroredManifest:
-    """A mirrored manifest: its exact bytes, its statement and the key id it names
-    (all verified when it was pulled; the chain checks hash the bytes)."""
+    """A mirrored manifest: its exact bytes, its statement (the typed model) and the
+    key id its envelope names (all verified when it was pulled; the chain checks hash
+    the bytes)."""
 
     raw: bytes
-    statement: dict[str, Any]
+    statement: BundleStatement
     key_id: str
+
+    @property
+    def predicate(self) -> ManifestPredicate:
+        return self.statement.predicate
 
 
 @dataclass(frozen=True)
@@ -150,11 +155,15 @@ class MirrorView:
     def manifest(self, bundle: MirroredBundle) -> BundleStatement:
         """The manifest's statement as the typed model (signing/predicate.py): what its
         records object is and the predicate (verified when it was pulled)."""
-        return self._read_manifest(bundle, parse_bundle_statement)
+        return self._read_manifest(bundle, _statement_of)
 
     def predicate(self, bundle: MirroredBundle) -> ManifestPredicate:
         """The manifest's predicate (host, collection, chain, collectors, ...)."""
         return self.manifest(bundle).predicate
+
+    def signed_manifest(self, bundle: MirroredBundle) -> MirroredManifest:
+        """The manifest's bytes, statement and signing key id, from one read."""
+        return self._read_manifest(bundle, _signed_manifest)
 
     def bundles_at(self, host: str, seq: int) -> list[MirroredBundle]:
         """The host's whole bundles at `seq`, any date (seq is in the object name)."""
@@ -187,30 +196,15 @@ class MirrorView:
                 found.append(QuarantinedBundle(name, findings.parent))
         return sorted(found, key=lambda q: (q.name.host_id, q.name.date, q.name.seq))
 
-    def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
-        """The manifest's in-toto statement as plain JSON (for a reader that shows it
-        whole; everything else reads `manifest`)."""
-        return self._read_manifest(bundle, parse_statement)
-
     def _read_manifest(self, bundle: MirroredBundle, parse: Callable[[bytes], T]) -> T:
         try:
-            return parse(envelope_payload(bundle.manifest_path.read_bytes()))
+            return parse(bundle.manifest_path.read_bytes())
         except OSError as exc:
             raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
                              f"({exc.strerror or exc})") from exc
         except GamsaError as exc:
             raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
                              f"({exc.message})") from exc
-
-    def signed_manifest(self, bundle: MirroredBundle) -> MirroredManifest:
-        """The manifest's bytes, statement and signing key id."""
-        try:
-            raw = bundle.manifest_path.read_bytes()
-            envelope = parse_envelope(raw)
-            statement = parse_statement(envelope_payload(raw))
-        except (OSError, FormatError, SignatureError) as exc:
-            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
-        return MirroredManifest(raw, statement, str(envelope["signatures"][0].get("keyid", "")))
 
     def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
         """Each record's canonical JSON line, in order (line numbers start at 1)."""
@@ -224,6 +218,16 @@ class MirrorView:
         """Each record as a dict, in order."""
         for line in self.record_lines(bundle):
             yield json.loads(line)
+
+
+def _statement_of(raw: bytes) -> BundleStatement:
+    return parse_bundle_statement(envelope_payload(raw))
+
+
+def _signed_manifest(raw: bytes) -> MirroredManifest:
+    envelope = parse_envelope(raw)
+    return MirroredManifest(raw, _statement_of(raw),
+                            str(envelope["signatures"][0].get("keyid", "")))
 
 
 def open_mirror(root: Path) -> MirrorView:

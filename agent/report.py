@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.mirror import BundleFilter, MirroredBundle, MirrorView, QuarantinedBundle
 from agent.pull import FINDINGS_NAME
-from agent.report_facts import Facts, as_list, wanted_line
+from agent.report_facts import Facts, wanted_line
 from agent.report_timeline import (
     GAP,
     BundlePoint,
@@ -29,7 +29,6 @@ from agent.report_timeline import (
 )
 from signing.bundle import manifest_sha256
 from signing.errors import GamsaError
-from signing.predicate import parse_predicate
 from signing.verify import BundleSummary
 
 
@@ -145,10 +144,10 @@ def _continued(view: MirrorView, summaries: list[BundleSummary]) -> set[str]:
             continue
         for before in view.bundles_at(host, s.seq - 1):
             try:
-                chain = view.statement(before).get("predicate", {}).get("chain", {})
+                before_id = view.predicate(before).chain.id
             except GamsaError:
                 continue
-            if isinstance(chain, dict) and chain.get("id") == chain_id:
+            if before_id == chain_id:
                 found.add(s.manifest_key)
     return found
 
@@ -156,19 +155,15 @@ def _continued(view: MirrorView, summaries: list[BundleSummary]) -> set[str]:
 def _read_bundle(view: MirrorView, bundle: MirroredBundle,
                  facts: Facts) -> tuple[BundlePoint, BundleSummary, int]:
     manifest = view.signed_manifest(bundle)
-    predicate = manifest.statement.get("predicate")
-    if not isinstance(predicate, dict):
-        raise GamsaError(f"{bundle.manifest_key}: statement has no predicate")
+    predicate = manifest.predicate
     summary = summary_of(bundle.manifest_key, bundle.name, manifest_sha256(manifest.raw),
-                         manifest.key_id, parse_predicate(predicate))
-    collection = predicate.get("collection") or {}
-    started = bundle_time(collection.get("started_at"), "collection.started_at")
-    finished = bundle_time(collection.get("finished_at"), "collection.finished_at")
-    entries = [e for e in as_list(predicate.get("collectors")) if isinstance(e, dict)]
-    not_ok = tuple(sorted(str(e.get("name")) for e in entries
-                          if e.get("status") in ("partial", "error")))
-    accounts_ok = any(e.get("name") == "accounts" and e.get("status") == "ok"
-                      for e in entries)
+                         manifest.key_id, predicate)
+    collection = predicate.collection
+    started = bundle_time(collection.started_at, "collection.started_at")
+    finished = bundle_time(collection.finished_at, "collection.finished_at")
+    not_ok = tuple(sorted(e.name for e in predicate.collectors
+                          if e.status in ("partial", "error")))
+    accounts_ok = any(e.name == "accounts" and e.status == "ok" for e in predicate.collectors)
     facts.add_manifest(bundle.host, bundle.seq, bundle.name.date, predicate)
     users: dict[str, bool] | None = {} if accounts_ok else None
     count = 0
@@ -186,6 +181,6 @@ def _read_bundle(view: MirrorView, bundle: MirroredBundle,
     if users is not None:
         facts.end_accounts(bundle.host, users)
     point = BundlePoint(bundle.host, summary.seq, summary.chain_id, started, finished,
-                        str(collection.get("trigger", "")), count, bundle.manifest_key,
+                        collection.trigger, count, bundle.manifest_key,
                         not_ok)
     return point, summary, count

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from signing.predicate import ManifestPredicate
+
 # Action groups of `logs` `access` records (docs/COLLECTORS.md, logs `access`).
 ACCESS_GROUPS: dict[str, tuple[str, ...]] = {
     "logins": ("ssh_login",),
@@ -68,11 +70,6 @@ def text(value: Any) -> str:
     if isinstance(value, dict) and set(value) == {"b64"}:
         return f"b64:{value['b64']}"
     return value if isinstance(value, str) else str(value)
-
-
-def as_list(value: Any) -> list[Any]:
-    """A manifest field that should be a list (anything else reads as empty)."""
-    return value if isinstance(value, list) else []
 
 
 @dataclass
@@ -130,23 +127,19 @@ class Facts:
     _config: dict[str, str] = field(default_factory=dict)
     _users: dict[str, dict[str, bool]] = field(default_factory=dict)
 
-    def add_manifest(self, host: str, seq: int, day: str, predicate: Mapping[str, Any]) -> None:
+    def add_manifest(self, host: str, seq: int, day: str, predicate: ManifestPredicate) -> None:
         drift = self.drift.setdefault(host, HostDrift())
-        for entry in as_list(predicate.get("collectors")):
-            if not isinstance(entry, dict):
-                continue
-            name, status = text(entry.get("name")), text(entry.get("status"))
+        for entry in predicate.collectors:
+            name, status = entry.name, entry.status
             self.coverage.setdefault((name, day), Counter())[status] += 1
             if status in ("partial", "error"):
-                reasons = {text(g.get("reason")) for g in as_list(entry.get("gaps"))
-                           if isinstance(g, dict)}
-                if entry.get("error"):
-                    reasons.add(text(entry.get("error")))
+                reasons = {gap.reason for gap in entry.gap_list}
+                if entry.error:
+                    reasons.add(entry.error)
                 days = self.not_ok.setdefault((host, name), {})
                 days.setdefault(day, set()).update(reasons or {status})
-        agent = predicate.get("agent")
-        config = agent.get("config_sha256") if isinstance(agent, dict) else None
-        if isinstance(config, str):
+        if predicate.agent is not None:
+            config = predicate.agent.config_sha256
             before = self._config.get(host)
             if before is not None and before != config:
                 drift.config_changes.append((seq, day))

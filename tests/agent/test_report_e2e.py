@@ -4,6 +4,7 @@ drawn in the right host's row, evidence rendered as text."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import os
@@ -96,6 +97,15 @@ def test_bundles_not_read_or_held_in_quarantine_are_said_and_exit_1(
     shutil.copytree(made.mirror, mirror)
     records = sorted((mirror / "v1" / "host=host-a").rglob("*.records.jsonl.gz"))[0]
     records.write_bytes(b"not gzip")
+    # host-a's newest manifest with a predicate the typed model rejects (signature aside:
+    # the mirror is not verified again)
+    bad = sorted((mirror / "v1" / "host=host-a").rglob("*.manifest.dsse.json"))[-1]
+    envelope = json.loads(bad.read_bytes())
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    statement["predicate"]["chain"]["seq"] = "2"
+    envelope["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    bad.chmod(0o644)
+    bad.write_text(json.dumps(envelope))
     # host-b's newest bundle as `gamsa pull` quarantines one: objects, then findings.json
     manifest = sorted((mirror / "v1" / f"host={GAP_HOST}").rglob("*.manifest.dsse.json"))[-1]
     stem = manifest.relative_to(mirror).as_posix().removesuffix(".manifest.dsse.json")
@@ -110,7 +120,10 @@ def test_bundles_not_read_or_held_in_quarantine_are_said_and_exit_1(
     result = made.env.run("report", "--mirror", str(mirror), "--html", str(out), "--json")
     assert result.returncode == 1, result.stderr
     summary = json.loads(result.stdout)
-    assert [u["object"].split("/")[1] for u in summary["unreadable"]] == ["host=host-a"]
+    unreadable = {u["object"]: u["error"] for u in summary["unreadable"]}
+    assert {key.split("/")[1] for key in unreadable} == {"host=host-a"} and len(unreadable) == 2
+    assert unreadable[bad.relative_to(mirror).as_posix()] == (
+        f"{bad}: unreadable manifest (predicate.chain.seq is not an integer)")
     assert summary["quarantined"] == [{"object": f"{stem}.manifest.dsse.json",
                                        "findings": "digest_mismatch"}]
     page = out.read_text()

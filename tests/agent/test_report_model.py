@@ -14,6 +14,16 @@ from agent.report_facts import Facts
 from agent.report_html import CSP, render
 from agent.report_timeline import BundlePoint, build_timeline
 from signing.bundle import BundleName
+from signing.predicate import (
+    AgentInfo,
+    Chain,
+    Collection,
+    CollectorEntry,
+    Gap,
+    Host,
+    ManifestPredicate,
+    RecordsSummary,
+)
 from signing.verify import BundleSummary
 from tests.conftest import GamsaEnv
 
@@ -32,6 +42,20 @@ def _bundle(host: str, seq: int, minute: int, chain: str = "c1", genesis: str | 
     point = BundlePoint(host, seq, chain, started, started, "schedule", 1, name.manifest_key,
                         not_ok)
     return point, summary
+
+
+def _predicate(*collectors: CollectorEntry, config: str | None = None) -> ManifestPredicate:
+    """A manifest's predicate as the report reads it: its collectors and agent config."""
+    stamp = T0.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ManifestPredicate(
+        Host("h"), Collection("run", "schedule", stamp, stamp), RecordsSummary(0, "0" * 64),
+        Chain("c1", 1, None), collectors,
+        None if config is None else AgentInfo("gamsa", "1", config, "k" * 64))
+
+
+def _entry(name: str, status: str, error: str | None = None,
+           gaps: tuple[Gap, ...] | None = ()) -> CollectorEntry:
+    return CollectorEntry(name, "1", status, 0, error, 0, gaps)
 
 
 def _timeline(bundles: list[tuple[BundlePoint, BundleSummary]], as_of_minute: int = 60,
@@ -99,8 +123,8 @@ def test_a_month_far_above_the_others_is_an_anomaly_and_a_flat_one_is_not() -> N
 def test_drift_counts_file_changes_config_changes_and_accounts() -> None:
     facts = Facts()
     for seq, config in ((1, "a" * 64), (2, "a" * 64), (3, "b" * 64)):
-        facts.add_manifest("h", seq, "2026-11-01", {"agent": {"config_sha256": config},
-                                                     "collectors": []})
+        facts.add_manifest("h", seq, "2026-11-01", _predicate(config=config))
+    facts.add_manifest("h", 4, "2026-11-01", _predicate())  # no agent field: no change
     facts.end_accounts("h", {"root": True, "kim": False})
     facts.end_accounts("h", {"root": True, "kim": True, "lee": False})
     facts.add_record("h", {"collector": "files", "type": "file_change",
@@ -118,9 +142,8 @@ def test_evidence_is_escaped_and_the_page_fetches_nothing() -> None:
                            "data": {"endpoint": "api.example\"><img src=x>",
                                     "process_name": planted, "count": 3,
                                     "exe": {"b64": "/w=="}, "user": None}}, None)
-    facts.add_manifest("h", 1, "2026-11-01", {"collectors": [
-        {"name": "x<svg onload=alert(1)>", "status": "partial",
-         "gaps": [{"reason": "</table><script>", "count": 1}]}]})
+    facts.add_manifest("h", 1, "2026-11-01", _predicate(_entry(
+        "x<svg onload=alert(1)>", "partial", gaps=(Gap("</table><script>", 1),))))
     bundles = [_bundle("h", 1, 0, genesis="first")]
     timeline = build_timeline([p for p, _ in bundles], [s for _, s in bundles],
                               T0 + 5 * MINUTE, 20 * MINUTE)
@@ -180,13 +203,17 @@ def test_an_access_record_without_a_usable_time_counts_in_the_month_it_was_read(
                             ("h", "2026-10", "su failures"): 1}
 
 
-def test_odd_manifest_shapes_read_as_nothing_rather_than_crash() -> None:
+def test_coverage_counts_every_status_and_names_why_a_collector_fell_short() -> None:
     facts = Facts()
-    facts.add_manifest("h", 1, "2026-11-01", {"collectors": 5, "agent": "x"})
-    facts.add_manifest("h", 2, "2026-11-01", {"collectors": [
-        7, {"name": "files", "status": "partial", "gaps": "lots"}]})
-    assert facts.coverage == {("files", "2026-11-01"): {"partial": 1}}
-    assert facts.not_ok == {("h", "files"): {"2026-11-01": {"partial"}}}
+    facts.add_manifest("h", 1, "2026-11-01", _predicate(
+        _entry("host", "ok"),
+        _entry("files", "partial", gaps=None),  # written before gaps existed
+        _entry("logs", "error", "permission denied", (Gap("unreadable", 2),)),
+        _entry("ebpf", "skipped")))  # a status this reader does not know
+    assert facts.coverage == {(name, "2026-11-01"): {status: 1} for name, status in (
+        ("host", "ok"), ("files", "partial"), ("logs", "error"), ("ebpf", "skipped"))}
+    assert facts.not_ok == {("h", "files"): {"2026-11-01": {"partial"}},
+                            ("h", "logs"): {"2026-11-01": {"unreadable", "permission denied"}}}
 
 
 def test_only_the_records_the_report_reads_are_parsed() -> None:
