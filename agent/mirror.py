@@ -2,25 +2,28 @@
 
 The auditor's commands (query, diff, export, report) read only the mirror, never a
 store: every bundle in it was verified on arrival, and failing ones sit in
-`quarantine/`, which is not read here. This module finds the mirror's bundles by
+`quarantine/`, read only to say which bundles are held there (export must not
+leave them out unsaid). This module finds the mirror's bundles by
 host, date and seq, and opens their manifests and records; it does not verify again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
-from signing.bundle import BundleName, iter_record_lines, parse_bundle_key
-from signing.dsse import envelope_payload, parse_statement
-from signing.errors import FormatError, GamsaError, UsageError
+from agent.pull import FINDINGS_NAME, QUARANTINE_NAME, STATE_NAME, TEMP_NAME
+from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
+from signing.dsse import envelope_payload, parse_envelope
+from signing.errors import GamsaError, UsageError
+from signing.predicate import BundleStatement, ManifestPredicate, parse_bundle_statement
 
 BUNDLES_PREFIX = "v1/host="
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,35 @@ class MirroredBundle:
     @property
     def records_key(self) -> str:
         return self.name.records_key
+
+
+@dataclass(frozen=True)
+class MirroredManifest:
+    """A mirrored manifest: its exact bytes, its statement (the typed model) and the
+    key id its envelope names (all verified when it was pulled; the chain checks hash
+    the bytes)."""
+
+    raw: bytes
+    statement: BundleStatement
+    key_id: str
+
+    @property
+    def predicate(self) -> ManifestPredicate:
+        return self.statement.predicate
+
+
+@dataclass(frozen=True)
+class QuarantinedBundle:
+    """A bundle `gamsa pull` refused: its objects and `findings.json` in quarantine/."""
+
+    name: BundleName
+    directory: Path
+
+    def objects(self) -> dict[str, Path]:
+        """Its objects held in quarantine, by store key (some may be missing)."""
+        keys = (self.name.records_key, self.name.manifest_key, self.name.timestamp_key)
+        return {key: self.directory / key.rsplit("/", 1)[-1] for key in keys
+                if (self.directory / key.rsplit("/", 1)[-1]).is_file()}
 
 
 @dataclass(frozen=True)
@@ -120,12 +152,59 @@ class MirrorView:
             yield MirroredBundle(name, entry, self.root / name.records_key,
                                  tsr if tsr.is_file() else None)
 
-    def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
-        """The manifest's in-toto statement (verified when it was pulled)."""
+    def manifest(self, bundle: MirroredBundle) -> BundleStatement:
+        """The manifest's statement as the typed model (signing/predicate.py): what its
+        records object is and the predicate (verified when it was pulled)."""
+        return self._read_manifest(bundle, _statement_of)
+
+    def predicate(self, bundle: MirroredBundle) -> ManifestPredicate:
+        """The manifest's predicate (host, collection, chain, collectors, ...)."""
+        return self.manifest(bundle).predicate
+
+    def signed_manifest(self, bundle: MirroredBundle) -> MirroredManifest:
+        """The manifest's bytes, statement and signing key id, from one read."""
+        return self._read_manifest(bundle, _signed_manifest)
+
+    def bundles_at(self, host: str, seq: int) -> list[MirroredBundle]:
+        """The host's whole bundles at `seq`, any date (seq is in the object name)."""
+        found: list[MirroredBundle] = []
+        pattern = f"v1/host={host}/date=*/{seq:010d}-*{MANIFEST_SUFFIX}"
+        for path in sorted(self.root.glob(pattern)):
+            parsed = parse_bundle_key(path.relative_to(self.root).as_posix())
+            if (parsed is not None and parsed[1] == "manifest" and parsed[0].host_id == host
+                    and path.is_file()):
+                name = parsed[0]
+                tsr = self.root / name.timestamp_key
+                found.append(MirroredBundle(name, path, self.root / name.records_key,
+                                            tsr if tsr.is_file() else None))
+        return found
+
+    def quarantined(self, which: BundleFilter | None = None) -> list[QuarantinedBundle]:
+        """Bundles of the selection held in quarantine/ (judged: `findings.json` is there)
+        and not in the mirror, by host, then date, then seq."""
+        which = which or BundleFilter()
+        base = self.root / QUARANTINE_NAME
+        found = []
+        for findings in sorted((base / "v1").rglob(FINDINGS_NAME)) if base.is_dir() else []:
+            stem = findings.parent.relative_to(base).as_posix()
+            parsed = parse_bundle_key(stem + MANIFEST_SUFFIX)
+            if parsed is None:  # a key object quarantined, not a bundle
+                continue
+            name = parsed[0]
+            if (which.admits_host(name.host_id) and which.admits_date(name.date)
+                    and not (self.root / name.manifest_key).is_file()):
+                found.append(QuarantinedBundle(name, findings.parent))
+        return sorted(found, key=lambda q: (q.name.host_id, q.name.date, q.name.seq))
+
+    def _read_manifest(self, bundle: MirroredBundle, parse: Callable[[bytes], T]) -> T:
         try:
-            return parse_statement(envelope_payload(bundle.manifest_path.read_bytes()))
-        except (OSError, FormatError) as exc:
-            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
+            return parse(bundle.manifest_path.read_bytes())
+        except OSError as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
+                             f"({exc.strerror or exc})") from exc
+        except GamsaError as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
+                             f"({exc.message})") from exc
 
     def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
         """Each record's canonical JSON line, in order (line numbers start at 1)."""
@@ -139,6 +218,16 @@ class MirrorView:
         """Each record as a dict, in order."""
         for line in self.record_lines(bundle):
             yield json.loads(line)
+
+
+def _statement_of(raw: bytes) -> BundleStatement:
+    return parse_bundle_statement(envelope_payload(raw))
+
+
+def _signed_manifest(raw: bytes) -> MirroredManifest:
+    envelope = parse_envelope(raw)
+    return MirroredManifest(raw, _statement_of(raw),
+                            str(envelope["signatures"][0].get("keyid", "")))
 
 
 def open_mirror(root: Path) -> MirrorView:
