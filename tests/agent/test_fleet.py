@@ -15,10 +15,13 @@ generation and audit"). CI runs CI_SPEC, 12 x 30 (the module takes 15-60 s), and
 `bench/bench_fleet.py` runs the full fleet with the same assertions by hand. Each
 phase's wall time and the module's are printed at the end, past pytest's capture.
 
-Waiting for other branches (they skip with the reason until the option exists, and
-then run by themselves): `verify --workers 2` and `verify --dask tcp://…` against a
-Dask LocalCluster of 2 worker processes (branch verifyscale), `gamsa query` and
-`gamsa diff` (branch query). Each runs the same assertions as the one-process verify.
+`gamsa query` (record counts per host, from `manifests` and `records`) and `gamsa diff`
+(the planted change, citing bundle and line) run on the pulled mirror. Waiting for
+branch verifyscale (they skip with the reason until the option exists, then run by
+themselves; they passed against that branch at 7e003a0): `verify --workers 2`, and
+`verify --dask tcp://…` on a Dask LocalCluster of 2 worker processes, each with the
+same findings in the same order as one process. The Dask test also needs
+`distributed` installed (the `audit` extra) and skips without it.
 """
 
 from __future__ import annotations
@@ -252,12 +255,11 @@ def test_verify_mirror_on_a_dask_cluster(auditor: Auditor, pulled: tuple[Path, d
     assert report["findings"] == mirror_report["findings"], "same findings, same order"
 
 
-# ----------------------------------------------------------- query and diff (branch query)
-# The command lines follow the query branch as it stood on 2026-12-03 (`gamsa query
-# --mirror DIR --json SQL`: an array of row objects; `gamsa diff --mirror DIR --host H
-# --from T1 --to T2 --collector C --json`: `changes`, each with `change`, `type`, `key`
-# and `from`/`to` = {bundle, line}; exit 1 on drift). ADAPT AT MERGE if they moved:
-# only `query_rows` and `diff_changes` know the command lines and the JSON shapes.
+# --------------------------------------------------------------------------- query and diff
+# `gamsa query --mirror DIR --json SQL`: an array of row objects; `gamsa diff --mirror DIR
+# --host H --from T1 --to T2 --collector C --json`: `changes`, each with `change`, `type`,
+# `key` and `from`/`to` = {bundle, line}; exit 1 on drift. Only `query_rows` and
+# `diff_changes` know these command lines and JSON shapes.
 
 
 def query_rows(auditor: Auditor, mirror: Path, sql: str) -> list[dict[str, Any]]:
@@ -284,8 +286,6 @@ def just_after(started_at: str) -> str:
 
 def test_query_counts_what_was_sealed(auditor: Auditor,
                                       pulled: tuple[Path, dict[str, Any]]) -> None:
-    if not auditor.supports("query"):
-        pytest.skip("needs `gamsa query` (branch query)")
     pytest.importorskip("duckdb", reason="needs the `audit` extra (duckdb)")
     fleet, mirror = auditor.fleet, pulled[0]
     planted = fleet.planted
@@ -311,8 +311,6 @@ def test_query_counts_what_was_sealed(auditor: Auditor,
 
 def test_diff_shows_the_planted_change_citing_bundle_and_line(
         auditor: Auditor, pulled: tuple[Path, dict[str, Any]]) -> None:
-    if not auditor.supports("diff"):
-        pytest.skip("needs `gamsa diff` (branch query)")
     fleet, change = auditor.fleet, auditor.fleet.planted.change
     before = next(b for b in fleet.bundles if (b.host, b.seq) == (change.host, change.before))
     after = next(b for b in fleet.bundles if (b.host, b.seq) == (change.host, change.after))
