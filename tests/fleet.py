@@ -403,11 +403,10 @@ def _append_foreign(job: _Job, host: str, head: Any, host_config: Any) -> None:
 def _tamper(client: Any, fleet: Fleet) -> None:
     """The planted store defects, done as someone with write access to the bucket."""
     deleted = fleet.bundle(fleet.planted.deleted).manifest_key
-    stem = deleted.removesuffix(".manifest.dsse.json")
-    for key in (stem + ".records.jsonl.gz", deleted):
+    stem = deleted.removesuffix(MANIFEST)
+    for key in (stem + RECORDS, deleted):
         client.delete_object(Bucket=fleet.bucket, Key=f"{fleet.prefix}/{key}")
-    flipped = fleet.bundle(fleet.planted.flipped).manifest_key.removesuffix(
-        ".manifest.dsse.json") + ".records.jsonl.gz"
+    flipped = fleet.bundle(fleet.planted.flipped).manifest_key.removesuffix(MANIFEST) + RECORDS
     full = f"{fleet.prefix}/{flipped}"
     data = bytearray(client.get_object(Bucket=fleet.bucket, Key=full)["Body"].read())
     data[len(data) // 2] ^= 0x01
