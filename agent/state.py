@@ -76,6 +76,12 @@ class ChainHead:
     key_id: str
 
 
+def _entry_size(path: Path) -> int:
+    """Bytes of a spool entry's files."""
+    with failing("read the spool entry", path):
+        return sum(p.stat().st_size for p in path.iterdir())
+
+
 @dataclass(frozen=True)
 class SpoolEntry:
     """A sealed bundle waiting in the spool."""
@@ -92,8 +98,7 @@ class SpoolEntry:
         return self.path / MANIFEST_FILE
 
     def size(self) -> int:
-        with failing("read the spool entry", self.path):
-            return sum(p.stat().st_size for p in self.path.iterdir())
+        return _entry_size(self.path)
 
     def sealed_at(self) -> str:
         """When the bundle's collection finished (from its own manifest)."""
@@ -289,13 +294,17 @@ class StateDir:
 
     # spool --------------------------------------------------------------------
 
-    def entries(self) -> list[SpoolEntry]:
-        """Complete spool entries in seq order."""
+    def entries(self, after_seq: int = 0) -> list[SpoolEntry]:
+        """Complete spool entries in seq order (only those past `after_seq`: judged by the
+        entry's name, so a seal does not read every spooled entry's metadata)."""
         if not self.spool.is_dir():
             return []
         found: list[SpoolEntry] = []
         for path in self.spool.iterdir():
             if path.name.startswith("."):
+                continue
+            named_seq = path.name[:10]
+            if after_seq and named_seq.isdigit() and int(named_seq) <= after_seq:
                 continue
             try:
                 meta = json.loads((path / BUNDLE_FILE).read_bytes())
@@ -309,8 +318,14 @@ class StateDir:
         return found
 
     def usage(self, max_bytes: int, entries: list[SpoolEntry] | None = None) -> SpoolUsage:
-        """Bundles and bytes in the spool (or in `entries`), against the configured cap."""
-        entries = self.entries() if entries is None else entries
+        """Bundles and bytes in the spool (or in `entries`), against the configured cap.
+        The spool's own count needs no entry's metadata: a seal asks on every bundle."""
+        if entries is None:
+            if not self.spool.is_dir():
+                return SpoolUsage(0, 0, max_bytes)
+            with failing("read the spool", self.spool):
+                paths = [p for p in self.spool.iterdir() if not p.name.startswith(".")]
+            return SpoolUsage(len(paths), sum(_entry_size(p) for p in paths), max_bytes)
         return SpoolUsage(len(entries), sum(e.size() for e in entries), max_bytes)
 
     # ship status ------------------------------------------------------------------
@@ -435,7 +450,7 @@ class StateDir:
                 if path.name.startswith((".tmp-", ".done-")):
                     shutil.rmtree(path)
         head = self.read_head()
-        for entry in self.entries():
+        for entry in self.entries(after_seq=0 if head is None else head.seq):
             if entry.name.seq != (1 if head is None else head.seq + 1):
                 continue  # cannot follow the head; skip without reading its manifest
             with failing("read the spooled manifest", entry.manifest_path):
