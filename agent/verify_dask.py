@@ -19,7 +19,7 @@ from signing.errors import StoreError, UsageError
 from signing.fanout import check_chunk, chunks
 from signing.verify import BundleOutcome, BundleTask, Mapper, ObjectReader, Trust
 
-CONNECT_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10
 
 
 def _client(address: str) -> Any:
