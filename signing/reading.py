@@ -33,6 +33,9 @@ class ObjectRefused(FormatError):
         super().__init__(message)
         self.code = code
 
+    def __reduce__(self) -> tuple[type[ObjectRefused], tuple[str, str]]:
+        return (ObjectRefused, (self.message, self.code))  # crosses to worker processes
+
 
 class ObjectReader(Protocol):
     """Read access to a store: keys under a prefix, and an object's bytes."""
