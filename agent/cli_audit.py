@@ -124,10 +124,11 @@ def _verify_mapper(store: Any, workers: int | None,
         from agent.verify_dask import dask_mapper
 
         return 1, dask_mapper(dask_address)
-    from signing.fanout import default_workers, processes
+    from signing.fanout import POOL_MIN_BUNDLES, default_workers, processes
 
     count = workers or default_workers()
-    return 1, (processes(count) if count > 1 else None)
+    # Asked for: always the pool; by default only where it pays (POOL_MIN_BUNDLES).
+    return 1, (processes(count, 0 if workers else POOL_MIN_BUNDLES) if count > 1 else None)
 
 
 SUMMARY_ROWS = (("hosts", "hosts"), ("bundles", "bundles"), ("records", "records"),

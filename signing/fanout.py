@@ -15,8 +15,19 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from signing.verify import BundleOutcome, BundleTask, Mapper, ObjectReader, Trust, check_bundle
+from signing.verify import (
+    BundleOutcome,
+    BundleTask,
+    Mapper,
+    ObjectReader,
+    Trust,
+    check_bundle,
+    in_process,
+)
 
+# Below this, `gamsa verify` (without --workers) checks in its own process: starting
+# forkserver workers (~0.5 s) costs more than a few hundred bundles take.
+POOL_MIN_BUNDLES = 256
 CHUNK_BUNDLES = 64  # bundles per task sent to a worker: amortises the pickling round trip
 MAX_CHUNK_BUNDLES = 512
 
@@ -56,12 +67,14 @@ def _run(chunk: list[BundleTask]) -> list[BundleOutcome]:
     return check_chunk(*_worker, chunk)
 
 
-def processes(workers: int) -> Mapper:
-    """Run the checks on `workers` processes (forkserver: safe under threads)."""
+def processes(workers: int, min_bundles: int = 0) -> Mapper:
+    """Run the checks on `workers` processes (forkserver: safe under threads); with
+    fewer than `min_bundles` bundles, in this process (starting workers costs more)."""
 
     def run(reader: ObjectReader, trust: Trust,
             tasks: list[BundleTask]) -> Iterator[BundleOutcome]:
-        if not tasks:
+        if len(tasks) < max(1, min_bundles):
+            yield from in_process(reader, trust, tasks)
             return
         context = multiprocessing.get_context("forkserver")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
