@@ -67,16 +67,18 @@ def _run(chunk: list[BundleTask]) -> list[BundleOutcome]:
     return check_chunk(*_worker, chunk)
 
 
-def processes(workers: int, min_bundles: int = 0) -> Mapper:
+def processes(workers: int, min_bundles: int = 0, start_method: str = "forkserver") -> Mapper:
     """Run the checks on `workers` processes (forkserver: safe under threads); with
-    fewer than `min_bundles` bundles, in this process (starting workers costs more)."""
+    fewer than `min_bundles` bundles, in this process (starting workers costs more).
+    `start_method` "fork" makes the workers this process's children (a benchmark
+    counts their CPU time)."""
 
     def run(reader: ObjectReader, trust: Trust,
             tasks: list[BundleTask]) -> Iterator[BundleOutcome]:
         if len(tasks) < max(1, min_bundles):
             yield from in_process(reader, trust, tasks)
             return
-        context = multiprocessing.get_context("forkserver")
+        context = multiprocessing.get_context(start_method)
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                  initializer=_init, initargs=(reader, trust)) as pool:
             pending: deque[Future[list[BundleOutcome]]] = deque()
