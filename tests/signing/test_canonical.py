@@ -170,3 +170,10 @@ def test_record_fast_path_gives_up_on_anything_unusual(line: bytes) -> None:
             b'"type":"t","v":1}')
     assert canonical.canonical_record_hosts([good]) == {"h"}
     assert canonical.canonical_record_hosts([good, line]) is None
+
+
+def test_record_fast_path_keeps_long_digit_strings() -> None:
+    # File hashes hold runs of 16+ digits; only integers must be bounded.
+    line = (b'{"collector":"files","data":{"sha256":"12345678901234567890abc"},"host":"h",'
+            b'"key":"k","observed_at":"t","type":"t","v":1}')
+    assert canonical.canonical_record_hosts([line]) == {"h"}
