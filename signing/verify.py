@@ -9,11 +9,14 @@ broken `prev` links, time running backwards, and each new genesis. Per fleet
 deleted or overwritten objects in a bucket's version listing. Every finding
 names the object it is about; nothing stops at the first finding.
 
-Works on anything with `list(prefix)` and `get(key)`: the agent's stores, or
-`DirectoryReader` over a downloaded copy of a bucket (what a regulator runs). On a
-network store, `workers` bundles are read and checked at once, so thousands of
-bundles cost a few round trips each in parallel rather than in turn; the result,
-findings and progress are the same, in the same order, as with one worker.
+Works on anything with `list(prefix)` and `get(key)` (and `open(key)` to stream):
+the agent's stores, or `DirectoryReader` over a downloaded copy of a bucket (what a
+regulator runs). What a store holds cannot exhaust it (signing/reading.py, and
+`check_records_object`: digest first, lines capped at the signed count + 1,
+findings capped per object). The per-bundle checks are one pure function,
+`check_bundle`, run by a `Mapper` (in process, threads for a network store,
+processes: signing/fanout.py, or a Dask cluster); the chain and fleet checks reduce
+over its outcomes, so the findings and their order do not depend on which ran them.
 """
 
 from __future__ import annotations
