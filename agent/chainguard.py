@@ -35,7 +35,8 @@ from agent.retry import RetryPolicy
 from agent.state import ChainHead, SpoolEntry, StateDir, spooled_statement
 from agent.store import Store
 from signing.bundle import MANIFEST_SUFFIX, BundleName, parse_bundle_key
-from signing.errors import GamsaError
+from signing.errors import FormatError, GamsaError
+from signing.predicate import ChainFollows
 
 DIVERGENCE_FILE = "divergence.json"
 # Manifests read per check at most (normally one: the head's own, to compare digests).
@@ -51,10 +52,9 @@ class StoreBundle:
     seq: int
     manifest_sha256: str
 
-    def follows(self) -> dict[str, Any]:
+    def follows(self) -> ChainFollows:
         """The `predicate.chain.follows` value naming this bundle."""
-        return {"chain_id": self.chain_id, "seq": self.seq,
-                "manifest_sha256": self.manifest_sha256}
+        return ChainFollows(self.chain_id, self.seq, self.manifest_sha256)
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Divergence:
     """Why the next bundle must start a new chain linked to the store's bundle."""
 
     reason: str
-    follows: dict[str, Any]
+    follows: ChainFollows
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,10 @@ def read_store_bundle(store: Store, name: BundleName) -> StoreBundle | None:
     verifier reports such a manifest; here it simply cannot be followed)."""
     data = store.get(name.manifest_key)
     try:
-        chain = spooled_statement(data)["predicate"]["chain"]
-        chain_id, seq = str(chain["id"]), int(chain["seq"])
-    except (GamsaError, KeyError, TypeError, ValueError):
+        chain = spooled_statement(data).predicate.chain
+    except (GamsaError, ValueError):
         return None
-    return StoreBundle(name, chain_id, seq, hashlib.sha256(data).hexdigest())
+    return StoreBundle(name, chain.id, chain.seq, hashlib.sha256(data).hexdigest())
 
 
 def _newest_first(names: list[BundleName]) -> list[BundleName]:
@@ -209,9 +208,12 @@ def pending_divergence(state: StateDir, head: ChainHead | None) -> Divergence | 
         return None
     if data.get("chain_id") != head.chain_id:
         return None  # the head has moved on to another chain already
-    follows = data.get("follows")
     reason = data.get("reason")
-    if not isinstance(follows, dict) or not isinstance(reason, str):
+    try:
+        follows = ChainFollows.read(data.get("follows"), f"{_path(state)}: follows")
+    except FormatError:
+        return None
+    if not isinstance(reason, str):
         return None
     return Divergence(reason, follows)
 
@@ -220,7 +222,7 @@ def note_divergence(state: StateDir, divergence: Divergence, chain_id: str,
                     new_chain: str | None) -> None:
     """Record a divergence: found by the shipper in `chain_id` (new_chain None: the
     next seal answers it), or answered by the new chain `new_chain`."""
-    data = {"reason": divergence.reason, "follows": divergence.follows,
+    data = {"reason": divergence.reason, "follows": divergence.follows.to_json(),
             "chain_id": chain_id, "new_chain": new_chain,
             "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     with failing("write the divergence note", _path(state)):
@@ -265,8 +267,8 @@ def _entry_chain(entry: SpoolEntry) -> tuple[str, str] | None:
     shipper quarantines those itself)."""
     try:
         data = entry.manifest_path.read_bytes()
-        chain_id = str(spooled_statement(data)["predicate"]["chain"]["id"])
-    except (OSError, GamsaError, KeyError, TypeError, ValueError):
+        chain_id = spooled_statement(data).predicate.chain.id
+    except (OSError, GamsaError, ValueError):
         return None
     return chain_id, hashlib.sha256(data).hexdigest()
 

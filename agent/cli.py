@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agent import cli_audit, cli_keys
+from agent import cli_audit, cli_export, cli_keys, cli_query
 from agent.cli_common import config_option, emit_json, json_option, load, warn
 from signing.errors import (
     FINDINGS,
@@ -103,12 +103,12 @@ def collect(config_path: Path | None, names: tuple[str, ...], trigger: str, no_s
         "host_id": host_id, "seq": sealed.head.seq, "chain_id": sealed.head.chain_id,
         "records": sealed.record_count, "manifest_key": sealed.entry.name.manifest_key,
         "genesis_reason": sealed.genesis_reason,
-        "follows": sealed.view.divergence.follows if sealed.view and sealed.view.divergence
-        else None,
+        "follows": sealed.view.divergence.follows.to_json()
+        if sealed.view and sealed.view.divergence else None,
         "store_check_problem": sealed.view.problem if sealed.view else None,
         "clock_warning": sealed.clock_warning,
         "collectors": {r.name: r.status for r in sealed.results},
-        "gaps": {r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
+        "gaps": {r.name: [g.to_json() for g in r.gaps] for r in sealed.results if r.gaps},
         "shipped": shipped, "spooled": spooled, "store": None if store is None else store.url,
         "ship_error": None if ship_error is None else ship_error.diagnostics(),
         "quarantined": quarantined,
@@ -197,8 +197,8 @@ def _warn_store_view(sealed: Any) -> None:
     if view is not None and view.divergence is not None:
         follows = view.divergence.follows
         warn(f"WARNING: {view.divergence.reason} Refusing to fork: started new chain "
-             f"{sealed.head.chain_id}, linked to the store's chain {follows['chain_id']} "
-             f"seq {follows['seq']}; `gamsa status` reports this until you remove "
+             f"{sealed.head.chain_id}, linked to the store's chain {follows.chain_id} "
+             f"seq {follows.seq}; `gamsa status` reports this until you remove "
              f"divergence.json (docs/OPERATIONS.md)")
     if view is not None and view.problem is not None:
         warn(f"could not check the store before sealing ({view.problem}); sealed anyway, "
@@ -428,6 +428,9 @@ cli.add_command(cli_audit.prove)
 cli.add_command(cli_audit.verify_proof_cmd)
 cli.add_command(cli_keys.keys)
 cli.add_command(cli_keys.org)
+cli.add_command(cli_export.export)
+cli.add_command(cli_query.query)
+cli.add_command(cli_query.diff)
 
 
 def main(argv: list[str] | None = None) -> None:

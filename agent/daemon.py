@@ -443,7 +443,7 @@ class Daemon:
                  f"{sealed.record_count} records)", seq=sealed.head.seq,
                  chain_id=sealed.head.chain_id, trigger=trigger, records=sealed.record_count,
                  collectors={r.name: r.status for r in sealed.results},
-                 gaps={r.name: [g.as_dict() for g in r.gaps] for r in sealed.results if r.gaps},
+                 gaps={r.name: [g.to_json() for g in r.gaps] for r in sealed.results if r.gaps},
                  manifest_key=sealed.entry.name.manifest_key)
         if sealed.view is not None and sealed.view.problem is not None:
             self.log("warning", "store_unchecked", f"store not checked before sealing "

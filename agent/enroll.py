@@ -50,7 +50,7 @@ def build_request(state: StateDir, host_id: str) -> EnrollmentRequest:
     if public.key_id != signer.key_id:
         raise UsageError(f"{state.key_doc_path} is not the document of {state.key_path}",
                          hint="move the document aside; it is rebuilt from the key")
-    facts = {k: v for k, v in host_description(host_id).items() if k != "id"}
+    facts = {k: v for k, v in host_description(host_id).to_json().items() if k != "id"}
     return EnrollmentRequest(host_id, public, str(doc["created_at"]), utc_now(), facts)
 
 

@@ -7,10 +7,10 @@ import platform
 import re
 import socket
 from pathlib import Path
-from typing import Any
 
 from collector import host as host_collector
 from collector.registry import CollectContext
+from signing.predicate import Host
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -31,13 +31,7 @@ def resolve_host_id(configured: str) -> str:
     return auto_host_id() if configured == "auto" else configured
 
 
-def host_description(host_id: str) -> dict[str, Any]:
+def host_description(host_id: str) -> Host:
     """The manifest's `predicate.host`."""
-    return {
-        "id": host_id,
-        "hostname": socket.gethostname(),
-        "machine_id_sha256": machine_id_sha256(),
-        "os": platform.system(),
-        "os_release": platform.release(),
-        "arch": platform.machine(),
-    }
+    return Host(host_id, socket.gethostname(), machine_id_sha256(), platform.system(),
+                platform.release(), platform.machine())

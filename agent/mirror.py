@@ -2,25 +2,28 @@
 
 The auditor's commands (query, diff, export, report) read only the mirror, never a
 store: every bundle in it was verified on arrival, and failing ones sit in
-`quarantine/`, which is not read here. This module finds the mirror's bundles by
+`quarantine/`, read only to say which bundles are held there (export must not
+leave them out unsaid). This module finds the mirror's bundles by
 host, date and seq, and opens their manifests and records; it does not verify again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agent.pull import QUARANTINE_NAME, STATE_NAME, TEMP_NAME
-from signing.bundle import BundleName, iter_record_lines, parse_bundle_key
+from agent.pull import FINDINGS_NAME, QUARANTINE_NAME, STATE_NAME, TEMP_NAME
+from signing.bundle import MANIFEST_SUFFIX, BundleName, iter_record_lines, parse_bundle_key
 from signing.dsse import envelope_payload, parse_statement
-from signing.errors import FormatError, GamsaError, UsageError
+from signing.errors import GamsaError, UsageError
+from signing.predicate import BundleStatement, ManifestPredicate, parse_bundle_statement
 
 BUNDLES_PREFIX = "v1/host="
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,20 @@ class MirroredBundle:
     @property
     def records_key(self) -> str:
         return self.name.records_key
+
+
+@dataclass(frozen=True)
+class QuarantinedBundle:
+    """A bundle `gamsa pull` refused: its objects and `findings.json` in quarantine/."""
+
+    name: BundleName
+    directory: Path
+
+    def objects(self) -> dict[str, Path]:
+        """Its objects held in quarantine, by store key (some may be missing)."""
+        keys = (self.name.records_key, self.name.manifest_key, self.name.timestamp_key)
+        return {key: self.directory / key.rsplit("/", 1)[-1] for key in keys
+                if (self.directory / key.rsplit("/", 1)[-1]).is_file()}
 
 
 @dataclass(frozen=True)
@@ -120,12 +137,46 @@ class MirrorView:
             yield MirroredBundle(name, entry, self.root / name.records_key,
                                  tsr if tsr.is_file() else None)
 
+    def manifest(self, bundle: MirroredBundle) -> BundleStatement:
+        """The manifest's statement as the typed model (signing/predicate.py): what its
+        records object is and the predicate (verified when it was pulled)."""
+        return self._read_manifest(bundle, parse_bundle_statement)
+
+    def predicate(self, bundle: MirroredBundle) -> ManifestPredicate:
+        """The manifest's predicate (host, collection, chain, collectors, ...)."""
+        return self.manifest(bundle).predicate
+
+    def quarantined(self, which: BundleFilter | None = None) -> list[QuarantinedBundle]:
+        """Bundles of the selection held in quarantine/ (judged: `findings.json` is there)
+        and not in the mirror, by host, then date, then seq."""
+        which = which or BundleFilter()
+        base = self.root / QUARANTINE_NAME
+        found = []
+        for findings in sorted((base / "v1").rglob(FINDINGS_NAME)) if base.is_dir() else []:
+            stem = findings.parent.relative_to(base).as_posix()
+            parsed = parse_bundle_key(stem + MANIFEST_SUFFIX)
+            if parsed is None:  # a key object quarantined, not a bundle
+                continue
+            name = parsed[0]
+            if (which.admits_host(name.host_id) and which.admits_date(name.date)
+                    and not (self.root / name.manifest_key).is_file()):
+                found.append(QuarantinedBundle(name, findings.parent))
+        return sorted(found, key=lambda q: (q.name.host_id, q.name.date, q.name.seq))
+
     def statement(self, bundle: MirroredBundle) -> dict[str, Any]:
-        """The manifest's in-toto statement (verified when it was pulled)."""
+        """The manifest's in-toto statement as plain JSON (for a reader that shows it
+        whole; everything else reads `manifest`)."""
+        return self._read_manifest(bundle, parse_statement)
+
+    def _read_manifest(self, bundle: MirroredBundle, parse: Callable[[bytes], T]) -> T:
         try:
-            return parse_statement(envelope_payload(bundle.manifest_path.read_bytes()))
-        except (OSError, FormatError) as exc:
-            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest ({exc})") from exc
+            return parse(envelope_payload(bundle.manifest_path.read_bytes()))
+        except OSError as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
+                             f"({exc.strerror or exc})") from exc
+        except GamsaError as exc:
+            raise GamsaError(f"{bundle.manifest_path}: unreadable manifest "
+                             f"({exc.message})") from exc
 
     def record_lines(self, bundle: MirroredBundle) -> Iterator[bytes]:
         """Each record's canonical JSON line, in order (line numbers start at 1)."""

@@ -40,10 +40,11 @@ from agent.crashpoints import crashpoint
 from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic, write_new_file
 from agent.store import Store
 from signing.bundle import HOST_ID, BundleName, parse_bundle_key
-from signing.dsse import envelope_payload, parse_statement
+from signing.dsse import envelope_payload
 from signing.enrollment import KEYS_PREFIX
 from signing.errors import GamsaError, UsageError
 from signing.keys import PublicKey
+from signing.predicate import parse_bundle_statement
 from signing.verify import (
     ERROR,
     WARNING,
@@ -185,8 +186,10 @@ class Mirror:
         self._unsynced: set[Path] = set()
         self._links_unsynced = 0
 
-    def open(self, store_url: str, trust: dict[str, list[str]]) -> None:
-        """Create the mirror or check that it mirrors `store_url`; record the trust."""
+    def open(self, store_url: str, trust: dict[str, list[str]],
+             public_keys: Mapping[str, str] | None = None) -> None:
+        """Create the mirror or check that it mirrors `store_url`; record the trust
+        (key ids, and the public keys' PEM so `gamsa export` can ship them)."""
         if self.root.exists() and not self.root.is_dir():
             raise UsageError(f"--to {self.root}: exists and is not a directory")
         state: dict[str, Any] = {}
@@ -208,7 +211,8 @@ class Mirror:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o750)
             self.temp.mkdir(mode=0o700)
         self.write_state({**state, "format": MIRROR_FORMAT, "store": store_url,
-                          "trust": trust})
+                          "trust": trust, "trust_public_keys": dict(sorted(
+                              (public_keys or {}).items()))})
 
     def write_state(self, state: dict[str, Any]) -> None:
         with failing("write", self.state_path):
@@ -332,9 +336,8 @@ class _MirrorChains:
                 continue
             data = path.read_bytes()
             try:
-                chain = parse_statement(envelope_payload(data))["predicate"]["chain"]
-                chain_id = str(chain.get("id", ""))
-            except (GamsaError, KeyError, TypeError, AttributeError):
+                chain_id = parse_bundle_statement(envelope_payload(data)).predicate.chain.id
+            except GamsaError:
                 continue  # not ours to judge here: `gamsa verify` on the mirror reports it
             self._links.setdefault((host, chain_id, parsed[0].seq), []).append(
                 _Link(key, hashlib.sha256(data).hexdigest()))
@@ -442,7 +445,8 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
          jobs: int = DEFAULT_JOBS, progress: Progress | None = None) -> PullResult:
     """Pull the selected bundles of `store` into the mirror at `mirror_dir`."""
     mirror = Mirror(mirror_dir)
-    mirror.open(store.url, {"keys": sorted(trusted), "org": sorted(org_keys or {})})
+    mirror.open(store.url, {"keys": sorted(trusted), "org": sorted(org_keys or {})},
+                {k.key_id: k.pem() for k in (*trusted.values(), *(org_keys or {}).values())})
     result = PullResult(store.url, str(mirror_dir))
     trust, trust_findings = trust_for(store, trusted, org_keys, jobs)
     result.findings.extend(trust_findings)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+
+from signing.predicate import Resources
 
 if sys.platform != "win32":
     import resource
@@ -27,11 +28,11 @@ class Snapshot:
     rss_bytes: int
     peak_rss_bytes: int
 
-    def since(self, before: Snapshot) -> dict[str, Any]:
+    def since(self, before: Snapshot) -> Resources:
         """The manifest's `resources`: CPU used since `before`, memory now."""
-        return {"cpu_user_ms": max(0, round((self.user_s - before.user_s) * 1000)),
-                "cpu_system_ms": max(0, round((self.system_s - before.system_s) * 1000)),
-                "rss_bytes": self.rss_bytes, "peak_rss_bytes": self.peak_rss_bytes}
+        return Resources(max(0, round((self.user_s - before.user_s) * 1000)),
+                         max(0, round((self.system_s - before.system_s) * 1000)),
+                         self.rss_bytes, self.peak_rss_bytes)
 
 
 def snapshot() -> Snapshot:

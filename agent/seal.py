@@ -11,8 +11,7 @@ import copy
 import datetime as dt
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from agent import __version__, resources
 from agent.chainguard import StoreView, note_divergence, sealed_before
@@ -38,6 +37,17 @@ from collector.registry import (
 from signing.bundle import BundleName, manifest_sha256, sign_manifest
 from signing.clock import CLOCK_TOLERANCE_SECONDS, seconds_between
 from signing.errors import GamsaError
+from signing.predicate import (
+    AgentInfo,
+    Chain,
+    ClockCheck,
+    ClockSteppedBack,
+    Collection,
+    CollectorEntry,
+    ManifestPredicate,
+    Privacy,
+    RecordsSummary,
+)
 
 TRIGGERS = ("schedule", "on-demand", "file-change", "heartbeat")
 
@@ -120,13 +130,13 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     started = dt.datetime.now(dt.UTC)
     started_at = started.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     clock_at = started_at
-    stepped_back: dict[str, str] | None = None
+    stepped_back: ClockSteppedBack | None = None
     if head is not None and reason is None and started_at < head.finished_at:
         if (seconds_between(head.finished_at, started_at) or 0) > CLOCK_TOLERANCE_SECONDS:
             # The previous bundle claims a time far ahead of this clock (a run with the
             # clock in 2099): never pin this and every later bundle to it. The verifier
             # reports that bundle `clock_ahead`; this one says what it saw.
-            stepped_back = {"previous_finished_at": head.finished_at, "clock": started_at}
+            stepped_back = ClockSteppedBack(head.finished_at, started_at)
         else:
             # A small step back (NTP step): time in the chain must not run backwards,
             # so the bundle starts where the last ended and says what the clock read.
@@ -159,45 +169,37 @@ def seal_collection(config: Config, host_id: str, collectors: Iterable[Collector
     crashpoint("collected")
 
     chain_id = collection_id if seq == 1 else head.chain_id  # type: ignore[union-attr]
-    chain: dict[str, Any] = {"id": chain_id, "seq": seq,
-                             "prev": None if seq == 1 else head.manifest_sha256}  # type: ignore[union-attr]
-    if seq == 1:
-        chain["genesis_reason"] = reason
-        if divergence is not None:
-            chain["follows"] = divergence.follows
-    collection: dict[str, Any] = {"id": collection_id, "trigger": trigger,
-                                  "started_at": started_at, "finished_at": finished_at}
-    if clock_at != started_at:
-        collection["clock_started_at"] = clock_at
+    chain = Chain(chain_id, seq, None if seq == 1 else head.manifest_sha256,  # type: ignore[union-attr]
+                  reason if seq == 1 else None,
+                  divergence.follows if seq == 1 and divergence is not None else None)
     clock_warning = None
     if stepped_back is not None:
-        collection["clock_stepped_back"] = stepped_back
         clock_warning = (f"the previous bundle claims to have finished at "
                          f"{head.finished_at}, ahead of this clock ({started_at}): not held "  # type: ignore[union-attr]
                          f"at that time; the verifier reports that bundle as clock_ahead")
+    check: ClockCheck | None = None
     if view is not None and view.store_time is not None and view.local_time is not None:
         check = clock_check(view.local_time, view.store_time)
-        collection["clock_check"] = check
-        if check["ahead_seconds"] > CLOCK_TOLERANCE_SECONDS:
-            clock_warning = (f"this clock ({check['local_time']}) reads "
-                             f"{check['ahead_seconds']} s ahead of the store's Date "
-                             f"({check['store_date']}); the bundle records it (clock_check)")
-    predicate: dict[str, Any] = {
-        "host": host_description(host_id),
-        "agent": {"name": "gamsa", "version": __version__, "config_sha256": config.sha256,
-                  "key_id": signer.key_id,
-                  "resources": resources.snapshot().since(usage_before)},
-        "collection": collection,
-        "collectors": [r.manifest_entry() for r in results],
-        "records": {"count": records_object.count, "merkle_root": records_object.merkle_root},
-        "chain": chain,
-    }
+        if check.ahead_seconds > CLOCK_TOLERANCE_SECONDS:
+            clock_warning = (f"this clock ({check.local_time}) reads "
+                             f"{check.ahead_seconds} s ahead of the store's Date "
+                             f"({check.store_date}); the bundle records it (clock_check)")
+    collection = Collection(collection_id, trigger, started_at, finished_at,
+                            clock_at if clock_at != started_at else None, stepped_back, check)
+    entries = tuple(r.manifest_entry() for r in results)
+    privacy: Privacy | None = None
     if rewriter is not None and privacy_key is not None:  # an error may quote a home path
-        predicate["collectors"] = [{k: v if k in ("name", "version", "status")
-                                    else rewriter.rewrite(v) for k, v in entry.items()}
-                                   for entry in predicate["collectors"]]
-        predicate["privacy"] = {"pseudonymized": sorted(set(config.privacy.pseudonymize)),
-                                "key_id": key_id(privacy_key)}
+        entries = tuple(pseudonymized_entry(entry, rewriter) for entry in entries)
+        privacy = Privacy(tuple(sorted(set(config.privacy.pseudonymize))), key_id(privacy_key))
+    predicate = ManifestPredicate(
+        host=host_description(host_id),
+        collection=collection,
+        records=RecordsSummary(records_object.count, records_object.merkle_root),
+        chain=chain,
+        collectors=entries,
+        agent=AgentInfo("gamsa", __version__, config.sha256, signer.key_id,
+                        resources.snapshot().since(usage_before)),
+        privacy=privacy)
     manifest = sign_manifest(name, records_object, predicate, signer)
     crashpoint("sealed in memory")
     digest = manifest_sha256(manifest)
@@ -237,10 +239,16 @@ def bounded_runner(ctx: CollectContext, config: Config, state: StateDir) -> Run:
     return run
 
 
-def clock_check(local: dt.datetime, store: dt.datetime) -> dict[str, Any]:
+def clock_check(local: dt.datetime, store: dt.datetime) -> ClockCheck:
     """`predicate.collection.clock_check`: this clock against the store's Date header
     (1 s resolution; taken just before collecting)."""
-    return {"source": "store_date", "local_time": format_time(local),
-            "store_date": format_time(store),
-            "ahead_seconds": int((local - store).total_seconds()),
-            "tolerance_seconds": CLOCK_TOLERANCE_SECONDS}
+    return ClockCheck("store_date", format_time(local), format_time(store),
+                      int((local - store).total_seconds()), CLOCK_TOLERANCE_SECONDS)
+
+
+def pseudonymized_entry(entry: CollectorEntry, rewriter: BundlePseudonymizer) -> CollectorEntry:
+    """A collector entry with the bundle's person values replaced in its texts (an
+    error may quote a home path); name, version and status are the schema's."""
+    return replace(entry, error=None if entry.error is None else rewriter.rewrite(entry.error),
+                   gaps=None if entry.gaps is None else tuple(
+                       replace(gap, reason=rewriter.rewrite(gap.reason)) for gap in entry.gaps))

@@ -98,15 +98,14 @@ def _signed_records_digest(entry: SpoolEntry, manifest: bytes) -> str:
     """The records digest the spooled manifest signs (its subject), checked to name
     this bundle's records object. The signature itself is checked by `verify`."""
     try:
-        subject = spooled_statement(manifest)["subject"][0]
+        statement = spooled_statement(manifest)
     except (GamsaError, binascii.Error, ValueError) as exc:
         detail = exc.message if isinstance(exc, GamsaError) else str(exc)
         raise _UnreadableManifest(f"the manifest is unreadable ({detail})") from exc
-    if subject["name"] != entry.name.records_key:
-        raise _UnreadableManifest(f"the manifest signs {subject['name']!r}, "
+    if statement.subject_name != entry.name.records_key:
+        raise _UnreadableManifest(f"the manifest signs {statement.subject_name!r}, "
                                   f"not {entry.name.records_key!r}")
-    digest: str = subject["digest"]["sha256"]
-    return digest
+    return statement.subject_sha256
 
 
 def _store_records(store: Store, entry: SpoolEntry) -> _Staged:

@@ -44,7 +44,7 @@ from agent.fsutil import failing, fsync_dir, replace_atomic, write_all, write_ne
 from collector.record import Record, from_epoch, utc_now
 from collector.registry import CollectContext, Collector
 from signing.bundle import BundleName, manifest_sha256
-from signing.dsse import parse_envelope, parse_statement
+from signing.dsse import parse_envelope
 from signing.errors import GamsaError, os_error
 from signing.keys import (
     PublicKey,
@@ -54,6 +54,7 @@ from signing.keys import (
     load_private_key,
 )
 from signing.pkcs11_uri import redact
+from signing.predicate import BundleStatement, parse_bundle_statement
 from signing.signer import load_or_create_signer as load_or_create_signer_uri
 from signing.signer import load_signer
 
@@ -96,7 +97,7 @@ class SpoolEntry:
 
     def sealed_at(self) -> str:
         """When the bundle's collection finished (from its own manifest)."""
-        return str(_chain_of(self.manifest_path.read_bytes())["finished_at"])
+        return spooled_statement(self.manifest_path.read_bytes()).predicate.collection.finished_at
 
 
 @dataclass(frozen=True)
@@ -440,17 +441,20 @@ class StateDir:
             with failing("read the spooled manifest", entry.manifest_path):
                 manifest = entry.manifest_path.read_bytes()
             try:
-                chain = _chain_of(manifest)
-            except (GamsaError, KeyError, TypeError, ValueError):
+                predicate = spooled_statement(manifest).predicate
+            except (GamsaError, ValueError):
                 continue  # not a manifest the head can follow; the shipper quarantines it
+            chain = predicate.chain
+            if predicate.agent is None:
+                continue  # names no key: not one this agent sealed
             follows = (
-                (head is None and chain["seq"] == 1 and chain["prev"] is None)
-                or (head is not None and chain["id"] == head.chain_id
-                    and chain["seq"] == head.seq + 1 and chain["prev"] == head.manifest_sha256)
+                (head is None and chain.seq == 1 and chain.prev is None)
+                or (head is not None and chain.id == head.chain_id
+                    and chain.seq == head.seq + 1 and chain.prev == head.manifest_sha256)
             )
             if follows:
-                head = ChainHead(chain["id"], chain["seq"], manifest_sha256(manifest),
-                                 chain["finished_at"], chain["key_id"])
+                head = ChainHead(chain.id, chain.seq, manifest_sha256(manifest),
+                                 predicate.collection.finished_at, predicate.agent.key_id)
                 self.write_head(head)
         return head
 
@@ -474,20 +478,14 @@ def _poll_lock(fd: int, lock: Path, give_up: Callable[[], bool]) -> None:
             time.sleep(LOCK_POLL_SECONDS)
 
 
-def spooled_statement(manifest: bytes) -> dict[str, Any]:
+def spooled_statement(manifest: bytes) -> BundleStatement:
     """The statement of one of our own spooled manifests (signature not checked).
 
     Raises GamsaError, binascii.Error or ValueError on bytes that are not one.
     """
     envelope = parse_envelope(manifest)
-    return parse_statement(base64.b64decode(envelope["payload"]))
+    return parse_bundle_statement(base64.b64decode(envelope["payload"]))
 
-
-def _chain_of(manifest: bytes) -> dict[str, Any]:
-    """The chain fields of one of our own spooled manifests (signature not checked)."""
-    predicate = spooled_statement(manifest)["predicate"]
-    return {**predicate["chain"], "finished_at": predicate["collection"]["finished_at"],
-            "key_id": predicate["agent"]["key_id"]}
 
 
 class PendingBundle:

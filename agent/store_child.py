@@ -274,7 +274,7 @@ def look(request: dict[str, Any]) -> None:
 def view_to_json(view: Any) -> dict[str, Any]:
     divergence = view.divergence
     return {"divergence": None if divergence is None else {"reason": divergence.reason,
-                                                           "follows": divergence.follows},
+                                                           "follows": divergence.follows.to_json()},
             "store_time": None if view.store_time is None else view.store_time.isoformat(),
             "local_time": None if view.local_time is None else view.local_time.isoformat(),
             "problem": view.problem}
@@ -285,11 +285,12 @@ def view_from_json(data: dict[str, Any]) -> Any:
     import datetime as dt
 
     from agent.chainguard import Divergence, StoreView
+    from signing.predicate import ChainFollows
 
     divergence = data.get("divergence")
     return StoreView(
-        divergence=None if divergence is None else Divergence(divergence["reason"],
-                                                              divergence["follows"]),
+        divergence=None if divergence is None else Divergence(
+            divergence["reason"], ChainFollows.read(divergence["follows"], "follows")),
         store_time=(None if data.get("store_time") is None
                     else dt.datetime.fromisoformat(data["store_time"])),
         local_time=(None if data.get("local_time") is None

@@ -25,9 +25,19 @@ from typing import Any
 from signing import canonical
 from signing.bundle import BundleName, sign_manifest, write_records
 from signing.canonical import canonical_bytes
-from signing.dsse import parse_statement, verify_envelope
+from signing.dsse import verify_envelope
 from signing.keys import FileSigner, generate_private_key
+from signing.predicate import (
+    Chain,
+    Collection,
+    Host,
+    ManifestPredicate,
+    RecordsSummary,
+    parse_bundle_statement,
+)
 from signing.verify import check_records
+
+STARTED = "2026-11-25T06:00:00.000000Z"
 
 
 def synthetic_records(n: int) -> list[dict[str, Any]]:
@@ -69,16 +79,18 @@ def bench(n: int, runs: int) -> dict[str, float]:
 
     def seal() -> None:
         obj = write_records(records)
-        predicate = {"records": {"count": obj.count, "merkle_root": obj.merkle_root}}
+        predicate = ManifestPredicate(
+            Host(name.host_id), Collection(name.collection_id, "schedule", STARTED, STARTED),
+            RecordsSummary(obj.count, obj.merkle_root), Chain(name.collection_id, 1, None), ())
         holder["obj"], holder["manifest"] = obj, sign_manifest(name, obj, predicate, signer)
 
     def verify() -> None:
-        statement = parse_statement(verify_envelope(holder["manifest"], trusted).payload)
+        statement = parse_bundle_statement(verify_envelope(holder["manifest"], trusted).payload)
         data = holder["obj"].data
-        assert hashlib.sha256(data).hexdigest() == statement["subject"][0]["digest"]["sha256"]
+        assert hashlib.sha256(data).hexdigest() == statement.subject_sha256
         count, root, findings = check_records(data, name.records_key, "web-01-3f2a9c1d")
         assert not findings and count == n
-        assert root == statement["predicate"]["records"]["merkle_root"]
+        assert root == statement.predicate.records.merkle_root
 
     t_limit = best_of(runs, limit)
     t_seal = best_of(runs, seal)

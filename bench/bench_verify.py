@@ -33,6 +33,7 @@ from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_rec
 from signing.canonical import canonical_bytes
 from signing.fanout import processes
 from signing.keys import FileSigner, generate_private_key, load_private_key, save_private_key
+from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, check_records, in_process, verify_store
 
 HOST_PREFIX = "bench-host-"
@@ -76,7 +77,7 @@ def build(root: Path, bundles: int, per_bundle: int, hosts: int) -> FileSigner:
                          "collectors": [], "records": {"count": obj.count,
                                                        "merkle_root": obj.merkle_root},
                          "chain": chain}
-            manifest = sign_manifest(name, obj, predicate, signer)
+            manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
             directory = root / f"v1/host={host}/date={name.date}"
             directory.mkdir(parents=True, exist_ok=True)
             (root / name.records_key).write_bytes(obj.data)

@@ -66,7 +66,7 @@ _COMMON_FIELDS: Mapping[str, Field] = {
 
 
 def _event(doc: str, fields: Mapping[str, Field]) -> RecordType:
-    return RecordType(doc=doc, key="`<journal id>:<n>`",
+    return RecordType(doc=doc, key="`<journal id>:<n>`", event=True,
                       fields={**_COMMON_FIELDS, **fields})
 
 
@@ -150,6 +150,7 @@ SPOOL_FULL_TYPE = "spool_full"
 RECORD_TYPES: Mapping[str, RecordType] = {
     **EVENTS,
     JOURNAL_TYPE: RecordType(
+        event=True,
         doc="The journal as this run found it; one per run, also when nothing happened.",
         key='"lifelog"',
         fields={
@@ -159,6 +160,7 @@ RECORD_TYPES: Mapping[str, RecordType] = {
             "bytes": Field((int,), "bytes in the journal's files"),
         }),
     JOURNAL_GAP_TYPE: RecordType(
+        event=True,
         doc="Events that should be in the journal are not: rotated away before being "
             "sealed (more than 1 MiB of events while nothing was sealed), numbers missing "
             "in the middle (lines removed), or the journal replaced.",
@@ -171,6 +173,7 @@ RECORD_TYPES: Mapping[str, RecordType] = {
             "reason": Field(_TEXT, "`rotated`, `missing` or `replaced`"),
         }),
     SPOOL_FULL_TYPE: RecordType(
+        event=True,
         doc="The spool was over its byte cap, so this bundle holds this record (and the "
             "journal's events) instead of a collection; shipping has not kept up.",
         key='"spool"',

@@ -186,6 +186,7 @@ COLLECTOR = Collector(
     platforms=("linux",),
     record_types={
         "ai_egress_observed": RecordType(
+            event=True,
             doc="Connections of one process (or of unknown processes, by reason) to one "
                 "AI endpoint in the drained windows.",
             key="`<endpoint> <pid>:<start time in epoch µs>`, or `<endpoint> -:<reason>` "
@@ -223,6 +224,7 @@ COLLECTOR = Collector(
             },
         ),
         "ai_egress_window": RecordType(
+            event=True,
             doc="One window of watching, sealed with its observations; a window with no "
                 "observation proves the watcher ran and saw nothing.",
             key="the window number",
@@ -244,6 +246,7 @@ COLLECTOR = Collector(
             },
         ),
         "ai_egress_drain": RecordType(
+            event=True,
             doc="What this collection drained: one per run.",
             key="`ai_egress`",
             fields={

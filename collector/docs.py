@@ -45,6 +45,11 @@ def _record_types(record_types: Mapping[str, RecordType], heading: str) -> list[
         if record_type.key_field is not None:
             key += (f" Personal: the key stands for field `{record_type.key_field}` in "
                     "`[privacy] pseudonymize`.")
+        if record_type.event:
+            key += " Event: emitted once, not a state; `gamsa diff` leaves it out."
+        if record_type.removes is not None:
+            key += (f" With `change` `removed` it says the `{record_type.removes}` of "
+                    "the same key is gone.")
         out += [f"{heading} `{name}`", "", record_type.doc, "", key, "",
                 "| field | type | required | description |",
                 "|---|---|---|---|"]

@@ -1118,6 +1118,8 @@ COLLECTOR = Collector(
             },
         ),
         CHANGE_TYPE: RecordType(
+            event=True,
+            removes="file",
             doc="A path whose state differs from the one last sealed (the baseline: "
                 "kept as this collector's checkpoint, so it moves exactly when a bundle "
                 "is sealed). Beside it, the path's new `file` record (none when "
@@ -1151,6 +1153,7 @@ COLLECTOR = Collector(
             },
         ),
         "watch_overflow": RecordType(
+            event=True,
             doc="File watching lost events (the kernel's inotify queue overflowed: "
                 "`fs.inotify.max_queued_events`), so every configured path was rescanned "
                 "and compared with the baseline; the `file_change` records beside it "
@@ -1163,6 +1166,7 @@ COLLECTOR = Collector(
             },
         ),
         "watch_limit": RecordType(
+            event=True,
             doc="A directory that could not be watched with inotify (the watch or "
                 "instance limit: `fs.inotify.max_user_watches`, "
                 "`max_user_instances`), so it is polled instead, after a rescan of what "

@@ -836,6 +836,7 @@ ACCESS_DOCS: dict[str, Field] = {
 
 RECORD_TYPES = {
     "access": RecordType(
+        event=True,
         doc="One access event from a log line: a login, a failed login, a sudo or su, a "
             "session, an HTTP request to the AI gateway. Every line is recorded once "
             "across runs and rotations. A journal entry of sshd, sudo, su or login is "
@@ -866,6 +867,7 @@ RECORD_TYPES = {
         },
     ),
     "log_gap": RecordType(
+        event=True,
         doc="Lines of a source that may never be read: the old file rotated away "
             "(compressed) before its end was read, a truncation with no copy found, "
             "the start of a large file on first sight.",

@@ -33,6 +33,11 @@ from typing import Any, TypeVar
 
 from collector.options import Option, option_value, parse_duration
 from collector.record import Record
+from signing.predicate import CollectorEntry, Gap
+
+# A `Gap` is part of a collector's coverage it could not see: why, and how many
+# items (sources, processes, ...). Never a path or a name: it goes into the
+# manifest as it is (`predicate.collectors[].gaps`, signing/predicate.py).
 
 T = TypeVar("T")
 
@@ -72,12 +77,22 @@ class RecordType:
 
     `key_field`: the personal field whose value the key is, when the record has no such
     data field (accounts `user` records are keyed by the user name, declared as `user`).
+
+    (collector, type, key) is a record's identity: `gamsa diff` compares two states
+    by it. `event`: each record is something that happened (a log line, a journal
+    entry, a login, a change), emitted once, not the state of a thing, so a later
+    bundle lacking it does not mean it is gone; diff leaves event types out.
+    `removes`: for an event type, the state type whose record of the same key it
+    declares gone when its `change` is `removed` (files: `file_change` of a `file`),
+    so a bundle holding only changes (trigger `file-change`) updates a state.
     """
 
     doc: str
     key: str
     fields: Mapping[str, Field]
     key_field: str | None = None
+    event: bool = False
+    removes: str | None = None
 
 
 @dataclass
@@ -169,19 +184,6 @@ class Collector:
         return parse_duration(self.schedule, f"{self.name} schedule")
 
 
-@dataclass(frozen=True)
-class Gap:
-    """Part of a collector's coverage it could not see: why, and how many items
-    (sources, processes, ...). Never a path or a name: it goes into the manifest,
-    which is not pseudonymized."""
-
-    reason: str
-    count: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, "count": self.count}
-
-
 @dataclass
 class CollectorResult:
     """What one collector produced in one run, for the manifest's `collectors`."""
@@ -200,12 +202,11 @@ class CollectorResult:
     def gap_count(self) -> int:
         return sum(gap.count for gap in self.gaps)
 
-    def manifest_entry(self) -> dict[str, Any]:
+    def manifest_entry(self) -> CollectorEntry:
         """This result as an entry of the manifest's `predicate.collectors`."""
-        return {"name": self.name, "version": self.version, "status": self.status,
-                "records": self.count, "error": self.error,
-                "duration_ms": self.duration_ms,
-                "gaps": [gap.as_dict() for gap in self.gaps]}
+        return CollectorEntry(self.name, self.version, self.status, self.count, self.error,
+                              self.duration_ms,
+                              tuple(self.gaps))
 
 
 _PATH_DOC = "the source's absolute path as seen on the host (under the root)"

@@ -412,6 +412,7 @@ COLLECTOR = Collector(
             },
         ),
         "login": RecordType(
+            event=True,
             doc="A USER_PROCESS entry of wtmp: one login, paired with what ended it, in "
                 "wtmp order (oldest rotation first; a login in wtmp.1 is ended by its "
                 "logout in wtmp). As `last` pairs them: a DEAD_PROCESS or a new login on "
@@ -441,6 +442,7 @@ COLLECTOR = Collector(
             },
         ),
         "boot": RecordType(
+            event=True,
             doc="A BOOT_TIME or RUN_LVL entry of wtmp: a reboot, a shutdown or a runlevel "
                 "change, in wtmp order.",
             key="`<event>:<epoch microseconds>` (`#2`, `#3` appended to a repeated key)",
@@ -457,6 +459,7 @@ COLLECTOR = Collector(
             },
         ),
         "failed_login": RecordType(
+            event=True,
             doc="An entry of btmp (any type but EMPTY, as `lastb` lists them): a failed "
                 "login. btmp is usually readable by root only: else `source_unreadable`.",
             key="`<terminal>:<epoch microseconds>:<user>` (`#2`, `#3` appended to a "

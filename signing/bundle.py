@@ -25,6 +25,7 @@ from signing.dsse import make_statement, sign_envelope
 from signing.errors import FormatError
 from signing.keys import Signer
 from signing.merkle import MerkleBuilder
+from signing.predicate import ManifestPredicate
 from signing.reading import READ_CHUNK
 
 RECORDS_SUFFIX = ".records.jsonl.gz"
@@ -245,9 +246,9 @@ def iter_record_lines(data: bytes, source: str) -> Iterator[bytes]:
 
 
 def sign_manifest(name: BundleName, records: RecordsObject | RecordsDigest,
-                  predicate: dict[str, Any], signer: Signer) -> bytes:
+                  predicate: ManifestPredicate, signer: Signer) -> bytes:
     """The DSSE envelope over the in-toto statement for this bundle."""
-    statement = make_statement(name.records_key, records.sha256, predicate)
+    statement = make_statement(name.records_key, records.sha256, predicate.to_json())
     return sign_envelope(canonical_bytes(statement), signer)
 
 

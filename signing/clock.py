@@ -11,9 +11,10 @@ to the real clock: the agent never pins later bundles to a future time.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+
+from signing.predicate import ClockCheck, ClockSteppedBack, Collection
 
 # How far a clock may read ahead of the next bundle or of the store before it is a
 # finding; the agent uses the same number to decide when not to hold a bundle's
@@ -43,26 +44,21 @@ def seconds_between(later: str, earlier: str) -> int | None:
 class ClockFacts:
     """What a manifest says about its clock (all optional, informational fields)."""
 
-    stepped_back: Mapping[str, Any] | None = None  # collection.clock_stepped_back
-    check: Mapping[str, Any] | None = None  # collection.clock_check
+    stepped_back: ClockSteppedBack | None = None  # collection.clock_stepped_back
+    check: ClockCheck | None = None  # collection.clock_check
 
 
-def clock_facts(collection: Mapping[str, Any]) -> ClockFacts:
-    """The clock fields of a manifest's `predicate.collection` (ignored if malformed)."""
-    stepped = collection.get("clock_stepped_back")
-    check = collection.get("clock_check")
-    return ClockFacts(stepped if isinstance(stepped, dict) else None,
-                      check if isinstance(check, dict) else None)
+def clock_facts(collection: Collection) -> ClockFacts:
+    """The clock fields of a manifest's `predicate.collection`."""
+    return ClockFacts(collection.clock_stepped_back, collection.clock_check)
 
 
-def store_check_ahead(check: Mapping[str, Any] | None) -> int | None:
-    """Seconds the agent's clock read ahead of the store's `Date` (None: not checked)."""
-    if not check:
+def store_check_ahead(check: ClockCheck | None) -> int | None:
+    """Seconds the agent's clock read ahead of the store's `Date` (None: not checked,
+    or times that are not gamsa's format)."""
+    if check is None:
         return None
-    local, store = check.get("local_time"), check.get("store_date")
-    if not isinstance(local, str) or not isinstance(store, str):
-        return None
-    return seconds_between(local, store)
+    return seconds_between(check.local_time, check.store_date)
 
 
 @dataclass(frozen=True)
@@ -86,11 +82,11 @@ def clock_findings(bundles: Iterable[TimedBundle]) -> list[tuple[str, str, str]]
     for b in bundles:
         by_chain.setdefault((b.host, b.chain_id), {}).setdefault(b.seq, []).append(b)
         ahead = store_check_ahead(b.clock.check)
-        if ahead is not None and ahead > CLOCK_TOLERANCE_SECONDS:
-            check = b.clock.check or {}
+        if ahead is not None and ahead > CLOCK_TOLERANCE_SECONDS and b.clock.check:
+            check = b.clock.check
             found.append((b.key, "clock_ahead",
-                          f"the agent's clock read {check.get('local_time')} when the store's "
-                          f"Date said {check.get('store_date')}: {ahead} s ahead (tolerance "
+                          f"the agent's clock read {check.local_time} when the store's "
+                          f"Date said {check.store_date}: {ahead} s ahead (tolerance "
                           f"{CLOCK_TOLERANCE_SECONDS} s); its claimed time is not to be trusted"))
     for seqs in by_chain.values():
         for seq, same in seqs.items():
@@ -114,7 +110,7 @@ def explained_step_back(before_finished: str, after_started: str,
     previous bundle's time far ahead of its clock and said so (`clock_stepped_back`):
     the earlier bundle is then reported `clock_ahead`, not this one `time_backwards`."""
     stepped = after.stepped_back
-    if not stepped or stepped.get("previous_finished_at") != before_finished:
+    if stepped is None or stepped.previous_finished_at != before_finished:
         return False
     lead = seconds_between(before_finished, after_started)
     return lead is not None and lead > CLOCK_TOLERANCE_SECONDS

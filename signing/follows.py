@@ -4,36 +4,16 @@ When an agent finds the store ahead of its own chain head (its state restored fr
 a snapshot, or copied to another machine) it refuses to fork: it starts a new
 chain whose genesis names the store's bundle it follows. The verifier checks that
 the followed manifest is in the store with that digest and shows the new chain
-as linked to it, not as an unexplained genesis.
+as linked to it, not as an unexplained genesis. Its shape is checked where the
+predicate is parsed (signing/predicate.py, `ChainFollows`).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from signing.errors import FormatError
-
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-FIELDS = ("chain_id", "seq", "manifest_sha256")
-
-
-def parse_follows(chain: Mapping[str, Any]) -> dict[str, Any] | None:
-    """`chain.follows` of a genesis manifest, checked for shape (None when absent)."""
-    follows = chain.get("follows")
-    if follows is None:
-        return None
-    if (not isinstance(follows, dict) or sorted(follows) != sorted(FIELDS)
-            or not isinstance(follows["chain_id"], str)
-            or not isinstance(follows["seq"], int) or isinstance(follows["seq"], bool)
-            or follows["seq"] < 1
-            or not isinstance(follows["manifest_sha256"], str)
-            or not _HEX64.match(follows["manifest_sha256"])):
-        raise FormatError("predicate field chain.follows must be {chain_id: string, seq: "
-                          "int >= 1, manifest_sha256: hex}")
-    return dict(follows)
+from signing.predicate import ChainFollows
 
 
 @dataclass(frozen=True)
@@ -45,7 +25,7 @@ class Linked:
     chain_id: str
     seq: int
     manifest_sha256: str
-    follows: Mapping[str, Any] | None
+    follows: ChainFollows | None
 
 
 def follows_findings(bundles: Iterable[Linked]) -> list[tuple[str, str, str, bool]]:
@@ -69,7 +49,7 @@ def follows_findings(bundles: Iterable[Linked]) -> list[tuple[str, str, str, boo
     for b in members:
         if b.seq != 1 or not b.follows:
             continue
-        chain_id, seq, digest = (b.follows[f] for f in FIELDS)
+        chain_id, seq, digest = b.follows.chain_id, b.follows.seq, b.follows.manifest_sha256
         target = f"chain {chain_id} seq {seq}"
         there = at.get((b.host, chain_id, seq), [])
         if any(t.manifest_sha256 == digest for t in there):

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from signing.bundle import iter_record_lines
 from signing.canonical import canonical_bytes, parse_canonical
-from signing.dsse import parse_statement, verify_envelope
+from signing.dsse import verify_envelope
 from signing.errors import FormatError, ProofError, UsageError
 from signing.keys import PublicKey
 from signing.merkle import inclusion_proof, leaf_hash, verify_inclusion
+from signing.predicate import ManifestPredicate, parse_bundle_statement
 
 PROOF_TYPE = "urn:gamsa:inclusion-proof:v1"
 
@@ -34,27 +35,36 @@ class ProvenRecord:
     tree_size: int
     records_key: str
     key_id: str
-    predicate: dict[str, Any]
+    predicate: ManifestPredicate
 
 
 def make_proof(manifest: bytes, records: bytes, line: int, records_key: str) -> bytes:
     """The proof (canonical JSON bytes) that line `line` (1-based) is in the bundle."""
-    lines = list(iter_record_lines(records, records_key))
-    if not 1 <= line <= len(lines):
-        raise UsageError(f"{records_key}: line {line} out of range (1..{len(lines)})")
-    leaves = [leaf_hash(item) for item in lines]
-    path = inclusion_proof(line - 1, leaves)
-    document = {
-        "type": PROOF_TYPE,
-        "records_key": records_key,
-        "line": line,
-        "leaf_index": line - 1,
-        "tree_size": len(lines),
-        "record": base64.b64encode(lines[line - 1]).decode("ascii"),
-        "audit_path": [h.hex() for h in path],
-        "manifest": base64.b64encode(manifest).decode("ascii"),
-    }
-    return canonical_bytes(document)
+    return make_proofs(manifest, records, [line], records_key)[line]
+
+
+def make_proofs(manifest: bytes, records: bytes, lines: Iterable[int],
+                records_key: str) -> dict[int, bytes]:
+    """Proofs of several lines of one bundle, its records read and hashed once."""
+    records_lines = list(iter_record_lines(records, records_key))
+    leaves = [leaf_hash(item) for item in records_lines]
+    proofs: dict[int, bytes] = {}
+    for line in lines:
+        if not 1 <= line <= len(records_lines):
+            raise UsageError(f"{records_key}: line {line} out of range "
+                             f"(1..{len(records_lines)})")
+        document = {
+            "type": PROOF_TYPE,
+            "records_key": records_key,
+            "line": line,
+            "leaf_index": line - 1,
+            "tree_size": len(records_lines),
+            "record": base64.b64encode(records_lines[line - 1]).decode("ascii"),
+            "audit_path": [h.hex() for h in inclusion_proof(line - 1, leaves)],
+            "manifest": base64.b64encode(manifest).decode("ascii"),
+        }
+        proofs[line] = canonical_bytes(document)
+    return proofs
 
 
 def _field(document: Mapping[str, Any], name: str, kind: type) -> Any:
@@ -82,16 +92,16 @@ def verify_proof(data: bytes, trusted: Mapping[str, PublicKey]) -> ProvenRecord:
     size = _field(document, "tree_size", int)
     records_key = _field(document, "records_key", str)
     envelope = verify_envelope(manifest, trusted)
-    statement = parse_statement(envelope.payload)
-    predicate = statement["predicate"]
-    if statement["subject"][0].get("name") != records_key:
+    statement = parse_bundle_statement(envelope.payload)
+    predicate = statement.predicate
+    if statement.subject_name != records_key:
         raise ProofError(f"proof names {records_key}, signed manifest names "
-                         f"{statement['subject'][0].get('name')}")
-    signed = predicate.get("records", {}) if isinstance(predicate, dict) else {}
-    if signed.get("count") != size:
-        raise ProofError(f"proof tree size {size}, signed record count {signed.get('count')}")
+                         f"{statement.subject_name}")
+    signed = predicate.records
+    if signed.count != size:
+        raise ProofError(f"proof tree size {size}, signed record count {signed.count}")
     try:
-        root = bytes.fromhex(str(signed.get("merkle_root")))
+        root = bytes.fromhex(signed.merkle_root)
     except ValueError as exc:
         raise FormatError("signed merkle_root is not hex") from exc
     verify_inclusion(index, size, leaf_hash(record_line), path, root)

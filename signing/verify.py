@@ -40,12 +40,7 @@ from signing.bundle import (
 )
 from signing.canonical import canonical_record_hosts, gc_paused, parse_canonical_lines
 from signing.clock import ClockFacts, TimedBundle, clock_facts, clock_findings, explained_step_back
-from signing.dsse import (
-    is_exact_gamsa_envelope,
-    parse_envelope,
-    parse_statement,
-    verify_envelope,
-)
+from signing.dsse import is_exact_gamsa_envelope, parse_envelope, verify_envelope
 from signing.enrollment import (
     ENROLLMENT_KEY,
     KEYS_PREFIX,
@@ -54,9 +49,10 @@ from signing.enrollment import (
     verify_enrollment,
 )
 from signing.errors import FormatError, GamsaError, SignatureError
-from signing.follows import Linked, follows_findings, parse_follows
+from signing.follows import Linked, follows_findings
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
+from signing.predicate import ChainFollows, parse_bundle_statement
 from signing.reading import (
     MAX_MANIFEST_BYTES,
     READ_CHUNK,
@@ -119,7 +115,7 @@ class BundleSummary:
     genesis_reason: str | None
     ok: bool
     # agent-side truth (signing/follows.py, signing/clock.py): informational fields
-    follows: dict[str, Any] | None = None
+    follows: ChainFollows | None = None
     clock: ClockFacts = field(default_factory=ClockFacts)
 
 
@@ -185,20 +181,6 @@ class VerifyResult:
 
 
 Progress = Callable[[int, int], None]
-
-
-def _get(path: Any, *names: str) -> Any:
-    for name in names:
-        if not isinstance(path, dict) or name not in path:
-            raise FormatError(f"predicate field {'.'.join(names)} is missing")
-        path = path[name]
-    return path
-
-
-def _expect(value: Any, kind: type | tuple[type, ...], names: str) -> Any:
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise FormatError(f"predicate field {names} has the wrong type")
-    return value
 
 
 class _Capped:
@@ -471,27 +453,19 @@ def check_bundle(reader: ObjectReader, name: BundleName, kinds: frozenset[str],
         return outcome
     try:
         envelope = verify_envelope(manifest, trust.keys)
-        statement = parse_statement(envelope.payload)
-        predicate = statement["predicate"]
-        subject = statement["subject"][0]
-        host_id = _expect(_get(predicate, "host", "id"), str, "host.id")
-        collection_id = _expect(_get(predicate, "collection", "id"), str, "collection.id")
-        started_at = _expect(_get(predicate, "collection", "started_at"), str,
-                             "collection.started_at")
-        finished_at = _expect(_get(predicate, "collection", "finished_at"), str,
-                              "collection.finished_at")
-        count = _expect(_get(predicate, "records", "count"), int, "records.count")
-        merkle_root = _expect(_get(predicate, "records", "merkle_root"), str,
-                              "records.merkle_root")
-        seq = _expect(_get(predicate, "chain", "seq"), int, "chain.seq")
-        prev = _get(predicate, "chain", "prev")
-        if prev is not None:
-            _expect(prev, str, "chain.prev")
-        chain = _get(predicate, "chain")
-        chain_id = str(chain.get("id", ""))
-        genesis = chain.get("genesis_reason")
-        follows = parse_follows(chain)
-        clock = clock_facts(_get(predicate, "collection"))
+        statement = parse_bundle_statement(envelope.payload)
+        predicate = statement.predicate
+        host_id = predicate.host.id
+        collection_id = predicate.collection.id
+        started_at = predicate.collection.started_at
+        finished_at = predicate.collection.finished_at
+        count = predicate.records.count
+        merkle_root = predicate.records.merkle_root
+        seq, prev = predicate.chain.seq, predicate.chain.prev
+        chain_id = predicate.chain.id
+        genesis = predicate.chain.genesis_reason
+        follows = predicate.chain.follows
+        clock = clock_facts(predicate.collection)
     except SignatureError as exc:
         if "trusted key" in exc.message:
             outcome.findings.append(Finding(mkey, "untrusted_key", exc.message))
@@ -522,9 +496,9 @@ def check_bundle(reader: ObjectReader, name: BundleName, kinds: frozenset[str],
             findings.append(Finding(mkey, "key_mismatch",
                                     f"object key says {what} {actual!r}, signed manifest "
                                     f"says {stated!r}"))
-    if subject.get("name") != name.records_key:
+    if statement.subject_name != name.records_key:
         findings.append(Finding(mkey, "subject_mismatch",
-                                f"manifest subject is {subject.get('name')!r}, expected "
+                                f"manifest subject is {statement.subject_name!r}, expected "
                                 f"{name.records_key!r}"))
     if "records" not in kinds:
         findings.append(Finding(name.records_key, "records_missing",
@@ -536,12 +510,11 @@ def check_bundle(reader: ObjectReader, name: BundleName, kinds: frozenset[str],
             findings.append(Finding(name.records_key, exc.code, exc.message))
         else:
             findings.extend(check_records_object(
-                stream, name.records_key, subject.get("digest", {}).get("sha256"), count,
-                merkle_root, host_id))
+                stream, name.records_key, statement.subject_sha256, count, merkle_root,
+                host_id))
     outcome.summary = BundleSummary(
         name, mkey, manifest_sha256(manifest), chain_id, seq, prev, started_at, finished_at,
-        count, envelope.key_id, genesis if isinstance(genesis, str) else None, not findings,
-        follows, clock)
+        count, envelope.key_id, genesis, not findings, follows, clock)
     return outcome
 
 

@@ -12,8 +12,9 @@ from tests.agent.s3_fixtures import tiny_collector
 from tests.conftest import GamsaEnv, ok
 
 
-def seal(env: GamsaEnv, count: int, host: str = "test-host") -> None:
-    """Seal `count` small bundles of `host` in this process, then ship them (real CLI)."""
+def seal(env: GamsaEnv, count: int, host: str = "test-host", collector: Any = None) -> None:
+    """Seal `count` small bundles of `host` in this process (one record each, or what
+    `collector` gives), then ship them (real CLI)."""
     from agent.config import load_config
     from agent.seal import seal_collection
     from agent.state import StateDir
@@ -22,7 +23,7 @@ def seal(env: GamsaEnv, count: int, host: str = "test-host") -> None:
     state = StateDir(config.state_dir)
     with state.locked():
         for _ in range(count):
-            seal_collection(config, host, [tiny_collector()], "schedule", state)
+            seal_collection(config, host, [collector or tiny_collector()], "schedule", state)
     ok(env.run("ship"))
 
 
@@ -38,3 +39,17 @@ def pull(env: GamsaEnv, mirror: Path, *args: str, store: str | None = None,
     assert "Traceback" not in result.stderr, result.stderr
     report = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.returncode, report, result.stderr
+
+
+def ticks_collector(count: int) -> Any:
+    """A collector of `count` records (n = 1..count): bundles with a real Merkle tree."""
+    from collector.record import Record
+    from collector.registry import Collector, Field, RecordType
+
+    return Collector(
+        name="tick", version="1", description="count records per run (tests)",
+        platforms=("linux", "darwin", "win32"),
+        record_types={"tick": RecordType(doc="a tick", key="n",
+                                         fields={"n": Field((int,), "a counter")})},
+        collect=lambda _ctx: [Record("tick", "tick", str(n), {"n": n})
+                              for n in range(1, count + 1)])

@@ -233,7 +233,8 @@ def test_json_log_lines_parse(gamsa_env: GamsaEnv, daemons: list[Running]) -> No
     d = start(daemons, gamsa_env, "--log-format", "json")
     d.wait_line('"event": "sealed"', count=2)
     stat = Path(f"/proc/{d.proc.pid}/stat").read_text()
-    assert int(stat.rsplit(")", 1)[1].split()[16]) == 10, "niced to 10"
+    # nice 10 is an increment: under a niced test run the daemon is niced further (max 19).
+    assert int(stat.rsplit(")", 1)[1].split()[16]) == min(19, os.nice(0) + 10), "niced 10"
     d.stop()
     events = [json.loads(line) for line in d.lines()]
     assert {"time", "level", "event", "message"} <= set(events[0])

@@ -26,7 +26,7 @@ def sealed_collectors(state_dir: Path) -> dict[str, dict[str, Any]]:
     manifests = list((state_dir / "spool").glob("*/manifest.dsse.json"))
     assert len(manifests) == 1, manifests
     statement = spooled_statement(manifests[0].read_bytes())
-    return {c["name"]: c for c in statement["predicate"]["collectors"]}
+    return {c.name: c.to_json() for c in statement.predicate.collectors}
 
 
 def test_non_root_collect_is_partial_and_says_so(user_env: UserEnv) -> None:

@@ -28,7 +28,7 @@ def fake(records: list[Record], fail: bool = False) -> Collector:
 
 def gaps_of(*records: Record, fail: bool = False) -> tuple[str, list[dict[str, object]]]:
     result = run_collector(fake(list(records), fail), CollectContext())
-    entry = result.manifest_entry()
+    entry = result.manifest_entry().to_json()
     assert entry["status"] == result.status and entry["records"] == len(result.records)
     return result.status, entry["gaps"]
 

@@ -55,8 +55,8 @@ def test_records_reach_the_sink_in_order_as_they_are_yielded() -> None:
     assert emitted == [f"{n:06d}" if n % 100 != 99 else "gen:exe" for n in range(1000)]
     assert result.records == [] and result.count == 1000
     assert result.status == "partial"
-    assert result.manifest_entry()["records"] == 1000
-    assert [g.as_dict() for g in result.gaps] == [{"reason": "exe: not root", "count": 30}]
+    assert result.manifest_entry().records == 1000
+    assert [g.to_json() for g in result.gaps] == [{"reason": "exe: not root", "count": 30}]
 
 
 def test_an_error_mid_generator_keeps_the_records_before_it() -> None:
@@ -72,7 +72,7 @@ def test_an_error_mid_generator_keeps_the_records_before_it() -> None:
     assert result.status == "error" and result.count == 251
     assert result.error == "OSError: [Errno 5] Input/output error"
     # the gaps seen before the error still count
-    assert [g.as_dict() for g in result.gaps] == [{"reason": "exe: not root", "count": 6}]
+    assert [g.to_json() for g in result.gaps] == [{"reason": "exe: not root", "count": 6}]
 
 
 def test_a_collector_that_raises_before_yielding() -> None:

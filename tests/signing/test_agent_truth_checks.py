@@ -13,7 +13,8 @@ from signing.clock import (
     explained_step_back,
 )
 from signing.errors import FormatError
-from signing.follows import Linked, follows_findings, parse_follows
+from signing.follows import Linked, follows_findings
+from signing.predicate import ChainFollows, ClockCheck, ClockSteppedBack, parse_predicate
 
 A = "a" * 64
 B = "b" * 64
@@ -21,7 +22,8 @@ B = "b" * 64
 
 def linked(chain: str, seq: int, digest: str, follows: dict | None = None  # type: ignore[type-arg]
            ) -> Linked:
-    return Linked(f"{chain}-{seq}", "h1", chain, seq, digest, follows)
+    return Linked(f"{chain}-{seq}", "h1", chain, seq, digest,
+                  None if follows is None else ChainFollows(**follows))
 
 
 def test_follows_linked_mismatched_and_missing() -> None:
@@ -50,9 +52,15 @@ def test_a_followed_chain_that_goes_on_is_a_warning() -> None:
     {"chain_id": "c1", "seq": 2, "manifest_sha256": A, "extra": 1},
 ])
 def test_a_malformed_follows_is_a_format_error(bad: object) -> None:
-    with pytest.raises(FormatError, match=r"chain\.follows"):
-        parse_follows({"follows": bad})
-    assert parse_follows({}) is None
+    predicate = {"host": {"id": "h1"}, "collectors": [],
+                 "collection": {"id": "c2", "trigger": "schedule", "started_at": "t",
+                                "finished_at": "t"},
+                 "records": {"count": 0, "merkle_root": A},
+                 "chain": {"id": "c2", "seq": 1, "prev": None}}
+    assert parse_predicate(predicate).chain.follows is None
+    predicate["chain"]["follows"] = bad  # type: ignore[index]
+    with pytest.raises(FormatError, match=r"^predicate\.chain\.follows must be"):
+        parse_predicate(predicate)
 
 
 def timed(seq: int, started: str, finished: str, clock: ClockFacts | None = None,
@@ -72,8 +80,8 @@ def test_within_tolerance_is_no_finding_and_a_store_date_check_is_read() -> None
     near = timed(1, "2026-01-01T00:00:00.000000Z", "2026-01-01T00:09:00.000000Z")
     after = timed(2, "2026-01-01T00:00:30.000000Z", "2026-01-01T00:00:31.000000Z")
     assert clock_findings([near, after]) == []
-    check = {"local_time": "2026-01-01T02:00:00.000000Z",
-             "store_date": "2026-01-01T00:00:00.000000Z"}
+    check = ClockCheck("store_date", "2026-01-01T02:00:00.000000Z",
+                       "2026-01-01T00:00:00.000000Z", 7200, CLOCK_TOLERANCE_SECONDS)
     ahead = timed(1, "2026-01-01T02:00:00.000000Z", "2026-01-01T02:00:01.000000Z",
                   ClockFacts(check=check))
     assert [code for _, code, _ in clock_findings([ahead])] == ["clock_ahead"]
@@ -81,8 +89,7 @@ def test_within_tolerance_is_no_finding_and_a_store_date_check_is_read() -> None
 
 def test_a_step_back_is_explained_only_by_its_own_record_and_beyond_tolerance() -> None:
     prev_end = "2099-01-01T00:00:01.000000Z"
-    stepped = ClockFacts(stepped_back={"previous_finished_at": prev_end,
-                                       "clock": "2026-01-01T00:00:00.000000Z"})
+    stepped = ClockFacts(stepped_back=ClockSteppedBack(prev_end, "2026-01-01T00:00:00.000000Z"))
     assert explained_step_back(prev_end, "2026-01-01T00:00:00.000000Z", stepped)
     assert not explained_step_back(prev_end, "2026-01-01T00:00:00.000000Z", ClockFacts())
     assert not explained_step_back("2098-01-01T00:00:00.000000Z",
@@ -90,4 +97,4 @@ def test_a_step_back_is_explained_only_by_its_own_record_and_beyond_tolerance() 
     small = "2026-01-01T00:00:00.000000Z"
     assert CLOCK_TOLERANCE_SECONDS == 600
     assert not explained_step_back("2026-01-01T00:05:00.000000Z", small, ClockFacts(
-        stepped_back={"previous_finished_at": "2026-01-01T00:05:00.000000Z", "clock": small}))
+        stepped_back=ClockSteppedBack("2026-01-01T00:05:00.000000Z", small)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import json
@@ -21,9 +22,12 @@ from signing.bundle import (
     sign_manifest,
     write_records,
 )
+from signing.canonical import canonical_bytes
+from signing.dsse import sign_envelope
 from signing.errors import FormatError, StoreError
 from signing.keys import FileSigner, PublicKey, generate_private_key
 from signing.merkle import leaf_hash, root_from_leaf_hashes
+from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, check_records, verify_store
 
 
@@ -92,7 +96,7 @@ def write_chain(root: Path, signer: FileSigner, count: int, host: str = "h1",
                      "collectors": [], "records": {"count": obj.count,
                                                    "merkle_root": obj.merkle_root},
                      "chain": chain}
-        manifest = sign_manifest(name, obj, predicate, signer)
+        manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
         for key, data in ((name.records_key, obj.data), (name.manifest_key, manifest)):
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(data)
@@ -151,7 +155,8 @@ def test_time_backwards_and_broken_prev(tmp_path: Path) -> None:
                                 "finished_at": "2026-11-25T00:00:00.100000Z"},
                  "collectors": [], "records": {"count": 3, "merkle_root": obj.merkle_root},
                  "chain": {"id": "c1", "seq": 2, "prev": "00" * 32}}
-    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
+    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, parse_predicate(predicate),
+                                                                   signer))
     (tmp_path / name.records_key).write_bytes(obj.data)
     result = verify_store(DirectoryReader(tmp_path), trusted(signer))
     codes = {f.code for f in result.findings if f.severity == "error"}
@@ -256,3 +261,29 @@ def test_the_keys_folder_is_listed_once_per_verification(tmp_path: Path) -> None
                           org_keys=trusted(org))
     assert result.bundles
     assert listed.count("v1/keys/") == 1, listed
+
+
+def resign(root: Path, name: BundleName, signer: FileSigner, change: Any) -> None:
+    """Sign bundle `name`'s statement again after `change(predicate JSON)`."""
+    manifest = root / name.manifest_key
+    statement = json.loads(base64.b64decode(json.loads(manifest.read_bytes())["payload"]))
+    change(statement["predicate"])
+    manifest.write_bytes(sign_envelope(canonical_bytes(statement), signer))
+
+
+def test_a_predicate_of_the_wrong_shape_is_manifest_invalid_naming_the_field(
+        tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 2)
+    resign(tmp_path, names[1], signer, lambda p: p["chain"].update(seq="2"))
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    assert [(f.code, f.key, f.message) for f in result.findings if f.severity == "error"] == [
+        ("manifest_invalid", names[1].manifest_key, "predicate.chain.seq is not an integer")]
+
+
+def test_unknown_predicate_fields_of_a_newer_writer_still_verify(tmp_path: Path) -> None:
+    signer = FileSigner.from_key(generate_private_key())
+    names = write_chain(tmp_path, signer, 1)
+    resign(tmp_path, names[0], signer, lambda p: p.update(attestation={"tpm": "quote"}))
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer))
+    assert result.ok and len(result.bundles) == 1
