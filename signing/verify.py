@@ -258,9 +258,13 @@ def _digest_pass(stream: BinaryIO) -> tuple[str, BinaryIO]:
     same file sought back, or (a network body) a spool of what was read."""
     digest = hashlib.sha256()
     if stream.seekable():
-        while chunk := stream.read(READ_CHUNK):
-            digest.update(chunk)
-        stream.seek(0)
+        try:
+            while chunk := stream.read(READ_CHUNK):
+                digest.update(chunk)
+            stream.seek(0)
+        except BaseException:
+            stream.close()
+            raise
         return digest.hexdigest(), stream
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     try:
