@@ -44,10 +44,18 @@ if TYPE_CHECKING:
 @click.option("--tsa-cert", type=click.Path(path_type=Path), metavar="CHAIN.pem",
               help="Check each bundle's RFC 3161 timestamp token against this TSA "
                    "certificate chain (PEM); a bundle without one is timestamp_missing.")
+@click.option("--workers", type=click.IntRange(min=1, max=256), default=None, metavar="N",
+              help="Processes checking bundles of a local store (file:// or a mirror; "
+                   "default: every core; 1: in this process); on S3, bundles read at "
+                   "once (default: store.concurrency).")
+@click.option("--dask", "dask_address", metavar="tcp://HOST:8786",
+              help="Check the bundles on this Dask cluster (needs the audit extra; the "
+                   "workers must see the local store at the same path).")
 @json_option
 def verify(config_path: Path | None, store_url: str | None, host: str | None,
            trust: tuple[Path, ...], trust_org: tuple[Path, ...], max_silence: str | None,
-           as_of: str | None, tsa_cert: Path | None, as_json: bool) -> None:
+           as_of: str | None, tsa_cert: Path | None, workers: int | None,
+           dask_address: str | None, as_json: bool) -> None:
     """Verify every bundle and chain in a store, and the fleet's completeness;
     exit 1 on any error finding."""
     from agent.completeness import expectations, fleet_lines, parse_as_of, silence_allowed
@@ -72,10 +80,11 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     # With an organisation root, the agent's own key is not trusted by default.
     trusted = trusted_keys(config, trust) if trust or org_keys is None else {}
     expect, read_findings = expectations(store, host, when, silence)
+    threads, mapper = _verify_mapper(store, workers, dask_address)
     result = verify_store(store, trusted, host,
                           progress_bar(sys.stderr.isatty() and not as_json),
-                          workers=int(getattr(store, "concurrency", 1)), org_keys=org_keys,
-                          expect=expect, tsa_chain=tsa_chain)
+                          workers=threads, org_keys=org_keys,
+                          expect=expect, tsa_chain=tsa_chain, mapper=mapper)
     result.findings.extend(read_findings)
     if store.url == open_store(config.store.url, config.store).url:
         result.findings.extend(_truncation_findings(config, result, host))
@@ -91,12 +100,48 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
             click.echo(f"timestamps: {stamps.verified} of {stamps.checked} bundle(s) witnessed "
                        f"in time, {stamps.missing} missing, {stamps.invalid} invalid, "
                        f"{stamps.mismatched} mismatched, {stamps.late} late")
+        for line in summary_lines(result.summary()):
+            click.echo(line)
         verdict = "OK" if result.ok else "FAILED"
         errors = sum(1 for f in result.findings if f.severity == "error")
         click.echo(f"{verdict}: {len(result.bundles)} bundle(s), {result.records} records, "
                    f"{errors} error finding(s) in {store.url}")
     if not result.ok:
         sys.exit(FINDINGS)
+
+
+def _verify_mapper(store: Any, workers: int | None,
+                   dask_address: str | None) -> tuple[int, Any]:
+    """(threads, mapper) for verify_store: processes on a local store, threads on S3."""
+    from agent.file_store import FileStore
+
+    if not isinstance(store, FileStore):
+        if dask_address is not None:
+            raise UsageError(f"--dask needs a local store (file:// or a mirror), not {store.url}",
+                             hint="gamsa pull it into a mirror first")
+        return workers or int(getattr(store, "concurrency", 1)), None
+    if dask_address is not None:
+        from agent.verify_dask import dask_mapper
+
+        return 1, dask_mapper(dask_address)
+    from signing.fanout import POOL_MIN_BUNDLES, default_workers, processes
+
+    count = workers or default_workers()
+    # Asked for: always the pool; by default only where it pays (POOL_MIN_BUNDLES).
+    return 1, (processes(count, 0 if workers else POOL_MIN_BUNDLES) if count > 1 else None)
+
+
+SUMMARY_ROWS = (("hosts", "hosts"), ("bundles", "bundles"), ("records", "records"),
+                ("first", "first started"), ("last", "last finished"), ("gaps", "gaps"),
+                ("forks", "forks"), ("silent_hosts", "silent hosts"),
+                ("untrusted_keys", "untrusted keys"))
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary table `gamsa verify` ends with (`--json` has the same as `summary`)."""
+    width = max(len(label) for _, label in SUMMARY_ROWS)
+    return ["summary:", *(f"  {label:<{width}}  {'-' if summary[key] is None else summary[key]}"
+                          for key, label in SUMMARY_ROWS)]
 
 
 @click.command()

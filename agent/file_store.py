@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from agent.fsutil import create_atomic
 from agent.store import ObjectInfo
 from signing.errors import ConflictError, StoreError, UsageError, os_error
-from signing.verify import DirectoryReader
+from signing.reading import DirectoryReader
 
 if TYPE_CHECKING:
     from agent.config import StoreConfig
@@ -78,8 +78,18 @@ class FileStore:
         return False
 
     def get(self, key: str) -> bytes:
+        with self.open(key) as stream:
+            try:
+                return stream.read()
+            except OSError as exc:
+                raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}"
+                                 ) from exc
+
+    def open(self, key: str) -> BinaryIO:
+        """`key` as a stream, if it is a regular file (a FIFO or a symlink named like
+        an object is `ObjectRefused`, never a hang: signing.reading)."""
         try:
-            return (self.root / _safe_key(key)).read_bytes()
+            return self._reader.open(_safe_key(key))
         except OSError as exc:
             raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}") from exc
 

@@ -51,8 +51,7 @@ from signing.verify import (
     BundleSummary,
     Finding,
     Trust,
-    VerifyResult,
-    _verify_bundle,
+    check_bundle,
     load_trust,
 )
 
@@ -83,9 +82,9 @@ def trust_for(store: Store, trusted: Mapping[str, PublicKey],
 def verify_bundle(objects: Mapping[str, bytes], name: BundleName,
                   trust: Trust) -> tuple[BundleSummary | None, list[Finding]]:
     """The verifier's per-bundle checks on one bundle's downloaded objects."""
-    found = VerifyResult()
-    _verify_bundle(_Objects(objects), name, name.records_key in objects, trust, found)
-    return (found.bundles[0] if found.bundles else None), found.findings
+    kinds = frozenset(parsed[1] for key in objects if (parsed := parse_bundle_key(key)))
+    outcome = check_bundle(_Objects(objects), name, kinds, trust)
+    return outcome.summary, outcome.findings
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ import botocore.exceptions as bx  # type: ignore[import-untyped]
 from agent import s3_multipart
 from agent.retry import RetryPolicy
 from agent.s3_client import Bucket, parse_s3_url
-from agent.s3_errors import not_found, precondition_failed
+from agent.s3_errors import not_found, precondition_failed, store_error
 from agent.store import DigestMismatchError, NotConfirmedError, ObjectInfo, check_stored
 from signing.completeness import ObjectVersion
 from signing.errors import ConflictError, StoreError
@@ -126,6 +126,30 @@ def _reported_sha256(response: dict[str, Any]) -> tuple[str | None, bool]:
 def _env_size(name: str, default: int) -> int:
     raw = os.environ.get(name, "")
     return int(raw) if raw.isdigit() and int(raw) > 0 else default
+
+
+class _Body(io.RawIOBase):
+    """A GetObject body as a file, read errors turned into one `StoreError`."""
+
+    def __init__(self, body: Any, action: str, where: Any) -> None:
+        self._body = body
+        self._action = action
+        self._where = where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data: bytes = self._body.read(len(buffer))
+        except (bx.BotoCoreError, bx.ClientError, OSError) as exc:
+            raise store_error(self._action, exc, self._where) from exc
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._body.close()
+        super().close()
 
 
 class S3Store:
@@ -323,6 +347,18 @@ class S3Store:
             return data
 
         return self._bucket.call(f"read {key}", attempt)
+
+    def open(self, key: str) -> BinaryIO:
+        """`key` as a stream (the verifier reads records objects this way: memory
+        bounded by the chunk it asks for, not by the object). The request is retried;
+        a failure mid-stream is a `StoreError` naming the key."""
+        full = self._bucket.full(key)
+
+        def attempt() -> Any:
+            return self._bucket.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+
+        body = self._bucket.call(f"read {key}", attempt)
+        return io.BufferedReader(_Body(body, f"read {key}", self._bucket.where))
 
     def _head(self, key: str) -> S3ObjectInfo | None:
         full = self._bucket.full(key)

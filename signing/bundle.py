@@ -11,13 +11,14 @@ prefix:
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from signing.canonical import canonical_bytes, canonical_lines, gc_paused
 from signing.dsse import make_statement, sign_envelope
@@ -25,6 +26,7 @@ from signing.errors import FormatError
 from signing.keys import Signer
 from signing.merkle import MerkleBuilder
 from signing.predicate import ManifestPredicate
+from signing.reading import READ_CHUNK
 
 RECORDS_SUFFIX = ".records.jsonl.gz"
 MANIFEST_SUFFIX = ".manifest.dsse.json"
@@ -33,6 +35,7 @@ GZIP_LEVEL = 3  # level 6 costs ~25% more sealing time for ~11% smaller objects
 BATCH_RECORDS = 4096  # records canonicalized, hashed and compressed together
 # Bounds reading a records object: a gzip bomb must not exhaust the verifier's memory.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+DECOMPRESS_CHUNK = 1 << 20  # decompressed bytes produced at a time
 
 # A host id starts with a letter or digit, so "." and ".." can never be one.
 HOST_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
@@ -181,36 +184,65 @@ def write_records(records: Iterable[Any]) -> RecordsObject:
     return RecordsObject(data, digest.sha256, digest.count, digest.merkle_root)
 
 
-def iter_record_lines(data: bytes, source: str) -> Iterator[bytes]:
-    """Yield each line (without its newline) of a records object, in order.
+def iter_record_batches(stream: BinaryIO, source: str,
+                        max_lines: int | None = None) -> Iterator[list[bytes]]:
+    """Yield the lines (without newlines) of a records object read from `stream`, in
+    order, a decompressed chunk's worth at a time.
 
-    Raises FormatError naming `source` for bad gzip, a missing final newline, or a
-    line over MAX_LINE_BYTES. An empty object (no records) yields nothing.
+    Memory stays bounded whatever the object holds: the stream is read a chunk at a
+    time, each chunk decompressed to at most DECOMPRESS_CHUNK bytes at a time. With
+    `max_lines`, reading stops once that many lines are yielded (a count cap: the
+    caller passes the signed count + 1 to see "more than signed" without reading
+    the rest). Raises FormatError naming `source` for bad gzip, a missing final
+    newline, or a line over MAX_LINE_BYTES. An empty object yields nothing.
     """
     decompressor = zlib.decompressobj(31)
     tail = b""
-    view = memoryview(data)
-    step = 1 << 20
+    left = -1 if max_lines is None else max_lines
     try:
-        for offset in range(0, len(data), step):
-            chunk = decompressor.decompress(view[offset:offset + step].tobytes(),
-                                            MAX_LINE_BYTES)
+        while left != 0:
+            raw = stream.read(READ_CHUNK)
+            if not raw:
+                break
+            if decompressor.eof:
+                raise FormatError(f"{source}: trailing data after the gzip stream")
+            chunk = decompressor.decompress(raw, DECOMPRESS_CHUNK)
             while True:
-                buf = tail + chunk
-                lines = buf.split(b"\n")
-                tail = lines.pop()
-                yield from lines
-                if len(tail) > MAX_LINE_BYTES:
-                    raise FormatError(f"{source}: a line is longer than {MAX_LINE_BYTES} bytes")
+                if chunk:
+                    lines = chunk.split(b"\n")
+                    if tail:
+                        lines[0] = tail + lines[0]
+                    tail = lines.pop()
+                    if lines:
+                        if 0 < left <= len(lines):
+                            yield lines[:left]
+                            return
+                        left -= len(lines)
+                        yield lines
+                    if len(tail) > MAX_LINE_BYTES:
+                        raise FormatError(f"{source}: a line is longer than "
+                                          f"{MAX_LINE_BYTES} bytes")
                 if not decompressor.unconsumed_tail:
                     break
-                chunk = decompressor.decompress(decompressor.unconsumed_tail, MAX_LINE_BYTES)
+                chunk = decompressor.decompress(decompressor.unconsumed_tail,
+                                                DECOMPRESS_CHUNK)
+        if left == 0:
+            return
         if not decompressor.eof or decompressor.unused_data:
             raise FormatError(f"{source}: truncated or trailing data after the gzip stream")
     except zlib.error as exc:
         raise FormatError(f"{source}: not a gzip stream ({exc})") from exc
     if tail:
         raise FormatError(f"{source}: last line has no terminating newline")
+
+
+def iter_record_lines(data: bytes, source: str) -> Iterator[bytes]:
+    """Yield each line (without its newline) of a records object's bytes, in order.
+
+    Raises FormatError as `iter_record_batches` does.
+    """
+    for lines in iter_record_batches(io.BytesIO(data), source):
+        yield from lines
 
 
 def sign_manifest(name: BundleName, records: RecordsObject | RecordsDigest,

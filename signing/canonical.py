@@ -280,6 +280,52 @@ def parse_canonical_lines(lines: Sequence[bytes]) -> tuple[list[Any], dict[int, 
     return parsed, errors
 
 
+def _record_struct() -> Any:
+    """A record (docs/FORMAT.md §2) as a msgspec Struct, fields in canonical order.
+
+    Decoding a batch into these allocates one object per record instead of a dict
+    and its seven keys, and encoding it back needs no key sort; `data` is typed as
+    our domain (safe integers checked in C, so no digit-run scan, which a batch of
+    file hashes would trip and send to the per-line path). Anything else (an extra
+    or missing field, a wrong type, data nested deeper than 8) fails to decode or to
+    re-encode to the same bytes, and goes to the general path.
+    """
+    safe_int = Annotated[int, msgspec.Meta(ge=-MAX_SAFE_INT, le=MAX_SAFE_INT)]
+    nested: Any = Union[None, bool, safe_int, str]  # noqa: UP007 - a runtime type object
+    for _ in range(7):
+        nested = Union[None, bool, safe_int, str, list[nested], dict[str, nested]]  # noqa: UP007
+    fields = [("collector", str), ("data", dict[str, nested]), ("host", str), ("key", str),
+              ("observed_at", str), ("type", str), ("v", safe_int)]
+    assert [f for f, _ in fields] == sorted(f for f, _ in fields)
+    return msgspec.defstruct("Record", fields, gc=False)
+
+
+_RECORDS_DECODER = (msgspec.json.Decoder(list.__class_getitem__(_record_struct()),
+                                         float_hook=_reject_float)
+                    if msgspec is not None else None)
+
+
+def canonical_record_hosts(lines: Sequence[bytes]) -> set[str] | None:
+    """The distinct `host` values of `lines` when every line is the canonical JSON of a
+    record of exactly the seven record fields (docs/FORMAT.md §2); else None (some
+    line is not, or is of another shape: use `parse_canonical_lines`).
+
+    The same proof as `parse_canonical_lines`' batch path: one decode, one encode of
+    the whole batch, equal bytes.
+    """
+    if _RECORDS_DECODER is None or _ENCODER is None or not lines:
+        return None
+    blob = b"[" + b",".join(lines) + b"]"
+    try:
+        records = _RECORDS_DECODER.decode(blob)  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, CanonicalError):
+        return None
+    if (len(records) != len(lines) or (not blob.isascii() and _ASTRAL_LEAD.search(blob))
+            or _ENCODER.encode(records) != blob):
+        return None
+    return {record.host for record in records}
+
+
 def using_fast_encoder() -> bool:
     """True when msgspec is present and the fast path is in use."""
     return _FAST is not None

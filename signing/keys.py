@@ -79,6 +79,11 @@ class PublicKey:
     def from_key(cls, key: Ed25519PublicKey) -> PublicKey:
         return cls(key, key_id_of(key))
 
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        # The key object of `cryptography` does not pickle; its raw 32 bytes do (for
+        # the verifier's worker processes and Dask workers).
+        return (_public_key_from_raw, (self.key.public_bytes_raw(),))
+
     def pem(self) -> str:
         """SubjectPublicKeyInfo PEM."""
         return self.key.public_bytes(serialization.Encoding.PEM,
@@ -91,6 +96,10 @@ class PublicKey:
         except InvalidSignature:
             return False
         return True
+
+
+def _public_key_from_raw(raw: bytes) -> PublicKey:
+    return PublicKey.from_key(Ed25519PublicKey.from_public_bytes(raw))
 
 
 class Signer(Protocol):

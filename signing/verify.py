@@ -9,35 +9,38 @@ broken `prev` links, time running backwards, and each new genesis. Per fleet
 deleted or overwritten objects in a bucket's version listing. Every finding
 names the object it is about; nothing stops at the first finding.
 
-Works on anything with `list(prefix)` and `get(key)`: the agent's stores, or
-`DirectoryReader` over a downloaded copy of a bucket (what a regulator runs). On a
-network store, `workers` bundles are read and checked at once, so thousands of
-bundles cost a few round trips each in parallel rather than in turn; the result,
-findings and progress are the same, in the same order, as with one worker.
+Works on anything with `list(prefix)` and `get(key)` (and `open(key)` to stream):
+the agent's stores, or `DirectoryReader` over a downloaded copy of a bucket (what a
+regulator runs). What a store holds cannot exhaust it (signing/reading.py, and
+`check_records_object`: digest first, lines capped at the signed count + 1,
+findings capped per object). The per-bundle checks are one pure function,
+`check_bundle`, run by a `Mapper` (in process, threads for a network store,
+processes: signing/fanout.py, or a Dask cluster); the chain and fleet checks reduce
+over its outcomes, so the findings and their order do not depend on which ran them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import re
+import tempfile
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from signing.bundle import (
-    BATCH_RECORDS,
     BundleName,
-    iter_record_lines,
+    iter_record_batches,
     manifest_sha256,
     parse_bundle_key,
 )
-from signing.canonical import gc_paused, parse_canonical_lines
+from signing.canonical import canonical_record_hosts, gc_paused, parse_canonical_lines
 from signing.clock import ClockFacts, TimedBundle, clock_facts, clock_findings, explained_step_back
-from signing.dsse import is_exact_gamsa_envelope, verify_envelope
+from signing.dsse import is_exact_gamsa_envelope, parse_envelope, verify_envelope
 from signing.enrollment import (
     ENROLLMENT_KEY,
     KEYS_PREFIX,
@@ -50,6 +53,17 @@ from signing.follows import Linked, follows_findings
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
 from signing.predicate import ChainFollows, parse_bundle_statement
+from signing.reading import (
+    MAX_MANIFEST_BYTES,
+    READ_CHUNK,
+    ObjectRefused,
+    get_capped,
+    open_object,
+)
+
+# Re-exported: the store readers live in signing.reading.
+from signing.reading import DirectoryReader as DirectoryReader
+from signing.reading import ObjectReader as ObjectReader
 from signing.revocation import REVOCATION_KEY, revocation_findings
 from signing.rotation import ROTATION_KEY, Problem, rotation_findings
 
@@ -64,34 +78,10 @@ WARNING = "warning"
 INFO = "info"
 
 
-class ObjectReader(Protocol):
-    """Read access to a store: keys under a prefix, and an object's bytes."""
-
-    def list(self, prefix: str) -> Iterable[str]: ...
-
-    def get(self, key: str) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class DirectoryReader:
-    """A store laid out on disk (a file:// store, or `aws s3 sync` of a bucket)."""
-
-    root: Path
-
-    def list(self, prefix: str) -> Iterator[str]:
-        base = self.root
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, base)
-            for name in sorted(filenames):
-                if name.startswith("."):
-                    continue
-                key = name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix):
-                    yield key
-
-    def get(self, key: str) -> bytes:
-        return (self.root / key).read_bytes()
+# At most this many findings are listed per object; the rest are counted in one
+# `findings_capped` finding, so a records object of 10^7 bad lines is one screen.
+MAX_FINDINGS_PER_OBJECT = 20
+SPOOL_BYTES = 16 * 1024 * 1024  # a streamed (network) object kept in memory up to this
 
 
 @dataclass(frozen=True)
@@ -137,6 +127,7 @@ class VerifyResult:
     bundles: list[BundleSummary] = field(default_factory=list)
     fleet: FleetSummary | None = None  # signing.completeness
     timestamps: TimestampSummary | None = None  # signing.timestamp, with a TSA chain given
+    untrusted_key_ids: list[str] = field(default_factory=list)  # keyids no trusted key matched
 
     @property
     def ok(self) -> bool:
@@ -145,6 +136,29 @@ class VerifyResult:
     @property
     def records(self) -> int:
         return sum(b.records for b in self.bundles)
+
+    def summary(self) -> dict[str, Any]:
+        """The run at a glance: what `gamsa verify` prints last, and `--json`'s `summary`.
+
+        `gaps` counts `chain_gap` findings (each a run of missing seqs), `forks` the
+        seqs held by more than one manifest, `untrusted_keys` the distinct keyids of
+        manifests no trusted key verified.
+        """
+        started = [b.started_at for b in self.bundles]
+        finished = [b.finished_at for b in self.bundles]
+        return {
+            "hosts": len({b.name.host_id for b in self.bundles}),
+            "bundles": len(self.bundles),
+            "records": self.records,
+            "first": min(started) if started else None,
+            "last": max(finished) if finished else None,
+            "gaps": sum(1 for f in self.findings if f.code == "chain_gap"),
+            # every manifest of a forked seq has the same chain_fork message
+            "forks": len({f.message for f in self.findings if f.code == "chain_fork"}),
+            "silent_hosts": len(self.fleet.silent) if self.fleet is not None else 0,
+            "untrusted_keys": len(self.untrusted_key_ids),
+            "errors": sum(1 for f in self.findings if f.severity == ERROR),
+        }
 
     def as_dict(self) -> dict[str, Any]:
         chains: dict[str, dict[str, Any]] = {}
@@ -158,6 +172,7 @@ class VerifyResult:
             if b.key_id not in chain["key_ids"]:
                 chain["key_ids"].append(b.key_id)
         return {"ok": self.ok, "bundles": len(self.bundles), "records": self.records,
+                "summary": self.summary(), "untrusted_key_ids": self.untrusted_key_ids,
                 "chains": list(chains.values()),
                 "findings": [f.as_dict() for f in self.findings],
                 **({} if self.fleet is None else {"fleet": self.fleet.as_dict()}),
@@ -168,40 +183,133 @@ class VerifyResult:
 Progress = Callable[[int, int], None]
 
 
+class _Capped:
+    """Findings about one object, at most MAX_FINDINGS_PER_OBJECT listed; the rest counted."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.findings: list[Finding] = []
+        self.dropped = 0
+
+    def add(self, code: str, message: str) -> None:
+        if len(self.findings) < MAX_FINDINGS_PER_OBJECT:
+            self.findings.append(Finding(self.key, code, message))
+        else:
+            self.dropped += 1
+
+    def close(self) -> list[Finding]:
+        if self.dropped:
+            self.findings.append(Finding(
+                self.key, "findings_capped",
+                f"{self.dropped} more finding(s) about this object not listed (at most "
+                f"{MAX_FINDINGS_PER_OBJECT} per object)"))
+            self.dropped = 0
+        return self.findings
+
+
+def _hosts(values: list[Any]) -> set[Any] | None:
+    """The distinct `host` values of records, or None when one is not an object."""
+    try:
+        return set(map(dict.get, values, repeat("host")))
+    except TypeError:  # dict.get on a value that is not a dict
+        return None
+
+
+def _check_lines(batches: Iterable[list[bytes]], found: _Capped,
+                 expected_host: str | None) -> tuple[int, str]:
+    """Count and Merkle root (hex) of the lines; each line's findings go to `found`."""
+    tree = MerkleBuilder()
+    try:
+        with gc_paused():
+            for lines in batches:
+                first = tree.size + 1
+                tree.add_leaves(lines)
+                hosts = canonical_record_hosts(lines)
+                if hosts is not None and (expected_host is None or hosts == {expected_host}):
+                    continue  # the common case: all canonical records of this host
+                values, errors = parse_canonical_lines(lines)
+                for index, message in errors.items():
+                    found.add("not_canonical", f"line {first + index}: {message}")
+                if expected_host is None:
+                    continue
+                if not errors and _hosts(values) == {expected_host}:
+                    continue  # the common case, at C speed: this runs for every record
+                for index, record in enumerate(values):
+                    if index not in errors and (record.__class__ is not dict
+                                                or record.get("host") != expected_host):
+                        found.add("record_host_mismatch", f"line {first + index}: record "
+                                  f"host is not {expected_host}")
+    except FormatError as exc:
+        found.add("records_unreadable", exc.message)
+    return tree.size, tree.root().hex()
+
+
 def check_records(data: bytes, key: str, expected_host: str | None = None,
                   ) -> tuple[int, str, list[Finding]]:
     """Count, Merkle root (hex) and findings for one records object's bytes."""
-    findings: list[Finding] = []
-    tree = MerkleBuilder()
-    batch: list[bytes] = []
+    found = _Capped(key)
+    count, root = _check_lines(iter_record_batches(io.BytesIO(data), key), found,
+                               expected_host)
+    return count, root, found.close()
 
-    def check(lines: list[bytes]) -> None:
-        first = tree.size + 1
-        tree.add_leaves(lines)
-        values, errors = parse_canonical_lines(lines)
-        for index, message in errors.items():
-            findings.append(Finding(key, "not_canonical", f"line {first + index}: {message}"))
-        if expected_host is None:
-            return
-        for index, record in enumerate(values):
-            if index not in errors and (not isinstance(record, dict)
-                                        or record.get("host") != expected_host):
-                findings.append(Finding(key, "record_host_mismatch",
-                                        f"line {first + index}: record host is not "
-                                        f"{expected_host}"))
 
+def _digest_pass(stream: BinaryIO) -> tuple[str, BinaryIO]:
+    """The SHA-256 of `stream`, and a stream of the same bytes from the start: the
+    same file sought back, or (a network body) a spool of what was read."""
+    digest = hashlib.sha256()
+    if stream.seekable():
+        try:
+            while chunk := stream.read(READ_CHUNK):
+                digest.update(chunk)
+            stream.seek(0)
+        except BaseException:
+            stream.close()
+            raise
+        return digest.hexdigest(), stream
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
     try:
-        with gc_paused():
-            for line in iter_record_lines(data, key):
-                batch.append(line)
-                if len(batch) == BATCH_RECORDS:
-                    check(batch)
-                    batch = []
-            if batch:
-                check(batch)
-    except FormatError as exc:
-        findings.append(Finding(key, "records_unreadable", exc.message))
-    return tree.size, tree.root().hex(), findings
+        while chunk := stream.read(READ_CHUNK):
+            digest.update(chunk)
+            spool.write(chunk)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
+    finally:
+        stream.close()
+    return digest.hexdigest(), spool  # type: ignore[return-value]
+
+
+def check_records_object(stream: BinaryIO, key: str, signed_digest: Any, signed_count: int,
+                         signed_root: str, expected_host: str) -> list[Finding]:
+    """The records checks of one bundle (docs/FORMAT.md §4 step 5-6), bounded.
+
+    The digest is checked first, streaming: on a mismatch the object is not what
+    was signed and nothing more is read from it. Then lines are decoded, at most
+    the signed count + 1 (more is `count_mismatch` without reading the rest), each
+    checked; findings past MAX_FINDINGS_PER_OBJECT are counted, not listed.
+    """
+    digest, source = _digest_pass(stream)
+    with source:
+        if digest != signed_digest:
+            return [Finding(key, "digest_mismatch",
+                            f"sha256 is {digest}, signed manifest says {signed_digest}; "
+                            "records not read further")]
+        found = _Capped(key)
+        count, root = _check_lines(iter_record_batches(source, key, signed_count + 1), found,
+                                   expected_host)
+    findings = found.close()
+    if count > signed_count:
+        findings.append(Finding(key, "count_mismatch",
+                                f"more than the {signed_count} records the signed manifest "
+                                f"says; reading stopped at record {count}"))
+    elif count != signed_count:
+        findings.append(Finding(key, "count_mismatch",
+                                f"{count} records, signed manifest says {signed_count}"))
+    if count <= signed_count and root != signed_root:
+        findings.append(Finding(key, "merkle_root_mismatch",
+                                f"Merkle root is {root}, signed manifest says {signed_root}"))
+    return findings
 
 
 KEY_DOCUMENT_KEY = re.compile(r"^v1/keys/[0-9a-f]{64}\.json$")
@@ -313,10 +421,40 @@ def unbound_findings(trust: Trust, bundles: Iterable[BundleSummary]) -> list[Fin
             for key_id in sorted(hosts)]
 
 
-def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
-                   trust: Trust, result: VerifyResult) -> None:
+@dataclass
+class BundleOutcome:
+    """What the per-bundle checks found: picklable, so a worker process or a Dask
+    worker can return it; `check_chains` and the fleet checks reduce over them."""
+
+    findings: list[Finding] = field(default_factory=list)
+    summary: BundleSummary | None = None
+    untrusted_key_ids: tuple[str, ...] = ()  # keyid hints of a manifest nobody trusted
+
+
+def check_bundle(reader: ObjectReader, name: BundleName, kinds: frozenset[str],
+                 trust: Trust) -> BundleOutcome:
+    """Every per-bundle check (docs/FORMAT.md §4 steps 1-6) of the bundle `name`,
+    whose objects in the store are `kinds` ("records", "manifest", "timestamp").
+
+    A pure function of the store's content and `trust`: the same on one core, in a
+    process pool or on a Dask worker. Reads the manifest up to MAX_MANIFEST_BYTES
+    and the records object as a stream (check_records_object).
+    """
+    if kinds == {"timestamp"}:
+        return BundleOutcome([Finding(name.timestamp_key, "timestamp_orphan",
+                                      "timestamp token without its bundle", WARNING)])
+    if "manifest" not in kinds:
+        return BundleOutcome([Finding(
+            name.records_key, "manifest_missing",
+            "records object without a manifest (an upload in progress, or a manifest "
+            "removed: the chain check tells which)", WARNING)])
     mkey = name.manifest_key
-    manifest = reader.get(mkey)
+    outcome = BundleOutcome()
+    try:
+        manifest = get_capped(reader, mkey, MAX_MANIFEST_BYTES)
+    except ObjectRefused as exc:
+        outcome.findings.append(Finding(mkey, exc.code, exc.message))
+        return outcome
     try:
         envelope = verify_envelope(manifest, trust.keys)
         statement = parse_bundle_statement(envelope.payload)
@@ -333,61 +471,65 @@ def _verify_bundle(reader: ObjectReader, name: BundleName, have_records: bool,
         follows = predicate.chain.follows
         clock = clock_facts(predicate.collection)
     except SignatureError as exc:
-        code = "untrusted_key" if "trusted key" in exc.message else "signature_invalid"
-        result.findings.append(Finding(mkey, code, exc.message))
-        return
+        if "trusted key" in exc.message:
+            outcome.findings.append(Finding(mkey, "untrusted_key", exc.message))
+            outcome.untrusted_key_ids = _keyid_hints(manifest)
+        else:
+            outcome.findings.append(Finding(mkey, "signature_invalid", exc.message))
+        return outcome
     except GamsaError as exc:
-        result.findings.append(Finding(mkey, "manifest_invalid", exc.message))
-        return
+        outcome.findings.append(Finding(mkey, "manifest_invalid", exc.message))
+        return outcome
 
-    ok = True
-
-    def fail(key: str, code: str, message: str) -> None:
-        nonlocal ok
-        ok = False
-        result.findings.append(Finding(key, code, message))
-
+    findings = outcome.findings
     enrolled = trust.enrollments.get(envelope.key_id)
     if enrolled is not None:
         problem = check_binding(enrolled, envelope.key_id, host_id, started_at, finished_at)
         if problem is not None:
-            fail(mkey, *problem)
+            findings.append(Finding(mkey, *problem))
     if not is_exact_gamsa_envelope(manifest, envelope):
-        fail(mkey, "manifest_not_exact",
-             "signature verifies but the manifest bytes differ from the form gamsa writes "
-             "(a keyid, base64 padding or an added field was changed)")
+        findings.append(Finding(
+            mkey, "manifest_not_exact",
+            "signature verifies but the manifest bytes differ from the form gamsa writes "
+            "(a keyid, base64 padding or an added field was changed)"))
     for what, stated, actual in (("host", host_id, name.host_id),
                                  ("collection id", collection_id, name.collection_id),
                                  ("seq", seq, name.seq),
                                  ("date", started_at[:10], name.date)):
         if stated != actual:
-            fail(mkey, "key_mismatch",
-                 f"object key says {what} {actual!r}, signed manifest says {stated!r}")
+            findings.append(Finding(mkey, "key_mismatch",
+                                    f"object key says {what} {actual!r}, signed manifest "
+                                    f"says {stated!r}"))
     if statement.subject_name != name.records_key:
-        fail(mkey, "subject_mismatch",
-             f"manifest subject is {statement.subject_name!r}, expected {name.records_key!r}")
-    if not have_records:
-        fail(name.records_key, "records_missing", "records object named by a manifest is missing")
+        findings.append(Finding(mkey, "subject_mismatch",
+                                f"manifest subject is {statement.subject_name!r}, expected "
+                                f"{name.records_key!r}"))
+    if "records" not in kinds:
+        findings.append(Finding(name.records_key, "records_missing",
+                                "records object named by a manifest is missing"))
     else:
-        data = reader.get(name.records_key)
-        digest = hashlib.sha256(data).hexdigest()
-        expected_digest = statement.subject_sha256
-        if digest != expected_digest:
-            fail(name.records_key, "digest_mismatch",
-                 f"sha256 is {digest}, signed manifest says {expected_digest}")
-        actual_count, actual_root, line_findings = check_records(data, name.records_key,
-                                                                  host_id)
-        for finding in line_findings:
-            fail(finding.key, finding.code, finding.message)
-        if actual_count != count:
-            fail(name.records_key, "count_mismatch",
-                 f"{actual_count} records, signed manifest says {count}")
-        if actual_root != merkle_root:
-            fail(name.records_key, "merkle_root_mismatch",
-                 f"Merkle root is {actual_root}, signed manifest says {merkle_root}")
-    result.bundles.append(BundleSummary(
+        try:
+            stream = open_object(reader, name.records_key)
+        except ObjectRefused as exc:
+            findings.append(Finding(name.records_key, exc.code, exc.message))
+        else:
+            findings.extend(check_records_object(
+                stream, name.records_key, statement.subject_sha256, count, merkle_root,
+                host_id))
+    outcome.summary = BundleSummary(
         name, mkey, manifest_sha256(manifest), chain_id, seq, prev, started_at, finished_at,
-        count, envelope.key_id, genesis, ok, follows, clock))
+        count, envelope.key_id, genesis, not findings, follows, clock)
+    return outcome
+
+
+def _keyid_hints(manifest: bytes) -> tuple[str, ...]:
+    """The keyids an unverified envelope names (hints only: for the summary's count)."""
+    try:
+        signatures = parse_envelope(manifest)["signatures"]
+    except GamsaError:
+        return ()
+    return tuple(sorted({str(s.get("keyid") or "") for s in signatures
+                         if isinstance(s, dict)} - {""}))
 
 
 def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
@@ -446,6 +588,45 @@ def check_chains(bundles: Iterable[BundleSummary]) -> list[Finding]:
     return findings
 
 
+BundleTask = tuple[BundleName, frozenset[str]]  # a bundle and the kinds of its objects
+# Runs check_bundle over tasks; yields the outcomes in the tasks' order.
+Mapper = Callable[[ObjectReader, Trust, list[BundleTask]], Iterator[BundleOutcome]]
+
+
+def in_process(reader: ObjectReader, trust: Trust,
+               tasks: list[BundleTask]) -> Iterator[BundleOutcome]:
+    """The per-bundle checks one after another, in this process."""
+    for name, kinds in tasks:
+        yield check_bundle(reader, name, kinds, trust)
+
+
+def threads(workers: int) -> Mapper:
+    """`workers` bundles read and checked at once on threads (a network store: the
+    time goes in round trips), no more bundles in hand than workers."""
+
+    def run(reader: ObjectReader, trust: Trust,
+            tasks: list[BundleTask]) -> Iterator[BundleOutcome]:
+        with ThreadPoolExecutor(max_workers=workers,
+                                thread_name_prefix="gamsa-verify") as pool:
+            pending: deque[Future[BundleOutcome]] = deque()
+            upcoming = iter(tasks)
+            try:
+                while True:
+                    while len(pending) < workers:
+                        following = next(upcoming, None)
+                        if following is None:
+                            break
+                        pending.append(pool.submit(check_bundle, reader, *following, trust))
+                    if not pending:
+                        return
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    return run
+
+
 class _KeysListedOnce:
     """`reader` with `v1/keys/` listed once per verification: the trust, rotation and
     revocation checks each read that folder, and on S3 every listing is paged requests."""
@@ -470,7 +651,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                  workers: int = 1,
                  org_keys: Mapping[str, PublicKey] | None = None,
                  expect: Completeness | None = None,
-                 tsa_chain: list[Certificate] | None = None) -> VerifyResult:
+                 tsa_chain: list[Certificate] | None = None,
+                 mapper: Mapper | None = None) -> VerifyResult:
     """Verify every bundle under `v1/` (or one host's) in `reader`.
 
     `trusted` keys are trusted for any host (reported as `key_unbound`); with
@@ -481,10 +663,13 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     but without bundles are still reported. With `tsa_chain` (the TSA certificates
     the auditor trusts), each bundle's RFC 3161 token is checked (signing.timestamp).
 
-    With `workers` > 1, that many bundles are read and checked at once (each
-    worker holds one bundle's objects); results are taken in key order, so the
-    outcome is the same as with one. An error reading the store (not a finding)
-    propagates, as with one worker, after the bundles already started finish.
+    The per-bundle checks (`check_bundle`) run through `mapper`: `in_process`,
+    `threads(n)` (the default with `workers` > 1: for a network store, n bundles
+    read at once), `signing.fanout.processes(n)` (a local store on every core) or
+    a Dask cluster (agent.verify_dask). Every mapper yields outcomes in key order,
+    and the chain and fleet checks reduce over them here, so the findings are the
+    same, in the same order, whichever runs them. An error reading the store (not a
+    finding) propagates after the bundles already started finish.
     """
     prefix = f"v1/host={host}/" if host else "v1/host="
     result = VerifyResult()
@@ -500,50 +685,19 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
                                            WARNING))
             continue
         names.setdefault(parsed[0], set()).add(parsed[1])
-    ordered = sorted(names, key=lambda n: (n.host_id, n.seq, n.collection_id))
-
-    def one(name: BundleName) -> VerifyResult:
-        found = VerifyResult()
-        kinds = names[name]
-        if kinds == {"timestamp"}:
-            found.findings.append(Finding(name.timestamp_key, "timestamp_orphan",
-                                          "timestamp token without its bundle", WARNING))
-        elif "manifest" not in kinds:
-            found.findings.append(Finding(
-                name.records_key, "manifest_missing",
-                "records object without a manifest (an upload in progress, or a manifest "
-                "removed: the chain check tells which)", WARNING))
-        else:
-            _verify_bundle(reader, name, "records" in kinds, trust, found)
-        return found
-
-    def take(done: int, found: VerifyResult) -> None:
-        result.findings.extend(found.findings)
-        result.bundles.extend(found.bundles)
+    tasks = [(name, frozenset(names[name]))
+             for name in sorted(names, key=lambda n: (n.host_id, n.seq, n.collection_id))]
+    if mapper is None:
+        mapper = in_process if workers <= 1 or len(tasks) <= 1 else threads(workers)
+    untrusted: set[str] = set()
+    for done, outcome in enumerate(mapper(reader, trust, tasks), start=1):
+        result.findings.extend(outcome.findings)
+        if outcome.summary is not None:
+            result.bundles.append(outcome.summary)
+        untrusted.update(outcome.untrusted_key_ids)
         if progress is not None:
-            progress(done, len(ordered))
-
-    if workers <= 1 or len(ordered) <= 1:
-        for done, name in enumerate(ordered, start=1):
-            take(done, one(name))
-    else:
-        with ThreadPoolExecutor(max_workers=workers,
-                                thread_name_prefix="gamsa-verify") as pool:
-            pending: deque[Future[VerifyResult]] = deque()
-            upcoming = iter(ordered)
-            try:
-                for done in range(1, len(ordered) + 1):
-                    # Keep every worker busy, and no more bundles than workers in hand.
-                    while len(pending) < workers:
-                        following = next(upcoming, None)
-                        if following is None:
-                            break
-                        pending.append(pool.submit(one, following))
-                    take(done, pending.popleft().result())
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+            progress(done, len(tasks))
+    result.untrusted_key_ids = sorted(untrusted)
     if not any("manifest" in kinds for kinds in names.values()):
         # Nothing to verify is not a pass: a wrong --host, prefix or store, or evidence
         # that was never shipped or was removed, must not read as "OK".

@@ -46,7 +46,7 @@ from signing.verify import (
     Finding,
     Trust,
     VerifyResult,
-    _verify_bundle,
+    check_bundle,
     load_trust,
     verify_store,
 )
@@ -203,22 +203,9 @@ def scope_to_package(result: VerifyResult) -> None:
     result.findings[:] = scoped
 
 
-class _FailuresReader:
-    """The package's `failures/` folder read as a store (its keys folder: the package's)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def list(self, prefix: str) -> Iterator[str]:
-        return DirectoryReader(self.root / FAILURES_DIR).list(prefix)
-
-    def get(self, key: str) -> bytes:
-        return (self.root / FAILURES_DIR / key).read_bytes()
-
-
 def failure_entries(root: Path, trust: Trust) -> list[dict[str, Any]]:
     """Each bundle under failures/, with what the verifier finds wrong with it."""
-    reader = _FailuresReader(root)
+    reader = DirectoryReader(root / FAILURES_DIR)  # its keys folder: the package's
     names: dict[BundleName, set[str]] = {}
     for key in reader.list("v1/host="):
         parsed = parse_bundle_key(key)
@@ -226,15 +213,14 @@ def failure_entries(root: Path, trust: Trust) -> list[dict[str, Any]]:
             names.setdefault(parsed[0], set()).add(parsed[1])
     entries = []
     for name in sorted(names, key=lambda n: (n.host_id, n.seq, n.collection_id)):
-        found = VerifyResult()
         if "manifest" in names[name]:
-            _verify_bundle(reader, name, "records" in names[name], trust, found)
+            findings = check_bundle(reader, name, frozenset(names[name]), trust).findings
         else:
-            found.findings.append(Finding(name.records_key, "manifest_missing",
-                                          "records object without its manifest"))
+            findings = [Finding(name.records_key, "manifest_missing",
+                                "records object without its manifest")]
         entries.append({"bundle": name.manifest_key,
                         "path": f"{FAILURES_DIR}/{name.manifest_key}",
-                        "findings": [f.as_dict() for f in found.findings]})
+                        "findings": [f.as_dict() for f in findings]})
     return entries
 
 

@@ -61,8 +61,8 @@ def test_help_imports_no_aws_sdk_and_no_collector() -> None:
     code = ("import sys\nfrom agent.cli import main\nsys.argv = ['gamsa', '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('boto3', 'botocore', 's3transfer', 'psutil', 'duckdb') "
-            "or m.startswith('collector.'))\n"
+            "('boto3', 'botocore', 's3transfer', 'psutil', 'duckdb', 'dask', 'distributed')"
+            " or m.startswith('collector.'))\n"
             "print('HEAVY', heavy)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=False, cwd=REPO)

@@ -128,3 +128,52 @@ def test_batch_rejects_what_single_rejects() -> None:
 def test_batch_line_boundaries_are_line_boundaries(lines: list[bytes], bad: list[int]) -> None:
     _, errors = canonical.parse_canonical_lines(lines)
     assert sorted(errors) == bad
+
+
+records = st.fixed_dictionaries({
+    "v": st.integers(-MAX_SAFE_INT, MAX_SAFE_INT), "collector": text, "type": text,
+    "key": text, "host": text, "observed_at": text,
+    "data": st.dictionaries(text, values, max_size=5)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(records, min_size=1, max_size=10))
+def test_record_fast_path_accepts_exactly_what_the_general_path_does(
+        batch: list[dict[str, Any]]) -> None:
+    lines = [rfc8785.dumps(r) for r in batch]
+    hosts = canonical.canonical_record_hosts(lines)
+    if any(b"\xf0" <= bytes([c]) <= b"\xf4" for line in lines for c in line):
+        assert hosts in (None, {r["host"] for r in batch})  # astral: may defer to exact
+    else:
+        assert hosts == {r["host"] for r in batch}
+    # Any line the general path refuses makes the record path give up (None).
+    spaced = [*lines[:-1], lines[-1].replace(b'"v":', b'"v": ')]
+    assert canonical.parse_canonical_lines(spaced)[1] != {}
+    assert canonical.canonical_record_hosts(spaced) is None
+
+
+@pytest.mark.parametrize("line", [
+    b'{"collector":"c","data":{"f":1.5},"host":"h","key":"k","observed_at":"t","type":"t","v":1}',
+    b'{"collector":"c","data":{"f":9007199254740993},"host":"h","key":"k","observed_at":"t",'
+    b'"type":"t","v":1}',
+    b'{"collector":"c","data":{},"extra":1,"host":"h","key":"k","observed_at":"t","type":"t",'
+    b'"v":1}',  # canonical, but not the record shape: the general path decides
+    b'{"collector":"c","data":{},"host":"h","key":"k","observed_at":"t","type":"t","v":1,'
+    b'"v":2}',
+    b'{"collector":"c","data":{},"host":"h","key":"k","observed_at":"t","type":"t","v":true}',
+    b'{"collector":"c","data":{"s":"\\u0041"},"host":"h","key":"k","observed_at":"t",'
+    b'"type":"t","v":1}',
+    b'{"collector":"c","data":{},"host":"h","key":"k","observed_at":"t","type":"t"}',
+])
+def test_record_fast_path_gives_up_on_anything_unusual(line: bytes) -> None:
+    good = (b'{"collector":"c","data":{},"host":"h","key":"k","observed_at":"t",'
+            b'"type":"t","v":1}')
+    assert canonical.canonical_record_hosts([good]) == {"h"}
+    assert canonical.canonical_record_hosts([good, line]) is None
+
+
+def test_record_fast_path_keeps_long_digit_strings() -> None:
+    # File hashes hold runs of 16+ digits; only integers must be bounded.
+    line = (b'{"collector":"files","data":{"sha256":"12345678901234567890abc"},"host":"h",'
+            b'"key":"k","observed_at":"t","type":"t","v":1}')
+    assert canonical.canonical_record_hosts([line]) == {"h"}

@@ -1,0 +1,201 @@
+"""Verifying a local mirror at scale: one process, worker processes, a Dask cluster.
+
+Run by hand (not in CI):  python bench/bench_verify.py [--bundles 100000] [--records 20]
+
+Builds once (cached under /tmp/gamsa-bench-verify-<bundles>x<records>/) a store of
+`--hosts` hosts' chains of small bundles, sealed by the real format code
+(signing.bundle.write_records + sign_manifest, chained by prev), then times in one
+run, on the same machine:
+  limit      hashlib.sha256 of each record's canonical bytes (the raw leaf-hash rate,
+             per CPU second: the machine is shared, so rates are taken in CPU time)
+  1 process  signing.verify.verify_store, in_process
+  N procs    the same with signing.fanout.processes(N) (gamsa verify's default)
+  dask       the same on a Dask LocalCluster of N worker processes over TCP
+             (agent.verify_dask; cluster start-up not timed)
+  records    check_records over one large records object (bench_seal's verify part):
+             the per-core record rate without per-bundle costs
+and prints the speed-ups against one process and per-core rates against the limit.
+Targets (issue 11): N=2 processes >= 1.8x, Dask of 2 >= 1.6x, per core >= 0.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
+from signing.canonical import canonical_bytes
+from signing.fanout import processes
+from signing.keys import FileSigner, generate_private_key, load_private_key, save_private_key
+from signing.predicate import parse_predicate
+from signing.verify import DirectoryReader, check_records, in_process, verify_store
+
+HOST_PREFIX = "bench-host-"
+
+
+def record(host: str, seq: int, i: int) -> dict[str, Any]:
+    return {"v": 1, "collector": "files", "type": "file", "key": f"/etc/conf.d/f{i:04d}",
+            "host": host, "observed_at": f"2026-11-25T06:00:{i % 60:02d}.{seq % 999999:06d}Z",
+            "data": {"mode": "0644", "uid": 0, "gid": 0, "size": 1000 + i * 7,
+                     "sha256": hashlib.sha256(f"{host}{seq}{i}".encode()).hexdigest(),
+                     "owner": "root", "mtime": "2026-11-20T01:02:03Z"}}
+
+
+def build(root: Path, bundles: int, per_bundle: int, hosts: int) -> FileSigner:
+    """The store (cached: built once per size), and the key that signed it."""
+    key_path = root / "bench.key"
+    done = root / ".complete"
+    if done.exists():
+        return FileSigner.from_key(load_private_key(key_path))
+    root.mkdir(parents=True, exist_ok=True)
+    private = generate_private_key()
+    save_private_key(key_path, private)
+    signer = FileSigner.from_key(private)
+    started = time.perf_counter()
+    per_host = bundles // hosts
+    for h in range(hosts):
+        host = f"{HOST_PREFIX}{h:04d}"
+        prev: str | None = None
+        for seq in range(1, per_host + 1):
+            minute, second = divmod(seq, 60)
+            stamp = f"2026-11-25T{minute // 60:02d}:{minute % 60:02d}:{second:02d}"
+            name = BundleName(host, "2026-11-25", seq, f"c{seq:07d}")
+            obj = write_records(record(host, seq, i) for i in range(per_bundle))
+            chain: dict[str, Any] = {"id": "c0000001", "seq": seq, "prev": prev}
+            if seq == 1:
+                chain["genesis_reason"] = "first collection"
+            predicate = {"host": {"id": host},
+                         "collection": {"id": name.collection_id, "trigger": "schedule",
+                                        "started_at": f"{stamp}.000000Z",
+                                        "finished_at": f"{stamp}.500000Z"},
+                         "collectors": [], "records": {"count": obj.count,
+                                                       "merkle_root": obj.merkle_root},
+                         "chain": chain}
+            manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
+            directory = root / f"v1/host={host}/date={name.date}"
+            directory.mkdir(parents=True, exist_ok=True)
+            (root / name.records_key).write_bytes(obj.data)
+            (root / name.manifest_key).write_bytes(manifest)
+            prev = manifest_sha256(manifest)
+        print(f"# built host {h + 1}/{hosts} ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+    done.write_text("ok\n")
+    return signer
+
+
+def limit_rate(per_bundle: int) -> float:
+    """Leaf hashes per second over the same kind of records (best of 5)."""
+    lines = [canonical_bytes(record("bench-host-0000", s, i))
+             for s in range(1, 1 + 100_000 // per_bundle) for i in range(per_bundle)]
+    best = float("inf")
+    for _ in range(5):
+        start = time.process_time()
+        sha = hashlib.sha256
+        for line in lines:
+            sha(b"\x00" + line).digest()
+        best = min(best, time.process_time() - start)
+    return len(lines) / best
+
+
+def records_rate(per_bundle: int) -> float:
+    """check_records over one 100,000-record object (best of 3): the per-line cost."""
+    obj = write_records(record("bench-host-0000", s, i)
+                        for s in range(1, 1 + 100_000 // per_bundle) for i in range(per_bundle))
+    best = float("inf")
+    for _ in range(3):
+        start = time.process_time()
+        count, _root, findings = check_records(obj.data, "k", "bench-host-0000")
+        best = min(best, time.process_time() - start)
+        assert count == obj.count and not findings
+    return obj.count / best
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (pool workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(label: str, fn: Any, bundles: int, records: int,
+          workers_cpu: Any = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process that took part) of one run."""
+    before_cpu, before_workers = cpu_seconds(), workers_cpu() if workers_cpu else 0.0
+    start = time.perf_counter()
+    result = fn()
+    taken = time.perf_counter() - start
+    cpu = cpu_seconds() - before_cpu + ((workers_cpu() - before_workers) if workers_cpu
+                                        else 0.0)
+    assert result.ok, [f for f in result.findings if f.severity == "error"][:3]
+    assert len(result.bundles) == bundles and result.records == records
+    print(f"| {label} | {taken:.1f} | {cpu:.1f} | {bundles / taken:,.0f} | "
+          f"{records / taken:,.0f} |", flush=True)
+    return taken, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundles", type=int, default=100_000)
+    parser.add_argument("--records", type=int, default=20, help="records per bundle")
+    parser.add_argument("--hosts", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-dask", action="store_true")
+    args = parser.parse_args()
+    root = Path(f"/tmp/gamsa-bench-verify-{args.bundles}x{args.records}")
+    signer = build(root, args.bundles, args.records, args.hosts)
+    trusted = {signer.key_id: signer.public_key()}
+    reader = DirectoryReader(root)
+    bundles = args.hosts * (args.bundles // args.hosts)
+    records = bundles * args.records
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    print(f"# CPython {platform.python_version()}, {os.cpu_count()} CPUs ({cpu}); "
+          f"load average at start {os.getloadavg()[0]:.2f}")
+    print(f"# {bundles:,} bundles of {args.records} records, {args.hosts} hosts, {root}")
+    limit = limit_rate(args.records)
+    print("| run | wall s | CPU s (all processes) | bundles/s | records/s |")
+    print("|---|---|---|---|---|")
+    one = timed("1 process", lambda: verify_store(reader, trusted, mapper=in_process),
+                bundles, records)
+    pool = processes(args.workers, start_method="fork")  # workers are our children: CPU counted
+    many = timed(f"{args.workers} processes",
+                 lambda: verify_store(reader, trusted, mapper=pool), bundles, records)
+    dask = None
+    if not args.no_dask:
+        from dask.distributed import Client, LocalCluster
+
+        from agent.verify_dask import dask_mapper
+
+        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                          host="127.0.0.1", dashboard_address=None) as cluster:
+            address = cluster.scheduler_address
+            with Client(address) as client:
+                def workers_cpu() -> float:
+                    return float(sum(client.run(time.process_time).values()))
+
+                dask = timed(f"Dask LocalCluster, {args.workers} workers",
+                             lambda: verify_store(reader, trusted,
+                                                  mapper=dask_mapper(address)),
+                             bundles, records, workers_cpu)
+    per_line = records_rate(args.records)
+    print(f"# load average at end {os.getloadavg()[0]:.2f}")
+    print(f"# limit (leaf hashes): {limit:,.0f} rec/s")
+    print(f"# wall: {args.workers} processes {one[0] / many[0]:.2f}x one process"
+          + ("" if dask is None else f"; Dask {one[0] / dask[0]:.2f}x one process"))
+    # On a shared machine the wall ratio says how much CPU the others left us; the
+    # CPU ratio says what the fan-out costs: N free cores give ~N x (this).
+    print(f"# CPU efficiency (1-process CPU / all CPU): {args.workers} processes "
+          f"{one[1] / many[1]:.2f}" + ("" if dask is None else f"; Dask {one[1] / dask[1]:.2f}"))
+    print(f"# per core, whole bundles: {records / one[1]:,.0f} rec/CPU-s = "
+          f"{records / one[1] / limit:.3f} of the limit")
+    print(f"# per core, records part (check_records, 100,000 records): {per_line:,.0f} "
+          f"rec/s = {per_line / limit:.3f} of the limit")
+
+if __name__ == "__main__":
+    main()

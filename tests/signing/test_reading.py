@@ -1,0 +1,93 @@
+"""Bounded reading of store objects (signing/reading.py) and of records
+(signing.bundle.iter_record_batches, signing.verify.check_records_object)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import zlib
+from pathlib import Path
+
+import pytest
+
+from signing.bundle import iter_record_batches, write_records
+from signing.reading import DirectoryReader, ObjectRefused, get_capped, read_capped
+from signing.verify import MAX_FINDINGS_PER_OBJECT, check_records_object
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_only_regular_files_are_opened(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / "v1" / "obj"
+    target.parent.mkdir()
+    if kind == "fifo":
+        os.mkfifo(target)  # with no writer, a blocking open would never return
+    elif kind == "symlink":
+        (tmp_path / "real").write_bytes(b"x")
+        target.symlink_to(tmp_path / "real")
+    else:
+        target.mkdir()
+    reader = DirectoryReader(tmp_path)
+    with pytest.raises(ObjectRefused) as caught:
+        reader.get("v1/obj")
+    assert caught.value.code == "object_not_regular"
+    assert "v1/obj" in caught.value.message
+
+
+def test_zero_device_symlink_is_refused_not_read(tmp_path: Path) -> None:
+    (tmp_path / "obj").symlink_to("/dev/zero")
+    with pytest.raises(ObjectRefused):
+        DirectoryReader(tmp_path).open("obj")
+
+
+def test_read_capped_stops_past_the_cap(tmp_path: Path) -> None:
+    (tmp_path / "m").write_bytes(b"a" * 101)
+    with pytest.raises(ObjectRefused) as caught:
+        get_capped(DirectoryReader(tmp_path), "m", 100)
+    assert caught.value.code == "object_too_large"
+    assert read_capped(io.BytesIO(b"a" * 100), "m", 100) == b"a" * 100
+
+
+def test_object_refused_survives_pickling() -> None:
+    copy = pickle.loads(pickle.dumps(ObjectRefused("k: too big", "object_too_large")))
+    assert (copy.message, copy.code) == ("k: too big", "object_too_large")
+
+
+def test_line_cap_stops_decompression_early() -> None:
+    text = os.urandom(3 << 20).hex().encode()  # 6 MiB that gzip cannot shrink below 3 MiB
+    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
+    data = zlib.compress(b"\n".join(lines) + b"\n", 1, wbits=31)
+    stream = io.BytesIO(data)
+    got = [line for batch in iter_record_batches(stream, "k", max_lines=5) for line in batch]
+    assert got == lines[:5]
+    assert stream.tell() < len(data) // 2  # the rest was never read
+
+
+def _records() -> bytes:
+    return write_records([{"v": 1, "host": "h", "i": i} for i in range(3)]).data
+
+
+def test_digest_mismatch_reads_no_further() -> None:
+    findings = check_records_object(io.BytesIO(b"\x1f\x8b garbage"), "k", "0" * 64, 3, "", "h")
+    assert [f.code for f in findings] == ["digest_mismatch"]
+
+
+def test_findings_per_object_are_capped_with_a_count() -> None:
+    data = zlib.compress(b"not json\n" * 50, 9, wbits=31)
+    findings = check_records_object(io.BytesIO(data), "k", hashlib.sha256(data).hexdigest(),
+                                    50, "", "h")
+    codes = [f.code for f in findings]
+    assert codes[:MAX_FINDINGS_PER_OBJECT] == ["not_canonical"] * MAX_FINDINGS_PER_OBJECT
+    assert codes[MAX_FINDINGS_PER_OBJECT:] == ["findings_capped", "merkle_root_mismatch"]
+    assert findings[MAX_FINDINGS_PER_OBJECT].message.startswith("30 more finding(s)")
+
+
+def test_more_lines_than_signed_stop_at_count_plus_one() -> None:
+    data = _records()
+    findings = check_records_object(io.BytesIO(data), "k", hashlib.sha256(data).hexdigest(),
+                                    1, "", "h")
+    assert [(f.code, f.message) for f in findings] == [
+        ("count_mismatch", "more than the 1 records the signed manifest says; reading "
+                           "stopped at record 2")]
