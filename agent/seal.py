@@ -55,6 +55,19 @@ class Sealed:
     view: StoreView | None = None  # what the store said before sealing (chainguard)
     clock_warning: str | None = None  # the clock read far from the store's or the chain's
 
+    def summary(self) -> dict[str, Any]:
+        """What the daemon logs and reports of it, as JSON values (a sweep sealed in a
+        child process sends this back: agent/store_child.py)."""
+        return {"seq": self.head.seq, "chain_id": self.head.chain_id,
+                "finished_at": self.head.finished_at, "records": self.record_count,
+                "results": [[r.name, r.status, [g.as_dict() for g in r.gaps]]
+                            for r in self.results],
+                "manifest_key": self.entry.name.manifest_key,
+                "store_problem": None if self.view is None else self.view.problem,
+                "genesis_reason": self.genesis_reason, "clock_warning": self.clock_warning,
+                "spool": {"bundles": self.spool.bundles, "bytes": self.spool.bytes,
+                          "max_bytes": self.spool.max_bytes}}
+
 
 def new_collection_id(now: dt.datetime) -> str:
     """Sortable and unique: UTC second plus 32 random bits."""
