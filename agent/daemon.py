@@ -357,6 +357,13 @@ class Daemon:
     def state(self) -> StateDir:
         return StateDir(self.config.state_dir, self.config.keys.agent)
 
+    def head_or_none(self) -> ChainHead | None:
+        """The chain head as chain.json says now (replaced atomically: no lock needed)."""
+        try:
+            return self.state().read_head()
+        except GamsaError:
+            return None
+
     def host_id(self) -> str:
         from agent.identity import resolve_host_id
 
@@ -519,12 +526,25 @@ class Daemon:
 
         request = {**self.child_request(), "names": names, "trigger": trigger,
                    "config_sha256": self.config.sha256}  # the file's, in the manifest
+        before = self.head_or_none()
         result = run_child("seal", request, relay, deadline)
         done = [e for e in result.results if e.get("event") == "sealed"]
         if result.returncode == 0 and done:
             self.sealed(done[-1], trigger)
             return True
-        if result.killed:
+        after = self.head_or_none()
+        if after is not None and after != before:  # ended between sealing and telling
+            self.last_sealed = time.monotonic()
+            self.log("info", "sealed", f"sealed seq {after.seq} ({trigger}: the sweep child "
+                     f"was ended before it told the details; the bundle is whole)",
+                     seq=after.seq, chain_id=after.chain_id, trigger=trigger,
+                     collectors={name: "unknown" for name in names})
+            return True
+        if result.killed and waiting:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): gave up "
+                     f"waiting for the state lock at the stop: another gamsa process holds "
+                     f"it; nothing of it was kept", trigger=trigger, collectors=names)
+        elif result.killed:
             self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): the agent "
                      f"is stopping; nothing of it was kept", trigger=trigger, collectors=names)
         else:
