@@ -118,6 +118,7 @@ class EgressThread(threading.Thread):
     def run(self) -> None:
         interval = float(self.watcher.interval)
         wait = interval
+        destroy_before = 0.0
         while not self.wait(wait):
             started = time.thread_time()
             try:
@@ -134,7 +135,10 @@ class EgressThread(threading.Thread):
                     self.failing = True
                     self.log("error", "egress_watch_failed",
                              f"egress watcher: {type(exc).__name__}: {exc}")
-            cost = time.thread_time() - started  # the whole poll: reading, owners, writing
+            # the whole poll (reading, owners, writing) and the destroy events read since
+            # the last one: the budget is the watcher's, not only its polls'
+            cost = time.thread_time() - started + self.destroy_cost - destroy_before
+            destroy_before = self.destroy_cost
             self.cost = cost if not self.cost else \
                 COST_SMOOTHING * cost + (1 - COST_SMOOTHING) * self.cost
             wait = pace(interval, self.cost)

@@ -339,6 +339,7 @@ class DestroyEvents:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   NETLINK_SOCK_DIAG)
         self.lost = 0
+        self.events = 0  # destroyed sockets read, of any endpoint
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
             # bind's group mask (bit n-1 for group n), not NETLINK_ADD_MEMBERSHIP: an
@@ -359,6 +360,7 @@ class DestroyEvents:
             try:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
+                self.events += len(rows)
                 return rows
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # events were dropped; the socket goes on
