@@ -92,8 +92,12 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     """
     command = [sys.executable, "-m", "agent.store_child", action, str(os.getpid())]
     try:
+        # A sweep runs collectors, whose tools may hang past their timeout: in its own
+        # process group, so what it leaves running is ended with it (below), not
+        # piled up one per sweep.
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+                                stderr=subprocess.PIPE, close_fds=True,
+                                start_new_session=action == "seal")
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             # The agent's user may not execute its own interpreter (a venv linked into a
@@ -145,6 +149,9 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     proc.stdout.close()
     proc.stderr.close()
     result.returncode = proc.wait()
+    if action == "seal":
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a timed-out collector's tool, if any
     result.killed = result.killed and result.returncode != 0
     return result
 
