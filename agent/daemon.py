@@ -3,7 +3,9 @@
 One main thread schedules and seals (a start sweep, then each collector on its own
 interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
 background thread ships, each time in a short-lived child (agent/store_child.py) so no
-store client is ever resident here. Both take the state lock only while they seal or
+store client is ever resident here. Sweeps are sealed by such a child too, so their
+records never raise this process's memory; file changes, heartbeats, AI egress and
+the agent's own life are sealed here, at once. Both take the state lock only while they seal or
 ship, so `gamsa collect` run meanwhile extends the same chain. Signal handlers only set
 flags: the main loop acts on them between sealings, so SIGTERM never interrupts a
 bundle; a stop ends a ship child that runs too long (shipping is crash-safe).
@@ -31,14 +33,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import __version__, egress
+from agent import __version__, egress, memory
 from agent.config import Config, config_as_toml
 from agent.daemon_status import DaemonStatus, StatusFile
 from agent.egress import EgressThread
 from agent.fim import FileWatch, seal_batch
 from agent.lifelog import note_quietly
 from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
-from agent.state import ChainHead, LockAbandoned, StateDir
+from agent.state import ChainHead, LockAbandoned, SpoolUsage, StateDir
 from agent.store_child import ChildResult, Event, run_child, view_from_json
 from collector.agent import NAME as AGENT
 from collector.files import WATCH as FILES_WATCH
@@ -67,6 +69,14 @@ LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unch
 # or hanging store) ends that child: sealing comes first, and shipping resumes after
 # it where it stopped (each shipped bundle leaves the spool as it is confirmed).
 PREEMPT_SHIP_AFTER = 5.0
+# Sealed here: bundles that must be quick (a file change, heartbeat) or are small. A
+# sweep of any other collector is sealed in a short-lived child, so the records of a
+# full sweep never raise this process's resident memory for the rest of its life
+# (docs/BENCHMARKS.md, "The idle daemon"); it costs an interpreter start per sweep.
+SEALED_IN_DAEMON = frozenset({egress.NAME, AGENT})
+# After SIGTERM a sweep child still at work by then is ended and its bundle abandoned
+# (the next start sweeps again); the last ship then has what is left of the 10 s.
+STOP_SWEEP_BY = 4.0
 
 IOPRIO_SET = {"x86_64": 251, "aarch64": 30}  # syscall numbers (ioprio_set(2))
 IOPRIO_WHO_PROCESS = 1
@@ -162,6 +172,10 @@ def daemon_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def gap_text(gaps: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{gap['reason']} x{gap['count']}" for gap in gaps)
+
+
 @dataclass
 class Plan:
     """When each collector is next due (monotonic seconds).
@@ -244,7 +258,11 @@ class Shipper(threading.Thread):
                            retry_seconds=backoff)
             self.owner.ship_failed(result.error)
         # The last try, for what was sealed at the stop too, unless a ship just ran out
-        # of the stop's time (a store that hangs would only use up the rest).
+        # of the stop's time (a store that hangs would only use up the rest) or none is
+        # left (a sweep child used it): a child started only to be ended is no try.
+        limit = self.owner.ship_deadline()
+        if limit is not None and time.monotonic() >= limit and self.owner.has_spooled():
+            cut_short = True
         result = None if cut_short else self.ship(self.owner.ship_deadline)
         if cut_short or (result is not None and result.error is not None):
             why = "no time left" if result is None else result.error
@@ -339,6 +357,13 @@ class Daemon:
     def state(self) -> StateDir:
         return StateDir(self.config.state_dir, self.config.keys.agent)
 
+    def head_or_none(self) -> ChainHead | None:
+        """The chain head as chain.json says now (replaced atomically: no lock needed)."""
+        try:
+            return self.state().read_head()
+        except GamsaError:
+            return None
+
     def host_id(self) -> str:
         from agent.identity import resolve_host_id
 
@@ -395,20 +420,29 @@ class Daemon:
              collectors: list[Collector] | None = None) -> bool:
         """Seal one bundle of `names` (none: a heartbeat), run as `collectors` when
         given (file watching seals the files of a change); False when it failed."""
+        try:
+            return self._seal(names, trigger, collectors)
+        finally:  # what the sealing freed goes back to the kernel (agent/memory.py)
+            memory.release()
+
+    def _seal(self, names: list[str], trigger: str,
+              collectors: list[Collector] | None) -> bool:
         from agent.chainguard import look_before_sealing
         from agent.seal import seal_collection
         from agent.store import open_store
 
         config = self.config
-        state = self.state()
-        host_id = self.host_id()
         if collectors is None:
             if self.egress is not None and names:  # egress waiting goes with the next bundle
                 if egress.NAME not in names and self.egress.due_in() is not None:
                     names = sorted([*names, egress.NAME])
                 if egress.NAME in names:
                     self.egress.cut()
+            if not set(names) <= SEALED_IN_DAEMON:
+                return self.seal_in_child(names, trigger)
             collectors = [self.collectors[n] for n in names]
+        state = self.state()
+        host_id = self.host_id()
         look: Callable[[ChainHead | None], Any] | None = None
         if not config.store.url.startswith("file:"):  # a store client only in a child
             look = lambda head: self.look_in_child(state, head)  # noqa: E731
@@ -435,32 +469,91 @@ class Daemon:
             if self.egress is not None and egress.NAME in names:
                 self.egress.retry_later()  # its closed window waits on disk: try again
             return False
+        self.sealed(sealed.summary(), trigger)
+        return True
+
+    def sealed(self, summary: dict[str, Any], trigger: str) -> None:
+        """Log and report a bundle sealed here or in a sweep child (`Sealed.summary`)."""
         self.last_sealed = time.monotonic()
-        statuses = ", ".join(f"{r.name} {r.status}" + (
-            f" ({'; '.join(f'{g.reason} x{g.count}' for g in r.gaps)})" if r.gaps else "")
-            for r in sealed.results) or "no collectors"
-        self.log("info", "sealed", f"sealed seq {sealed.head.seq} ({trigger}: {statuses}; "
-                 f"{sealed.record_count} records)", seq=sealed.head.seq,
-                 chain_id=sealed.head.chain_id, trigger=trigger, records=sealed.record_count,
-                 collectors={r.name: r.status for r in sealed.results},
-                 gaps={r.name: [g.to_json() for g in r.gaps] for r in sealed.results if r.gaps},
-                 manifest_key=sealed.entry.name.manifest_key)
-        if sealed.view is not None and sealed.view.problem is not None:
+        seq, chain_id, results = summary["seq"], summary["chain_id"], summary["results"]
+        statuses = ", ".join(f"{name} {status}" + (f" ({gap_text(gaps)})" if gaps else "")
+                             for name, status, gaps in results) or "no collectors"
+        collectors = {name: status for name, status, _ in results}
+        self.log("info", "sealed", f"sealed seq {seq} ({trigger}: {statuses}; "
+                 f"{summary['records']} records)", seq=seq, chain_id=chain_id,
+                 trigger=trigger, records=summary["records"], collectors=collectors,
+                 gaps={name: gaps for name, _, gaps in results if gaps},
+                 manifest_key=summary["manifest_key"])
+        if summary["store_problem"] is not None:
             self.log("warning", "store_unchecked", f"store not checked before sealing "
-                     f"({sealed.view.problem}); sealed anyway, shipping checks again")
-        if sealed.genesis_reason:
-            self.log("warning", "new_chain", f"new chain {sealed.head.chain_id}: "
-                     f"{sealed.genesis_reason}", chain_id=sealed.head.chain_id)
-        if sealed.clock_warning:
-            self.log("warning", "clock", f"clock: {sealed.clock_warning}")
-        notify(f"STATUS=sealed seq {sealed.head.seq} ({trigger})")
-        self.report(last_sealed={"seq": sealed.head.seq, "at": sealed.head.finished_at,
-                                 "trigger": trigger,
-                                 "collectors": {r.name: r.status for r in sealed.results}})
-        pressure = self.spool_pressure.check(sealed.spool)
+                     f"({summary['store_problem']}); sealed anyway, shipping checks again")
+        if summary["genesis_reason"]:
+            self.log("warning", "new_chain", f"new chain {chain_id}: "
+                     f"{summary['genesis_reason']}", chain_id=chain_id)
+        if summary["clock_warning"]:
+            self.log("warning", "clock", f"clock: {summary['clock_warning']}")
+        notify(f"STATUS=sealed seq {seq} ({trigger})")
+        self.report(last_sealed={"seq": seq, "at": summary["finished_at"],
+                                 "trigger": trigger, "collectors": collectors})
+        pressure = self.spool_pressure.check(SpoolUsage(**summary["spool"]))
         if pressure is not None:
             self.life("spool_pressure", **pressure)
-        return True
+
+    def seal_in_child(self, names: list[str], trigger: str) -> bool:
+        """A sweep sealed by a short-lived child (agent/store_child.py `seal`): its
+        records, the high-water mark of a sweep of every collector, never live here.
+        The child takes the state lock itself; while it waits for it, our own ship
+        child is ended after PREEMPT_SHIP_AFTER (at once when stopping). A stop ends
+        the child by STOP_SWEEP_BY: the bundle in hand is abandoned, nothing of it kept."""
+        waiting: list[float] = []  # since when the child waits for the state lock
+
+        def relay(event: Event) -> None:
+            if event.get("event") == "lock_wait":
+                waiting.append(time.monotonic())
+            elif event.get("event") == "lock_taken":
+                waiting.clear()
+            else:
+                self.relay(event)
+
+        def deadline() -> float | None:
+            now = time.monotonic()
+            self.feed_watchdog(now)
+            stopping = self.stop_asked_at is not None
+            if waiting and self.shipper is not None and (
+                    stopping or now - waiting[0] >= PREEMPT_SHIP_AFTER):
+                self.shipper.preempt()
+            return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SWEEP_BY
+
+        request = {**self.child_request(), "names": names, "trigger": trigger,
+                   "config_sha256": self.config.sha256}  # the file's, in the manifest
+        before = self.head_or_none()
+        result = run_child("seal", request, relay, deadline)
+        done = [e for e in result.results if e.get("event") == "sealed"]
+        if result.returncode == 0 and done:
+            self.sealed(done[-1], trigger)
+            return True
+        after = self.head_or_none()
+        if after is not None and after != before:  # ended between sealing and telling
+            self.last_sealed = time.monotonic()
+            self.log("info", "sealed", f"sealed seq {after.seq} ({trigger}: the sweep child "
+                     f"was ended before it told the details; the bundle is whole)",
+                     seq=after.seq, chain_id=after.chain_id, trigger=trigger,
+                     collectors={name: "unknown" for name in names})
+            return True
+        if result.killed and waiting:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): gave up "
+                     f"waiting for the state lock at the stop: another gamsa process holds "
+                     f"it; nothing of it was kept", trigger=trigger, collectors=names)
+        elif result.killed:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): the agent "
+                     f"is stopping; nothing of it was kept", trigger=trigger, collectors=names)
+        else:
+            self.log("error", "seal_failed", f"sealing failed ({trigger}): {result.error}",
+                     trigger=trigger, collectors=names)
+            notify(f"STATUS=sealing failed ({trigger}): {result.error}")
+        if self.egress is not None and egress.NAME in names:
+            self.egress.retry_later()  # its closed window waits on disk: try again
+        return False
 
     def waiting_for_lock(self, since: float) -> bool:
         """Called while a sealing waits for the state lock: keeps the watchdog fed, ends
@@ -565,6 +658,12 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self.on_signal)
         lower_priority(self.log)
+        memory.tune()  # before any thread: agent/memory.py
+        # What sealing imports, imported before the first sweep: modules loaded in its
+        # midst would pin the arenas its records leave free (agent/memory.py).
+        import agent.chainguard
+        import agent.seal
+        import agent.store  # noqa: F401
         with daemon_lock(self.config.state_dir):
             self.sweep_strays()
             self.log("info", "start", f"agent started (pid {os.getpid()}, collectors: "

@@ -12,10 +12,20 @@ on a busy host the wait between polls stretches until the measured CPU of its po
 stays under WATCH_CPU_SHARE of one core, never beyond WATCH_MAX_INTERVAL: a
 closed connection stays in TIME_WAIT about 60 s, so every call is still counted;
 only calls shorter than the interval lose their process.
+
+TIME_WAIT stays on the side that closes first: a call the server ends leaves no row
+here once the client closes. So between polls the thread also listens to the
+kernel's socket-destroy events (sock_diag multicast; `collector._socktable`
+`DestroyEvents`), read in batches at most every DESTROY_EVERY: such a call is
+recorded without its process. Where joining them is refused (it may need
+CAP_NET_ADMIN) the watcher polls only, and its log line and every window's
+`source` say so.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 import threading
 import time
@@ -30,6 +40,7 @@ from collector._endpoints import AI_ENDPOINTS
 NAME = "ai_egress"
 WATCH_CPU_SHARE = 0.005  # of one core: the watcher's budget (issue 10's target)
 WATCH_MAX_INTERVAL = 30.0  # seconds; half of TIME_WAIT, so no closed call is missed
+DESTROY_EVERY = 0.5  # seconds: destroy events are read in batches, at most this often
 COST_SMOOTHING = 0.3  # weight of the newest poll in the running cost
 STRETCH_LOGGED_AFTER = 10  # consecutive spaced-out polls before it is logged
 
@@ -68,16 +79,47 @@ class EgressThread(threading.Thread):
         self.stop_event = threading.Event()
         endpoints: list[str] = values.value(AI_ENDPOINTS)
         self.watcher = EgressWatcher(config.state_dir, endpoints,
-                                     values.value(network.WATCH_INTERVAL), netlink=netlink)
+                                     values.value(network.WATCH_INTERVAL), netlink=netlink,
+                                     destroy_events=netlink)
+        self._stop_r, self._stop_w = os.pipe()  # wakes a wait on destroy events at stop
         self.failing = False
         self.cost = 0.0  # running CPU seconds of one poll
         self.stretched = False  # the budget spaced polls out (logged once)
         self.stretched_polls = 0  # consecutive polls spaced out by the budget
+        self.destroy_cost = 0.0  # CPU seconds spent on socket-destroy events
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep until the next poll, recording destroyed sockets as they come (at most
+        every DESTROY_EVERY); True when stopping."""
+        until = time.monotonic() + seconds
+        while self.watcher.destroy is not None:
+            left = until - time.monotonic()
+            if left <= 0 or self.stop_event.is_set():
+                return self.stop_event.is_set()
+            ready, _, _ = select.select([self.watcher.destroy.fileno(), self._stop_r], [],
+                                        [], left)
+            if self._stop_r in ready or self.stop_event.is_set():
+                return True
+            if ready:
+                started = time.thread_time()
+                with self.lock:
+                    waiting = self.watcher.pending_since is not None
+                    self.watcher.take_destroyed()
+                    if self.watcher.destroy is None:
+                        self.log("warning", "egress_watch", f"egress watcher: socket-destroy "
+                                 f"events lost ({self.watcher.destroy_refused}); polling only")
+                if not waiting and self.watcher.pending_since is not None:
+                    self.wake.set()
+                self.destroy_cost += time.thread_time() - started
+                if self.stop_event.wait(min(DESTROY_EVERY, max(0.0, until - time.monotonic()))):
+                    return True
+        return self.stop_event.wait(max(0.0, until - time.monotonic()))
 
     def run(self) -> None:
         interval = float(self.watcher.interval)
         wait = interval
-        while not self.stop_event.wait(wait):
+        destroy_before = 0.0
+        while not self.wait(wait):
             started = time.thread_time()
             try:
                 with self.lock:
@@ -93,7 +135,10 @@ class EgressThread(threading.Thread):
                     self.failing = True
                     self.log("error", "egress_watch_failed",
                              f"egress watcher: {type(exc).__name__}: {exc}")
-            cost = time.thread_time() - started  # the whole poll: reading, owners, writing
+            # the whole poll (reading, owners, writing) and the destroy events read since
+            # the last one: the budget is the watcher's, not only its polls'
+            cost = time.thread_time() - started + self.destroy_cost - destroy_before
+            destroy_before = self.destroy_cost
             self.cost = cost if not self.cost else \
                 COST_SMOOTHING * cost + (1 - COST_SMOOTHING) * self.cost
             wait = pace(interval, self.cost)
@@ -131,8 +176,16 @@ class EgressThread(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        os.write(self._stop_w, b"x")
         self.join(max(5.0, self.watcher.interval * 2))
+        if not self.is_alive():  # what the kernel queued until now goes in this window
+            with self.lock:
+                self.watcher.take_destroyed()
         self.cut()
+        if not self.is_alive():
+            self.watcher.close()
+            for fd in (self._stop_r, self._stop_w):
+                os.close(fd)
 
 
 def start(config: Config, collectors: list[str], log: Callable[..., Any],
@@ -149,6 +202,11 @@ def start(config: Config, collectors: list[str], log: Callable[..., Any],
         log("error", "egress_watch_failed", f"egress watcher not started: {exc}")
         return None
     thread.start()
-    log("info", "egress_watch", f"egress watcher on: every {thread.watcher.interval} s, "
-        f"{len(thread.watcher.endpoints)} endpoint(s)")
+    watcher = thread.watcher
+    destroy = "socket-destroy events on" if watcher.destroy is not None else (
+        f"no socket-destroy events ({watcher.destroy_refused}): a short call the server "
+        f"closes first can fall between two polls")
+    log("info", "egress_watch", f"egress watcher on: every {watcher.interval} s, "
+        f"{len(watcher.endpoints)} endpoint(s); {destroy}",
+        destroy_events=watcher.destroy is not None)
     return thread

@@ -37,7 +37,10 @@ class Snapshot:
 
 def snapshot() -> Snapshot:
     times = os.times()
-    return Snapshot(times.user, times.system, _rss_bytes(), _peak_rss_bytes())
+    rss = _rss_bytes()
+    # The kernel's two counters are updated apart (a young process, e.g. a sweep
+    # child, can read a current RSS above ru_maxrss): a peak is never below it.
+    return Snapshot(times.user, times.system, rss, max(rss, _peak_rss_bytes()))
 
 
 def _rss_bytes() -> int:

@@ -12,6 +12,7 @@ import datetime as dt
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from agent import __version__, resources
 from agent.chainguard import StoreView, note_divergence, sealed_before
@@ -64,6 +65,19 @@ class Sealed:
     spool: SpoolUsage  # before this bundle; over its cap: only a spool_full record was sealed
     view: StoreView | None = None  # what the store said before sealing (chainguard)
     clock_warning: str | None = None  # the clock read far from the store's or the chain's
+
+    def summary(self) -> dict[str, Any]:
+        """What the daemon logs and reports of it, as JSON values (a sweep sealed in a
+        child process sends this back: agent/store_child.py)."""
+        return {"seq": self.head.seq, "chain_id": self.head.chain_id,
+                "finished_at": self.head.finished_at, "records": self.record_count,
+                "results": [[r.name, r.status, [g.to_json() for g in r.gaps]]
+                            for r in self.results],
+                "manifest_key": self.entry.name.manifest_key,
+                "store_problem": None if self.view is None else self.view.problem,
+                "genesis_reason": self.genesis_reason, "clock_warning": self.clock_warning,
+                "spool": {"bundles": self.spool.bundles, "bytes": self.spool.bytes,
+                          "max_bytes": self.spool.max_bytes}}
 
 
 def new_collection_id(now: dt.datetime) -> str:

@@ -1,22 +1,27 @@
-"""The daemon's store work in a short-lived child process: ship, or look before sealing.
+"""The daemon's heavy work in a short-lived child process: ship, look before sealing,
+or seal a scheduled sweep.
 
 `gamsa agent run` lives for years, so it never imports a store client: boto3 and
-botocore (about 30 MB resident, docs/BENCHMARKS.md) would stay for its life. Each
-ship, and each pre-seal look at a network store, runs
+botocore (about 30 MB resident, docs/BENCHMARKS.md) would stay for its life. Nor does
+it hold a sweep of every collector: CPython keeps most of the memory such a sweep
+used (its allocator's arenas stay pinned by a few survivors) for the process's life.
+Each ship, each pre-seal look at a network store, and each scheduled sweep runs
 
-    python -m agent.store_child ship|look PARENT_PID
+    python -m agent.store_child ship|look|seal PARENT_PID
 
 with a JSON request on stdin: the daemon's effective config (as TOML, so a config
 file edited since, or refused by a reload, plays no part), the resolved host id, and
-for `look` the chain head. The child writes one JSON object per line on stdout: the
-events the daemon logs in its own format (`level`, `event`, `message` and fields), and
-for `look` a last `view` object. Its exit code is 0, or the exit code of the
+for `look` the chain head, for `seal` the collectors and the trigger. The child
+writes one JSON object per line on stdout: the events the daemon logs in its own
+format (`level`, `event`, `message` and fields), and for `look` a last `view` object,
+for `seal` a last `sealed` object. Its exit code is 0, or the exit code of the
 `GamsaError` it met (its diagnostics in an `error` event before it).
 
 A SIGTERM or SIGINT ends the child at once (unwinding, so no temp file stays) and it
 dies with the daemon
 (PR_SET_PDEATHSIG): shipping is crash-safe by design (agent/ship.py: a crash repeats at
-most a put of identical bytes) and a look only reads. So a ship stuck on a store that
+most a put of identical bytes), a look only reads, and a sealing cut short leaves only
+its temp dir, which the next one removes (agent/state.py `recover`). So a ship stuck on a store that
 never answers cannot hold the state lock beyond the daemon's stop, or its life.
 
 This module is both ends of that protocol; the parent end imports nothing heavy.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import os
@@ -86,8 +92,12 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     """
     command = [sys.executable, "-m", "agent.store_child", action, str(os.getpid())]
     try:
+        # A sweep runs collectors, whose tools may hang past their timeout: in its own
+        # process group, so what it leaves running is ended with it (below), not
+        # piled up one per sweep.
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, close_fds=True)
+                                stderr=subprocess.PIPE, close_fds=True,
+                                start_new_session=action == "seal")
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM):
             # The agent's user may not execute its own interpreter (a venv linked into a
@@ -139,6 +149,9 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
     proc.stdout.close()
     proc.stderr.close()
     result.returncode = proc.wait()
+    if action == "seal":
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a timed-out collector's tool, if any
     result.killed = result.killed and result.returncode != 0
     return result
 
@@ -271,6 +284,45 @@ def look(request: dict[str, Any]) -> None:
     _emit("view", **view_to_json(view))
 
 
+def seal(request: dict[str, Any]) -> None:
+    """A sweep of `names` sealed under the state lock, as the daemon would seal it;
+    `lock_wait`/`lock_taken` tell the daemon when it waits for the lock (its own ship
+    child may hold it), and a last `sealed` object is the bundle's `Sealed.summary`."""
+    from agent.chainguard import look_before_sealing
+    from agent.seal import seal_collection
+    from agent.state import StateDir
+    from agent.store import open_store
+    from collector.registry import all_collectors
+
+    # The manifest names the daemon's config file by its hash, not this TOML copy's.
+    config = dataclasses.replace(_config(request), sha256=request["config_sha256"])
+    host_id = request["host_id"]
+    available = all_collectors()
+    collectors = [available[name] for name in request["names"]]
+    state = StateDir(config.state_dir, config.keys.agent)
+    look = None
+    try:  # an unreachable store must not stop evidence from being sealed and spooled
+        store = open_store(config.store.url, config.store)
+        look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+    except GamsaError as exc:
+        _emit("store_unchecked", "warning",
+              f"store not checked before sealing: {exc.diagnostics()}")
+    waiting: list[bool] = []
+
+    def give_up() -> bool:
+        if not waiting:
+            waiting.append(True)
+            _emit("lock_wait", "info", "waiting for the state lock")
+        return False
+
+    with state.locked(give_up=give_up):
+        if waiting:
+            _emit("lock_taken", "info", "state lock taken")
+        sealed = seal_collection(config, host_id, collectors, request["trigger"], state,
+                                 look=look)
+    _emit("sealed", **sealed.summary())
+
+
 def view_to_json(view: Any) -> dict[str, Any]:
     divergence = view.divergence
     return {"divergence": None if divergence is None else {"reason": divergence.reason,
@@ -298,7 +350,8 @@ def view_from_json(data: dict[str, Any]) -> Any:
         problem=data.get("problem"))
 
 
-ACTIONS: dict[str, Callable[[dict[str, Any]], None]] = {"ship": ship, "look": look}
+ACTIONS: dict[str, Callable[[dict[str, Any]], None]] = {"ship": ship, "look": look,
+                                                         "seal": seal}
 
 
 def main(argv: list[str]) -> int:

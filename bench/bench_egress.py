@@ -17,7 +17,8 @@ its own children included) from wait4(2):
               operator's script would poll; its children's CPU included)
     watcher (sock_diag)  the daemon's watcher thread (agent/egress.py) with
                          watch_interval = --interval: netlink with the filter
-                         program (the default), polls paced to its CPU budget
+                         program (the default) and socket-destroy events between
+                         polls, paced to its CPU budget
     watcher (proc)       the same reading /proc/net/tcp{,6} (the fallback)
 
 and reports each as % of one core, and the watcher's CPU as a ratio of ss's.
@@ -58,8 +59,9 @@ time.sleep(seconds)
 watcher = thread.watcher
 polls = watcher.window.polls
 seen = sum(o.count for o in watcher.window.observations.values())
+events = watcher.destroy.events if watcher.destroy is not None else 0
 thread.stop()
-print(polls, seen, setup)
+print(polls, seen, setup, thread.destroy_cost, events)
 """
 
 SS_LOOP = """
@@ -148,7 +150,7 @@ def main() -> None:
                 [sys.executable, "-c", WATCHER, state, f"127.0.0.1:{ai.port}",
                  str(args.interval), seconds, source])
         caller.wait()
-    polls, seen, _setup = runs["watcher (sock_diag)"][2].split()
+    polls, seen, _setup, destroy_cpu, destroy_events = runs["watcher (sock_diag)"][2].split()
 
     def steady(name: str) -> float:
         """CPU seconds without the start-up (imports) of a watcher run."""
@@ -171,7 +173,9 @@ def main() -> None:
         f"AI-endpoint connections, one short AI call a second); poll every "
         f"{args.interval} s (ss) and watch_interval = {args.interval} s (the watcher, paced "
         f"to its budget) for {args.seconds:g} s. The sock_diag watcher polled {polls} "
-        f"times and counted {seen} connections (10 held, the rest short calls).",
+        f"times and counted {seen} connections (10 held, the rest short calls); between "
+        f"polls it read {destroy_events} socket-destroy events (every TCP socket this "
+        f"network namespace closed) for {float(destroy_cpu):.2f} CPU s, included below.",
         "",
         "| process | CPU s | % of one core | polling only: CPU s | % of one core | "
         "polls | per poll ms |",

@@ -12,7 +12,9 @@ file:// store) and measures, in this order:
   idle       --seconds with no change: the daemon's RSS (median of 1 s samples, and
              the maximum) and CPU (utime+stime from /proc, % of one core), beside
              the same daemon with `watch = false` on the same tree (what watching
-             adds), a bare `python3 -c 'import time; time.sleep(N)'` (the floor) and
+             adds), the same daemon under PYTHONMALLOC=malloc (glibc's allocator
+             for every object: what pymalloc's arenas keep after the sweep), a
+             bare `python3 -c 'import time; time.sleep(N)'` (the floor) and
              `inotifywait -m -r -q DIR` (inotify-tools: a watcher with no Python,
              no hashing, no sealing), both started with the daemon and measured over
              the same window
@@ -122,11 +124,13 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bench/results/fim.md"))
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="gamsa-bench-fim-"))
     tree = work / "watched" / "tree"  # its parent (watched too) holds nothing else
     tree.mkdir(parents=True)
     paths = make_tree(tree, args.files)
-    def run_daemon(name: str, watch: bool) -> tuple[subprocess.Popen[bytes], Path]:
+    def run_daemon(name: str, watch: bool, extra_env: dict[str, str] | None = None,
+                   ) -> tuple[subprocess.Popen[bytes], Path]:
         config = work / f"{name}.toml"
         config.write_text(f'state_dir = "{work}/{name}-state"\nhost_id = "bench"\n'
                           f'[store]\nurl = "file://{work}/{name}-store"\n'
@@ -136,6 +140,7 @@ def main() -> None:
                           f'[schedule]\ndefault = "1h"\nheartbeat = "1h"\n')
         env = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
         env["GAMSA_CONFIG"] = str(config)
+        env.update(extra_env or {})
         log = work / f"{name}.log"
         with log.open("w") as err:
             proc = subprocess.Popen([GAMSA, "agent", "run", "--log-format", "json"],
@@ -148,6 +153,8 @@ def main() -> None:
     daemon, log_path = run_daemon("daemon", True)
     try:
         peers["gamsa agent run, watch = false"], _ = run_daemon("unwatched", False)
+        peers["gamsa agent run, PYTHONMALLOC=malloc"], _ = run_daemon(
+            "malloc", True, {"PYTHONMALLOC": "malloc"})
         start_sweep = next(e for e in log_lines(log_path) if e.get("event") == "sealed")
         watching = next(e for e in log_lines(log_path) if e.get("event") == "watching")
 
@@ -208,6 +215,8 @@ def main() -> None:
         burst = time.monotonic() - burst_start
         burst_bundles = len([e for e in log_lines(log_path)
                              if e.get("event") == "sealed"]) - bundles_before
+        time.sleep(5)  # what stays once the burst's bundles are shipped
+        after_burst = rss_mb(daemon.pid)
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=60)
@@ -219,6 +228,7 @@ def main() -> None:
     lines = [
         "# File watching (bench/bench_fim.py)", "",
         f"Command: `python {shlex.join(sys.argv)}`", "",
+        f"Load average at the start: {load_before}; at the end: {os.getloadavg()}.", "",
         f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, Linux "
         f"{platform.release()}, CPython {platform.python_version()}, "
         f"{dt.date.today().isoformat()} (shared with other work: numbers are noisy).", "",
@@ -237,7 +247,9 @@ def main() -> None:
               f"{max(latencies) * 1000:.0f} ms (debounce 0.5 s, the default)", "",
               "## Burst", "",
               f"{args.files:,} files rewritten in {written:.1f} s; all sealed "
-              f"{burst:.1f} s after the first write, in {burst_bundles} bundle(s).", ""]
+              f"{burst:.1f} s after the first write, in {burst_bundles} bundle(s).", "",
+              f"The daemon's RSS 5 s after the burst was sealed (its file changes are "
+              f"sealed in the daemon itself): {after_burst:.1f} MB.", ""]
     text = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

@@ -44,7 +44,14 @@ from collector._endpoints import (
 from collector._hashcache import HashCache
 from collector._linux import lines
 from collector._proc import as_text, exe_hash_cache, process_identity, process_key
-from collector._socktable import PROC, TABLES, Row, TableReader, socket_owners
+from collector._socktable import (
+    PROC,
+    TABLES,
+    DestroyEvents,
+    Row,
+    TableReader,
+    socket_owners,
+)
 from collector.record import utc_now
 from collector.scrub import scrub_argv
 
@@ -196,7 +203,8 @@ class EgressWatcher:
 
     def __init__(self, state_dir: Path, ai_endpoints: Sequence[str], interval: int,
                  proc: str = PROC, hosts_file: str = HOSTS,
-                 clock: Callable[[], float] = time.monotonic, netlink: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, netlink: bool = True,
+                 destroy_events: bool = False) -> None:
         self.directory = state_dir / EGRESS_DIR
         self.endpoints, _invalid = parse_endpoints(list(ai_endpoints))
         self.interval = interval
@@ -206,6 +214,17 @@ class EgressWatcher:
         self.hashes: HashCache = exe_hash_cache(state_dir)
         self.matcher: Matcher | None = None
         self.reader = TableReader(proc, netlink)
+        # Sockets as they are destroyed (`take_destroyed`), for the daemon's thread: a
+        # call the server closes first leaves no TIME_WAIT row here and can fall
+        # between two polls. None: not asked for, or refused (`destroy_refused` why).
+        self.destroy: DestroyEvents | None = None
+        self.destroy_refused: str | None = None
+        self.destroy_lost = 0
+        if destroy_events:
+            try:
+                self.destroy = DestroyEvents()
+            except OSError as exc:
+                self.destroy_refused = f"{type(exc).__name__}: {exc.strerror or exc}"
         self.resolved_at = float("-inf")
         self.conns: dict[tuple[str, int], _Conn] = {}  # (ends, inode) seen in the last poll
         self.owners: dict[int, tuple[str, dict[str, Any]]] = {}  # pid -> (key, identity)
@@ -313,14 +332,73 @@ class EgressWatcher:
                 if matched:
                     rows.append((row, [e.spec for e in matched], [e.entry for e in matched]))
         self.window.polls += 1
-        self.window.source = self.reader.source if self.reader.fallback_reason is None \
-            else f"{self.reader.source} (sock_diag: {self.reader.fallback_reason})"
+        self.window.source = self._source()
         fresh = self._observe(rows, seen_at)
         if self.window.observations and self.pending_since is None:
             self.pending_since = now
         if fresh or now - self.persisted_at >= PERSIST_EVERY:
             self._persist(self.window)
         return fresh
+
+    def _source(self) -> str:
+        source = self.reader.source if self.reader.fallback_reason is None \
+            else f"{self.reader.source} (sock_diag: {self.reader.fallback_reason})"
+        if self.destroy is not None:
+            return f"{source} + destroy events"
+        if self.destroy_refused is not None:
+            return f"{source} (no destroy events: {self.destroy_refused})"
+        return source
+
+    def take_destroyed(self) -> int:
+        """Record the AI-endpoint sockets destroyed since the last call (the kernel's
+        events, queued); the number of connections not seen before. One seen open in
+        the last poll, or whose TIME_WAIT row a later poll reads, is the same
+        connection, counted once."""
+        if self.destroy is None:
+            return 0
+        try:
+            rows = self.destroy.read()
+        except OSError as exc:  # the socket broke: poll only from now on, and say so
+            self.destroy.close()
+            self.destroy = None
+            self.destroy_refused = f"{type(exc).__name__}: {exc.strerror or exc}"
+            self.window.source = self._source()
+            return 0
+        if self.destroy.lost > self.destroy_lost:
+            self.destroy_lost = self.destroy.lost
+            error = "sock_diag destroy events: some were dropped (ENOBUFS)"
+            if error not in self.window.read_errors:
+                self.window.read_errors.append(error)
+        now = self.clock()
+        self._refresh_matcher(now)
+        assert self.matcher is not None
+        matched = [(row, found) for row in rows
+                   if (found := self.matcher.match(row.remote_address, row.remote_port))]
+        if not matched:
+            return 0
+        seen_at = utc_now()
+        by_ends = {ends: conn for (ends, _inode), conn in self.conns.items()}
+        fresh = 0
+        for row, found in matched:
+            ends = _ends(row)
+            conn = by_ends.get(ends)
+            if conn is None:  # opened and destroyed between two polls
+                specs = [e.spec for e in found]
+                conn = by_ends[ends] = self.conns[(ends, 0)] = _Conn(
+                    f"{specs[0]} -:{CLOSED}", self.window.number, specs[0],
+                    [e.entry for e in found], None, CLOSED, row.uid)
+                fresh += 1
+            self._touch(conn, row, seen_at)
+        if self.pending_since is None:
+            self.pending_since = now
+        if fresh:
+            self._persist(self.window)
+        return fresh
+
+    def close(self) -> None:
+        if self.destroy is not None:
+            self.destroy.close()
+            self.destroy = None
 
     def _observe(self, rows: list[tuple[Row, list[str], list[str]]], seen_at: str) -> int:
         previous = self.conns

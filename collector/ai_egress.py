@@ -242,7 +242,9 @@ COLLECTOR = Collector(
                 "read_errors": Field((list,), "socket tables that could not be read"),
                 "source": Field((str,), "how the tables were read: `sock_diag` (netlink, "
                                         "filtered in the kernel), or `proc` (/proc/net/tcp, "
-                                        "tcp6) with why not sock_diag"),
+                                        "tcp6) with why not sock_diag; in the daemon also "
+                                        "`+ destroy events` (sockets seen as the kernel "
+                                        "destroys them, between polls) or why not"),
             },
         ),
         "ai_egress_drain": RecordType(

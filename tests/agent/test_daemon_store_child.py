@@ -8,6 +8,7 @@ store and ships without ever importing boto3 or botocore itself.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import subprocess
@@ -21,7 +22,7 @@ from agent.daemon import Daemon, Log
 from agent.store_child import run_child
 from collector._linux import unreadable_record
 from collector.record import Record
-from collector.registry import coverage_gap
+from collector.registry import all_collectors, coverage_gap
 from signing.errors import RUNTIME, USAGE
 from tests.agent.s3_fixtures import S3GamsaEnv
 from tests.collector.test_coverage import fake
@@ -76,7 +77,7 @@ def test_sealed_line_names_the_gap_reasons_of_a_partial_collector(gamsa_env: Gam
     for fmt in ("text", "json"):
         stream = io.StringIO()
         daemon = Daemon(lambda: config, lambda _c: [fake(records)], Log(fmt, stream))
-        assert daemon.seal(["fake"], "schedule")
+        assert daemon.seal(["fake"], "schedule", [fake(records)])  # sealed here
         line = stream.getvalue().splitlines()[0]
         assert "alice" not in line and "/home" not in line  # reasons and counts only
         if fmt == "text":
@@ -88,6 +89,27 @@ def test_sealed_line_names_the_gap_reasons_of_a_partial_collector(gamsa_env: Gam
             assert {g["reason"]: g["count"] for g in event["gaps"]["fake"]} == {
                 "exe: access denied": 3,
                 "unreadable: PermissionError: Permission denied": 1}, event["gaps"]
+
+
+def test_a_sweep_is_sealed_in_a_child_a_file_change_here(gamsa_env: GamsaEnv) -> None:
+    def broken(_ctx: Any) -> list[Record]:
+        raise RuntimeError("ran in the daemon")
+
+    # The daemon's own copy of `host` fails: only a sweep sealed elsewhere can be ok.
+    host = dataclasses.replace(all_collectors()["host"], collect=broken)
+    stream = io.StringIO()
+    daemon = Daemon(lambda: load_config(gamsa_env.config), lambda _c: [host],
+                    Log("json", stream))
+    assert daemon.seal(["host"], "schedule")
+    assert daemon.seal(["host"], "file-change", [host])
+    sealed = [e for e in map(json.loads, stream.getvalue().splitlines())
+              if e["event"] == "sealed"]
+    assert [(e["seq"], e["trigger"], e["collectors"]) for e in sealed] == [
+        (1, "schedule", {"host": "ok"}), (2, "file-change", {"host": "error"})]
+    assert gamsa_env.run("ship").returncode == 0
+    verified = gamsa_env.run("verify", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert [c["bundles"] for c in json.loads(verified.stdout)["chains"]] == [2]
 
 
 def test_a_child_that_cannot_start_is_an_error_not_a_dead_thread(

@@ -3,9 +3,12 @@ loop over real sockets, the wake-up of the main loop, and a clean stop."""
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.egress import WATCH_MAX_INTERVAL, EgressThread, pace, wanted
-from collector._egress import batch_numbers
+from collector._egress import EgressWatcher, batch_name, batch_numbers
 
 
 def test_polls_are_spaced_out_only_when_they_cost_more_than_the_budget() -> None:
@@ -66,3 +69,73 @@ def test_the_thread_polls_wakes_the_daemon_and_closes_its_window_on_stop(
         thread.retry_later()  # the bundle that was to seal batch 1 failed
         due = thread.due_in()
         assert due is not None and 3500 < due <= 3600
+
+
+def server_closes_first(server: socket.socket) -> None:
+    """One short call the server ends: no TIME_WAIT row is left on the client's side."""
+    with socket.create_connection(server.getsockname()) as client:
+        accepted, _ = server.accept()
+        accepted.sendall(b"answer")
+        accepted.close()
+        while client.recv(64):
+            pass
+
+
+def test_calls_the_server_closes_between_polls_are_seen_from_destroy_events(
+        tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        endpoint = f'ai_endpoints = ["127.0.0.1:{port}"]\negress_seal_every = "1h"\n'
+        # Polling alone misses them: the only TIME_WAIT row is the server's.
+        polling = EgressWatcher(tmp_path / "polling", [f"127.0.0.1:{port}"], 1)
+        polling.poll()
+        for _ in range(3):
+            server_closes_first(server)
+        assert polling.poll() == 0
+
+        wake = threading.Event()
+        lines: list[str] = []
+        # no poll in this test: the first comes after an hour
+        thread = EgressThread(config(tmp_path, endpoint + 'watch_interval = "1h"\n'),
+                              lambda *a, **_k: lines.append(a[2]), wake)
+        if thread.watcher.destroy is None:
+            thread.stop()
+            pytest.skip(f"socket-destroy events refused here: {thread.watcher.destroy_refused}")
+        thread.start()
+        try:
+            for _ in range(3):
+                server_closes_first(server)
+            assert wake.wait(timeout=30), "the main loop was not woken"
+            key = f"127.0.0.1:{port} -:closed"
+            deadline = time.monotonic() + 30  # the kernel sends them from a work queue
+            while time.monotonic() < deadline:
+                with thread.lock:
+                    observation = thread.watcher.window.observations.get(key)
+                    if observation is not None and observation.count == 3:
+                        break
+                time.sleep(0.1)
+        finally:
+            thread.stop()
+    assert not thread.is_alive() and lines == []
+    window = json.loads((tmp_path / "egress" / batch_name(1)).read_bytes())
+    assert window["polls"] == 0
+    assert window["source"] == ""  # no poll ran: the source is said by the first one
+    seen = window["observations"][key]
+    assert seen["count"] == 3 and seen["process"] is None, seen
+    assert seen["process_unknown_reason"] == "closed" and seen["states"] == ["CLOSE"], seen
+    assert seen["socket_uid"] == os.geteuid()  # the kernel still names the socket's user
+
+
+def test_the_window_says_when_destroy_events_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused() -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("collector._egress.DestroyEvents", refused)
+    watcher = EgressWatcher(tmp_path, ["127.0.0.1:9"], 1, destroy_events=True)
+    watcher.poll()
+    assert watcher.window.source.endswith(
+        "(no destroy events: PermissionError: Operation not permitted)")
+    assert watcher.take_destroyed() == 0
