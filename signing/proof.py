@@ -90,6 +90,11 @@ def verify_proof(data: bytes, trusted: Mapping[str, PublicKey]) -> ProvenRecord:
         raise FormatError(f"proof field is not valid base64/hex: {exc}") from exc
     index = _field(document, "leaf_index", int)
     size = _field(document, "tree_size", int)
+    # `line` is for people reading the proof; the math proves `leaf_index`, so the two
+    # must agree or the proof would show one line and prove another.
+    if document.get("line", index + 1) != index + 1:
+        raise ProofError(f"proof says line {document.get('line')!r} but proves leaf_index "
+                         f"{index} (line {index + 1})")
     records_key = _field(document, "records_key", str)
     envelope = verify_envelope(manifest, trusted)
     statement = parse_bundle_statement(envelope.payload)

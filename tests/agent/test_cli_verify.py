@@ -189,6 +189,15 @@ def test_prove_and_verify_proof(gamsa_env: GamsaEnv, tmp_path: Path) -> None:
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
     out_of_range = gamsa_env.run("prove", key, "100000")
     assert out_of_range.returncode == 2 and "out of range" in out_of_range.stderr
+    # A proof whose `line` says another line than the leaf it proves is refused.
+    ok_proof = gamsa_env.run("prove", key, "1", "-o", str(proof_path.with_suffix(".2")))
+    assert ok_proof.returncode == 0, ok_proof.stderr
+    relabelled = json.loads(proof_path.with_suffix(".2").read_bytes())
+    relabelled["line"] = 7
+    proof_path.write_text(json.dumps(relabelled))
+    mislabelled = gamsa_env.run("verify-proof", str(proof_path))
+    assert mislabelled.returncode == 1, mislabelled.stderr
+    assert "proves leaf_index 0" in mislabelled.stderr
 
 
 def test_store_and_spool_files_are_protected(gamsa_env: GamsaEnv) -> None:
