@@ -29,9 +29,8 @@ import os
 import re
 import secrets
 import shutil
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from signing.dsse import envelope_payload
 from signing.enrollment import KEYS_PREFIX
 from signing.errors import GamsaError, UsageError
 from signing.keys import PublicKey
+from signing.ordered import in_order
 from signing.predicate import parse_bundle_statement
 from signing.verify import (
     ERROR,
@@ -537,18 +537,5 @@ def _in_order(fetch: Callable[[BundleName], _Fetched], names: list[BundleName],
         yield from (fetch(name) for name in names)
         return
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="gamsa-pull") as pool:
-        pending: deque[Future[_Fetched]] = deque()
-        upcoming = iter(names)
-        try:
-            while True:
-                while len(pending) < jobs * 2:  # a few in hand beyond the workers
-                    following = next(upcoming, None)
-                    if following is None:
-                        break
-                    pending.append(pool.submit(fetch, following))
-                if not pending:
-                    return
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+        # A few in hand beyond the workers.
+        yield from in_order(lambda name: pool.submit(fetch, name), names, jobs * 2)

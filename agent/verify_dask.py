@@ -11,12 +11,12 @@ gives, in the same order.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from signing.errors import StoreError, UsageError
 from signing.fanout import check_chunk, chunks
+from signing.ordered import in_order
 from signing.verify import BundleOutcome, BundleTask, Mapper, ObjectReader, Trust
 
 CONNECT_TIMEOUT_S = 10
@@ -48,18 +48,11 @@ def dask_mapper(address: str) -> Mapper:
             workers = max(1, sum(int(w.get("nthreads", 1)) for w in
                                  client.scheduler_info()["workers"].values()))
             shared = client.scatter([reader, trust], broadcast=True)
-            pending: deque[Any] = deque()
-            upcoming = iter(chunks(tasks, workers))
-            while True:
-                while len(pending) < 2 * workers:
-                    following = next(upcoming, None)
-                    if following is None:
-                        break
-                    pending.append(client.submit(check_chunk, shared[0], shared[1],
-                                                 following, pure=False))
-                if not pending:
-                    return
-                outcomes: list[BundleOutcome] = pending.popleft().result()
+
+            def submit(chunk: list[BundleTask]) -> Any:
+                return client.submit(check_chunk, shared[0], shared[1], chunk, pure=False)
+
+            for outcomes in in_order(submit, chunks(tasks, workers), 2 * workers):
                 yield from outcomes
         finally:
             client.close()

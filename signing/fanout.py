@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
+from signing.ordered import in_order
 from signing.verify import (
     BundleOutcome,
     BundleTask,
@@ -81,21 +81,9 @@ def processes(workers: int, min_bundles: int = 0, start_method: str = "forkserve
         context = multiprocessing.get_context(start_method)
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                  initializer=_init, initargs=(reader, trust)) as pool:
-            pending: deque[Future[list[BundleOutcome]]] = deque()
-            upcoming = iter(chunks(tasks, workers))
-            try:
-                while True:
-                    # Two chunks in hand per worker: busy, yet bounded memory.
-                    while len(pending) < 2 * workers:
-                        following = next(upcoming, None)
-                        if following is None:
-                            break
-                        pending.append(pool.submit(_run, following))
-                    if not pending:
-                        return
-                    yield from pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+            # Two chunks in hand per worker: busy, yet bounded memory.
+            for outcomes in in_order(lambda chunk: pool.submit(_run, chunk),
+                                     chunks(tasks, workers), 2 * workers):
+                yield from outcomes
 
     return run

@@ -25,9 +25,9 @@ import hashlib
 import io
 import re
 import tempfile
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -52,6 +52,7 @@ from signing.errors import FormatError, GamsaError, SignatureError
 from signing.follows import Linked, follows_findings
 from signing.keys import PublicKey
 from signing.merkle import MerkleBuilder
+from signing.ordered import in_order
 from signing.predicate import ChainFollows, parse_bundle_statement
 from signing.reading import (
     MAX_MANIFEST_BYTES,
@@ -608,21 +609,8 @@ def threads(workers: int) -> Mapper:
             tasks: list[BundleTask]) -> Iterator[BundleOutcome]:
         with ThreadPoolExecutor(max_workers=workers,
                                 thread_name_prefix="gamsa-verify") as pool:
-            pending: deque[Future[BundleOutcome]] = deque()
-            upcoming = iter(tasks)
-            try:
-                while True:
-                    while len(pending) < workers:
-                        following = next(upcoming, None)
-                        if following is None:
-                            break
-                        pending.append(pool.submit(check_bundle, reader, *following, trust))
-                    if not pending:
-                        return
-                    yield pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+            yield from in_order(
+                lambda task: pool.submit(check_bundle, reader, *task, trust), tasks, workers)
 
     return run
 
