@@ -139,8 +139,10 @@ def run_child(action: str, request: dict[str, Any], relay: Callable[[Event], Non
                     *lines, partial[key.data] = (partial[key.data] + chunk).split(b"\n")
                 for line in lines:
                     _take_line(key.data, line, relay, result)
-            now = time.monotonic()
+            # `now` after `deadline()`: a deadline of "now" (a preempted ship) is then
+            # always reached; read before, it was a few microseconds ahead every time.
             limit = deadline()
+            now = time.monotonic()
             if killed_at is None and limit is not None and now >= limit:
                 result.killed, killed_at = True, now
                 _signal(proc, signal.SIGTERM)

@@ -13,6 +13,8 @@ import io
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -130,3 +132,18 @@ def test_a_child_crash_is_relayed_line_by_line(gamsa_env: GamsaEnv) -> None:
     assert result.returncode == USAGE
     assert result.error is not None and "not valid TOML" in result.error
     assert relayed == []  # the error is the result's, logged once by the caller
+
+
+def test_a_deadline_of_now_ends_a_hanging_child_at_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preempted ship's deadline is "now" at every look: the child is ended within the
+    poll and the kill grace, not left to finish (its own timeouts, a hanging store)."""
+    hangs = tmp_path / "python3"
+    hangs.write_text("#!/bin/sh\nexec sleep 30\n")
+    hangs.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(hangs))
+    started = time.monotonic()
+    result = run_child("ship", {}, [].append, time.monotonic)
+    took = time.monotonic() - started
+    assert result.killed and result.returncode < 0, result
+    assert took < 5, took
