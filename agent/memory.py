@@ -10,7 +10,13 @@ any thread runs; `release` collects the cycles a sealing left and gives the free
 pages of every arena back to the kernel (`malloc_trim`: milliseconds), after each
 sealing. Numbers: docs/BENCHMARKS.md ("The idle daemon").
 
-Where the C library is not glibc (musl) both are no-ops: nothing else changes.
+`for_batch_work` is the opposite setting, for a process that verifies on a Dask
+worker: Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, so glibc gives
+the top of the heap back on nearly every free and takes it again on the next
+allocation; verifying then costs 1.45x the CPU (docs/BENCHMARKS.md). It sets glibc's
+own upper thresholds instead.
+
+Where the C library is not glibc (musl) all three are no-ops: nothing else changes.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept: setting it stops the growth
 TRIM_THRESHOLD = 256 * 1024
 ARENA_MAX = 2
+BATCH_MMAP_THRESHOLD = 4 * 1024 * 1024  # for_batch_work: buffers below come from the heap
+BATCH_TRIM_THRESHOLD = 32 * 1024 * 1024  # glibc's dynamic maximum on 64-bit hosts
 
 _libc: Any = None
 
@@ -58,3 +66,20 @@ def release() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+_batch_tuned = False
+
+
+def for_batch_work() -> bool:
+    """Once per process: malloc thresholds for throughput, not for a small footprint
+    (a Dask worker verifying chunks); True where glibc took them."""
+    global _batch_tuned
+    if _batch_tuned:
+        return True
+    libc = _glibc()
+    if libc is None:
+        return False
+    _batch_tuned = all(libc.mallopt(param, value) == 1 for param, value in (
+        (M_MMAP_THRESHOLD, BATCH_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, BATCH_TRIM_THRESHOLD)))
+    return _batch_tuned

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from signing.bundle import BundleName
 from signing.clock import clock_facts
+from signing.clock import parse_time as read_time
 from signing.completeness import Completeness, check_fleet, duration_text
 from signing.enrollment import parse_time
 from signing.predicate import ManifestPredicate
@@ -79,12 +80,8 @@ class Timeline:
 
 def bundle_time(value: object, what: str) -> dt.datetime:
     """A manifest time (`...Z`, optional fraction) as an aware datetime; FormatError."""
-    if isinstance(value, str) and len(value) == 27 and value.endswith("Z"):
-        try:  # gamsa's own form, read fast (strptime is ten times slower)
-            return dt.datetime.fromisoformat(value)
-        except ValueError:
-            pass
-    return parse_time(value, what)
+    fast = read_time(value) if isinstance(value, str) else None  # gamsa's own form
+    return fast if fast is not None else parse_time(value, what)
 
 
 def summary_of(manifest_key: str, name: BundleName, raw_sha256: str, key_id: str,

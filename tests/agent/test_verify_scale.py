@@ -82,6 +82,11 @@ def test_processes_and_dask_give_the_findings_of_one_process(
     two = verify(gamsa_env, "--workers", "2")
     dask = verify(gamsa_env, "--dask", cluster)
     assert one[0] == two[0] == dask[0] == 1
+    from dask.distributed import Client
+
+    with Client(cluster) as client:  # the workers that verified tuned malloc for it
+        tuned = client.run(lambda: __import__("agent.memory").memory._batch_tuned)
+    assert any(tuned.values()), tuned
     assert one[1]["findings"] == two[1]["findings"] == dask[1]["findings"]
     assert one[1]["summary"] == two[1]["summary"] == dask[1]["summary"]
 
