@@ -17,7 +17,7 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from signing.canonical import canonical_bytes
@@ -98,6 +98,8 @@ class VerifiedEnvelope:
     payload_type: str
     payload: bytes
     key_id: str  # the trusted key that verified, not the envelope's unauthenticated keyid
+    # every signature of the envelope, decoded, in order (is_exact_gamsa_envelope)
+    signatures: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
 
 
 def parse_envelope(data: bytes) -> dict[str, Any]:
@@ -107,23 +109,30 @@ def parse_envelope(data: bytes) -> dict[str, Any]:
     bytes that are not JSON, a missing or mistyped payload, payloadType or
     signatures field, or base64 that does not decode.
     """
+    return _parse_envelope(data)[0]
+
+
+def _parse_envelope(data: bytes) -> tuple[dict[str, Any], bytes, list[bytes]]:
+    """`parse_envelope`, with the payload and signatures it decoded on the way (so a
+    verifier decodes each once)."""
     envelope = _load_json(data, "envelope", SignatureError)
     if not isinstance(envelope, dict):
         raise SignatureError("envelope is not a JSON object")
-    _b64decode(envelope.get("payload"), "payload")
+    payload = _b64decode(envelope.get("payload"), "payload")
     if not isinstance(envelope.get("payloadType"), str):
         raise SignatureError("envelope field payloadType is missing or not a string")
     signatures = envelope.get("signatures")
     if not isinstance(signatures, list) or not signatures:
         raise SignatureError("envelope field signatures is missing or empty")
+    decoded: list[bytes] = []
     for i, entry in enumerate(signatures):
         if not isinstance(entry, dict):
             raise SignatureError(f"envelope field signatures[{i}] is not an object")
-        _b64decode(entry.get("sig"), f"signatures[{i}].sig")
+        decoded.append(_b64decode(entry.get("sig"), f"signatures[{i}].sig"))
         keyid = entry.get("keyid")
         if keyid is not None and not isinstance(keyid, str):
             raise SignatureError(f"envelope field signatures[{i}].keyid is not a string")
-    return envelope
+    return envelope, payload, decoded
 
 
 def envelope_payload(data: bytes) -> bytes:
@@ -148,27 +157,28 @@ def verify_envelope(data: bytes, trusted: Mapping[str, PublicKey],
     differently still verifies. Raises SignatureError otherwise, or when the
     payloadType is not `expected_type`.
     """
-    envelope = parse_envelope(data)
+    envelope, payload, signatures = _parse_envelope(data)
     payload_type: str = envelope["payloadType"]
     if payload_type != expected_type:
         raise SignatureError(f"envelope payloadType is {payload_type[:100]!r}, "
                              f"expected {expected_type!r}")
-    payload = _b64decode(envelope["payload"], "payload")
     message = pae(payload_type, payload)
     keyids: list[str] = []
     named_trusted: list[str] = []
-    for i, entry in enumerate(envelope["signatures"]):
-        signature = _b64decode(entry["sig"], f"signatures[{i}].sig")
+    for entry, signature in zip(envelope["signatures"], signatures, strict=True):
         keyid: str = entry.get("keyid") or ""
         keyids.append(keyid)
         hinted = trusted.get(keyid) if keyid else None
+        verifier = None
         if hinted is not None:
             named_trusted.append(keyid)
             if hinted.verify(signature, message):
-                return VerifiedEnvelope(payload_type, payload, hinted.key_id)
-        for key in trusted.values():
-            if key is not hinted and key.verify(signature, message):
-                return VerifiedEnvelope(payload_type, payload, key.key_id)
+                verifier = hinted
+        if verifier is None:
+            verifier = next((key for key in trusted.values()
+                             if key is not hinted and key.verify(signature, message)), None)
+        if verifier is not None:
+            return VerifiedEnvelope(payload_type, payload, verifier.key_id, tuple(signatures))
     if named_trusted:
         # The envelope names a key we trust but its signature fails: altered bytes,
         # not an unknown signer. Worded apart so callers can tell the two cases.
@@ -228,12 +238,11 @@ def is_exact_gamsa_envelope(data: bytes, verified: VerifiedEnvelope) -> bool:
     requires the exact form gamsa writes: any byte changed in a stored manifest is
     found, even in a part the signature does not cover.
     """
-    envelope = parse_envelope(data)
+    signatures = verified.signatures or tuple(_parse_envelope(data)[2])
     expected = {
         "payload": _b64encode(verified.payload),
         "payloadType": verified.payload_type,
-        "signatures": [{"keyid": verified.key_id,
-                        "sig": _b64encode(_b64decode(entry.get("sig"), "sig"))}
-                       for entry in envelope["signatures"]],
+        "signatures": [{"keyid": verified.key_id, "sig": _b64encode(signature)}
+                       for signature in signatures],
     }
     return canonical_bytes(expected) == data
