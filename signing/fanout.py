@@ -79,6 +79,8 @@ def processes(workers: int, min_bundles: int = 0, start_method: str = "forkserve
             yield from in_process(reader, trust, tasks)
             return
         context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":  # workers forked with the checks imported:
+            context.set_forkserver_preload([__name__])  # ~0.25 s less to start two
         with ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                  initializer=_init, initargs=(reader, trust)) as pool:
             # Two chunks in hand per worker: busy, yet bounded memory.
