@@ -23,6 +23,11 @@ from signing.ordered import in_order
 from signing.verify import BundleOutcome, BundleTask, Mapper, ObjectReader, Trust
 
 CONNECT_TIMEOUT_S = 10
+# A Dask task costs the scheduler, the client and the worker far more than a pool's
+# (~10 ms of CPU in all): fewer, larger chunks than signing.fanout's (20,000 bundles
+# on 2 workers: 0.5 s less CPU in this process, 1.0 s less in the workers).
+DASK_CHUNKS_PER_WORKER = 4
+DASK_MAX_CHUNK_BUNDLES = 4096
 
 
 def _client(address: str) -> Any:
@@ -62,7 +67,8 @@ def dask_mapper(address: str) -> Mapper:
             def submit(chunk: list[BundleTask]) -> Any:
                 return client.submit(check_chunk_on_worker, shared[0], shared[1], chunk, pure=False)
 
-            for outcomes in in_order(submit, chunks(tasks, workers), 2 * workers):
+            for outcomes in in_order(submit, chunks(tasks, workers, DASK_CHUNKS_PER_WORKER,
+                                                       DASK_MAX_CHUNK_BUNDLES), 2 * workers):
                 yield from outcomes
         finally:
             client.close()

@@ -42,10 +42,11 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def chunks(tasks: list[BundleTask], workers: int) -> list[list[BundleTask]]:
-    """Tasks cut into chunks: several per worker (so a slow chunk does not leave the
-    others idle at the end), each between CHUNK_BUNDLES and MAX_CHUNK_BUNDLES long."""
-    size = max(1, min(MAX_CHUNK_BUNDLES, max(CHUNK_BUNDLES, len(tasks) // (workers * 8))))
+def chunks(tasks: list[BundleTask], workers: int, per_worker: int = 8,
+           largest: int = MAX_CHUNK_BUNDLES) -> list[list[BundleTask]]:
+    """Tasks cut into chunks: about `per_worker` per worker (so a slow chunk does not
+    leave the others idle at the end), each between CHUNK_BUNDLES and `largest` long."""
+    size = max(1, min(largest, max(CHUNK_BUNDLES, len(tasks) // (workers * per_worker))))
     if len(tasks) < size * workers:  # a small store: still spread it over every worker
         size = max(1, -(-len(tasks) // workers))
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
