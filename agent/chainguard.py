@@ -26,6 +26,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -170,6 +171,36 @@ def look_before_sealing(store: Store, state: StateDir, host_id: str,
     except GamsaError as exc:
         return StoreView(pending, problem=exc.diagnostics())
     return StoreView(found, store_time, local if store_time is not None else None)
+
+
+# The daemon's pre-seal look at a network store gives up after this long and seals
+# unchecked (a store that accepts connections and never answers would otherwise hold
+# a sweep for the client's read timeout, twice over).
+LOOK_SECONDS = 20.0
+
+
+def look_within(seconds: float, store: Store, state: StateDir, host_id: str,
+                head: ChainHead | None) -> StoreView:
+    """`look_before_sealing`, given up after `seconds`: then a `problem`, as for a
+    store that cannot be asked. The look goes on in a daemon thread that the process
+    (a short-lived sweep child) leaves behind when it exits."""
+    box: list[StoreView | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(look_before_sealing(store, state, host_id, head))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name="gamsa-look", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        return StoreView(pending_divergence(state, head),
+                         problem=f"the store gave no answer within {seconds:.0f} s")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _one_try(store: Store) -> Store:

@@ -64,7 +64,6 @@ STOP_SHIP_BY = 6.0
 # e.g. a `gamsa collect` shipping to a slow store, holds it) is abandoned: nothing of
 # it was written.
 STOP_SEAL_WAIT = 5.0
-LOOK_SECONDS = 20.0  # the pre-seal look at a network store; longer: sealed unchecked
 # A sealing that waited this long for the state lock our own ship child holds (a slow
 # or hanging store) ends that child: sealing comes first, and shipping resumes after
 # it where it stopped (each shipped bundle leaves the spool as it is confirmed).
@@ -399,7 +398,7 @@ class Daemon:
         """The pre-seal look (agent/chainguard.py) at a network store, in a child,
         bounded by LOOK_SECONDS and by a stop: past either, the bundle is sealed
         unchecked (the shipper checks again before it puts anything)."""
-        from agent.chainguard import StoreView, pending_divergence
+        from agent.chainguard import LOOK_SECONDS, StoreView, pending_divergence
 
         started = time.monotonic()
 

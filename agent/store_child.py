@@ -290,7 +290,7 @@ def seal(request: dict[str, Any]) -> None:
     """A sweep of `names` sealed under the state lock, as the daemon would seal it;
     `lock_wait`/`lock_taken` tell the daemon when it waits for the lock (its own ship
     child may hold it), and a last `sealed` object is the bundle's `Sealed.summary`."""
-    from agent.chainguard import look_before_sealing
+    from agent.chainguard import LOOK_SECONDS, look_within
     from agent.seal import seal_collection
     from agent.state import StateDir
     from agent.store import open_store
@@ -305,7 +305,7 @@ def seal(request: dict[str, Any]) -> None:
     look = None
     try:  # an unreachable store must not stop evidence from being sealed and spooled
         store = open_store(config.store.url, config.store)
-        look = lambda head: look_before_sealing(store, state, host_id, head)  # noqa: E731
+        look = lambda head: look_within(LOOK_SECONDS, store, state, host_id, head)  # noqa: E731
     except GamsaError as exc:
         _emit("store_unchecked", "warning",
               f"store not checked before sealing: {exc.diagnostics()}")

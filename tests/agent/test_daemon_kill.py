@@ -148,6 +148,9 @@ def test_sigterm_while_a_ship_hangs_exits_0_within_10_s(tmp_path: Path, silent_e
     # The pre-seal look cannot get an answer: it is cut at 20 s, the bundle sealed anyway.
     d.wait_line('"event": "sealed"', timeout=90)
     d.wait_line('"event": "store_unchecked"')
+    unchecked = [json.loads(line)["message"] for line in d.lines()
+                 if '"event": "store_unchecked"' in line]
+    assert "gave no answer within 20 s" in unchecked[0], unchecked  # not the 60 s timeout
     d.wait_for(lambda: any("ship" in p.cmdline() for p in store_children(d.proc.pid)),
                "a ship child stuck on the store")
     time.sleep(1)  # well into its first request, which will never be answered
