@@ -45,7 +45,7 @@ from signing.bundle import HOST_ID, BundleName, max_records_object_bytes, parse_
 from signing.dsse import envelope_payload, verify_envelope
 from signing.enrollment import KEYS_PREFIX
 from signing.enrollment import MAX_DOCUMENT_BYTES as MAX_KEY_FOLDER_BYTES
-from signing.errors import GamsaError, UsageError
+from signing.errors import GamsaError, StoreError, UsageError
 from signing.keys import PublicKey
 from signing.ordered import in_order
 from signing.predicate import parse_bundle_statement
@@ -295,18 +295,29 @@ class Mirror:
     def download(self, store: Store, key: str, limit: int) -> tuple[Path, bool]:
         """`key` streamed from `store` into a new fsynced file of the temp area, at
         most `limit` + 1 bytes (a worker's part of placing it: the download, write and
-        fsync run in parallel; `place` only links). (the file, whether the object is
+        fsync run in parallel; `link` only links). (the file, whether the object is
         larger than `limit` and was cut there). An object that is not a regular file
         is `ObjectRefused`, nothing read."""
         source = open_object(store, key)
         temp = self.temp / secrets.token_hex(12)
-        with source, failing("write", self.temp):
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+
+        def write(chunk: bytes) -> None:
+            with failing("write", temp):
+                write_all(fd, chunk)
+
+        with source:
+            with failing("write", temp):
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o444)
             try:
-                cut = copy_capped(source, lambda chunk: write_all(fd, chunk), limit)
-                os.fsync(fd)
-            except BaseException:
+                cut = copy_capped(source, write, limit)
+                with failing("write", temp):
+                    os.fsync(fd)
+            except BaseException as exc:
                 temp.unlink(missing_ok=True)
+                if isinstance(exc, OSError):  # a write is named by `failing`: a read
+                    raise StoreError(f"store {store.url}: cannot read {key}: "
+                                     f"{exc.strerror or exc}") from exc
                 raise
             finally:
                 os.close(fd)
