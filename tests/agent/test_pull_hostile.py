@@ -136,3 +136,30 @@ def test_oversized_s3_records_object_is_cut_at_its_cap(s3_gamsa: S3GamsaEnv, s3_
     assert [f["code"] for f in report["findings"] if f["key"] == key] == ["object_too_large"]
     kept = mirror / "quarantine" / key.removesuffix(".records.jsonl.gz") / key.rsplit("/")[-1]
     assert kept.stat().st_size == ONE_RECORD_CAP + 1
+
+
+@pytest.mark.timeout(20)
+def test_enrollments_read_for_the_trust_are_capped(tmp_path: Path) -> None:
+    """Under an organisation root, pull reads every enrollment to build its trust: a
+    1 GiB one is refused at the key folder's cap, a FIFO is never opened."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.file_store import FileStore
+    from agent.pull import trust_for
+    from signing.enrollment import MAX_DOCUMENT_BYTES
+    from signing.keys import PublicKey
+
+    keys = tmp_path / "store" / "v1" / "keys"
+    keys.mkdir(parents=True)
+    huge = f"v1/keys/{'a' * 64}.enrollment.{'0' * 64}.dsse.json"
+    fifo = f"v1/keys/{'b' * 64}.enrollment.{'1' * 64}.dsse.json"
+    with (tmp_path / "store" / huge).open("wb") as out:
+        out.truncate(GIB)
+    os.mkfifo(tmp_path / "store" / fifo)
+    org = PublicKey.from_key(Ed25519PrivateKey.generate().public_key())
+    trust, findings = trust_for(FileStore(tmp_path / "store"), {}, {org.key_id: org}, 2)
+    assert not trust.keys
+    said = {f.key: (f.code, f.message) for f in findings}
+    assert said[huge][0] == "enrollment_invalid"
+    assert f"larger than {MAX_DOCUMENT_BYTES} bytes" in said[huge][1]
+    assert said[fifo][0] == "enrollment_invalid" and "FIFO" in said[fifo][1]
