@@ -9,11 +9,13 @@ as they read a store, plus:
 - `quarantine/<bundle stem>/`: a bundle that failed, its objects and
   `findings.json` (written last: the marker that the bundle was judged).
 
-A bundle is fetched (manifest, records, RFC 3161 reply when present), checked by
-the verifier's own per-bundle code under the given trust, linked to the previous
-bundle of its chain already in the mirror, then each object is written as an
-unnamed temp file in its mirror directory (O_TMPFILE, fsynced) and linked to its
-name, records before manifest: a manifest in the mirror means its bundle is whole.
+A bundle is fetched (manifest first, then records, RFC 3161 reply when present),
+each object streamed into a fsynced file of the temp area up to a cap (the records
+object's from the signed record count: what a store holds cannot exhaust memory or
+disk), checked by the verifier's own per-bundle code under the given trust, linked
+to the previous bundle of its chain already in the mirror, then each file is linked
+to its name, records before manifest: a manifest in the mirror means its bundle is
+whole.
 Links are create-only, so a kill -9 at any instant leaves whole objects only (a
 records object without its manifest at worst, completed by the next run), and an
 object already in the mirror is never replaced: different bytes under a mirrored
@@ -22,6 +24,7 @@ key are a finding (`store_object_changed`), the new bytes go to quarantine.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -33,18 +36,29 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from agent.crashpoints import crashpoint
-from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic, write_new_file
+from agent.fsutil import create_atomic, failing, fsync_dir, replace_atomic, write_all
 from agent.store import Store
-from signing.bundle import HOST_ID, BundleName, parse_bundle_key
-from signing.dsse import envelope_payload
+from signing.bundle import HOST_ID, BundleName, max_records_object_bytes, parse_bundle_key
+from signing.dsse import envelope_payload, verify_envelope
 from signing.enrollment import KEYS_PREFIX
-from signing.errors import GamsaError, UsageError
+from signing.enrollment import MAX_DOCUMENT_BYTES as MAX_KEY_FOLDER_BYTES
+from signing.errors import GamsaError, StoreError, UsageError
 from signing.keys import PublicKey
 from signing.ordered import in_order
 from signing.predicate import parse_bundle_statement
+from signing.reading import (
+    MAX_MANIFEST_BYTES,
+    ObjectRefused,
+    copy_capped,
+    get_capped,
+    open_object,
+    open_regular,
+    too_large,
+)
+from signing.timestamp import MAX_RESPONSE_BYTES
 from signing.verify import (
     ERROR,
     WARNING,
@@ -75,29 +89,72 @@ _KINDS_IN_ORDER = ("records", "timestamp", "manifest")  # the manifest last: it 
 def trust_for(store: Store, trusted: Mapping[str, PublicKey],
               org_keys: Mapping[str, PublicKey] | None,
               workers: int) -> tuple[Trust, list[Finding]]:
-    """The trust the pull verifies under, and findings about enrollment objects."""
-    return load_trust(store, trusted, org_keys, workers)
+    """The trust the pull verifies under, and findings about enrollment objects (read
+    capped: an enrollment over the key folder's cap is `enrollment_invalid`)."""
+    return load_trust(_KeyFolder(store), trusted, org_keys, workers)
 
 
-def verify_bundle(objects: Mapping[str, bytes], name: BundleName,
+def verify_bundle(staged: Staged, name: BundleName,
                   trust: Trust) -> tuple[BundleSummary | None, list[Finding]]:
-    """The verifier's per-bundle checks on one bundle's downloaded objects."""
-    kinds = frozenset(parsed[1] for key in objects if (parsed := parse_bundle_key(key)))
-    outcome = check_bundle(_Objects(objects), name, kinds, trust)
-    return outcome.summary, outcome.findings
+    """The verifier's per-bundle checks on one bundle's downloaded objects, plus a
+    finding for each object refused or cut that the checks did not come to read."""
+    outcome = check_bundle(staged, name, frozenset(staged.kinds), trust)
+    findings = outcome.findings
+    said = {(f.key, f.code) for f in findings}
+    findings += [Finding(key, exc.code, exc.message) for key, exc in staged.refused.items()
+                 if (key, exc.code) not in said]
+    return outcome.summary, findings
 
 
 @dataclass(frozen=True)
-class _Objects:
-    """An `ObjectReader` over objects already in memory."""
+class _KeyFolder:
+    """`store` with each object read whole only up to the key folder's cap (the
+    enrollment, rotation and revocation documents' own limit: signing.enrollment)."""
 
-    objects: Mapping[str, bytes]
+    store: Store
 
-    def list(self, prefix: str) -> Iterator[str]:
-        return iter(sorted(k for k in self.objects if k.startswith(prefix)))
+    def list(self, prefix: str) -> Iterable[str]:
+        return self.store.list(prefix)
 
     def get(self, key: str) -> bytes:
-        return self.objects[key]
+        return get_capped(self.store, key, MAX_KEY_FOLDER_BYTES)
+
+
+@dataclass
+class Staged:
+    """One bundle's objects downloaded into the mirror's temp area, each up to its cap,
+    read back as a store (`open` streams, as `signing.verify.check_bundle` reads).
+
+    `refused`: objects not downloaded (not a regular file) or cut at their cap (the
+    temp file then holds the first cap + 1 bytes); reading one raises its refusal,
+    so the verifier reports it as a finding on that key.
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    refused: dict[str, ObjectRefused] = field(default_factory=dict)
+    kinds: set[str] = field(default_factory=set)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        return iter(sorted(k for k in self.files if k.startswith(prefix)))
+
+    def open(self, key: str) -> BinaryIO:
+        refused = self.refused.get(key)
+        if refused is not None:
+            raise refused
+        return open_regular(self.files[key], key)
+
+    def get(self, key: str) -> bytes:
+        with self.open(key) as stream:
+            return stream.read()
+
+    def size(self) -> int:
+        return sum(path.stat().st_size for path in self.files.values())
+
+    def release(self) -> None:
+        """Remove the temp files not linked into the mirror."""
+        for path in self.files.values():
+            path.unlink(missing_ok=True)
+        self.files.clear()
 
 
 # -- what a pull is asked and what it did --------------------------------------------
@@ -235,34 +292,57 @@ class Mirror:
     def is_quarantined(self, stem: str) -> bool:
         return (self.quarantine_dir(stem) / FINDINGS_NAME).exists()
 
-    def prepare(self, data: bytes) -> Path:
-        """`data` in a new fsynced file of the temp area (a worker's part of placing it:
-        the write and fsync run in parallel; `place` only links)."""
+    def download(self, store: Store, key: str, limit: int) -> tuple[Path, bool]:
+        """`key` streamed from `store` into a new fsynced file of the temp area, at
+        most `limit` + 1 bytes (a worker's part of placing it: the download, write and
+        fsync run in parallel; `link` only links). (the file, whether the object is
+        larger than `limit` and was cut there). An object that is not a regular file
+        is `ObjectRefused`, nothing read."""
+        source = open_object(store, key)
         temp = self.temp / secrets.token_hex(12)
-        with failing("write", self.temp):
-            write_new_file(temp, data, mode=0o444)
-        return temp
 
-    def place(self, key: str, data: bytes, prepared: Path | None = None) -> bool:
-        """Name `key` in the mirror with `data` (the `prepared` temp file when given),
-        create-only. True if placed now or already there with the same bytes; False
-        if the mirror holds other bytes. The caller makes the name durable (`sync`)."""
+        def write(chunk: bytes) -> None:
+            with failing("write", temp):
+                write_all(fd, chunk)
+
+        with source:
+            with failing("write", temp):
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                             0o444)
+            try:
+                cut = copy_capped(source, write, limit)
+                with failing("write", temp):
+                    os.fsync(fd)
+            except BaseException as exc:
+                temp.unlink(missing_ok=True)
+                if isinstance(exc, OSError):  # a write is named by `failing`: a read
+                    raise StoreError(f"store {store.url}: cannot read {key}: "
+                                     f"{exc.strerror or exc}") from exc
+                raise
+            finally:
+                os.close(fd)
+        return temp, cut
+
+    def place(self, key: str, data: bytes) -> bool:
+        """Name `key` in the mirror with `data`, create-only: True if placed now."""
         target = self.path(key)
         with failing("write", target):
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-            if prepared is None:
-                linked = create_atomic(target, data, mode=0o444)
-            else:
-                try:
-                    os.link(prepared, target)
-                    linked = True
-                except FileExistsError:
-                    linked = False
-                finally:
-                    prepared.unlink(missing_ok=True)
-            if linked:
+            return create_atomic(target, data, mode=0o444)
+
+    def link(self, key: str, prepared: Path) -> bool:
+        """Name `key` in the mirror with the `prepared` temp file, create-only (the temp
+        name stays until the bundle is settled). True if linked now or already there
+        with the same bytes; False if the mirror holds other bytes. The caller makes
+        the name durable (`sync`)."""
+        target = self.path(key)
+        with failing("write", target):
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            try:
+                os.link(prepared, target)
                 return True
-            return _sha256_file(target) == hashlib.sha256(data).hexdigest()
+            except FileExistsError:
+                return _sha256_file(target) == _sha256_file(prepared)
 
     def linked_in(self, key: str) -> None:
         """Note that a name was linked beside `key`: `sync` makes it durable."""
@@ -284,14 +364,22 @@ class Mirror:
         with failing("clear", self.temp):
             shutil.rmtree(self.temp, ignore_errors=True)
 
-    def put_in_quarantine(self, stem: str, objects: Mapping[str, bytes],
+    def put_in_quarantine(self, stem: str, objects: Mapping[str, bytes | Path],
                           findings: list[Finding]) -> None:
-        """The objects and their findings under quarantine/<stem>/, findings last."""
+        """The objects (bytes, or temp files linked, not copied: an object cut at its
+        cap stays cut) and their findings under quarantine/<stem>/, findings last."""
         where = self.quarantine_dir(stem)
         with failing("write", where):
             where.mkdir(parents=True, exist_ok=True, mode=0o750)
             for key, data in objects.items():
-                create_atomic(where / key.rsplit("/", 1)[-1], data, mode=0o444)
+                target = where / key.rsplit("/", 1)[-1]
+                if isinstance(data, bytes):
+                    create_atomic(target, data, mode=0o444)
+                    continue
+                with contextlib.suppress(FileExistsError):  # a rerun after a kill
+                    os.link(data, target)
+                data.unlink(missing_ok=True)
+            fsync_dir(where)
             crashpoint("pull: quarantined objects written")
             create_atomic(where / FINDINGS_NAME, json.dumps(
                 {"key": stem, "findings": [f.as_dict() for f in findings]},
@@ -381,16 +469,10 @@ class _Fetched:
     """One bundle downloaded and checked on its own (a worker's result)."""
 
     name: BundleName
-    objects: dict[str, bytes]
+    staged: Staged  # its objects in the temp area
+    size: int  # bytes downloaded
     summary: BundleSummary | None
     findings: list[Finding]
-    prepared: dict[str, Path] = field(default_factory=dict)  # key -> its temp file
-
-    def release(self) -> None:
-        """Remove the temp files not linked into the mirror."""
-        for path in self.prepared.values():
-            path.unlink(missing_ok=True)
-        self.prepared.clear()
 
     @property
     def ok(self) -> bool:
@@ -420,8 +502,17 @@ def _pull_keys(store: Store, mirror: Mirror, trust_findings: list[Finding],
     """Mirror the key folder: key documents, enrollments, rotations, revocations.
     An enrollment the organisation root does not vouch for goes to quarantine."""
     refused = {f.key: f for f in trust_findings if f.severity == ERROR}
+    folder = _KeyFolder(store)
     for key in store.list(KEYS_PREFIX):
-        data = store.get(key)
+        try:
+            data = folder.get(key)
+        except ObjectRefused as exc:  # not a regular file, or over the cap: not kept
+            unread = refused.get(key) or Finding(key, exc.code, exc.message)
+            if key not in refused:
+                result.findings.append(unread)
+            if not mirror.is_quarantined(key):
+                mirror.put_in_quarantine(key, {}, [unread])
+            continue
         if key in refused:
             if not mirror.is_quarantined(key):
                 mirror.put_in_quarantine(key, {key: data}, [refused[key]])
@@ -469,17 +560,14 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
             todo.append(name)
 
     def fetch(name: BundleName) -> _Fetched:
-        objects = {key: store.get(key) for key in bundles[name].values()}
-        summary, findings = verify_bundle(objects, name, trust)
-        fetched = _Fetched(name, objects, summary, findings)
-        if fetched.ok:
-            try:
-                for key, data in objects.items():
-                    fetched.prepared[key] = mirror.prepare(data)
-            except BaseException:
-                fetched.release()
-                raise
-        return fetched
+        staged = Staged()
+        try:
+            download_bundle(store, mirror, name, bundles[name], trust, staged)
+            summary, findings = verify_bundle(staged, name, trust)
+            return _Fetched(name, staged, staged.size(), summary, findings)
+        except BaseException:
+            staged.release()
+            raise
 
     chains = _MirrorChains(mirror)
 
@@ -493,12 +581,13 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
                 assert fetched.summary is not None
                 chains.add(fetched.summary)
                 result.pulled += 1
-                result.bytes += sum(len(d) for d in fetched.objects.values())
+                result.bytes += fetched.size
                 result.findings.extend(findings)
+                fetched.staged.release()
                 return
             findings.append(placed)
-        fetched.release()
-        mirror.put_in_quarantine(fetched.name.stem, fetched.objects, findings)
+        mirror.put_in_quarantine(fetched.name.stem, fetched.staged.files, findings)
+        fetched.staged.release()
         result.quarantined += 1
         result.findings.extend(findings)
 
@@ -515,13 +604,57 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
     return result
 
 
+def download_bundle(store: Store, mirror: Mirror, name: BundleName, keys: Mapping[str, str],
+                    trust: Trust, staged: Staged) -> None:
+    """The bundle's objects (kind -> key) into `staged`, each capped: the manifest at
+    MAX_MANIFEST_BYTES, first; the records object at the most its signed record count
+    can take (`max_records_object_bytes`; one record's worth when the manifest does
+    not verify under `trust`: the checks will not read it, quarantine keeps that
+    much); the RFC 3161 reply at MAX_RESPONSE_BYTES."""
+    def one(kind: str, limit: int, why: str = "") -> None:
+        key = keys[kind]
+        staged.kinds.add(kind)
+        try:
+            path, cut = mirror.download(store, key, limit)
+        except ObjectRefused as exc:
+            staged.refused[key] = exc
+            return
+        staged.files[key] = path
+        if cut:
+            staged.refused[key] = too_large(
+                key, limit, f"{why}; the first {limit + 1} bytes are kept where it is "
+                "quarantined")
+
+    if "manifest" in keys:
+        one("manifest", MAX_MANIFEST_BYTES)
+    if "records" in keys:
+        count = _signed_count(staged, name, trust)
+        one("records", max_records_object_bytes(1 if count is None else count),
+            " (the most a records object of 1 record can take: its manifest does not "
+            "verify)" if count is None else
+            f" (the most a records object of the {count} signed record(s) can take)")
+    if "timestamp" in keys:
+        one("timestamp", MAX_RESPONSE_BYTES)
+
+
+def _signed_count(staged: Staged, name: BundleName, trust: Trust) -> int | None:
+    """The record count of the bundle's manifest if it verifies under `trust`."""
+    try:
+        manifest = get_capped(staged, name.manifest_key, MAX_MANIFEST_BYTES)
+        payload = verify_envelope(manifest, trust.keys).payload
+        return parse_bundle_statement(payload).predicate.records.count
+    except (GamsaError, KeyError):
+        return None
+
+
 def _place_bundle(mirror: Mirror, fetched: _Fetched) -> Finding | None:
     """Link a verified bundle's objects into the mirror, manifest last; a finding if the
     mirror already holds other bytes under one of its keys (then not completed)."""
+    files = fetched.staged.files
     keys = {kind: key for kind in _KINDS_IN_ORDER
-            if (key := getattr(fetched.name, f"{kind}_key")) in fetched.objects}
+            if (key := getattr(fetched.name, f"{kind}_key")) in files}
     for kind, key in keys.items():
-        if not mirror.place(key, fetched.objects[key], fetched.prepared.pop(key, None)):
+        if not mirror.link(key, files[key]):
             return Finding(key, "store_object_changed",
                            "the mirror holds other bytes under this key (pulled earlier); "
                            "the store's object changed since")

@@ -37,6 +37,17 @@ BATCH_RECORDS = 4096  # records canonicalized, hashed and compressed together
 MAX_LINE_BYTES = 16 * 1024 * 1024
 DECOMPRESS_CHUNK = 1 << 20  # decompressed bytes produced at a time
 
+
+def max_records_object_bytes(count: int) -> int:
+    """The most bytes a records object of `count` records can take and still verify:
+    each line at most MAX_LINE_BYTES plus its newline, one gzip member (more lines,
+    a longer line or trailing data fail §4 step 6), compressed no worse than zlib's
+    conservative deflateBound, plus the gzip header and trailer. What a store holds
+    past this is not read (a reader downloading an object to check it stops here)."""
+    raw = max(count, 0) * (MAX_LINE_BYTES + 1)
+    return raw + ((raw + 7) >> 3) + ((raw + 63) >> 6) + 5 + 18 + 1024
+
+
 # A host id starts with a letter or digit, so "." and ".." can never be one.
 HOST_ID = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 BUNDLE_KEY = re.compile(

@@ -14,7 +14,7 @@ import errno
 import io
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -86,18 +86,31 @@ def _kind(mode: int) -> str:
     return "not a plain file"
 
 
+def too_large(key: str, limit: int, why: str = "") -> ObjectRefused:
+    """The refusal of an object over its cap (`why`: what the cap stands for)."""
+    return ObjectRefused(f"{key}: larger than {limit} bytes{why}; not read further",
+                         "object_too_large")
+
+
+def copy_capped(stream: BinaryIO, sink: Callable[[bytes], object], limit: int) -> bool:
+    """`stream` into `sink` a chunk at a time, at most `limit` + 1 bytes: True when
+    the stream held more than `limit` (then nothing past that byte is read)."""
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
+        if not chunk:
+            return False
+        sink(chunk)
+        size += len(chunk)
+    return True
+
+
 def read_capped(stream: BinaryIO, key: str, limit: int) -> bytes:
     """All of `stream`, or `ObjectRefused` once it holds more than `limit` bytes."""
     chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise ObjectRefused(f"{key}: larger than {limit} bytes; not read", "object_too_large")
+    if copy_capped(stream, chunks.append, limit):
+        raise too_large(key, limit)
+    return b"".join(chunks)
 
 
 def open_object(reader: ObjectReader, key: str) -> BinaryIO:

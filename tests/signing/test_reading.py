@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from signing import bundle
 from signing.bundle import iter_record_batches, write_records
-from signing.reading import DirectoryReader, ObjectRefused, get_capped, read_capped
+from signing.reading import (
+    READ_CHUNK,
+    DirectoryReader,
+    ObjectRefused,
+    copy_capped,
+    get_capped,
+    read_capped,
+)
 from signing.verify import MAX_FINDINGS_PER_OBJECT, check_records_object
 
 
@@ -91,3 +99,26 @@ def test_more_lines_than_signed_stop_at_count_plus_one() -> None:
     assert [(f.code, f.message) for f in findings] == [
         ("count_mismatch", "more than the 1 records the signed manifest says; reading "
                            "stopped at record 2")]
+
+
+def test_copy_capped_stops_one_byte_past_the_cap() -> None:
+    copied: list[bytes] = []
+    assert copy_capped(io.BytesIO(b"a" * (READ_CHUNK * 3)), copied.append, READ_CHUNK + 5)
+    assert len(b"".join(copied)) == READ_CHUNK + 6
+    copied.clear()
+    assert not copy_capped(io.BytesIO(b"a" * 10), copied.append, 10)
+    assert b"".join(copied) == b"a" * 10
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_records_object_bound_holds_for_incompressible_lines(
+        count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound with the longest lines gzip cannot shrink (a smaller line cap
+    stands in for 16 MiB): every object that could verify fits under it."""
+    monkeypatch.setattr(bundle, "MAX_LINE_BYTES", 256 * 1024)
+    lines = b"".join(os.urandom(bundle.MAX_LINE_BYTES).replace(b"\n", b" ") + b"\n"
+                     for _ in range(count))
+    compressor = zlib.compressobj(bundle.GZIP_LEVEL, zlib.DEFLATED, 31)
+    stored = compressor.compress(lines) + compressor.flush()
+    assert len(stored) <= bundle.max_records_object_bytes(count)
+    assert bundle.max_records_object_bytes(count) < bundle.max_records_object_bytes(count + 1)
