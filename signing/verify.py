@@ -36,6 +36,7 @@ from signing.bundle import (
     BundleName,
     iter_record_batches,
     manifest_sha256,
+    max_records_object_bytes,
     parse_bundle_key,
 )
 from signing.canonical import canonical_record_hosts, gc_paused, parse_canonical_lines
@@ -56,10 +57,11 @@ from signing.ordered import in_order
 from signing.predicate import ChainFollows, parse_bundle_statement
 from signing.reading import (
     MAX_MANIFEST_BYTES,
-    READ_CHUNK,
     ObjectRefused,
+    copy_capped,
     get_capped,
     open_object,
+    too_large,
 )
 
 # Re-exported: the store readers live in signing.reading.
@@ -254,30 +256,40 @@ def check_records(data: bytes, key: str, expected_host: str | None = None,
     return count, root, found.close()
 
 
-def _digest_pass(stream: BinaryIO) -> tuple[str, BinaryIO]:
+def _digest_pass(stream: BinaryIO, limit: int) -> tuple[str, BinaryIO] | None:
     """The SHA-256 of `stream`, and a stream of the same bytes from the start: the
-    same file sought back, or (a network body) a spool of what was read."""
+    same file sought back, or (a network body) a spool of what was read. None (and
+    the stream closed) when it holds more than `limit` bytes: nothing past that byte
+    is read, hashed or spooled."""
     digest = hashlib.sha256()
     if stream.seekable():
         try:
-            while chunk := stream.read(READ_CHUNK):
-                digest.update(chunk)
+            over = copy_capped(stream, digest.update, limit)
             stream.seek(0)
         except BaseException:
             stream.close()
             raise
+        if over:
+            stream.close()
+            return None
         return digest.hexdigest(), stream
     spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+
+    def take(chunk: bytes) -> None:
+        digest.update(chunk)
+        spool.write(chunk)
+
     try:
-        while chunk := stream.read(READ_CHUNK):
-            digest.update(chunk)
-            spool.write(chunk)
+        over = copy_capped(stream, take, limit)
         spool.seek(0)
     except BaseException:
         spool.close()
         raise
     finally:
         stream.close()
+    if over:
+        spool.close()
+        return None
     return digest.hexdigest(), spool  # type: ignore[return-value]
 
 
@@ -285,12 +297,18 @@ def check_records_object(stream: BinaryIO, key: str, signed_digest: Any, signed_
                          signed_root: str, expected_host: str) -> list[Finding]:
     """The records checks of one bundle (docs/FORMAT.md §4 step 5-6), bounded.
 
-    The digest is checked first, streaming: on a mismatch the object is not what
-    was signed and nothing more is read from it. Then lines are decoded, at most
+    The digest is checked first, streaming, and at most the bytes `signed_count`
+    records can take are read (`object_too_large` past that): on a mismatch the
+    object is not what was signed and nothing more is read from it. Then lines are decoded, at most
     the signed count + 1 (more is `count_mismatch` without reading the rest), each
     checked; findings past MAX_FINDINGS_PER_OBJECT are counted, not listed.
     """
-    digest, source = _digest_pass(stream)
+    limit = max_records_object_bytes(signed_count)
+    passed = _digest_pass(stream, limit)
+    if passed is None:  # more than any object of the signed count can be: not what was signed
+        refused = too_large(key, limit, f" (the most {signed_count} records can take)")
+        return [Finding(key, refused.code, refused.message)]
+    digest, source = passed
     with source:
         if digest != signed_digest:
             return [Finding(key, "digest_mismatch",

@@ -122,3 +122,33 @@ def test_records_object_bound_holds_for_incompressible_lines(
     stored = compressor.compress(lines) + compressor.flush()
     assert len(stored) <= bundle.max_records_object_bytes(count)
     assert bundle.max_records_object_bytes(count) < bundle.max_records_object_bytes(count + 1)
+
+
+class _Network(io.RawIOBase):
+    """A body that cannot seek (as an S3 response), counting what was read of it."""
+
+    def __init__(self, size: int) -> None:
+        self.left, self.taken = size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), self.left)
+        buffer[:n] = b"\0" * n
+        self.left -= n
+        self.taken += n
+        return n
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_records_object_larger_than_its_signed_count_allows_is_not_read_past_it(
+        seekable: bool) -> None:
+    limit = bundle.max_records_object_bytes(2)
+    body = _Network(limit * 4)
+    stream = io.BytesIO(b"\0" * (limit + 100)) if seekable else io.BufferedReader(body)
+    findings = check_records_object(stream, "k", "0" * 64, 2, "", "h")  # type: ignore[arg-type]
+    assert [(f.code, f.key) for f in findings] == [("object_too_large", "k")]
+    assert f"larger than {limit} bytes (the most 2 records can take)" in findings[0].message
+    if not seekable:
+        assert body.taken <= limit + 1 + READ_CHUNK  # a buffered read ahead, no more
