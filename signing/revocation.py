@@ -25,13 +25,20 @@ from typing import Any
 
 from signing.canonical import canonical_bytes
 from signing.dsse import make_statement, parse_statement, sign_envelope, verify_envelope
-from signing.enrollment import KEYS_PREFIX, format_time, key_statement_name, parse_time, show
+from signing.enrollment import (
+    KEYS_PREFIX,
+    MAX_DOCUMENT_BYTES,
+    format_time,
+    key_statement_name,
+    parse_time,
+    show,
+)
 from signing.errors import FormatError, SignatureError, UsageError
 from signing.keys import PublicKey, Signer
+from signing.reading import get_capped
 from signing.rotation import KeysReader, Problem, SignedBundle
 
 PREDICATE_TYPE = "urn:gamsa:key-revocation:v1"
-MAX_DOCUMENT_BYTES = 64 * 1024
 MAX_REASON_CHARS = 512
 REVOCATION_KEY = re.compile(r"^v1/keys/([0-9a-f]{64})\.revocation\.([0-9a-f]{64})\.dsse\.json$")
 KEY_REVOKED = "key_revoked"
@@ -112,7 +119,8 @@ def revocation_findings(reader: KeysReader, org_keys: Mapping[str, PublicKey],
         if match is None:
             continue
         try:
-            revocation = verify_revocation(reader.get(key), org_keys, key)
+            revocation = verify_revocation(get_capped(reader, key, MAX_DOCUMENT_BYTES),
+                                           org_keys, key)
         except (FormatError, SignatureError) as exc:
             problems.append(Problem(key, REVOCATION_INVALID,
                                     f"revocation not accepted: {exc.message}"))

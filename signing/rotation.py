@@ -40,12 +40,18 @@ from signing.dsse import (
     sign_envelope,
     verify_envelope,
 )
-from signing.enrollment import KEYS_PREFIX, key_statement_name, parse_time, show
+from signing.enrollment import (
+    KEYS_PREFIX,
+    MAX_DOCUMENT_BYTES,
+    key_statement_name,
+    parse_time,
+    show,
+)
 from signing.errors import FormatError, SignatureError, UsageError
 from signing.keys import ALGORITHM, PublicKey, Signer, public_key_from_pem
+from signing.reading import get_capped
 
 PREDICATE_TYPE = "urn:gamsa:key-rotation:v1"
-MAX_DOCUMENT_BYTES = 64 * 1024
 ROTATION_KEY = re.compile(r"^v1/keys/([0-9a-f]{64})\.rotation\.([0-9a-f]{64})\.dsse\.json$")
 KEY_CHANGE_WITHOUT_ROTATION = "key_change_without_rotation"
 KEY_USED_AFTER_ROTATION = "key_used_after_rotation"
@@ -242,8 +248,8 @@ def load_rotations(reader: KeysReader) -> tuple[dict[tuple[str, str], list[tuple
         match = ROTATION_KEY.match(key)
         if match is None:
             continue
-        data = reader.get(key)
         try:
+            data = get_capped(reader, key, MAX_DOCUMENT_BYTES)
             claimed = read_rotation(data, key)
         except (FormatError, SignatureError) as exc:
             problems.append(Problem(key, ROTATION_INVALID,

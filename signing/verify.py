@@ -45,6 +45,7 @@ from signing.dsse import is_exact_gamsa_envelope, parse_envelope, verify_envelop
 from signing.enrollment import (
     ENROLLMENT_KEY,
     KEYS_PREFIX,
+    MAX_DOCUMENT_BYTES,
     Enrollment,
     check_binding,
     verify_enrollment,
@@ -378,7 +379,8 @@ def load_trust(reader: ObjectReader, trusted: Mapping[str, PublicKey],
 
     def one(key: str) -> Enrollment | Finding:
         try:
-            enrollment = verify_enrollment(reader.get(key), org, key)
+            enrollment = verify_enrollment(get_capped(reader, key, MAX_DOCUMENT_BYTES), org,
+                                           key)
         except SignatureError as exc:
             code = ("enrollment_untrusted" if "trusted key" in exc.message
                     else "enrollment_invalid")
@@ -650,6 +652,9 @@ class _KeysListedOnce:
 
     def get(self, key: str) -> bytes:
         return self._reader.get(key)
+
+    def open(self, key: str) -> BinaryIO:  # the reader's stream: reads stay capped
+        return open_object(self._reader, key)
 
 
 def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],

@@ -84,6 +84,11 @@ def hostile(gamsa_env: GamsaEnv) -> tuple[GamsaEnv, dict[str, BundleName]]:
     (day / "README.txt").write_text("a foreign object")
     (store / "v1/host=test-host/junk").mkdir()
     (store / "v1/host=test-host/junk/blob.bin").write_bytes(os.urandom(64))
+    keys = store / "v1/keys"  # key-folder documents are read up to their 64 KiB cap
+    with open(keys / f"{'a' * 64}.rotation.{'b' * 64}.dsse.json", "wb") as sparse:
+        sparse.truncate(2**30)
+    os.mkfifo(keys / f"{'c' * 64}.enrollment.{'d' * 64}.dsse.json")
+    (keys / f"{'e' * 64}.revocation.{'f' * 64}.dsse.json").symlink_to("/dev/zero")
     return gamsa_env, planted
 
 
@@ -137,6 +142,9 @@ def test_hostile_store_is_findings_not_exhaustion(
     assert signed == ["not_canonical"] * 20 + ["findings_capped", "count_mismatch"]
     capped = next(f for f in report["findings"] if f["code"] == "findings_capped")
     assert capped["message"].startswith("981 more finding(s)")
+    rotation = [f for f in report["findings"] if ".rotation." in f["key"]]
+    assert [f["code"] for f in rotation] == ["rotation_invalid"], rotation
+    assert "larger than 65536 bytes; not read further" in rotation[0]["message"]
     foreign = {k for c, k in found if c == "unexpected_object"}
     assert any(k.endswith("README.txt") for k in foreign)
     assert any(k.endswith("junk/blob.bin") for k in foreign)
