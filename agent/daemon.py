@@ -4,8 +4,9 @@ One main thread schedules and seals (a start sweep, then each collector on its o
 interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
 background thread ships, each time in a short-lived child (agent/store_child.py) so no
 store client is ever resident here. Sweeps are sealed by such a child too, so their
-records never raise this process's memory; file changes, heartbeats, AI egress and
-the agent's own life are sealed here, at once. Both take the state lock only while they seal or
+records never raise this process's memory, and so are a storm of file changes and a
+rescan (agent/fim.py `in_child`); a few file changes, heartbeats, AI egress and the
+agent's own life are sealed here, at once. Both take the state lock only while they seal or
 ship, so `gamsa collect` run meanwhile extends the same chain. Signal handlers only set
 flags: the main loop acts on them between sealings, so SIGTERM never interrupts a
 bundle; a stop ends a ship child that runs too long (shipping is crash-safe).
@@ -73,6 +74,7 @@ PREEMPT_SHIP_AFTER = 5.0
 # sweep of any other collector is sealed in a short-lived child, so the records of a
 # full sweep never raise this process's resident memory for the rest of its life
 # (docs/BENCHMARKS.md, "The idle daemon"); it costs an interpreter start per sweep.
+# A file-change batch too large for that goes to the child too (agent/fim.py).
 SEALED_IN_DAEMON = frozenset({egress.NAME, AGENT})
 # After SIGTERM a sweep child still at work by then is ended and its bundle abandoned
 # (the next start sweeps again); the last ship then has what is left of the 10 s.

@@ -9,7 +9,9 @@ differs from the last sealed baseline (`collector.files.changes`). The baseline 
 the files collector's checkpoint, staged with the bundle and promoted with the
 chain head, so a crash neither loses a change nor reports one twice; the start
 sweep compares every path with it, so a change made while the agent was stopped
-is sealed at start.
+is sealed at start. A batch of more than CHILD_BATCH_PATHS paths, or a rescan, is
+described and sealed the same way by the sweep child (agent/store_child.py `seal`),
+so a storm's records never pin the long-lived daemon's memory.
 
 Watched: for a pattern with a wildcard, the directory before the first wildcard,
 recursively; for a literal path, its parent (and itself, recursively, when it is

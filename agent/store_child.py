@@ -11,7 +11,8 @@ Each ship, each pre-seal look at a network store, and each scheduled sweep runs
 
 with a JSON request on stdin: the daemon's effective config (as TOML, so a config
 file edited since, or refused by a reload, plays no part), the resolved host id, and
-for `look` the chain head, for `seal` the collectors and the trigger. The child
+for `look` the chain head, for `seal` the collectors and the trigger (and for a
+file-change storm or rescan, the batch of changed paths: agent/fim.py). The child
 writes one JSON object per line on stdout: the events the daemon logs in its own
 format (`level`, `event`, `message` and fields), and for `look` a last `view` object,
 for `seal` a last `sealed` object. Its exit code is 0, or the exit code of the
