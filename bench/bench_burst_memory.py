@@ -2,12 +2,13 @@
 
 Run by hand (not in CI), from the repository root, on Linux with glibc:
 
-    python bench/bench_burst_memory.py [--files 10000] [--singles 5]
+    python bench/bench_burst_memory.py [--files 10000] [--singles 5] [--burst N]
 
 Makes a tree of --files small files, runs the daemon's `Daemon.run` in this process
 (only the `files` collector watching the tree, a file:// store, schedule and
 heartbeat 1 h) and, from a side thread, measures at four moments: after the start
-sweep, after --singles single changes, after one write to every file (the burst),
+sweep, after --singles single changes, after one write to every file (the burst;
+--burst N: to the first N only, e.g. a batch just under the child's threshold),
 and after 4x --singles more single changes. Each time: VmRSS and RssAnon, pymalloc's
 arenas and live blocks (`sys._debugmallocstats`), glibc's heap (`mallinfo2`), and
 which mappings of /proc/self/smaps grew since the last moment. This process imports
@@ -113,6 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=None, help="files written in the burst")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gamsa-bench-burst-"))
@@ -168,7 +170,7 @@ def main() -> None:
             singles(args.singles, b"single ")
             probe.measure(f"after {args.singles} single changes")
             before, began = len(sealed), time.monotonic()
-            for i, path in enumerate(paths):
+            for i, path in enumerate(paths[:args.burst]):
                 path.write_bytes(f"burst {i}\n".encode())
             settled(before + 1)
             print(f"burst: {len(sealed) - before} bundle(s), sealed "
