@@ -4,8 +4,9 @@ One main thread schedules and seals (a start sweep, then each collector on its o
 interval plus jitter, a heartbeat bundle after `schedule.heartbeat` of silence); one
 background thread ships, each time in a short-lived child (agent/store_child.py) so no
 store client is ever resident here. Sweeps are sealed by such a child too, so their
-records never raise this process's memory; file changes, heartbeats, AI egress and
-the agent's own life are sealed here, at once. Both take the state lock only while they seal or
+records never raise this process's memory, and so are a storm of file changes and a
+rescan (agent/fim.py `in_child`); a few file changes, heartbeats, AI egress and the
+agent's own life are sealed here, at once. Both take the state lock only while they seal or
 ship, so `gamsa collect` run meanwhile extends the same chain. Signal handlers only set
 flags: the main loop acts on them between sealings, so SIGTERM never interrupts a
 bundle; a stop ends a ship child that runs too long (shipping is crash-safe).
@@ -43,6 +44,7 @@ from agent.selfwatch import ClockWatch, ShipHealth, SpoolPressure
 from agent.state import ChainHead, LockAbandoned, SpoolUsage, StateDir
 from agent.store_child import ChildResult, Event, run_child, view_from_json
 from collector.agent import NAME as AGENT
+from collector.files import NAME as FILES
 from collector.files import WATCH as FILES_WATCH
 from collector.record import from_epoch, utc_now
 from collector.registry import Collector
@@ -72,6 +74,7 @@ PREEMPT_SHIP_AFTER = 5.0
 # sweep of any other collector is sealed in a short-lived child, so the records of a
 # full sweep never raise this process's resident memory for the rest of its life
 # (docs/BENCHMARKS.md, "The idle daemon"); it costs an interpreter start per sweep.
+# A file-change batch too large for that goes to the child too (agent/fim.py).
 SEALED_IN_DAEMON = frozenset({egress.NAME, AGENT})
 # After SIGTERM a sweep child still at work by then is ended and its bundle abandoned
 # (the next start sweeps again); the last ship then has what is left of the 10 s.
@@ -320,7 +323,12 @@ class Daemon:
         problem = note_quietly(self.config.state_dir, event, **fields)
         if problem is not None:
             self.log("warning", "lifelog", f"agent event {event} not noted: {problem}")
-        if prompt and AGENT in self.plan.due:
+        if prompt:
+            self.life_noted()
+
+    def life_noted(self) -> None:
+        """A life event was noted (here or by a child): the agent collector seals it soon."""
+        if AGENT in self.plan.due:
             soon = time.monotonic() + LIFE_SEAL_SECONDS
             self.plan.due[AGENT] = min(self.plan.due[AGENT], soon)
             self.wake.set()
@@ -438,7 +446,7 @@ class Daemon:
                 if egress.NAME in names:
                     self.egress.cut()
             if not set(names) <= SEALED_IN_DAEMON:
-                return self.seal_in_child(names, trigger)
+                return bool(self.seal_in_child(names, trigger))
             collectors = [self.collectors[n] for n in names]
         state = self.state()
         host_id = self.host_id()
@@ -458,15 +466,10 @@ class Daemon:
                 sealed = seal_collection(config, host_id, collectors, trigger, state,
                                          look=look)
         except LockAbandoned as exc:
-            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): "
-                     f"{exc.diagnostics()}", trigger=trigger, collectors=names)
+            self.seal_not_done(trigger, names, exc.diagnostics(), abandoned=True)
             return False
         except GamsaError as exc:
-            self.log("error", "seal_failed", f"sealing failed ({trigger}): {exc.diagnostics()}",
-                     trigger=trigger, collectors=names)
-            notify(f"STATUS=sealing failed ({trigger}): {exc.message}")
-            if self.egress is not None and egress.NAME in names:
-                self.egress.retry_later()  # its closed window waits on disk: try again
+            self.seal_not_done(trigger, names, exc.diagnostics())
             return False
         self.sealed(sealed.summary(), trigger)
         return True
@@ -498,9 +501,33 @@ class Daemon:
         if pressure is not None:
             self.life("spool_pressure", **pressure)
 
-    def seal_in_child(self, names: list[str], trigger: str) -> bool:
+    def seal_not_done(self, trigger: str, names: list[str], why: str,
+                      abandoned: bool = False) -> None:
+        """A sealing here or in a child that kept nothing: said once, and what waits
+        to be sealed again (egress's closed window) is tried again."""
+        if abandoned:
+            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): {why}",
+                     trigger=trigger, collectors=names)
+        else:
+            self.log("error", "seal_failed", f"sealing failed ({trigger}): {why}",
+                     trigger=trigger, collectors=names)
+            notify(f"STATUS=sealing failed ({trigger}): {why}")
+        if self.egress is not None and egress.NAME in names:
+            self.egress.retry_later()  # its closed window waits on disk: try again
+
+    def seal_batch_in_child(self, batch: dict[str, Any]) -> bool | None:
+        """A file-change batch (agent/fim.py `batch_to_json`) too large to seal here,
+        sealed by the sweep child; None: nothing in it differs from the baseline."""
+        try:
+            return self.seal_in_child([FILES], "file-change", batch)
+        finally:
+            memory.release()
+
+    def seal_in_child(self, names: list[str], trigger: str,
+                      batch: dict[str, Any] | None = None) -> bool | None:
         """A sweep sealed by a short-lived child (agent/store_child.py `seal`): its
-        records, the high-water mark of a sweep of every collector, never live here.
+        records, the high-water mark of a sweep of every collector, never live here;
+        with `batch`, the file changes of a storm or a rescan (None: nothing differed).
         The child takes the state lock itself; while it waits for it, our own ship
         child is ended after PREEMPT_SHIP_AFTER (at once when stopping). A stop ends
         the child by STOP_SWEEP_BY: the bundle in hand is abandoned, nothing of it kept."""
@@ -524,13 +551,19 @@ class Daemon:
             return None if self.stop_asked_at is None else self.stop_asked_at + STOP_SWEEP_BY
 
         request = {**self.child_request(), "names": names, "trigger": trigger,
-                   "config_sha256": self.config.sha256}  # the file's, in the manifest
+                   "config_sha256": self.config.sha256,  # the file's, in the manifest
+                   "batch": batch}
         before = self.head_or_none()
         result = run_child("seal", request, relay, deadline)
+        if any(e.get("event") == "life_noted" for e in result.results):
+            self.life_noted()
         done = [e for e in result.results if e.get("event") == "sealed"]
         if result.returncode == 0 and done:
             self.sealed(done[-1], trigger)
             return True
+        if result.returncode == 0 and any(e.get("event") == "unchanged"
+                                           for e in result.results):
+            return None
         after = self.head_or_none()
         if after is not None and after != before:  # ended between sealing and telling
             self.last_sealed = time.monotonic()
@@ -540,18 +573,14 @@ class Daemon:
                      collectors={name: "unknown" for name in names})
             return True
         if result.killed and waiting:
-            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): gave up "
-                     f"waiting for the state lock at the stop: another gamsa process holds "
-                     f"it; nothing of it was kept", trigger=trigger, collectors=names)
+            self.seal_not_done(trigger, names, "gave up waiting for the state lock at the "
+                               "stop: another gamsa process holds it; nothing of it was "
+                               "kept", abandoned=True)
         elif result.killed:
-            self.log("warning", "seal_abandoned", f"sealing abandoned ({trigger}): the agent "
-                     f"is stopping; nothing of it was kept", trigger=trigger, collectors=names)
+            self.seal_not_done(trigger, names, "the agent is stopping; nothing of it was "
+                               "kept", abandoned=True)
         else:
-            self.log("error", "seal_failed", f"sealing failed ({trigger}): {result.error}",
-                     trigger=trigger, collectors=names)
-            notify(f"STATUS=sealing failed ({trigger}): {result.error}")
-        if self.egress is not None and egress.NAME in names:
-            self.egress.retry_later()  # its closed window waits on disk: try again
+            self.seal_not_done(trigger, names, str(result.error))
         return False
 
     def waiting_for_lock(self, since: float) -> bool:

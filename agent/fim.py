@@ -9,7 +9,9 @@ differs from the last sealed baseline (`collector.files.changes`). The baseline 
 the files collector's checkpoint, staged with the bundle and promoted with the
 chain head, so a crash neither loses a change nor reports one twice; the start
 sweep compares every path with it, so a change made while the agent was stopped
-is sealed at start.
+is sealed at start. A batch of more than CHILD_BATCH_PATHS paths, or a rescan, is
+described and sealed the same way by the sweep child (agent/store_child.py `seal`),
+so a storm's records never pin the long-lived daemon's memory.
 
 Watched: for a pattern with a wildcard, the directory before the first wildcard,
 recursively; for a literal path, its parent (and itself, recursively, when it is
@@ -28,6 +30,7 @@ Without inotify at all, everything is polled, with a warning.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import errno
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.daemon import Daemon
     from agent.state import StateDir
+    from collector.registry import Collector
 
 POLL_SECONDS = 2  # a directory inotify could not watch is polled this often
 RETRY_SECONDS = 5.0  # after a failed sealing, the batch waits this long
@@ -296,25 +300,6 @@ class FileWatch:
         self.inotify = False  # main is an inotify observer (else everything is polled)
         self.poller: BaseObserver | None = None
         self.log_handler = _OverflowLog(self.pending, log)
-        self._sealed: tuple[tuple[int, int, int], Any] | None = None
-
-    def sealed_checkpoint(self, state: StateDir) -> Any:
-        """The files checkpoint of the sealed chain head; caller holds the state lock.
-        Parsed again only when checkpoints.json was replaced (it holds the whole
-        baseline: tens of milliseconds to parse with 10,000 files)."""
-        if state.next_checkpoints_path.exists():  # a sealing cut short: recover decides
-            self._sealed = None
-            return state.load_checkpoints(state.recover()).get(files.NAME)
-        try:
-            st = os.stat(state.checkpoints_path)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise GamsaError(f"cannot read {state.checkpoints_path}: {exc.strerror}") from exc
-        identity = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._sealed is None or self._sealed[0] != identity:
-            self._sealed = (identity, state.load_checkpoints(None).get(files.NAME))
-        return self._sealed[1]
 
     @property
     def debounce(self) -> float:
@@ -437,6 +422,46 @@ class FileWatch:
 
 # --- the sealer's side -------------------------------------------------------------------
 
+# A batch of more paths than this (a storm, a tree rewritten) or a rescan is described
+# and sealed by the sweep child (agent/store_child.py `seal`), like a sweep: the records
+# of thousands of changes would leave CPython's arenas pinned in the daemon for good
+# (~18 MB after 10,000, docs/BENCHMARKS.md). Smaller batches are sealed here, without
+# the interpreter start (~0.4 s) a child costs, so a change is sealed within a second.
+CHILD_BATCH_PATHS = 200
+
+
+def batch_to_json(batch: Batch) -> dict[str, Any]:
+    """A batch for the child's request: the paths as one base64 string of NUL-joined
+    host paths (a list of 10,000 strings would itself fragment the daemon's memory)."""
+    return {"paths": base64.b64encode(b"\0".join(sorted(batch.paths))).decode("ascii"),
+            "overflow": batch.overflow,
+            "limits": base64.b64encode(b"\0".join(
+                d + b"\0" + r.encode() for d, r in sorted(batch.limits.items()))
+            ).decode("ascii")}
+
+
+def batch_from_json(data: dict[str, Any]) -> Batch:
+    """The inverse of `batch_to_json`."""
+    raw = base64.b64decode(data["paths"])
+    limits = base64.b64decode(data["limits"]).split(b"\0") if data["limits"] else []
+    return Batch(set(raw.split(b"\0")) if raw else set(), bool(data["overflow"]),
+                 {limits[i]: limits[i + 1].decode() for i in range(0, len(limits), 2)})
+
+
+def in_child(batch: Batch) -> bool:
+    """Whether the batch is sealed by the sweep child (CHILD_BATCH_PATHS)."""
+    return batch.overflow or bool(batch.limits) or len(batch.paths) > CHILD_BATCH_PATHS
+
+
+def sealed_checkpoint(state: StateDir) -> Any:
+    """The files checkpoint of the sealed chain head; the caller holds the state lock.
+    Read anew each time: parsing it costs ~6 ms with 10,000 files, keeping it ~2 MB
+    resident for the daemon's life (docs/BENCHMARKS.md, "The idle daemon")."""
+    if state.next_checkpoints_path.exists():  # a sealing cut short: recover decides
+        return state.load_checkpoints(state.recover()).get(files.NAME)
+    return state.load_checkpoints(None).get(files.NAME)
+
+
 def rescan_records(batch: Batch, observation: files.Observation,
            diff: files.Changes) -> list[Record]:
     """The `watch_overflow` / `watch_limit` records of a rescan."""
@@ -456,36 +481,24 @@ def rescan_records(batch: Batch, observation: files.Observation,
     return notes
 
 
-def seal_batch(daemon: Daemon, watch: FileWatch) -> bool:
-    """Take the due batch, describe its paths and seal what differs from the last
-    sealed baseline as a `file-change` bundle; True when one was sealed. A batch that
-    fails goes back to the queue (nothing is dropped)."""
+def batch_collector(config: Config, state: StateDir, batch: Batch,
+                    sealed_checkpoint: Callable[[], Any], log: Callable[..., None],
+                    life: Callable[..., None]) -> Collector | None:
+    """Describe the batch's paths and compare them with the sealed baseline
+    (`sealed_checkpoint()` reads it under the state lock): the files collector that
+    seals what differs as a `file-change` bundle, None when nothing does (and it is
+    no rescan). The same in the daemon and in the sweep child. Raises GamsaError."""
     from agent.seal import collect_context
 
-    batch = watch.pending.take()
-    if not batch:
-        return False
-    try:
-        watch.replan()  # before describing: a new directory is watched, then read
-    except OSError as exc:
-        watch.log("warning", "watch_failed", f"re-planning watches: {exc.strerror}")
     rescan = batch.overflow or bool(batch.limits)
     under = None if batch.overflow else sorted(batch.paths | set(batch.limits))
     detected_by = "rescan" if rescan else "watch"
-    state = daemon.state()
-    try:
-        ctx = collect_context(daemon.config, state)
-        observation = files.observe(ctx, under)
-        with state.locked():  # the baseline as sealed, to seal nothing that did not change
-            checkpoint = watch.sealed_checkpoint(state)
-    except GamsaError as exc:
-        daemon.log("error", "watch_failed", f"file change not sealed yet, retry in "
-                   f"{RETRY_SECONDS:.0f} s: {exc.diagnostics()}")
-        watch.pending.put_back(batch, RETRY_SECONDS)
-        return False
+    ctx = collect_context(config, state)
+    observation = files.observe(ctx, under)
+    checkpoint = sealed_checkpoint()  # the baseline as sealed, to seal nothing unchanged
     precheck = files.changes(observation, checkpoint, detected_by)
     if not rescan and precheck.changed == 0:
-        return False
+        return None
 
     def collect(sealing: Any) -> list[Record]:  # under the state lock, in the sealing
         sealed = sealing.checkpoint(files.NAME)
@@ -497,15 +510,50 @@ def seal_batch(daemon: Daemon, watch: FileWatch) -> bool:
             sealing.set_checkpoint(files.NAME, diff.checkpoint)
         return rescan_records(batch, observation, diff) + diff.records
 
-    collector = dataclasses.replace(files.COLLECTOR, collect=collect)
     if batch.overflow:
-        daemon.log("warning", "watch_overflow", "file watching lost events (inotify queue "
-                   "overflow): every watched path rescanned (raise "
-                   "fs.inotify.max_queued_events if this repeats)")
+        log("warning", "watch_overflow", "file watching lost events (inotify queue "
+            "overflow): every watched path rescanned (raise "
+            "fs.inotify.max_queued_events if this repeats)")
     if rescan:  # the agent's own life records it too (collector/agent.py)
-        daemon.life("watch_overflow", watcher="files",
-                    reason="inotify queue overflow" if batch.overflow else "watch limit",
-                    paths=len(observation.files))
+        life("watch_overflow", watcher="files",
+             reason="inotify queue overflow" if batch.overflow else "watch limit",
+             paths=len(observation.files))
+    return dataclasses.replace(files.COLLECTOR, collect=collect)
+
+
+def seal_batch(daemon: Daemon, watch: FileWatch) -> bool:
+    """Take the due batch, describe its paths and seal what differs from the last
+    sealed baseline as a `file-change` bundle; True when one was sealed. A large
+    batch or a rescan is sealed by the sweep child (`in_child`). A batch that fails,
+    or whose child is ended, goes back to the queue (nothing is dropped)."""
+    batch = watch.pending.take()
+    if not batch:
+        return False
+    try:
+        watch.replan()  # before describing: a new directory is watched, then read
+    except OSError as exc:
+        watch.log("warning", "watch_failed", f"re-planning watches: {exc.strerror}")
+    if in_child(batch):
+        sealed = daemon.seal_batch_in_child(batch_to_json(batch))
+        if sealed is False:
+            watch.pending.put_back(batch, RETRY_SECONDS)
+        return bool(sealed)
+    state = daemon.state()
+
+    def baseline() -> Any:
+        with state.locked():
+            return sealed_checkpoint(state)
+
+    try:
+        collector = batch_collector(daemon.config, state, batch, baseline,
+                                    daemon.log, daemon.life)
+    except GamsaError as exc:
+        daemon.log("error", "watch_failed", f"file change not sealed yet, retry in "
+                   f"{RETRY_SECONDS:.0f} s: {exc.diagnostics()}")
+        watch.pending.put_back(batch, RETRY_SECONDS)
+        return False
+    if collector is None:
+        return False
     if daemon.seal([files.NAME], "file-change", [collector]):
         return True
     watch.pending.put_back(batch, RETRY_SECONDS)

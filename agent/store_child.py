@@ -11,7 +11,8 @@ Each ship, each pre-seal look at a network store, and each scheduled sweep runs
 
 with a JSON request on stdin: the daemon's effective config (as TOML, so a config
 file edited since, or refused by a reload, plays no part), the resolved host id, and
-for `look` the chain head, for `seal` the collectors and the trigger. The child
+for `look` the chain head, for `seal` the collectors and the trigger (and for a
+file-change storm or rescan, the batch of changed paths: agent/fim.py). The child
 writes one JSON object per line on stdout: the events the daemon logs in its own
 format (`level`, `event`, `message` and fields), and for `look` a last `view` object,
 for `seal` a last `sealed` object. Its exit code is 0, or the exit code of the
@@ -289,7 +290,10 @@ def look(request: dict[str, Any]) -> None:
 def seal(request: dict[str, Any]) -> None:
     """A sweep of `names` sealed under the state lock, as the daemon would seal it;
     `lock_wait`/`lock_taken` tell the daemon when it waits for the lock (its own ship
-    child may hold it), and a last `sealed` object is the bundle's `Sealed.summary`."""
+    child may hold it), and a last `sealed` object is the bundle's `Sealed.summary`.
+    With a `batch` (agent/fim.py `batch_to_json`): the file changes of a storm or a
+    rescan, as the daemon seals a small batch; `unchanged` when nothing differs, and
+    `life_noted` when a life event was noted for the daemon's agent collector."""
     from agent.chainguard import LOOK_SECONDS, look_within
     from agent.seal import seal_collection
     from agent.state import StateDir
@@ -299,16 +303,7 @@ def seal(request: dict[str, Any]) -> None:
     # The manifest names the daemon's config file by its hash, not this TOML copy's.
     config = dataclasses.replace(_config(request), sha256=request["config_sha256"])
     host_id = request["host_id"]
-    available = all_collectors()
-    collectors = [available[name] for name in request["names"]]
     state = StateDir(config.state_dir, config.keys.agent)
-    look = None
-    try:  # an unreachable store must not stop evidence from being sealed and spooled
-        store = open_store(config.store.url, config.store)
-        look = lambda head: look_within(LOOK_SECONDS, store, state, host_id, head)  # noqa: E731
-    except GamsaError as exc:
-        _emit("store_unchecked", "warning",
-              f"store not checked before sealing: {exc.diagnostics()}")
     waiting: list[bool] = []
 
     def give_up() -> bool:
@@ -317,12 +312,59 @@ def seal(request: dict[str, Any]) -> None:
             _emit("lock_wait", "info", "waiting for the state lock")
         return False
 
-    with state.locked(give_up=give_up):
-        if waiting:
-            _emit("lock_taken", "info", "state lock taken")
+    @contextlib.contextmanager
+    def locked() -> Any:
+        waiting.clear()
+        with state.locked(give_up=give_up):
+            if waiting:
+                _emit("lock_taken", "info", "state lock taken")
+            yield
+
+    if request.get("batch") is not None:
+        collector = _batch_collector(config, state, request["batch"], locked)
+        if collector is None:
+            _emit("unchanged")
+            return
+        collectors = [collector]
+    else:
+        available = all_collectors()
+        collectors = [available[name] for name in request["names"]]
+    look = None
+    try:  # an unreachable store must not stop evidence from being sealed and spooled
+        store = open_store(config.store.url, config.store)
+        look = lambda head: look_within(LOOK_SECONDS, store, state, host_id, head)  # noqa: E731
+    except GamsaError as exc:
+        _emit("store_unchecked", "warning",
+              f"store not checked before sealing: {exc.diagnostics()}")
+    with locked():
         sealed = seal_collection(config, host_id, collectors, request["trigger"], state,
                                  look=look)
     _emit("sealed", **sealed.summary())
+
+
+def _batch_collector(config: Any, state: Any, batch: dict[str, Any],
+                     locked: Callable[[], Any]) -> Any:
+    """The daemon's file-change collector for `batch` (agent/fim.py), its log lines
+    and life events told as the daemon would."""
+    from agent import fim
+    from agent.lifelog import note_quietly
+
+    def baseline() -> Any:
+        with locked():
+            return fim.sealed_checkpoint(state)
+
+    def log(level: str, event: str, message: str, **fields: Any) -> None:
+        _emit(event, level, message, **fields)
+
+    def life(event: str, **fields: Any) -> None:
+        problem = note_quietly(config.state_dir, event, **fields)
+        if problem is not None:
+            _emit("lifelog", "warning", f"agent event {event} not noted: {problem}")
+        else:
+            _emit("life_noted")
+
+    return fim.batch_collector(config, state, fim.batch_from_json(batch),
+                               baseline, log, life)
 
 
 def view_to_json(view: Any) -> dict[str, Any]:

@@ -248,8 +248,8 @@ def main() -> None:
               "## Burst", "",
               f"{args.files:,} files rewritten in {written:.1f} s; all sealed "
               f"{burst:.1f} s after the first write, in {burst_bundles} bundle(s).", "",
-              f"The daemon's RSS 5 s after the burst was sealed (its file changes are "
-              f"sealed in the daemon itself): {after_burst:.1f} MB.", ""]
+              f"The daemon's RSS 5 s after the burst was sealed (a batch of more than "
+              f"200 paths is sealed by the sweep child): {after_burst:.1f} MB.", ""]
     text = "\n".join(lines)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

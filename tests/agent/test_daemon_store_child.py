@@ -147,3 +147,39 @@ def test_a_deadline_of_now_ends_a_hanging_child_at_once(tmp_path: Path,
     took = time.monotonic() - started
     assert result.killed and result.returncode < 0, result
     assert took < 5, took
+
+
+@pytest.mark.slow
+def test_a_storm_batch_sealed_in_the_child_says_file_change_or_nothing(
+        gamsa_env: GamsaEnv) -> None:
+    from agent.fim import Batch, batch_to_json
+    from collector.agent import JOURNAL_FILE
+    from tests.agent.test_fim import changes, configure, sha
+
+    watched = gamsa_env.root / "watched"
+    watched.mkdir()
+    paths = [watched / f"f{i}" for i in range(3)]
+    for path in paths:
+        path.write_bytes(b"v1")
+    configure(gamsa_env, [f"{watched}/*"])
+    stream = io.StringIO()
+    daemon = Daemon(lambda: load_config(gamsa_env.config),
+                    lambda c: [all_collectors()["files"]], Log("json", stream))
+    assert daemon.seal(["files"], "schedule")  # the baseline
+    every = Batch({bytes(p) for p in paths})
+    assert daemon.seal_batch_in_child(batch_to_json(every)) is None  # nothing differs
+    paths[1].write_bytes(b"v2")
+    paths[2].unlink()
+    assert daemon.seal_batch_in_child(batch_to_json(every)) is True
+    assert daemon.seal_batch_in_child(batch_to_json(Batch(overflow=True))) is True
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["seq"], e["trigger"]) for e in events if e["event"] == "sealed"] == [
+        (1, "schedule"), (2, "file-change"), (3, "file-change")]
+    assert any(e["event"] == "watch_overflow" for e in events)  # the child's line, relayed
+    assert gamsa_env.run("ship").returncode == 0
+    assert [(c["path"], c["change"], c["sha256"], c["detected_by"])
+            for c in changes(gamsa_env)] == [
+        (str(paths[1]), "modified", sha(b"v2"), "watch"),
+        (str(paths[2]), "removed", None, "watch")]
+    noted = (gamsa_env.state_dir / JOURNAL_FILE).read_text()  # by the child
+    assert '"watch_overflow"' in noted and '"watcher":"files"' in noted.replace(" ", "")

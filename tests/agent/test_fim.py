@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from agent.fim import CHILD_BATCH_PATHS
 from tests.agent.test_daemon import Running, assert_verifies_one_chain, daemons, start
 from tests.conftest import GAMSA, GamsaEnv, ok
 
@@ -251,6 +253,56 @@ def test_a_storm_of_10000_writes_gives_few_bundles_and_the_last_hash(
     # how long the writes took, not by how many there were
     assert 1 <= storm <= writing / 0.3 + 3, (storm, writing)
     assert changes(gamsa_env)[-1]["sha256"] == final
+    assert_verifies_one_chain(gamsa_env)
+
+
+def seal_children(daemon_pid: int) -> list[psutil.Process]:
+    """The daemon's live `agent.store_child seal` processes."""
+    try:
+        children = psutil.Process(daemon_pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "agent.store_child" in child.cmdline() and "seal" in child.cmdline():
+                found.append(child)
+        except psutil.Error:
+            pass  # exited meanwhile
+    return found
+
+
+@pytest.mark.slow
+def test_a_storm_is_sealed_by_the_child_and_its_kill_loses_nothing(
+        gamsa_env: GamsaEnv, daemons: list[Running]) -> None:
+    """More than CHILD_BATCH_PATHS changed paths are sealed by the sweep child (the
+    daemon's memory stays at its floor); that child killed -9 before it sealed leaves
+    the batch to be sealed again: every new hash once, as `file-change`."""
+    watched = gamsa_env.root / "watched"
+    watched.mkdir()
+    paths = [watched / f"f{i:04d}" for i in range(CHILD_BATCH_PATHS + 50)]
+    for path in paths:
+        path.write_bytes(b"v1\n")
+    configure(gamsa_env, [f"{watched}/*"])
+    d = start(daemons, gamsa_env)
+    d.wait_line("sealed seq 1 (schedule")
+    for i, path in enumerate(paths):
+        path.write_bytes(f"v2 {i}\n".encode())
+    deadline = time.monotonic() + 20
+    while not (found := seal_children(d.proc.pid)):
+        assert time.monotonic() < deadline, f"no seal child for the storm: {d.lines()}"
+        time.sleep(0.005)
+    found[0].kill()  # in its interpreter start or its hashing: nothing sealed yet
+    d.wait_line("sealing failed (file-change)")
+    expected = {str(path): sha(f"v2 {i}\n".encode()) for i, path in enumerate(paths)}
+
+    def all_sealed() -> bool:
+        return {c["path"]: c["sha256"] for c in changes(gamsa_env)} == expected
+    d.wait_for(all_sealed, "every change of the storm sealed", timeout=60)
+    d.stop()
+    sealed = changes(gamsa_env)
+    assert sorted(c["path"] for c in sealed) == sorted(expected)  # each once
+    assert {(c["change"], c["detected_by"]) for c in sealed} == {("modified", "watch")}
     assert_verifies_one_chain(gamsa_env)
 
 

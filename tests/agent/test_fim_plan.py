@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from agent.fim import (
+    CHILD_BATCH_PATHS,
     Batch,
     Pending,
+    batch_from_json,
+    batch_to_json,
+    in_child,
     inotify_watched,
     rescan_records,
     unwatched_below,
@@ -79,6 +83,21 @@ def test_a_batch_put_back_waits_and_keeps_its_paths() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux")
+def test_a_batch_for_the_child_keeps_every_path_byte_for_byte() -> None:
+    odd = {b"/etc/a b", b"/etc/new\nline", b"/etc/\xff\xfe latin", b"/"}
+    limits = {b"/var/\xffdir": "No space left on device (ENOSPC)", b"/srv": "x\ty"}
+    for batch in (Batch(odd, False, limits), Batch(set(), True, {}), Batch({b"/x"})):
+        assert batch_from_json(batch_to_json(batch)) == batch
+
+
+def test_a_storm_or_a_rescan_is_sealed_in_the_child_a_few_paths_here() -> None:
+    few = {b"/w/%d" % i for i in range(CHILD_BATCH_PATHS)}
+    assert not in_child(Batch(few))
+    assert in_child(Batch(few | {b"/w/one-more"}))
+    assert in_child(Batch({b"/w/a"}, overflow=True))
+    assert in_child(Batch({b"/w/a"}, limits={b"/w": "ENOSPC"}))
+
+
 def test_our_inotify_watches_are_read_from_proc(tmp_path: Path) -> None:
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
     libc = ctypes.CDLL(None, use_errno=True)
