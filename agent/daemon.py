@@ -511,7 +511,9 @@ class Daemon:
         else:
             self.log("error", "seal_failed", f"sealing failed ({trigger}): {why}",
                      trigger=trigger, collectors=names)
-            notify(f"STATUS=sealing failed ({trigger}): {why}")
+            # one line: a newline in the text (a file name) would be read by systemd as
+            # another assignment (WATCHDOG=trigger, STOPPING=1...)
+            notify("STATUS=" + " ".join(f"sealing failed ({trigger}): {why}".split()))
         if self.egress is not None and egress.NAME in names:
             self.egress.retry_later()  # its closed window waits on disk: try again
 

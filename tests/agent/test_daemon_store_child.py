@@ -183,3 +183,20 @@ def test_a_storm_batch_sealed_in_the_child_says_file_change_or_nothing(
         (str(paths[2]), "removed", None, "watch")]
     noted = (gamsa_env.state_dir / JOURNAL_FILE).read_text()  # by the child
     assert '"watch_overflow"' in noted and '"watcher":"files"' in noted.replace(" ", "")
+
+
+def test_a_failed_sealing_tells_systemd_one_status_line(gamsa_env: GamsaEnv, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file name in the reason cannot smuggle another sd_notify assignment."""
+    import socket
+
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(address)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        config = load_config(gamsa_env.config)
+        daemon = Daemon(lambda: config, lambda _c: [], Log("json", io.StringIO()))
+        daemon.seal_not_done("file-change", ["files"], "cannot read /tmp/x\nWATCHDOG=trigger")
+        datagram = listener.recv(4096).decode()
+    assert datagram == ("STATUS=sealing failed (file-change): cannot read /tmp/x "
+                        "WATCHDOG=trigger")
