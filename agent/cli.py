@@ -185,10 +185,11 @@ def _warn_stamps(report: Any) -> None:
 
 
 def _store_look(store: Any, state: Any, host_id: str) -> Callable[[Any], Any]:
-    """The pre-seal look at the store (agent/chainguard.py), bound to this run."""
-    from agent.chainguard import look_before_sealing
+    """The pre-seal look at the store (agent/chainguard.py), bound to this run and,
+    as the daemon's, given up after LOOK_SECONDS (then sealed unchecked)."""
+    from agent.chainguard import LOOK_SECONDS, look_within
 
-    return lambda head: look_before_sealing(store, state, host_id, head)
+    return lambda head: look_within(LOOK_SECONDS, store, state, host_id, head)
 
 
 def _warn_store_view(sealed: Any) -> None:
