@@ -50,6 +50,7 @@ from collector._socktable import (
     DestroyEvents,
     Row,
     TableReader,
+    destroy_filter,
     socket_owners,
 )
 from collector.record import utc_now
@@ -293,6 +294,11 @@ class EgressWatcher:
 
     # --- matching ------------------------------------------------------------------
 
+    def resolve(self) -> None:
+        """Resolve the endpoints now (else the first poll does), so destroy events
+        are filtered in the kernel from the start."""
+        self._refresh_matcher(self.clock())
+
     def _refresh_matcher(self, now: float) -> None:
         if self.matcher is not None and now - self.resolved_at < RESOLVE_EVERY:
             return
@@ -303,6 +309,8 @@ class EgressWatcher:
             hosts = {}
         self.matcher, _resolutions = build_matcher(self.endpoints, hosts, live=True)
         self.reader.compile(self.matcher)
+        if self.destroy is not None:  # the kernel wakes us only for these addresses
+            self.destroy.set_filter(destroy_filter(self.matcher))
         self.resolved_at = now
         self.window.endpoints = [{"entry": e.entry, "addresses": [str(n) for n in
                                                                   self.matcher.networks(e)]}
@@ -356,6 +364,9 @@ class EgressWatcher:
         connection, counted once."""
         if self.destroy is None:
             return 0
+        now = self.clock()
+        self._refresh_matcher(now)  # first, so a changed filter applies from here on
+        assert self.matcher is not None
         try:
             rows = self.destroy.read()
         except OSError as exc:  # the socket broke: poll only from now on, and say so
@@ -369,9 +380,6 @@ class EgressWatcher:
             error = "sock_diag destroy events: some were dropped (ENOBUFS)"
             if error not in self.window.read_errors:
                 self.window.read_errors.append(error)
-        now = self.clock()
-        self._refresh_matcher(now)
-        assert self.matcher is not None
         matched = [(row, found) for row in rows
                    if (found := self.matcher.match(row.remote_address, row.remote_port))]
         if not matched:

@@ -128,6 +128,55 @@ def test_calls_the_server_closes_between_polls_are_seen_from_destroy_events(
     assert seen["socket_uid"] == os.geteuid()  # the kernel still names the socket's user
 
 
+def server_closes_first_v6(server: socket.socket) -> None:
+    """The same from an IPv6 socket to the server's IPv4 address (v4-mapped)."""
+    with socket.create_connection(("::ffff:127.0.0.1", server.getsockname()[1])) as client:
+        accepted, _ = server.accept()
+        accepted.close()
+        while client.recv(64):
+            pass
+
+
+def test_the_kernel_wakes_the_watcher_only_for_ai_endpoint_closes(tmp_path: Path) -> None:
+    with socket.socket() as ai, socket.socket() as other:
+        for server in (ai, other):
+            server.bind(("127.0.0.1", 0))
+            server.listen(64)
+        port = ai.getsockname()[1]
+        # the other server is on the AI endpoint's address: only the port tells them apart
+        thread = EgressThread(config(tmp_path, f'ai_endpoints = ["127.0.0.1:{port}"]\n'
+                                     'egress_seal_every = "1h"\nwatch_interval = "1h"\n'),
+                              lambda *a, **_k: None, threading.Event())
+        if thread.watcher.destroy is None:
+            thread.stop()
+            pytest.skip(f"socket-destroy events refused here: {thread.watcher.destroy_refused}")
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while thread.watcher.destroy.program is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # the thread resolves the endpoints, then filters
+            assert thread.watcher.destroy.program is not None, thread.watcher.destroy.filter_refused
+            for _ in range(300):  # a host closing many sockets of no AI endpoint
+                server_closes_first(other)
+            server_closes_first(ai)
+            server_closes_first_v6(ai)
+            key = f"127.0.0.1:{port} -:closed"
+            while time.monotonic() < deadline:
+                with thread.lock:
+                    observation = thread.watcher.window.observations.get(key)
+                    if observation is not None and observation.count == 2:
+                        break
+                time.sleep(0.1)
+            time.sleep(0.5)  # whatever else the kernel was still sending
+            events, wakes = thread.watcher.destroy.events, thread.destroy_wakes
+        finally:
+            thread.stop()
+    window = json.loads((tmp_path / "egress" / batch_name(1)).read_bytes())
+    assert window["observations"][key]["count"] == 2, window
+    # 600 sockets of the other server were destroyed: none of them was read
+    assert events == 2 and 1 <= wakes <= 2, (events, wakes)
+
+
 def test_the_window_says_when_destroy_events_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refused() -> None:
