@@ -8,6 +8,7 @@ import random
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,7 @@ from collector._socktable import (
     prefilter,
     read_table,
     socket_owners,
+    table_candidates,
 )
 
 HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -153,6 +155,18 @@ def server() -> Iterator[socket.socket]:
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         yield listener
+
+
+@pytest.mark.parametrize("chunk", [7, 150, 1 << 16])
+def test_a_table_read_in_chunks_gives_the_rows_of_one_read(tmp_path: Path, chunk: int) -> None:
+    for family, table in ((4, TCP), (6, TCP6)):
+        pattern = prefilter(matcher_of("127.0.0.2:8443", "10.20.0.0/16", "::/0"), family)
+        assert pattern is not None
+        path = tmp_path / f"tcp{family}"
+        path.write_text(table)
+        whole = list(candidate_rows(read_table(str(path)), family, pattern))
+        assert whole  # the fixture has rows to find
+        assert table_candidates(str(path), family, pattern, chunk) == whole
 
 
 def test_a_real_connection_is_found_in_the_kernel_table_with_its_inode_and_owner(
