@@ -188,3 +188,48 @@ def test_the_window_says_when_destroy_events_are_refused(
     assert watcher.window.source.endswith(
         "(no destroy events: PermissionError: Operation not permitted)")
     assert watcher.take_destroyed() == 0
+
+
+def test_the_destroy_filter_follows_the_endpoints_when_their_addresses_change(
+        tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 api.example.test\n")
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))  # reached as 127.0.0.2 and 127.0.0.3 alike
+        server.listen(8)
+        port = server.getsockname()[1]
+        watcher = EgressWatcher(tmp_path, [f"*.example.test:{port}"], 1,
+                                hosts_file=str(hosts), destroy_events=True)
+        destroy = watcher.destroy
+        if destroy is None:
+            pytest.skip(f"socket-destroy events refused here: {watcher.destroy_refused}")
+
+        def call(address: str) -> None:
+            with socket.create_connection((address, port)) as client:
+                server.accept()[0].close()
+                while client.recv(64):
+                    pass
+
+        def remotes_after(address: str, events: int) -> list[str]:
+            call(address)
+            deadline = time.monotonic() + 30  # the kernel sends them from a work queue
+            while destroy.events < events and time.monotonic() < deadline:
+                watcher.take_destroyed()
+                time.sleep(0.05)
+            time.sleep(0.3)
+            watcher.take_destroyed()
+            assert destroy.events == events  # nothing else got through the filter
+            return sorted(r for o in watcher.window.observations.values() for r in o.remotes)
+
+        try:
+            watcher.resolve()
+            first = destroy.program
+            call("127.0.0.3")  # not an AI endpoint's address (yet): filtered out
+            assert remotes_after("127.0.0.2", 1) == [f"127.0.0.2:{port}"]
+            hosts.write_text("127.0.0.3 api.example.test\n")
+            watcher.resolved_at = float("-inf")  # as when RESOLVE_EVERY has passed
+            watcher.resolve()
+            assert destroy.program not in (None, first)  # re-attached for the new address
+            assert remotes_after("127.0.0.3", 2) == [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
+        finally:
+            watcher.close()
