@@ -7,7 +7,7 @@ own when observations have waited `egress_seal_every` (`due_in`). On stop the op
 window is closed as a batch: the next bundle (of this run or the next start) seals it.
 
 Polls are paced to a CPU budget: the kernel walks every socket of the host on each
-read (about 10 ms per address family with 10,000 sockets, docs/BENCHMARKS.md), so
+read (about 7 ms with 10,000 sockets, docs/BENCHMARKS.md), so
 on a busy host the wait between polls stretches until the measured CPU of its polls
 stays under WATCH_CPU_SHARE of one core, never beyond WATCH_MAX_INTERVAL: a
 closed connection stays in TIME_WAIT about 60 s, so every call is still counted;
@@ -17,13 +17,16 @@ TIME_WAIT stays on the side that closes first: a call the server ends leaves no 
 here once the client closes. So between polls the thread also listens to the
 kernel's socket-destroy events (sock_diag multicast; `collector._socktable`
 `DestroyEvents`), read in batches at most every DESTROY_EVERY: such a call is
-recorded without its process. Where joining them is refused (it may need
-CAP_NET_ADMIN) the watcher polls only, and its log line and every window's
-`source` say so.
+recorded without its process. A BPF filter on that socket (built from the resolved
+endpoints, `collector._socktable.destroy_filter`) keeps the kernel from waking us
+for the sockets of everything else the host closes; `destroy_wakes` counts wakes.
+Where joining them is refused (it may need CAP_NET_ADMIN) the watcher polls only,
+and its log line and every window's `source` say so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -87,20 +90,26 @@ class EgressThread(threading.Thread):
         self.stretched = False  # the budget spaced polls out (logged once)
         self.stretched_polls = 0  # consecutive polls spaced out by the budget
         self.destroy_cost = 0.0  # CPU seconds spent on socket-destroy events
+        self.destroy_wakes = 0  # times destroy events woke the thread
 
     def wait(self, seconds: float) -> bool:
         """Sleep until the next poll, recording destroyed sockets as they come (at most
         every DESTROY_EVERY); True when stopping."""
         until = time.monotonic() + seconds
+        poller: select.poll | None = None  # not select(): our fds may be above 1023
         while self.watcher.destroy is not None:
             left = until - time.monotonic()
             if left <= 0 or self.stop_event.is_set():
                 return self.stop_event.is_set()
-            ready, _, _ = select.select([self.watcher.destroy.fileno(), self._stop_r], [],
-                                        [], left)
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.watcher.destroy.fileno(), select.POLLIN)
+                poller.register(self._stop_r, select.POLLIN)
+            ready = [fd for fd, _event in poller.poll(1000 * left)]
             if self._stop_r in ready or self.stop_event.is_set():
                 return True
             if ready:
+                self.destroy_wakes += 1
                 started = time.thread_time()
                 with self.lock:
                     waiting = self.watcher.pending_since is not None
@@ -119,6 +128,10 @@ class EgressThread(threading.Thread):
         interval = float(self.watcher.interval)
         wait = interval
         destroy_before = 0.0
+        # resolve now so the kernel filters destroy events from the start; a failure
+        # is retried (and said) by the first poll
+        with contextlib.suppress(Exception), self.lock:
+            self.watcher.resolve()
         while not self.wait(wait):
             started = time.thread_time()
             try:

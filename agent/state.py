@@ -14,6 +14,7 @@ Layout under `state_dir` (docs/OPERATIONS.md):
                               head names that bundle, discarded otherwise
     cache/                    collector caches (e.g. executable hashes); safe to delete
     egress/open.json          the AI-egress watcher's open window (collector/_egress.py)
+    egress/open.log           new connections since open.json was written (its journal)
     egress/batch-<n>.json     closed windows the ai_egress collector seals next
     spool/<seq>-<cid>/        sealed bundles not yet confirmed by the store
     spool/.tmp-*              a bundle being written (discarded on recovery)

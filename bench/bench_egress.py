@@ -22,6 +22,9 @@ its own children included) from wait4(2):
     watcher (proc)       the same reading /proc/net/tcp{,6} (the fallback)
 
 and reports each as % of one core, and the watcher's CPU as a ratio of ss's.
+The watcher processes set glibc's malloc as the daemon does (agent/memory.py).
+Use a long --seconds (e.g. 300): a daemon lives for months, and the "% of one
+core" column still counts the interpreter's start and imports.
 Target: watcher <= 0.5% of one core.
 """
 
@@ -43,6 +46,8 @@ from pathlib import Path
 
 WATCHER = """
 import resource, sys, threading, time
+from agent import memory
+memory.tune()  # glibc as the daemon sets it, before any thread (agent/daemon.py)
 from agent.config import parse_config
 from agent.egress import EgressThread
 state, endpoint, interval = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -61,7 +66,7 @@ polls = watcher.window.polls
 seen = sum(o.count for o in watcher.window.observations.values())
 events = watcher.destroy.events if watcher.destroy is not None else 0
 thread.stop()
-print(polls, seen, setup, thread.destroy_cost, events)
+print(polls, seen, setup, thread.destroy_cost, events, thread.destroy_wakes)
 """
 
 SS_LOOP = """
@@ -138,6 +143,7 @@ def main() -> None:
         rows = table.read().count(b"\n") - 1
     print(f"{rows} rows in /proc/net/tcp", file=sys.stderr)
 
+    load_before = os.getloadavg()[0]
     runs: dict[str, tuple[float, float, str]] = {}
     seconds = str(args.seconds)
     runs["floor"] = cpu_seconds([sys.executable, "-c", "import time, sys; "
@@ -150,7 +156,8 @@ def main() -> None:
                 [sys.executable, "-c", WATCHER, state, f"127.0.0.1:{ai.port}",
                  str(args.interval), seconds, source])
         caller.wait()
-    polls, seen, _setup, destroy_cpu, destroy_events = runs["watcher (sock_diag)"][2].split()
+    polls, seen, _setup, destroy_cpu, destroy_events, wakes = \
+        runs["watcher (sock_diag)"][2].split()
 
     def steady(name: str) -> float:
         """CPU seconds without the start-up (imports) of a watcher run."""
@@ -165,7 +172,8 @@ def main() -> None:
         f"Run {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Linux "
         f"{platform.release()}, Python {platform.python_version()}. Machine shared with "
-        f"other work; CPU from wait4(2) (user + system).",
+        f"other work (load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at "
+        f"end); CPU from wait4(2) (user + system).",
         "",
         f"Command: `{shlex.join(['python', 'bench/bench_egress.py', *sys.argv[1:]])}`",
         "",
@@ -174,8 +182,9 @@ def main() -> None:
         f"{args.interval} s (ss) and watch_interval = {args.interval} s (the watcher, paced "
         f"to its budget) for {args.seconds:g} s. The sock_diag watcher polled {polls} "
         f"times and counted {seen} connections (10 held, the rest short calls); between "
-        f"polls it read {destroy_events} socket-destroy events (every TCP socket this "
-        f"network namespace closed) for {float(destroy_cpu):.2f} CPU s, included below.",
+        f"polls it read {destroy_events} socket-destroy events in {wakes} wakes (those "
+        f"the kernel-side filter let through: AI-endpoint sockets only) for "
+        f"{float(destroy_cpu):.2f} CPU s, included below.",
         "",
         "| process | CPU s | % of one core | polling only: CPU s | % of one core | "
         "polls | per poll ms |",

@@ -5,8 +5,12 @@ a thread; the `ai_egress` collector (collector/ai_egress.py) drains what it left
 No thread here, so tests drive it poll by poll.
 
 Observations are coalesced per (process, endpoint) into the *open window*, kept in
-`<state_dir>/egress/open.json` (rewritten atomically whenever a new connection is
-seen, else at most every PERSIST_EVERY seconds). `cut()` closes the window as
+`<state_dir>/egress/open.json` (rewritten atomically at most every PERSIST_EVERY
+seconds, and at a cut). A new connection is made durable at once by appending its
+observation to `open.log` (one JSON line, fdatasync): rewriting open.json each time
+(a new file, fsync, rename over) cost 1.3-1.7 ms of CPU, an append 0.07 ms
+(docs/BENCHMARKS.md). `read_open` replays the journal over open.json; it is emptied
+whenever open.json is rewritten. `cut()` closes the window as
 `batch-<n>.json` (create-only) and opens window n+1; batch numbers are contiguous,
 so the collector's checkpoint (the last batch sealed) says exactly what was sealed.
 A crash loses nothing: a leftover open.json is closed as a batch at the next start
@@ -50,6 +54,7 @@ from collector._socktable import (
     DestroyEvents,
     Row,
     TableReader,
+    destroy_filter,
     socket_owners,
 )
 from collector.record import utc_now
@@ -57,6 +62,7 @@ from collector.scrub import scrub_argv
 
 EGRESS_DIR = "egress"
 OPEN_FILE = "open.json"
+JOURNAL_FILE = "open.log"  # new connections since open.json was written, one line each
 BATCH_PREFIX = "batch-"
 RESOLVE_EVERY = 300.0  # seconds between re-resolutions of the endpoint host names
 PERSIST_EVERY = 30.0  # seconds: last_seen-only changes are written at most this often
@@ -169,6 +175,46 @@ def read_window(path: Path) -> Window | None:
         return None
 
 
+def _merge_observation(into: Observation, other: Observation) -> None:
+    """Fold `other` (an earlier or later state of the same observation) into `into`:
+    every field only grows within a window, so the union is the latest state."""
+    into.first_seen = min(into.first_seen, other.first_seen)
+    into.last_seen = max(into.last_seen, other.last_seen)
+    into.states = sorted(set(into.states) | set(other.states))
+    into.remotes = sorted(set(into.remotes) | set(other.remotes))[:REMOTES_MAX]
+    into.count = max(into.count, other.count)
+    into.continued = max(into.continued, other.continued)
+
+
+def read_open(directory: Path) -> Window | None:
+    """The open window: open.json with the journal's observations of that window
+    replayed over it (a line cut by a crash is ignored: it was never synced)."""
+    window = read_window(directory / OPEN_FILE)
+    if window is None:
+        return None
+    try:
+        journal = (directory / JOURNAL_FILE).read_bytes()
+    except OSError:
+        return window
+    for line in journal.splitlines():
+        try:
+            entry = json.loads(line)
+            if entry["window"] != window.number:
+                continue  # a window already closed as a batch
+            observation = Observation(**entry["observation"])
+            window.owner_denied = max(window.owner_denied, int(entry["owner_denied"]))
+            window.read_errors += [e for e in entry["read_errors"]
+                                   if e not in window.read_errors]
+        except (ValueError, TypeError, KeyError):
+            continue
+        known = window.observations.get(entry["key"])
+        if known is None:
+            window.observations[entry["key"]] = observation
+        else:
+            _merge_observation(known, observation)
+    return window
+
+
 @dataclass
 class _Conn:
     """A connection seen in the last poll, with what its observation needs."""
@@ -229,6 +275,8 @@ class EgressWatcher:
         self.conns: dict[tuple[str, int], _Conn] = {}  # (ends, inode) seen in the last poll
         self.owners: dict[int, tuple[str, dict[str, Any]]] = {}  # pid -> (key, identity)
         self.persisted_at = float("-inf")
+        self._journal_fd: int | None = None
+        self._new_keys: set[str] = set()  # observations of connections not yet journaled
         self.pending_since: float | None = None  # clock() of the first unsealed observation
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.window = self._recover()
@@ -239,7 +287,7 @@ class EgressWatcher:
         """Close a window a previous run left open; the number of the next one."""
         numbers = batch_numbers(self.directory)
         last = numbers[-1] if numbers else 0
-        left = read_window(self.directory / OPEN_FILE)
+        left = read_open(self.directory)
         if left is not None and left.number > last and (left.polls or left.observations):
             left.ended = left.ended or utc_now()
             _write_file(self.directory / batch_name(left.number), left.to_bytes(), replace=False)
@@ -270,6 +318,26 @@ class EgressWatcher:
     def _persist(self, window: Window) -> None:
         _write_file(self.directory / OPEN_FILE, window.to_bytes(), replace=True)
         self.persisted_at = self.clock()
+        if self._journal_fd is not None:  # open.json holds it all now
+            os.ftruncate(self._journal_fd, 0)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self.directory / JOURNAL_FILE, 0)
+
+    def _journal(self, keys: set[str]) -> None:
+        """Make the observations of new connections durable: one line each appended to
+        the journal and synced (the whole window is rewritten only every PERSIST_EVERY)."""
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.directory / JOURNAL_FILE, os.O_WRONLY | os.O_CREAT
+                                       | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        window = self.window
+        lines = b"".join(json.dumps(
+            {"window": window.number, "key": key, "owner_denied": window.owner_denied,
+             "read_errors": window.read_errors,
+             "observation": asdict(window.observations[key])},
+            separators=(",", ":"), sort_keys=True).encode() + b"\n" for key in sorted(keys))
+        os.write(self._journal_fd, lines)
+        os.fdatasync(self._journal_fd)
 
     def cut(self) -> int | None:
         """Close the open window as a batch (if it watched at all); its number."""
@@ -293,6 +361,11 @@ class EgressWatcher:
 
     # --- matching ------------------------------------------------------------------
 
+    def resolve(self) -> None:
+        """Resolve the endpoints now (else the first poll does), so destroy events
+        are filtered in the kernel from the start."""
+        self._refresh_matcher(self.clock())
+
     def _refresh_matcher(self, now: float) -> None:
         if self.matcher is not None and now - self.resolved_at < RESOLVE_EVERY:
             return
@@ -303,6 +376,8 @@ class EgressWatcher:
             hosts = {}
         self.matcher, _resolutions = build_matcher(self.endpoints, hosts, live=True)
         self.reader.compile(self.matcher)
+        if self.destroy is not None:  # the kernel wakes us only for these addresses
+            self.destroy.set_filter(destroy_filter(self.matcher))
         self.resolved_at = now
         self.window.endpoints = [{"entry": e.entry, "addresses": [str(n) for n in
                                                                   self.matcher.networks(e)]}
@@ -336,8 +411,7 @@ class EgressWatcher:
         fresh = self._observe(rows, seen_at)
         if self.window.observations and self.pending_since is None:
             self.pending_since = now
-        if fresh or now - self.persisted_at >= PERSIST_EVERY:
-            self._persist(self.window)
+        self._save(now)
         return fresh
 
     def _source(self) -> str:
@@ -356,6 +430,9 @@ class EgressWatcher:
         connection, counted once."""
         if self.destroy is None:
             return 0
+        now = self.clock()
+        self._refresh_matcher(now)  # first, so a changed filter applies from here on
+        assert self.matcher is not None
         try:
             rows = self.destroy.read()
         except OSError as exc:  # the socket broke: poll only from now on, and say so
@@ -369,9 +446,6 @@ class EgressWatcher:
             error = "sock_diag destroy events: some were dropped (ENOBUFS)"
             if error not in self.window.read_errors:
                 self.window.read_errors.append(error)
-        now = self.clock()
-        self._refresh_matcher(now)
-        assert self.matcher is not None
         matched = [(row, found) for row in rows
                    if (found := self.matcher.match(row.remote_address, row.remote_port))]
         if not matched:
@@ -387,18 +461,29 @@ class EgressWatcher:
                 conn = by_ends[ends] = self.conns[(ends, 0)] = _Conn(
                     f"{specs[0]} -:{CLOSED}", self.window.number, specs[0],
                     [e.entry for e in found], None, CLOSED, row.uid)
+                self._new_keys.add(conn.key)
                 fresh += 1
             self._touch(conn, row, seen_at)
         if self.pending_since is None:
             self.pending_since = now
-        if fresh:
-            self._persist(self.window)
+        self._save(now)
         return fresh
+
+    def _save(self, now: float) -> None:
+        """The whole window when it is due, else the new connections' observations."""
+        if now - self.persisted_at >= PERSIST_EVERY:
+            self._persist(self.window)
+        elif self._new_keys:
+            self._journal(self._new_keys)
+        self._new_keys.clear()
 
     def close(self) -> None:
         if self.destroy is not None:
             self.destroy.close()
             self.destroy = None
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
 
     def _observe(self, rows: list[tuple[Row, list[str], list[str]]], seen_at: str) -> int:
         previous = self.conns
@@ -426,6 +511,7 @@ class EgressWatcher:
             if reason == DENIED:
                 self.window.owner_denied += 1
             current[(ends, row.inode)] = conn
+            self._new_keys.add(conn.key)
             self._touch(conn, row, seen_at)
         self.conns = current
         return len(new_rows)

@@ -26,6 +26,8 @@ likely pids first, and counts the processes whose fds it may not list.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import ipaddress
 import os
@@ -41,6 +43,7 @@ from collector._endpoints import Endpoint, IPNetwork, Matcher
 PROC = "/proc"
 TABLES = (("tcp", 4), ("tcp6", 6))  # file under /proc/net, address family
 READ_CHUNK = 1 << 22
+STREAM_CHUNK = 1 << 16  # below glibc's mmap threshold: see `table_candidates`
 
 STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
           6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
@@ -152,12 +155,34 @@ def prefilter(matcher: Matcher, family: int) -> re.Pattern[bytes] | None:
     return re.compile(rf"\n *\d+: ({_HEX}+):({_HEX}{{4}}) ((?:{alternatives})){_TAIL}".encode())
 
 
-def candidate_rows(data: bytes, family: int, pattern: re.Pattern[bytes]) -> Iterator[Row]:
-    """The rows `pattern` (from `prefilter`) picks out of a table."""
-    for match in pattern.finditer(data):
+def candidate_rows(data: bytes, family: int, pattern: re.Pattern[bytes],
+                   end: int | None = None) -> Iterator[Row]:
+    """The rows `pattern` (from `prefilter`) picks out of a table (up to `end`)."""
+    for match in pattern.finditer(data, 0, len(data) if end is None else end):
         laddr, lport, remote, state, uid, inode = match.groups()
         raddr, _, rport = remote.partition(b":")
         yield _row(family, (laddr, lport, raddr, rport, state, uid, inode))
+
+
+def table_candidates(path: str, family: int, pattern: re.Pattern[bytes],
+                     chunk: int = STREAM_CHUNK) -> list[Row]:
+    """The rows `pattern` picks out of the table at `path`, read in chunks of `chunk`
+    bytes, each scanned up to its last complete row. Chunks stay below glibc's mmap
+    threshold (agent/memory.py fixes it at 128 KiB in the daemon): one read of the
+    whole table (1.5 MB with 10,000 sockets) was a fresh mapping, faulted in and
+    unmapped, every poll, which doubled a poll's CPU (docs/BENCHMARKS.md)."""
+    rows: list[Row] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        tail = b"\n"  # every row, the first included, starts with a newline
+        while data := os.read(fd, chunk):
+            data = tail + data
+            end = data.rfind(b"\n")  # the row after it may be cut: the next chunk's
+            rows.extend(candidate_rows(data, family, pattern, end))
+            tail = data[end:]
+    finally:
+        os.close(fd)
+    return rows
 
 
 def read_table(path: str) -> bytes:
@@ -244,6 +269,8 @@ ALL_STATES = 0xFFFFFFFF
 DIAG_TIMEOUT_SECONDS = 10.0
 _NLMSG = struct.Struct("=IHHII")
 _REQ = struct.Struct("=BBBxI48x")  # inet_diag_req_v2: family, protocol, ext, states, id
+TCPDIAG_GETSOCK = 18
+_REQ_COMPAT = struct.Struct("=B3x48xII")  # inet_diag_req: family (unused), id, states, dbs
 _MSG = struct.Struct("=BBBBHH16s16sI8xIIIII")  # inet_diag_msg, ports big-endian below
 
 
@@ -281,13 +308,21 @@ def _diag_address(raw: bytes, family: int) -> str:
 
 
 def diag_rows(family: int, program: bytes) -> list[Row]:
-    """The TCP sockets of `family` (4 or 6) that `program` accepts, from the kernel.
-    Raises OSError when netlink or inet_diag is refused."""
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    """The TCP sockets of `family` (4 or 6; 0: both) that `program` accepts, from the
+    kernel. Raises OSError when netlink or inet_diag is refused.
+
+    Both families are asked in one request (TCPDIAG_GETSOCK, the older request `ss`
+    also sends for both; the kernel dumps it as AF_UNSPEC): the kernel walks its
+    TCP hash table once instead of once per family, which is nearly all of a poll's
+    cost (docs/BENCHMARKS.md)."""
     attribute = struct.pack("=HH", 4 + len(program), INET_DIAG_REQ_BYTECODE) + program
-    body = _REQ.pack(af, socket.IPPROTO_TCP, 0, ALL_STATES) + attribute
-    request = _NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST_DUMP,
-                          1, 0) + body
+    if family == 0:
+        kind, body = TCPDIAG_GETSOCK, _REQ_COMPAT.pack(0, ALL_STATES, 0) + attribute
+    else:
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        kind = SOCK_DIAG_BY_FAMILY
+        body = _REQ.pack(af, socket.IPPROTO_TCP, 0, ALL_STATES) + attribute
+    request = _NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST_DUMP, 1, 0) + body
     rows: list[Row] = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_SOCK_DIAG) as sock:
@@ -326,6 +361,79 @@ def _diag_row(data: bytes, offset: int) -> Row:
                STATES.get(state, f"0x{state:02X}"), uid, inode)
 
 
+# --- a classic BPF filter on the destroy-event socket (linux/filter.h) ---------------
+# The kernel runs it on each event before queueing it (netlink broadcast runs
+# sk_filter), so the sockets other programs close never wake the watcher.
+
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h; socket module lacks these names
+SO_DETACH_FILTER = 27
+BPF_MAXINSNS = 4096
+_BPF_LD_ABS = {4: 0x20, 2: 0x28, 1: 0x30}  # BPF_LD | BPF_{W,H,B} | BPF_ABS, by size
+_BPF_AND_K = 0x54  # BPF_ALU | BPF_AND | BPF_K
+_BPF_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_BPF_RET_K = 0x06
+_ACCEPT, _DROP = 0xFFFFFFFF, 0
+_INSN = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k
+# Offsets in one event: the netlink header, then inet_diag_msg (family at 16, the
+# remote port at 22, the remote address at 40). BPF loads read network byte order.
+_OFF_TYPE, _OFF_FAMILY, _OFF_DPORT, _OFF_DST = 4, 16, 22, 40
+_DIAG_TYPE_AS_LOADED = int.from_bytes(struct.pack("=H", SOCK_DIAG_BY_FAMILY), "big")
+
+Test = tuple[int, int, int, int]  # offset, size, mask (0: none), value
+
+
+def _address_tests(raw: bytes, prefix: int) -> list[Test]:
+    """Tests that the remote address's first `prefix` bits are those of `raw`."""
+    tests: list[Test] = []
+    for word in range(0, len(raw), 4):
+        bits = min(32, max(0, prefix - 8 * word))
+        if bits:
+            mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+            value = int.from_bytes(raw[word:word + 4], "big") & mask
+            tests.append((_OFF_DST + word, 4, 0 if bits == 32 else mask, value))
+    return tests
+
+
+def _destroy_blocks(network: IPNetwork, port: int | None) -> list[list[Test]]:
+    """Each a conjunction of tests; an event passing any one block may match."""
+    on_port = [] if port is None else [(_OFF_DPORT, 2, 0, port)]
+    raw, prefix = network.network_address.packed, network.prefixlen
+    if network.version == 6:
+        return [[(_OFF_FAMILY, 1, 0, socket.AF_INET6), *on_port,
+                 *_address_tests(raw, prefix)]]
+    return [[(_OFF_FAMILY, 1, 0, socket.AF_INET), *on_port, *_address_tests(raw, prefix)],
+            [(_OFF_FAMILY, 1, 0, socket.AF_INET6), *on_port,  # an IPv6 socket, v4-mapped
+             *_address_tests(_V4_MAPPED + raw, 96 + prefix)]]
+
+
+def destroy_filter(matcher: Matcher) -> bytes | None:
+    """A classic BPF program (an array of `struct sock_filter`) passing the destroy
+    events whose remote end may match an endpoint of `matcher` (a superset: the
+    matcher decides) and every message that is not an event; None when it would
+    exceed the kernel's limit (then every event is read)."""
+    blocks = [block for e in matcher.endpoints for network in matcher.networks(e)
+              for block in _destroy_blocks(network, e.port)]
+    insns: list[tuple[int, int, int, int]] = [
+        (_BPF_LD_ABS[2], 0, 0, _OFF_TYPE),
+        (_BPF_JEQ_K, 1, 0, _DIAG_TYPE_AS_LOADED),  # an event: go on; else pass it
+        (_BPF_RET_K, 0, 0, _ACCEPT)]
+    for block in blocks:
+        # each test: load, (mask), compare; a failed compare jumps past the block's RET
+        size = sum(3 if mask else 2 for _o, _s, mask, _v in block) + 1
+        done = 0
+        for offset, width, mask, value in block:
+            insns.append((_BPF_LD_ABS[width], 0, 0, offset))
+            if mask:
+                insns.append((_BPF_AND_K, 0, 0, mask))
+            done += 3 if mask else 2
+            insns.append((_BPF_JEQ_K, 0, size - done, value))
+        insns.append((_BPF_RET_K, 0, 0, _ACCEPT))
+    insns.append((_BPF_RET_K, 0, 0, _DROP))
+    if len(insns) > BPF_MAXINSNS:
+        return None
+    return b"".join(_INSN.pack(*insn) for insn in insns)
+
+
 class DestroyEvents:
     """TCP sockets as the kernel destroys them (sock_diag multicast), so a connection
     opened and closed between two polls, which leaves no TIME_WAIT row on this side
@@ -339,7 +447,10 @@ class DestroyEvents:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                   NETLINK_SOCK_DIAG)
         self.lost = 0
-        self.events = 0  # destroyed sockets read, of any endpoint
+        self.events = 0  # destroyed sockets read (those the filter let through)
+        self.reads = 0  # calls of `read` that found something queued
+        self.program: bytes | None = None  # the filter attached, None: every event
+        self.filter_refused: str | None = None
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DESTROY_RCVBUF)
             # bind's group mask (bit n-1 for group n), not NETLINK_ADD_MEMBERSHIP: an
@@ -353,6 +464,26 @@ class DestroyEvents:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def set_filter(self, program: bytes | None) -> None:
+        """Attach `program` (from `destroy_filter`; None: pass every event) in place of
+        the one attached. A refused filter leaves every event passing, never none."""
+        if program == self.program:
+            return
+        try:
+            if program is None:
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+            else:
+                code = ctypes.create_string_buffer(program, len(program))
+                fprog = struct.pack("@HP", len(program) // _INSN.size, ctypes.addressof(code))
+                self.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            self.program, self.filter_refused = program, None
+        except OSError as exc:
+            self.filter_refused = f"{type(exc).__name__}: {exc.strerror or exc}"
+            if self.program is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
+                self.program = None
+
     def read(self) -> list[Row]:
         """Every destroyed socket queued now (never blocks)."""
         rows: list[Row] = []
@@ -361,6 +492,7 @@ class DestroyEvents:
                 data = self.sock.recv(1 << 16)
             except BlockingIOError:
                 self.events += len(rows)
+                self.reads += bool(rows)
                 return rows
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # events were dropped; the socket goes on
@@ -403,15 +535,18 @@ class TableReader:
         """Candidate rows of one family; OSError when its source cannot be read
         (FileNotFoundError: a host without IPv6)."""
         if self.source == "sock_diag":
-            program = self.programs.get(family)
+            if family == 6:
+                return []  # the IPv4 read asked for both families
+            # IPv6's program holds every endpoint (IPv4 ones also match v4-mapped ends)
+            program = self.programs.get(6)
             if program is None:
                 return []
             try:
-                return diag_rows(family, program)
+                return diag_rows(0, program)
             except OSError as exc:
                 self.source = "proc"
                 self.fallback_reason = f"{type(exc).__name__}: {exc.strerror or exc}"
         pattern = self.patterns.get(family)
         if pattern is None:
             return []
-        return list(candidate_rows(read_table(f"{self.proc}/net/{table}"), family, pattern))
+        return table_candidates(f"{self.proc}/net/{table}", family, pattern)

@@ -24,12 +24,12 @@ from typing import Any
 
 from collector._egress import (
     EGRESS_DIR,
-    OPEN_FILE,
     REMOTES_MAX,
     Observation,
     Window,
     batch_name,
     batch_numbers,
+    read_open,
     read_window,
 )
 from collector.record import Record
@@ -152,7 +152,7 @@ def collect(ctx: CollectContext) -> Iterator[Record]:
                            else error)
     if unreadable:
         yield coverage_gap(NAME, "egress batch", "a batch file could not be read", unreadable)
-    open_window = read_window(directory / OPEN_FILE)
+    open_window = read_open(directory)
     data: dict[str, Any] = {
         "windows": len(windows), "first_window": numbers[0] if numbers else None,
         "last_window": numbers[-1] if numbers else None,

@@ -128,6 +128,55 @@ def test_calls_the_server_closes_between_polls_are_seen_from_destroy_events(
     assert seen["socket_uid"] == os.geteuid()  # the kernel still names the socket's user
 
 
+def server_closes_first_v6(server: socket.socket) -> None:
+    """The same from an IPv6 socket to the server's IPv4 address (v4-mapped)."""
+    with socket.create_connection(("::ffff:127.0.0.1", server.getsockname()[1])) as client:
+        accepted, _ = server.accept()
+        accepted.close()
+        while client.recv(64):
+            pass
+
+
+def test_the_kernel_wakes_the_watcher_only_for_ai_endpoint_closes(tmp_path: Path) -> None:
+    with socket.socket() as ai, socket.socket() as other:
+        for server in (ai, other):
+            server.bind(("127.0.0.1", 0))
+            server.listen(64)
+        port = ai.getsockname()[1]
+        # the other server is on the AI endpoint's address: only the port tells them apart
+        thread = EgressThread(config(tmp_path, f'ai_endpoints = ["127.0.0.1:{port}"]\n'
+                                     'egress_seal_every = "1h"\nwatch_interval = "1h"\n'),
+                              lambda *a, **_k: None, threading.Event())
+        if thread.watcher.destroy is None:
+            thread.stop()
+            pytest.skip(f"socket-destroy events refused here: {thread.watcher.destroy_refused}")
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while thread.watcher.destroy.program is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # the thread resolves the endpoints, then filters
+            assert thread.watcher.destroy.program is not None, thread.watcher.destroy.filter_refused
+            for _ in range(300):  # a host closing many sockets of no AI endpoint
+                server_closes_first(other)
+            server_closes_first(ai)
+            server_closes_first_v6(ai)
+            key = f"127.0.0.1:{port} -:closed"
+            while time.monotonic() < deadline:
+                with thread.lock:
+                    observation = thread.watcher.window.observations.get(key)
+                    if observation is not None and observation.count == 2:
+                        break
+                time.sleep(0.1)
+            time.sleep(0.5)  # whatever else the kernel was still sending
+            events, wakes = thread.watcher.destroy.events, thread.destroy_wakes
+        finally:
+            thread.stop()
+    window = json.loads((tmp_path / "egress" / batch_name(1)).read_bytes())
+    assert window["observations"][key]["count"] == 2, window
+    # 600 sockets of the other server were destroyed: none of them was read
+    assert events == 2 and 1 <= wakes <= 2, (events, wakes)
+
+
 def test_the_window_says_when_destroy_events_are_refused(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refused() -> None:
@@ -139,3 +188,48 @@ def test_the_window_says_when_destroy_events_are_refused(
     assert watcher.window.source.endswith(
         "(no destroy events: PermissionError: Operation not permitted)")
     assert watcher.take_destroyed() == 0
+
+
+def test_the_destroy_filter_follows_the_endpoints_when_their_addresses_change(
+        tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 api.example.test\n")
+    with socket.socket() as server:
+        server.bind(("0.0.0.0", 0))  # reached as 127.0.0.2 and 127.0.0.3 alike
+        server.listen(8)
+        port = server.getsockname()[1]
+        watcher = EgressWatcher(tmp_path, [f"*.example.test:{port}"], 1,
+                                hosts_file=str(hosts), destroy_events=True)
+        destroy = watcher.destroy
+        if destroy is None:
+            pytest.skip(f"socket-destroy events refused here: {watcher.destroy_refused}")
+
+        def call(address: str) -> None:
+            with socket.create_connection((address, port)) as client:
+                server.accept()[0].close()
+                while client.recv(64):
+                    pass
+
+        def remotes_after(address: str, events: int) -> list[str]:
+            call(address)
+            deadline = time.monotonic() + 30  # the kernel sends them from a work queue
+            while destroy.events < events and time.monotonic() < deadline:
+                watcher.take_destroyed()
+                time.sleep(0.05)
+            time.sleep(0.3)
+            watcher.take_destroyed()
+            assert destroy.events == events  # nothing else got through the filter
+            return sorted(r for o in watcher.window.observations.values() for r in o.remotes)
+
+        try:
+            watcher.resolve()
+            first = destroy.program
+            call("127.0.0.3")  # not an AI endpoint's address (yet): filtered out
+            assert remotes_after("127.0.0.2", 1) == [f"127.0.0.2:{port}"]
+            hosts.write_text("127.0.0.3 api.example.test\n")
+            watcher.resolved_at = float("-inf")  # as when RESOLVE_EVERY has passed
+            watcher.resolve()
+            assert destroy.program not in (None, first)  # re-attached for the new address
+            assert remotes_after("127.0.0.3", 2) == [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
+        finally:
+            watcher.close()

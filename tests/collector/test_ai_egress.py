@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from collector._egress import OPEN_FILE, EgressWatcher, Window, batch_name, batch_numbers
+from collector._egress import (
+    JOURNAL_FILE,
+    OPEN_FILE,
+    EgressWatcher,
+    Window,
+    batch_name,
+    batch_numbers,
+    read_open,
+)
 from collector.ai_egress import COLLECTOR
 from collector.registry import CollectContext, run_collector
 from tests.collector.test_contract import expected_status
@@ -116,17 +124,45 @@ def test_a_crash_leaves_the_open_window_which_the_next_start_closes(
     port = server.getsockname()[1]
     watcher = EgressWatcher(tmp_path, [f"127.0.0.1:{port}"], 1)
     close_client_first(*connect(server))
-    watcher.poll()  # a new connection: open.json written at once
-    left = json.loads((tmp_path / "egress" / OPEN_FILE).read_bytes())
-    assert left["number"] == 1 and len(left["observations"]) == 1
+    watcher.poll()  # a new connection: journaled at once, open.json later
+    directory = tmp_path / "egress"
+    assert json.loads((directory / OPEN_FILE).read_bytes())["observations"] == {}
+    close_client_first(*connect(server))
+    watcher.poll()  # another: the same observation, count 2, one more line
+    with open(directory / JOURNAL_FILE, "ab") as journal:
+        journal.write(b'{"window": 1, "key": "cut by the cr')  # a crash mid-append
+    left = read_open(directory)
+    assert left is not None and left.number == 1
+    assert [o.count for o in left.observations.values()] == [2]
     del watcher  # kill -9: nothing else runs
 
     restarted = EgressWatcher(tmp_path, [f"127.0.0.1:{port}"], 1)
     assert batch_numbers(tmp_path / "egress") == [1]
     assert restarted.window.number == 2 and restarted.pending_since is not None
     records, ctx = drain(tmp_path)
-    assert [d["count"] for d in observed(records).values()] == [1]
+    assert [d["count"] for d in observed(records).values()] == [2]
     assert ctx.new_checkpoints == {"ai_egress": 1}
+    assert (directory / JOURNAL_FILE).read_bytes() == b""  # open.json holds window 2
+
+
+def test_the_journal_replayed_over_a_newer_open_file_loses_nothing(
+        tmp_path: Path, server: socket.socket) -> None:
+    port = server.getsockname()[1]
+    watcher = EgressWatcher(tmp_path, [f"127.0.0.1:{port}"], 1)
+    close_client_first(*connect(server))
+    watcher.poll()
+    directory = tmp_path / "egress"
+    journal = (directory / JOURNAL_FILE).read_bytes()
+    close_client_first(*connect(server))
+    watcher.poll()
+    watcher.persisted_at = float("-inf")
+    watcher.poll()  # open.json rewritten (count 2), the journal emptied
+    (directory / JOURNAL_FILE).write_bytes(journal)  # as if the crash beat the truncate
+    left = read_open(directory)
+    assert left is not None
+    assert [(o.count, o.first_seen) for o in left.observations.values()] == [
+        (o.count, o.first_seen) for o in watcher.window.observations.values()]
+    assert [o.count for o in left.observations.values()] == [2]
 
 
 def test_a_crash_between_batch_and_open_file_does_not_seal_twice(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import random
 import socket
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,12 +19,14 @@ from collector._socktable import (
     TableReader,
     address_from_hex,
     candidate_rows,
+    destroy_filter,
     diag_program,
     diag_rows,
     parse_rows,
     prefilter,
     read_table,
     socket_owners,
+    table_candidates,
 )
 
 HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
@@ -154,6 +157,18 @@ def server() -> Iterator[socket.socket]:
         yield listener
 
 
+@pytest.mark.parametrize("chunk", [7, 150, 1 << 16])
+def test_a_table_read_in_chunks_gives_the_rows_of_one_read(tmp_path: Path, chunk: int) -> None:
+    for family, table in ((4, TCP), (6, TCP6)):
+        pattern = prefilter(matcher_of("127.0.0.2:8443", "10.20.0.0/16", "::/0"), family)
+        assert pattern is not None
+        path = tmp_path / f"tcp{family}"
+        path.write_text(table)
+        whole = list(candidate_rows(read_table(str(path)), family, pattern))
+        assert whole  # the fixture has rows to find
+        assert table_candidates(str(path), family, pattern, chunk) == whole
+
+
 def test_a_real_connection_is_found_in_the_kernel_table_with_its_inode_and_owner(
         server: socket.socket) -> None:
     port = server.getsockname()[1]
@@ -208,6 +223,46 @@ def test_sock_diag_and_proc_give_the_same_rows_for_real_connections(
     finally:
         for sock in open_pair:
             sock.close()
+
+
+def test_one_sock_diag_read_gives_both_families_as_the_two_proc_tables_do(
+        server: socket.socket) -> None:
+    port = server.getsockname()[1]
+    entries = [f"127.0.0.1:{port}"]
+    clients = [socket.create_connection(("127.0.0.1", port)),
+               socket.create_connection(("::ffff:127.0.0.1", port))]  # IPv6, v4-mapped
+    server6 = socket.socket(socket.AF_INET6)
+    clients.append(server6)  # held open, so its connection stays established
+    try:
+        server6.bind(("::1", 0))
+        server6.listen(1)
+        entries.append(f"[::1]:{server6.getsockname()[1]}")
+        clients.append(socket.create_connection(server6.getsockname()[:2]))
+    except OSError:
+        pass  # no IPv6 loopback here: the v4-mapped client is still IPv6
+    try:
+        matcher = matcher_of(*entries)
+        rows = {}
+        for use_netlink in (True, False):
+            reader = TableReader(use_netlink=use_netlink)
+            reader.compile(matcher)
+            rows[use_netlink] = {r for family, table in ((4, "tcp"), (6, "tcp6"))
+                                 for r in reader.read(family, table)
+                                 if matcher.match(r.remote_address, r.remote_port)}
+            assert reader.source == ("sock_diag" if use_netlink else "proc")
+        mine = {os.fstat(c.fileno()).st_ino for c in clients if c is not server6}
+        assert {r.inode for r in rows[True]} >= mine
+        assert {r.family for r in rows[True] if r.inode in mine} == {4, 6}
+        assert rows[True] == rows[False]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_destroy_filter_beyond_the_kernels_limit_is_not_built() -> None:
+    assert destroy_filter(matcher_of("127.0.0.1:443", "[2001:db8::/32]:443")) is not None
+    many = [f"10.{i // 250}.{i % 250}.1:443" for i in range(400)]
+    assert destroy_filter(matcher_of(*many)) is None  # then every event is read
 
 
 def test_a_refused_netlink_falls_back_to_proc_and_says_why(
