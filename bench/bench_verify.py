@@ -15,6 +15,10 @@ run, on the same machine:
   records    check_records over one large records object (bench_seal's verify part):
              the per-core record rate without per-bundle costs
 and prints the speed-ups against one process and per-core rates against the limit.
+With `--rounds R` the three runs alternate R times (this VM's speed drifts by a third
+from one minute to the next: a ratio of runs minutes apart says more about the drift
+than about the code) and medians of each round's ratios are reported, next to the
+ceiling: N processes of pure leaf hashing against one, in the same round.
 Targets (issue 11): N=2 processes >= 1.8x, Dask of 2 >= 1.6x, per core >= 0.2.
 """
 
@@ -25,7 +29,9 @@ import hashlib
 import os
 import platform
 import resource
+import statistics
 import time
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +122,35 @@ def records_rate(per_bundle: int) -> float:
     return obj.count / best
 
 
+def _hash_for(seconds: float, out: Any) -> None:
+    lines = [os.urandom(300) for _ in range(10_000)]
+    count, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for line in lines:
+            hashlib.sha256(b"\x00" + line).digest()
+        count += len(lines)
+    out.put(count)
+
+
+def hash_ceiling(workers: int, seconds: float = 3.0) -> float:
+    """How many times one process's leaf hashing `workers` processes do at once here
+    (2.0 on two free cores; less where the cores are shared or throttled)."""
+    context = get_context("fork")
+
+    def run(n: int) -> int:
+        out = context.Queue()
+        procs = [context.Process(target=_hash_for, args=(seconds, out)) for _ in range(n)]
+        for proc in procs:
+            proc.start()
+        total = sum(out.get() for _ in procs)
+        for proc in procs:
+            proc.join()
+        return total
+
+    single = run(1)
+    return run(workers) / single
+
+
 def cpu_seconds() -> float:
     """CPU time of this process and of the children it has waited for (pool workers)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
@@ -146,6 +181,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="alternate the runs this many times; medians of the ratios")
     args = parser.parse_args()
     root = Path(f"/tmp/gamsa-bench-verify-{args.bundles}x{args.records}")
     signer = build(root, args.bundles, args.records, args.hosts)
@@ -161,39 +198,70 @@ def main() -> None:
     limit = limit_rate(args.records)
     print("| run | wall s | CPU s (all processes) | bundles/s | records/s |")
     print("|---|---|---|---|---|")
-    one = timed("1 process", lambda: verify_store(reader, trusted, mapper=in_process),
-                bundles, records)
     pool = processes(args.workers, start_method="fork")  # workers are our children: CPU counted
-    many = timed(f"{args.workers} processes",
-                 lambda: verify_store(reader, trusted, mapper=pool), bundles, records)
-    dask = None
+    rounds: list[dict[str, float]] = []
+    cluster = client = None
     if not args.no_dask:
         from dask.distributed import Client, LocalCluster
 
         from agent.verify_dask import dask_mapper
 
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                          host="127.0.0.1", dashboard_address=None) as cluster:
-            address = cluster.scheduler_address
-            with Client(address) as client:
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        client = Client(cluster.scheduler_address)
+    scheduler = "" if cluster is None else cluster.scheduler_address
+    try:
+        for number in range(1, args.rounds + 1):
+            tag = f" (round {number})" if args.rounds > 1 else ""
+            one = timed(f"1 process{tag}",
+                        lambda: verify_store(reader, trusted, mapper=in_process),
+                        bundles, records)
+            many = timed(f"{args.workers} processes{tag}",
+                         lambda: verify_store(reader, trusted, mapper=pool), bundles, records)
+            found = {"one_wall": one[0], "one_cpu": one[1], "many": one[0] / many[0],
+                     "many_cpu": one[1] / many[1],
+                     "ceiling": hash_ceiling(args.workers)}
+            if client is not None and cluster is not None:
                 def workers_cpu() -> float:
+                    assert client is not None
                     return float(sum(client.run(time.process_time).values()))
 
-                dask = timed(f"Dask LocalCluster, {args.workers} workers",
+                dask = timed(f"Dask LocalCluster, {args.workers} workers{tag}",
                              lambda: verify_store(reader, trusted,
-                                                  mapper=dask_mapper(address)),
+                                                  mapper=dask_mapper(scheduler)),
                              bundles, records, workers_cpu)
+                found.update(dask=one[0] / dask[0], dask_cpu=one[1] / dask[1])
+            rounds.append(found)
+    finally:
+        if client is not None and cluster is not None:
+            client.close()
+            cluster.close()
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rounds)
+
+    if args.rounds > 1:
+        print("| round | " + " | ".join(f"{k}" for k in rounds[0]) + " |")
+        print("|---" * (len(rounds[0]) + 1) + "|")
+        for number, r in enumerate(rounds, start=1):
+            print(f"| {number} | " + " | ".join(f"{v:.2f}" for v in r.values()) + " |")
+    dask_medians = "" if "dask" not in rounds[0] else (
+        f"; Dask {median('dask'):.2f}x one process")
     per_line = records_rate(args.records)
     print(f"# load average at end {os.getloadavg()[0]:.2f}")
     print(f"# limit (leaf hashes): {limit:,.0f} rec/s")
-    print(f"# wall: {args.workers} processes {one[0] / many[0]:.2f}x one process"
-          + ("" if dask is None else f"; Dask {one[0] / dask[0]:.2f}x one process"))
+    print(f"# wall (median of {len(rounds)} round(s)): {args.workers} processes "
+          f"{median('many'):.2f}x one process{dask_medians}")
     # On a shared machine the wall ratio says how much CPU the others left us; the
     # CPU ratio says what the fan-out costs: N free cores give ~N x (this).
     print(f"# CPU efficiency (1-process CPU / all CPU): {args.workers} processes "
-          f"{one[1] / many[1]:.2f}" + ("" if dask is None else f"; Dask {one[1] / dask[1]:.2f}"))
-    print(f"# per core, whole bundles: {records / one[1]:,.0f} rec/CPU-s = "
-          f"{records / one[1] / limit:.3f} of the limit")
+          f"{median('many_cpu'):.2f}"
+          + ("" if "dask" not in rounds[0] else f"; Dask {median('dask_cpu'):.2f}"))
+    print(f"# ceiling: {args.workers} processes of pure leaf hashing give "
+          f"{median('ceiling'):.2f}x one on this machine, same rounds")
+    one_cpu = median("one_cpu")
+    print(f"# per core, whole bundles: {records / one_cpu:,.0f} rec/CPU-s = "
+          f"{records / one_cpu / limit:.3f} of the limit")
     print(f"# per core, records part (check_records, 100,000 records): {per_line:,.0f} "
           f"rec/s = {per_line / limit:.3f} of the limit")
 
