@@ -70,11 +70,12 @@ def write_new_file(path: Path, data: bytes, mode: int = 0o600) -> None:
     try:
         write_all(fd, data)
         os.fsync(fd)
-    except OSError as exc:  # ENOSPC, EFBIG, EIO: no partial file stays behind
+    except BaseException as exc:  # ENOSPC, EIO, SystemExit at a SIGTERM: no partial file
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        _name(exc, path)
+        if isinstance(exc, OSError):
+            _name(exc, path)
         raise
     os.close(fd)
 
@@ -110,11 +111,19 @@ def _link_unnamed(fd: int, path: Path) -> bool:
     link it (EXDEV across bind mounts, EPERM): the caller writes a named temp file,
     which meets any error of the directory itself."""
     try:
-        os.link(f"{PROC_FDS}/{fd}", path)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return False
+    try:
+        # A dir fd makes CPython call linkat(2) with AT_SYMLINK_FOLLOW; without one it
+        # calls link(2), which links the /proc symlink itself: EXDEV, every time.
+        os.link(f"{PROC_FDS}/{fd}", path.name, dst_dir_fd=directory, follow_symlinks=True)
     except FileExistsError:
         raise
     except OSError:
         return False
+    finally:
+        os.close(directory)
     return True
 
 
