@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import gc
 import gzip
 import hashlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from signing import verify
 from signing.bundle import (
     BundleName,
     iter_record_lines,
@@ -230,6 +233,50 @@ def test_parallel_verify_passes_a_store_error_on(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=names[7].records_key):
         verify_store(reader, trusted(signer), workers=4)
     assert reader.now == 0  # nothing left running
+
+
+def test_verify_pauses_the_gc_yet_frees_cycles_and_restores_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cyclic GC is off during a verification (a fleet's summaries would be rescanned
+    by every full collection), but a young collection every YOUNG_GC_EVERY outcomes
+    still frees cycles a check leaves, and the GC is back as it was, even on an error."""
+    signer = FileSigner.from_key(generate_private_key())
+    write_chain(tmp_path, signer, 12)
+    monkeypatch.setattr(verify, "YOUNG_GC_EVERY", 4)
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    alive: list[weakref.ref[Cycle]] = []
+    seen_enabled: list[bool] = []
+
+    def leaky(reader: Any, trust: Any, tasks: Any) -> Iterator[Any]:
+        for outcome in verify.in_process(reader, trust, tasks):
+            seen_enabled.append(gc.isenabled())
+            alive.append(weakref.ref(Cycle()))  # garbage only a collection frees
+            yield outcome
+
+    assert gc.isenabled()
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer), mapper=leaky)
+    assert result.ok and len(result.bundles) == 12
+    assert seen_enabled == [False] * 12
+    assert gc.isenabled()
+    assert sum(ref() is not None for ref in alive) < 4  # without the young collections: 12
+
+    def failing(reader: Any, trust: Any, tasks: Any) -> Iterator[Any]:
+        raise StoreError("the store went away")
+        yield
+
+    with pytest.raises(StoreError):
+        verify_store(DirectoryReader(tmp_path), trusted(signer), mapper=failing)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        verify_store(DirectoryReader(tmp_path), trusted(signer))
+        assert not gc.isenabled()  # a caller's own pause is left alone
+    finally:
+        gc.enable()
 
 
 def test_nothing_to_verify_is_an_error_finding(tmp_path: Path) -> None:
