@@ -301,10 +301,15 @@ def rotation_findings(reader: KeysReader, keys: Mapping[str, PublicKey],
     held to its own enrollment, by the per-bundle check.
     """
     index, problems = load_rotations(reader)
+    members = list(bundles)
+    signers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for b in members:
+        signers[(b.name.host_id, b.chain_id)].add(b.key_id)
     chains: dict[tuple[str, str], dict[int, list[SignedBundle]]] = defaultdict(
         lambda: defaultdict(list))
-    for b in bundles:
-        chains[(b.name.host_id, b.chain_id)][b.seq].append(b)
+    for b in members:  # only chains signed by more than one key can hold a key change
+        if len(signers[(b.name.host_id, b.chain_id)]) > 1:
+            chains[(b.name.host_id, b.chain_id)][b.seq].append(b)
     used: set[str] = set()
     for (host, chain_id), by_seq in sorted(chains.items()):
         handed_over: list[tuple[int, str, str]] = []  # (seq, old key id, rotation source)

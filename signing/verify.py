@@ -761,11 +761,11 @@ def _verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
 
 def agent_truth_findings(bundles: list[BundleSummary]) -> list[Finding]:
     """Chains linked by `follows`, and bundles whose claimed time is far ahead."""
+    linked = [Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq, b.manifest_sha256,
+                     b.follows) for b in bundles] if any(b.follows for b in bundles) else []
     findings = [Finding(key, code, message, ERROR if is_error else
                         (INFO if code == "chain_follows" else WARNING))  # see follows.py
-                for key, code, message, is_error in follows_findings(
-                    Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq,
-                           b.manifest_sha256, b.follows) for b in bundles)]
+                for key, code, message, is_error in follows_findings(linked)]
     findings.extend(Finding(key, code, message) for key, code, message in clock_findings(
         TimedBundle(b.manifest_key, b.name.host_id, b.chain_id, b.seq, b.started_at,
                     b.finished_at, b.clock) for b in bundles))
