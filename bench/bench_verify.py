@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--dask-profiler", action="store_true",
+                        help="leave the Dask workers' statistical profiler on (Dask's default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the runs this many times; medians of the ratios")
     args = parser.parse_args()
@@ -202,10 +204,15 @@ def main() -> None:
     rounds: list[dict[str, float]] = []
     cluster = client = None
     if not args.no_dask:
+        import dask
         from dask.distributed import Client, LocalCluster
 
         from agent.verify_dask import dask_mapper
 
+        # As OPERATIONS.md says to start verify workers: the worker's statistical
+        # profiler (a stack sample of the task thread every 10 ms, for the dashboard)
+        # off. --dask-profiler keeps Dask's default.
+        dask.config.set({"distributed.worker.profile.enabled": args.dask_profiler})
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
         client = Client(cluster.scheduler_address)
