@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from signing.bundle import HOST_ID, BundleName
 from signing.canonical import canonical_bytes
+from signing.clock import require_time
 from signing.dsse import (
     envelope_payload,
     make_statement,
@@ -44,7 +45,6 @@ from signing.enrollment import (
     KEYS_PREFIX,
     MAX_DOCUMENT_BYTES,
     key_statement_name,
-    parse_time,
     show,
 )
 from signing.errors import FormatError, SignatureError, UsageError
@@ -173,7 +173,7 @@ def rotation_fields(payload: bytes, source: str = "") -> Rotation:
     if new_key_id == old_key_id:
         raise FormatError("rotation field predicate.new_key_id is the old key id")
     rotated_at = _string(predicate, "rotated_at")
-    parse_time(rotated_at, "rotation field predicate.rotated_at")
+    require_time(rotated_at, "rotation field predicate.rotated_at")
     return Rotation(host_id, old_key_id, new_key, _chain(predicate.get("chain")), rotated_at,
                     source)
 

@@ -30,8 +30,8 @@ from signing.dsse import sign_envelope
 from signing.errors import FormatError, StoreError
 from signing.keys import FileSigner, PublicKey, generate_private_key
 from signing.merkle import leaf_hash, root_from_leaf_hashes
-from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, check_records, verify_store
+from tests.signing.bundle_fixtures import manifest_predicate
 
 
 def records(n: int, host: str = "h1") -> list[dict[str, Any]]:
@@ -92,14 +92,9 @@ def write_chain(root: Path, signer: FileSigner, count: int, host: str = "h1",
         name = BundleName(host, "2026-11-25", seq, f"c{seq:04d}")
         obj = write_records(records(3, host))
         chain: dict[str, Any] = {"id": chain_id, "seq": seq, "prev": prev}
-        predicate = {"host": {"id": host},
-                     "collection": {"id": name.collection_id, "trigger": "schedule",
-                                    "started_at": f"2026-11-25T00:00:{seq:02d}.000000Z",
-                                    "finished_at": f"2026-11-25T00:00:{seq:02d}.500000Z"},
-                     "collectors": [], "records": {"count": obj.count,
-                                                   "merkle_root": obj.merkle_root},
-                     "chain": chain}
-        manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
+        predicate = manifest_predicate(name, obj, f"2026-11-25T00:00:{seq:02d}.000000Z",
+                                       f"2026-11-25T00:00:{seq:02d}.500000Z", chain)
+        manifest = sign_manifest(name, obj, predicate, signer)
         for key, data in ((name.records_key, obj.data), (name.manifest_key, manifest)):
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(data)
@@ -152,14 +147,10 @@ def test_time_backwards_and_broken_prev(tmp_path: Path) -> None:
     # Rewrite seq 2 with an earlier time and a wrong prev, validly signed.
     name = BundleName("h1", "2026-11-25", 2, "c0002")
     obj = write_records(records(3))
-    predicate = {"host": {"id": "h1"},
-                 "collection": {"id": "c0002", "trigger": "schedule",
-                                "started_at": "2026-11-25T00:00:00.000000Z",
-                                "finished_at": "2026-11-25T00:00:00.100000Z"},
-                 "collectors": [], "records": {"count": 3, "merkle_root": obj.merkle_root},
-                 "chain": {"id": "c1", "seq": 2, "prev": "00" * 32}}
-    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, parse_predicate(predicate),
-                                                                   signer))
+    predicate = manifest_predicate(name, obj, "2026-11-25T00:00:00.000000Z",
+                                   "2026-11-25T00:00:00.100000Z",
+                                   {"id": "c1", "seq": 2, "prev": "00" * 32})
+    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
     (tmp_path / name.records_key).write_bytes(obj.data)
     result = verify_store(DirectoryReader(tmp_path), trusted(signer))
     codes = {f.code for f in result.findings if f.severity == "error"}
