@@ -201,6 +201,12 @@ def test_no_seeded_name_or_address_in_any_sealed_byte(
         work = tmp_path / "work" / directory.lstrip("/")
         work.mkdir(parents=True)
         spec.append([directory, str(upper), str(work)])
+    # /home holds the seeded homes only: the files collector reads all of it, and a
+    # developer's own home (a gamsa checkout or venv, whose docs name these people)
+    # would otherwise be sealed too.
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    spec[1].append(str(empty))
     (tmp_path / "mounts.json").write_text(json.dumps(spec))
     key = tmp_path / "pseudonym.key"
     key.write_bytes(os.urandom(32))
