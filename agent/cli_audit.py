@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli_common import (
+    MIRROR_DIR,
     config_option,
     emit_json,
     json_option,
@@ -147,7 +148,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 @click.command()
 @config_option
 @click.option("--store", "store_url", metavar="URL", help="Store to pull from (default: config).")
-@click.option("--to", "mirror", required=True, type=click.Path(path_type=Path), metavar="DIR",
+@click.option("--to", "mirror", required=True, type=MIRROR_DIR, metavar="DIR",
               help="The mirror directory (created; a re-run continues it).")
 @click.option("--host", "hosts", multiple=True, metavar="HOST_ID",
               help="Only this host's bundles; repeatable.")
@@ -207,23 +208,36 @@ def _truncation_findings(config: Config, result: Any, host: str | None) -> list[
     """
     from agent.identity import resolve_host_id
     from agent.state import StateDir
-    from signing.verify import Finding
+    from signing.errors import os_error
+    from signing.verify import WARNING, Finding
 
     state = StateDir(config.state_dir)
-    if not state.chain_path.exists():
-        return []
-    head = state.read_head()
+    try:
+        if not state.chain_path.exists():
+            return []
+        head = state.read_head()
+        entries = list(state.entries())
+    except (OSError, GamsaError) as exc:
+        # An auditor's account on the agent's host: the store is readable, the agent's
+        # state dir is not. Verify the store; say that this one check was not made.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        return [Finding(str(config.state_dir), "chain_head_unread",
+                        f"{os_error(cause).message}: this host's chain head is not read, so "
+                        "the truncation of its newest bundles in the store is not checked "
+                        "(run as the agent's user to check it)", WARNING)]
     host_id = resolve_host_id(config.host_id)
     if head is None or (host is not None and host != host_id):
         return []
-    spooled = [e.name.seq for e in state.entries() if e.name.host_id == host_id]
+    spooled = [e.name.seq for e in entries if e.name.host_id == host_id]
     shipped_up_to = min(spooled) - 1 if spooled else head.seq
     in_store = max((b.seq for b in result.bundles if b.chain_id == head.chain_id
                     and b.name.host_id == host_id), default=0)
     from agent.chainguard import head_findings
 
     found = [Finding(*f) for f in head_findings(
-        head, {e.name.seq: e.name.manifest_key for e in state.entries()
+        head, {e.name.seq: e.name.manifest_key for e in entries
                if e.name.host_id == host_id}, host_id, result.bundles)]
     if in_store >= shipped_up_to:
         return found

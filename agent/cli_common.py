@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# A mirror directory: its permissions are checked by the code that reads it, which
+# names the path and exits 3 (an OS error), not by click (exit 2, a usage error).
+MIRROR_DIR = click.Path(path_type=Path, readable=False)
+
 
 def config_option(func: F) -> F:
     return click.option("--config", "config_path", type=click.Path(path_type=Path),

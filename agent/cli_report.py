@@ -7,13 +7,21 @@ from pathlib import Path
 
 import click
 
-from agent.cli_common import config_option, emit_json, json_option, load, progress_bar, warn
+from agent.cli_common import (
+    MIRROR_DIR,
+    config_option,
+    emit_json,
+    json_option,
+    load,
+    progress_bar,
+    warn,
+)
 from signing.errors import FINDINGS, UsageError
 
 
 @click.command()
 @config_option
-@click.option("--mirror", "mirror", required=True, type=click.Path(path_type=Path),
+@click.option("--mirror", "mirror", required=True, type=MIRROR_DIR,
               metavar="DIR", help="A mirror made by `gamsa pull`.")
 @click.option("--html", "out", required=True, type=click.Path(path_type=Path),
               metavar="FILE", help="Write the report here (refused if it exists).")

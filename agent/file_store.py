@@ -82,8 +82,7 @@ class FileStore:
             try:
                 return stream.read()
             except OSError as exc:
-                raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}"
-                                 ) from exc
+                raise _store_error(exc, self.url, f"read {key}") from exc
 
     def open(self, key: str) -> BinaryIO:
         """`key` as a stream, if it is a regular file (a FIFO or a symlink named like
@@ -91,7 +90,7 @@ class FileStore:
         try:
             return self._reader.open(_safe_key(key))
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"read {key}") from exc
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -99,14 +98,25 @@ class FileStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot stat {key}: {exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"stat {key}") from exc
         return ObjectInfo(key, size, None)
 
     def list(self, prefix: str) -> Iterator[str]:
-        _check_is_dir(self.root)
-        if not self.root.exists():
-            return iter(())
-        return self._reader.list(prefix)
+        """Keys under `prefix`; a directory this user may not list is a StoreError
+        naming it (exit 3), never a silently shorter listing."""
+        try:
+            _check_is_dir(self.root)
+            if not self.root.exists():
+                return
+            yield from self._reader.list(prefix)
+        except OSError as exc:
+            where = Path(exc.filename) if exc.filename else self.root
+            try:
+                name = where.relative_to(self.root).as_posix() + "/"
+            except ValueError:
+                name = str(where)
+            what = "the store directory" if name == "./" else name
+            raise _store_error(exc, self.url, f"list {what}") from exc
 
 
 def open_store(url: str, config: StoreConfig | None = None) -> FileStore:

@@ -128,6 +128,16 @@ def get_capped(reader: ObjectReader, key: str, limit: int) -> bytes:
         return read_capped(stream, key, limit)
 
 
+def _may_hold(directory: str, prefix: str) -> bool:
+    """Whether keys under `directory` (ending in "/") can start with `prefix`."""
+    return directory.startswith(prefix) or prefix.startswith(directory)
+
+
+def _unlisted(exc: OSError) -> None:
+    if not isinstance(exc, FileNotFoundError):
+        raise exc
+
+
 @dataclass(frozen=True)
 class DirectoryReader:
     """A store laid out on disk (a file:// store, or `aws s3 sync` of a bucket).
@@ -138,10 +148,16 @@ class DirectoryReader:
     root: Path
 
     def list(self, prefix: str) -> Iterator[str]:
+        """Every key under `prefix`, sorted per directory. A directory that cannot be
+        listed (EACCES: not this user's, 0700) raises its OSError: skipping it would
+        report a partial store as complete. One that vanished meanwhile is skipped, and
+        only directories that can hold `prefix` are entered (a mount's lost+found is
+        not the store's)."""
         base = self.root
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
+        for dirpath, dirnames, filenames in os.walk(base, onerror=_unlisted):
             rel_dir = os.path.relpath(dirpath, base)
+            under = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+            dirnames[:] = sorted(d for d in dirnames if _may_hold(under + d + "/", prefix))
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue

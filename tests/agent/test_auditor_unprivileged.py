@@ -1,0 +1,141 @@
+"""The auditor's commands run as an ordinary user (`nobody` via setpriv) on stores and
+mirrors it may only partly read: what it cannot read is one line naming it, exit 3,
+never a shorter listing reported as OK; and what it writes is not world-readable.
+
+The store and mirror here are made by root (the tests run as root) and then opened
+to the user, as a bank's evidence share is: world-readable but for what is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.agent.mirror_fixtures import agent_key, pull, seal, ticks_collector
+from tests.agent.test_os_errors import one_error_line
+from tests.agent.unprivileged import UserEnv
+
+HOST = "test-host"
+
+
+def open_to_all(path: Path) -> None:
+    """chmod -R a+rX: what an evidence share readable by the audit team looks like."""
+    for where in [path, *path.rglob("*")]:
+        mode = where.stat().st_mode
+        os.chmod(where, mode | 0o444 | (0o111 if stat.S_ISDIR(mode) else 0))
+
+
+@pytest.fixture
+def shared(user_env: UserEnv) -> UserEnv:
+    """user_env with 2 bundles in its store (made by root), the store readable by all,
+    and the agent's public key where the user can read it (root / key.json)."""
+    seal(user_env, 2, host=HOST, collector=ticks_collector(3))
+    open_to_all(user_env.store)
+    shutil.copy(agent_key(user_env), user_env.root / "key.json")
+    os.chmod(user_env.root / "key.json", 0o644)
+    return user_env
+
+
+def key(env: UserEnv) -> str:
+    return str(env.root / "key.json")
+
+
+def date_dir(env: UserEnv) -> Path:
+    [found] = (env.store / "v1" / f"host={HOST}").iterdir()
+    return found
+
+
+def test_a_store_directory_the_user_cannot_list_is_named_never_skipped(shared: UserEnv) -> None:
+    hidden = date_dir(shared)
+    os.chmod(hidden, 0o700)  # root's: nobody may not list it
+    key_of = f"v1/host={HOST}/{hidden.name}/"
+
+    verify = shared.run_as_user("verify", "--store", shared.store_url, "--trust", key(shared))
+    line = one_error_line(verify, shared.store_url, f"cannot list {key_of}",
+                          "Permission denied", "check the owner and mode")
+    assert "OK" not in line
+
+    mirror = shared.root / "mirror"
+    pulled = shared.run_as_user("pull", "--store", shared.store_url, "--to", str(mirror),
+                                "--trust", key(shared))
+    one_error_line(pulled, f"cannot list {key_of}")
+    assert not list(mirror.rglob("*.manifest.dsse.json"))
+
+
+def test_an_unreadable_folder_outside_the_layout_is_not_the_stores(shared: UserEnv) -> None:
+    # A store on its own filesystem has root's lost+found (0700) at the top.
+    (shared.store / "lost+found").mkdir(mode=0o700)
+    verify = shared.run_as_user("verify", "--store", shared.store_url, "--trust", key(shared))
+    assert verify.returncode == 0, verify.stderr
+    assert "OK: 2 bundle(s)" in verify.stdout
+
+
+def test_an_auditor_on_the_agents_host_verifies_its_store_without_its_state(
+        shared: UserEnv) -> None:
+    # The config names the agent's store and state dir (root's, 0700): the store is
+    # verified; the one check that needs the state (truncation) is said not made.
+    verify = shared.run_as_user("verify", "--trust", key(shared))
+    assert verify.returncode == 0, verify.stderr
+    assert "Traceback" not in verify.stderr
+    [warning] = [line for line in verify.stdout.splitlines() if "chain_head_unread" in line]
+    assert warning.startswith("WARNING"), warning
+    assert str(shared.state_dir) in warning and "Permission denied" in warning
+    assert "truncation of its newest bundles in the store is not checked" in warning
+    assert "OK: 2 bundle(s)" in verify.stdout
+
+
+def test_an_object_the_user_cannot_read_stops_the_pull_naming_it(shared: UserEnv) -> None:
+    [records] = sorted(date_dir(shared).glob("0000000002-*.records.jsonl.gz"))
+    os.chmod(records, 0o600)
+    mirror = shared.root / "mirror"
+    pulled = shared.run_as_user("pull", "--store", shared.store_url, "--to", str(mirror),
+                                "--trust", key(shared))
+    one_error_line(pulled, f"cannot read {records.relative_to(shared.store).as_posix()}",
+                   "Permission denied", "check the owner and mode")
+    # what was readable before it is mirrored; the rest is not claimed
+    assert [p.name[:10] for p in mirror.rglob("*.manifest.dsse.json")] == ["0000000001"]
+
+
+@pytest.fixture
+def mirror(shared: UserEnv) -> Path:
+    """A mirror pulled by root, readable by nobody but root (0700, root's)."""
+    made = shared.root / "mirror"
+    code, report, _ = pull(shared, made)
+    assert code == 0, report
+    os.chmod(made, 0o700)
+    return made
+
+
+def test_a_mirror_the_user_cannot_read_is_an_os_error_naming_it(shared: UserEnv,
+                                                                 mirror: Path) -> None:
+    out = shared.root / "out"
+    for args in (["query", "--mirror", str(mirror), "--named", "privileged-accounts"],
+                 ["diff", "--mirror", str(mirror), "--host", HOST, "--from", "2000-01-01",
+                  "--to", "2100-01-01"],
+                 ["export", "--mirror", str(mirror), "--out", f"{out}.zip",
+                  "--trust", key(shared)],
+                 ["report", "--mirror", str(mirror), "--html", f"{out}.html"]):
+        result = shared.run_as_user(*args)
+        # exit 3 (permission), not click's exit 2 (usage): the path is right, the user is not
+        one_error_line(result, str(mirror), "Permission denied")
+
+
+def test_export_names_its_out_path_and_is_not_world_readable(shared: UserEnv,
+                                                             mirror: Path) -> None:
+    open_to_all(mirror)
+    locked = shared.root / "locked"
+    locked.mkdir(mode=0o755)  # root's: nobody may not write in it
+    refused = shared.run_as_user("export", "--mirror", str(mirror), "--out",
+                                 str(locked / "inspection.zip"), "--trust", key(shared))
+    one_error_line(refused, f"cannot write {locked / 'inspection.zip'}", "Permission denied")
+    assert list(locked.iterdir()) == []
+
+    out = shared.root / "inspection.zip"
+    made = shared.run("export", "--mirror", str(mirror), "--out", str(out),
+                      "--trust", key(shared))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # evidence: owner and group only
