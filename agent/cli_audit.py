@@ -63,7 +63,7 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     from agent.store import open_store
     from signing.verify import verify_store
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     when = parse_as_of(as_of)
     tsa_chain = None
     if tsa_cert is not None:
@@ -171,7 +171,7 @@ def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: t
     from agent.store import open_store
     from signing.keys import load_public_key_pem
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     selection = parse_selection(hosts, since, until)
     org_keys = org_root_keys(trust_org or tuple(config.verify.trust_org))
     if not trust and org_keys is None:
@@ -273,7 +273,7 @@ def prove(config_path: Path | None, bundle: str, line: int, store_url: str | Non
     from agent.store import open_store
     from signing.proof import make_proof
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     store = open_store(store_url or config.store.url, config.store)
     records_key, manifest_key = _resolve_bundle(store, bundle)
     proof = make_proof(store.get(manifest_key), store.get(records_key), line, records_key)
@@ -296,7 +296,7 @@ def verify_proof_cmd(config_path: Path | None, proof: Path, trust: tuple[Path, .
     from signing.errors import ProofError, SignatureError
     from signing.proof import verify_proof
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     trusted = trusted_keys(config, trust)
     try:
         data = proof.read_bytes()

@@ -47,7 +47,7 @@ def export(config_path: Path | None, mirror_dir: Path, out: Path, hosts: tuple[s
     from agent.mirror import BundleFilter, open_mirror
     from agent.pull import parse_selection
 
-    load(config_path)
+    load(config_path, auditor=True)
     if tsa_cert is not None:
         from signing.timestamp import load_tsa_chain
 

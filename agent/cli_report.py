@@ -50,7 +50,7 @@ def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, 
     from agent.report import build_report, default_as_of
     from agent.report_html import render
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     selection = parse_selection(hosts, since, until)
     when = parse_as_of(as_of) if as_of is not None else default_as_of(selection.until)
     silence = silence_allowed(config, max_silence)

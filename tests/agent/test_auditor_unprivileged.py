@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,39 @@ def test_export_names_its_out_path_and_is_not_world_readable(shared: UserEnv,
                       "--trust", key(shared))
     assert made.returncode == 0, made.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o640  # evidence: owner and group only
+
+
+def run_with_system_config(env: UserEnv, system_config: Path,
+                           *args: str) -> subprocess.CompletedProcess[str]:
+    """`gamsa ARGS` as the user, with `system_config` standing for /etc/gamsa/agent.toml
+    (the machine's own is not touched) and no --config or $GAMSA_CONFIG."""
+    assert env.user is not None
+    code = ("import sys; from pathlib import Path; import agent.config as c; "
+            f"c.DEFAULT_CONFIG_PATH = Path({str(system_config)!r}); "
+            "from agent.cli import main; main(sys.argv[1:])")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
+    environ["HOME"] = str(env.root)
+    argv = ["setpriv", f"--reuid={env.user.pw_uid}", f"--regid={env.user.pw_gid}",
+            "--clear-groups", "--inh-caps=-all", sys.executable, "-c", code, *args]
+    return subprocess.run(argv, env=environ, cwd=env.root, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+def test_the_agents_config_the_auditor_may_not_read_does_not_block_an_audit(
+        shared: UserEnv) -> None:
+    etc = shared.root / "etc-gamsa"
+    etc.mkdir(mode=0o750)  # as installed: root:gamsa 0750, agent.toml 0640
+    (etc / "agent.toml").write_text(f'state_dir = "{shared.state_dir}"\n')
+    os.chmod(etc / "agent.toml", 0o640)
+
+    verify = run_with_system_config(shared, etc / "agent.toml", "verify", "--store",
+                                    shared.store_url, "--trust", key(shared))
+    assert verify.returncode == 0, verify.stderr
+    assert "OK: 2 bundle(s)" in verify.stdout
+    assert (f"gamsa: {etc / 'agent.toml'}: permission denied (the agent's config, for its "
+            "user): using the built-in defaults") in verify.stderr
+
+    # the agent's own commands still need their config: no quiet switch to another
+    collect = run_with_system_config(shared, etc / "agent.toml", "collect", "--no-ship")
+    assert collect.returncode == 2, collect.stderr
+    assert f"config file {etc / 'agent.toml'}: permission denied" in collect.stderr
