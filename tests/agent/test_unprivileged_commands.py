@@ -1,6 +1,7 @@
-"""The auditor's commands run as an ordinary user (`nobody` via setpriv) on stores and
-mirrors it may only partly read: what it cannot read is one line naming it, exit 3,
-never a shorter listing reported as OK; and what it writes is not world-readable.
+"""The auditor's and the agent's commands run as an ordinary user (`nobody` via
+setpriv) on stores and mirrors it may only partly read: what it cannot read is one
+line naming it, exit 3, never a shorter listing reported as OK; what it cannot write
+is one line naming it, exit 3; and what it writes is not world-readable.
 
 The store and mirror here are made by root (the tests run as root) and then opened
 to the user, as a bank's evidence share is: world-readable but for what is not.
@@ -177,3 +178,16 @@ def test_the_agents_config_the_auditor_may_not_read_does_not_block_an_audit(
     collect = run_with_system_config(shared, etc / "agent.toml", "collect", "--no-ship")
     assert collect.returncode == 2, collect.stderr
     assert f"config file {etc / 'agent.toml'}: permission denied" in collect.stderr
+
+
+def test_a_request_or_enrollment_the_user_cannot_write_is_an_os_error(
+        user_env: UserEnv) -> None:
+    assert user_env.run_as_user("keys", "init").returncode == 0
+    locked = user_env.root / "locked"
+    locked.mkdir(mode=0o755)  # root's
+    target = locked / "request.json"
+    result = user_env.run_as_user("keys", "enroll", "--no-submit", "--out", str(target))
+    # exit 3 with the permission hint (was exit 2, a usage error, with no hint)
+    one_error_line(result, f"cannot write {target}", "Permission denied",
+                   "check the owner and mode")
+    assert not target.exists()
