@@ -21,6 +21,7 @@ import pytest
 from tests.agent.mirror_fixtures import agent_key, pull, seal, ticks_collector
 from tests.agent.test_os_errors import one_error_line
 from tests.agent.unprivileged import UserEnv
+from tests.conftest import GAMSA
 
 HOST = "test-host"
 
@@ -191,3 +192,28 @@ def test_a_request_or_enrollment_the_user_cannot_write_is_an_os_error(
     one_error_line(result, f"cannot write {target}", "Permission denied",
                    "check the owner and mode")
     assert not target.exists()
+
+
+def test_the_default_state_dir_and_its_new_parents_are_private(user_env: UserEnv) -> None:
+    # The README's first command as a user with a permissive umask: no config, so the
+    # state dir is ~/.local/state/gamsa, and mkdir -p would make ~/.local 0777.
+    home = user_env.root / "home"
+    home.mkdir()
+    assert user_env.user is not None
+    os.chown(home, user_env.user.pw_uid, user_env.user.pw_gid)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GAMSA_", "XDG_"))}
+    environ["HOME"] = str(home)
+    argv = ["setpriv", f"--reuid={user_env.user.pw_uid}", f"--regid={user_env.user.pw_gid}",
+            "--clear-groups", "--inh-caps=-all", GAMSA, "keys", "init"]
+    old = os.umask(0)
+    try:
+        made = subprocess.run(argv, env=environ, cwd=home, capture_output=True, text=True,
+                              timeout=60, check=False)
+    finally:
+        os.umask(old)
+    assert made.returncode == 0, made.stderr
+    modes = {str(p.relative_to(home)): stat.S_IMODE(p.stat().st_mode)
+             for p in [home / ".local", home / ".local/state", home / ".local/state/gamsa",
+                       home / ".local/state/gamsa/keys/agent.key"]}
+    assert modes == {".local": 0o700, ".local/state": 0o700, ".local/state/gamsa": 0o700,
+                     ".local/state/gamsa/keys/agent.key": 0o600}
