@@ -70,6 +70,16 @@ def test_a_store_directory_the_user_cannot_list_is_named_never_skipped(shared: U
     assert not list(mirror.rglob("*.manifest.dsse.json"))
 
 
+def test_a_keys_folder_the_user_cannot_list_is_named_not_taken_as_empty(
+        shared: UserEnv) -> None:
+    # v1/keys/ holds rotations, enrollments and revocations: read as empty, a revoked
+    # key would pass. Even with --trust and --host the listing must be whole.
+    os.chmod(shared.store / "v1" / "keys", 0o700)
+    verify = shared.run_as_user("verify", "--store", shared.store_url, "--trust", key(shared),
+                                "--host", HOST)
+    one_error_line(verify, "cannot list v1/keys/", "Permission denied")
+
+
 def test_an_unreadable_folder_outside_the_layout_is_not_the_stores(shared: UserEnv) -> None:
     # A store on its own filesystem has root's lost+found (0700) at the top.
     (shared.store / "lost+found").mkdir(mode=0o700)
