@@ -20,7 +20,7 @@ from agent.cli_common import (
     progress_bar,
     trusted_keys,
 )
-from signing.errors import FINDINGS, GamsaError, UsageError
+from signing.errors import FINDINGS, RUNTIME, GamsaError, UsageError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -191,12 +191,17 @@ def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: t
                        f"{finding.message}")
         held = (f", {result.quarantined_before} held in quarantine from earlier pulls"
                 if result.quarantined_before else "")
-        click.echo(f"{'OK' if result.ok else 'QUARANTINED'}: {result.pulled} bundle(s) "
+        unread = f", {result.unread} not read (permission)" if result.unread else ""
+        verdict = ("OK" if result.ok else "QUARANTINED" if result.judged_bad
+                   else "INCOMPLETE")
+        click.echo(f"{verdict}: {result.pulled} bundle(s) "
                    f"pulled, {result.skipped} already mirrored, {result.quarantined} "
-                   f"quarantined{held}, {result.bytes} bytes from {result.store} "
+                   f"quarantined{held}{unread}, {result.bytes} bytes from {result.store} "
                    f"into {result.mirror}")
-    if not result.ok:
+    if result.judged_bad:
         sys.exit(FINDINGS)
+    if not result.ok:
+        sys.exit(RUNTIME)  # only what this user may not read is missing
 
 
 def _truncation_findings(config: Config, result: Any, host: str | None) -> list[Any]:

@@ -102,16 +102,28 @@ def test_an_auditor_on_the_agents_host_verifies_its_store_without_its_state(
     assert "OK: 2 bundle(s)" in verify.stdout
 
 
-def test_an_object_the_user_cannot_read_stops_the_pull_naming_it(shared: UserEnv) -> None:
-    [records] = sorted(date_dir(shared).glob("0000000002-*.records.jsonl.gz"))
+def test_an_object_the_user_cannot_read_is_said_and_the_rest_is_pulled(
+        shared: UserEnv) -> None:
+    [records] = sorted(date_dir(shared).glob("0000000001-*.records.jsonl.gz"))
     os.chmod(records, 0o600)
     mirror = shared.root / "mirror"
-    pulled = shared.run_as_user("pull", "--store", shared.store_url, "--to", str(mirror),
-                                "--trust", key(shared))
-    one_error_line(pulled, f"cannot read {records.relative_to(shared.store).as_posix()}",
-                   "Permission denied", "check the owner and mode")
-    # what was readable before it is mirrored; the rest is not claimed
-    assert [p.name[:10] for p in mirror.rglob("*.manifest.dsse.json")] == ["0000000001"]
+    args = ("pull", "--store", shared.store_url, "--to", str(mirror), "--trust", key(shared))
+    pulled = shared.run_as_user(*args)
+    # exit 3: nothing is wrong with the evidence, this user may not read all of it
+    assert pulled.returncode == 3, pulled.stderr
+    assert "Traceback" not in pulled.stderr
+    [finding] = [line for line in pulled.stdout.splitlines() if line.startswith("ERROR")]
+    assert "object_unreadable" in finding and "Permission denied" in finding
+    assert f"cannot read {records.relative_to(shared.store).as_posix()}" in finding
+    assert pulled.stdout.splitlines()[-1].startswith(
+        "INCOMPLETE: 1 bundle(s) pulled, 0 already mirrored, 0 quarantined, 1 not read")
+    # the bundle after it is mirrored; it is neither mirrored nor quarantined
+    assert [p.name[:10] for p in mirror.rglob("*.manifest.dsse.json")] == ["0000000002"]
+
+    os.chmod(records, 0o644)  # once it may be read, the next pull completes the mirror
+    again = shared.run_as_user(*args, "--json")
+    assert again.returncode == 0, again.stderr
+    assert '"unread": 0' in again.stdout and '"pulled": 1' in again.stdout
 
 
 @pytest.fixture
