@@ -257,8 +257,9 @@ def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:
 
     stem = ref.removesuffix(RECORDS_SUFFIX).removesuffix(MANIFEST_SUFFIX)
     if not stem.startswith("v1/"):
+        # Whole path components only: "1" must not pick the bundle whose id ends in 1.
         matches = [k for k in store.list("v1/host=") if k.endswith(MANIFEST_SUFFIX)
-                   and k.removesuffix(MANIFEST_SUFFIX).endswith(stem)]
+                   and k.removesuffix(MANIFEST_SUFFIX).endswith(f"/{stem}")]
         if len(matches) != 1:
             raise UsageError(f"bundle {ref!r}: {len(matches)} matching bundles in {store.url}",
                              hint="give the full object key")
@@ -285,7 +286,10 @@ def prove(config_path: Path | None, bundle: str, line: int, store_url: str | Non
     if output is None:
         click.echo(proof.decode())
     else:
-        output.write_bytes(proof)
+        from agent.fsutil import failing, replace_atomic
+
+        with failing("write the proof", output):  # 0640: it holds a record of evidence
+            replace_atomic(output, proof, 0o640)
         click.echo(f"proof of {records_key} line {line} written to {output}", err=True)
 
 
