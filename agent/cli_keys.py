@@ -382,14 +382,15 @@ def org_revoke(config_path: Path | None, org_key: str, revoked_key_id: str, at: 
 
     from agent.fsutil import create_atomic
     from agent.store import open_store
-    from signing.enrollment import format_time, parse_time
+    from signing.clock import require_time
+    from signing.enrollment import format_time
     from signing.errors import FormatError
     from signing.revocation import revocation_object_name, sign_revocation
     from signing.signer import load_signer
 
     now = dt_now()
     try:
-        revoked_at = now if at is None else parse_time(at, f"--at {at[:40]!r}")
+        revoked_at = now if at is None else require_time(at, f"--at {at[:40]!r}")
     except FormatError as exc:
         raise UsageError(exc.message) from None
     signer = load_signer(org_key)

@@ -10,8 +10,8 @@ from typing import Any
 
 from agent.config import Config, parse_duration
 from agent.store import AccessDeniedError, Store
+from signing.clock import require_time
 from signing.completeness import Completeness, FleetSummary, ObjectVersion, duration_text
-from signing.enrollment import parse_time
 from signing.errors import FormatError, UsageError
 from signing.verify import WARNING, Finding
 
@@ -24,7 +24,7 @@ def parse_as_of(value: str | None) -> dt.datetime:
     if value is None:
         return dt.datetime.now(dt.UTC)
     try:
-        return parse_time(value, f"--as-of {value!r}")
+        return require_time(value, f"--as-of {value!r}")
     except FormatError as exc:
         raise UsageError(exc.message, hint="give a UTC time like 2026-12-01T06:00:00Z") from None
 

@@ -406,7 +406,7 @@ class Daemon:
         """The pre-seal look (agent/chainguard.py) at a network store, in a child,
         bounded by LOOK_SECONDS and by a stop: past either, the bundle is sealed
         unchecked (the shipper checks again before it puts anything)."""
-        from agent.chainguard import LOOK_SECONDS, StoreView, pending_divergence
+        from agent.chainguard import LOOK_SECONDS, unchecked_view
 
         started = time.monotonic()
 
@@ -418,8 +418,7 @@ class Daemon:
         views = [e for e in result.results if e.get("event") == "view"]
         if result.returncode == 0 and views:
             return view_from_json(views[-1])
-        return StoreView(pending_divergence(state, head),
-                         problem=f"the store look {result.error or 'gave no answer'}")
+        return unchecked_view(state, head, f"the store look {result.error or 'gave no answer'}")
 
     # sealing --------------------------------------------------------------------
 

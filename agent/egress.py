@@ -111,14 +111,7 @@ class EgressThread(threading.Thread):
             if ready:
                 self.destroy_wakes += 1
                 started = time.thread_time()
-                with self.lock:
-                    waiting = self.watcher.pending_since is not None
-                    self.watcher.take_destroyed()
-                    if self.watcher.destroy is None:
-                        self.log("warning", "egress_watch", f"egress watcher: socket-destroy "
-                                 f"events lost ({self.watcher.destroy_refused}); polling only")
-                if not waiting and self.watcher.pending_since is not None:
-                    self.wake.set()
+                self.step(self.take_destroyed)
                 self.destroy_cost += time.thread_time() - started
                 if self.stop_event.wait(min(DESTROY_EVERY, max(0.0, until - time.monotonic()))):
                     return True
@@ -134,20 +127,7 @@ class EgressThread(threading.Thread):
             self.watcher.resolve()
         while not self.wait(wait):
             started = time.thread_time()
-            try:
-                with self.lock:
-                    waiting = self.watcher.pending_since is not None
-                    self.watcher.poll()
-                if not waiting and self.watcher.pending_since is not None:
-                    self.wake.set()  # the main loop now has a deadline to wait for
-                if self.failing:
-                    self.failing = False
-                    self.log("info", "egress_watch", "egress watcher polling again")
-            except Exception as exc:  # noqa: BLE001 - no space for open.json, or a bug:
-                if not self.failing:  # say so once and keep trying, never die silently
-                    self.failing = True
-                    self.log("error", "egress_watch_failed",
-                             f"egress watcher: {type(exc).__name__}: {exc}")
+            self.step(self.watcher.poll)
             # the whole poll (reading, owners, writing) and the destroy events read since
             # the last one: the budget is the watcher's, not only its polls'
             cost = time.thread_time() - started + self.destroy_cost - destroy_before
@@ -164,6 +144,38 @@ class EgressThread(threading.Thread):
                          f"egress watcher: a poll costs {1000 * self.cost:.0f} ms of CPU "
                          f"here (many sockets); polling every {wait:.0f} s to stay under "
                          f"{100 * WATCH_CPU_SHARE:g}% of a core", wait_seconds=round(wait))
+
+    def step(self, work: Callable[[], object]) -> None:
+        """One poll, or one batch of destroy events, under the lock. A failure (no
+        space for open.json or open.log, a read-only state directory, or a bug) is
+        logged once and the thread goes on: the next step writes what this one could
+        not (`unsaved`), and the first step that leaves nothing unsaved says so."""
+        with self.lock:
+            waiting = self.watcher.pending_since is not None
+            try:
+                work()
+                error: Exception | None = None
+            except Exception as exc:  # noqa: BLE001 - never die silently
+                error = exc
+            unsaved = self.watcher.unsaved
+        if not waiting and self.watcher.pending_since is not None:
+            self.wake.set()  # the main loop now has a deadline to wait for
+        if error is not None:
+            if not self.failing:
+                self.failing = True
+                self.log("error", "egress_watch_failed",
+                         f"egress watcher: {type(error).__name__}: {error}")
+        elif self.failing and not unsaved:
+            self.failing = False
+            self.log("info", "egress_watch", "egress watcher recording again")
+
+    def take_destroyed(self) -> None:
+        """Record the sockets destroyed since the last call (held: `self.lock`)."""
+        joined = self.watcher.destroy is not None
+        self.watcher.take_destroyed()
+        if joined and self.watcher.destroy is None:
+            self.log("warning", "egress_watch", f"egress watcher: socket-destroy "
+                     f"events lost ({self.watcher.destroy_refused}); polling only")
 
     def cut(self) -> None:
         """Close the open window, so the bundle about to be sealed drains it."""
@@ -192,8 +204,7 @@ class EgressThread(threading.Thread):
         os.write(self._stop_w, b"x")
         self.join(max(5.0, self.watcher.interval * 2))
         if not self.is_alive():  # what the kernel queued until now goes in this window
-            with self.lock:
-                self.watcher.take_destroyed()
+            self.step(self.take_destroyed)
         self.cut()
         if not self.is_alive():
             self.watcher.close()

@@ -102,21 +102,16 @@ class FileStore:
         return ObjectInfo(key, size, None)
 
     def list(self, prefix: str) -> Iterator[str]:
-        """Keys under `prefix`; a directory this user may not list is a StoreError
-        naming it (exit 3), never a silently shorter listing."""
+        """Keys under `prefix`. A folder this user may not list is a StoreError naming
+        it (signing.reading), never a silently shorter listing."""
         try:
             _check_is_dir(self.root)
-            if not self.root.exists():
-                return
-            yield from self._reader.list(prefix)
-        except OSError as exc:
-            where = Path(exc.filename) if exc.filename else self.root
-            try:
-                name = where.relative_to(self.root).as_posix() + "/"
-            except ValueError:
-                name = str(where)
-            what = "the store directory" if name == "./" else name
-            raise _store_error(exc, self.url, f"list {what}") from exc
+            present = self.root.exists()
+        except OSError as exc:  # a parent of the store not searchable
+            raise _store_error(exc, self.url, f"list {self.root}") from exc
+        if not present:
+            return iter(())
+        return self._reader.list(prefix)
 
 
 def open_store(url: str, config: StoreConfig | None = None) -> FileStore:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agent.fsutil import create_atomic
 from agent.store import Store
+from signing.clock import require_time
 from signing.enrollment import (
     PENDING_KEY,
     PENDING_PREFIX,
@@ -24,7 +25,6 @@ from signing.enrollment import (
     enrollment_object_name,
     format_time,
     parse_request,
-    parse_time,
     sign_enrollment,
     verify_enrollment,
 )
@@ -120,7 +120,7 @@ def validity(request: EnrollmentRequest, now: dt.datetime,
              valid_days: int) -> tuple[dt.datetime, dt.datetime]:
     """From when the key was made (bundles sealed before enrollment stay valid), or
     now if that claims to be later, until `valid_days` from now."""
-    created = parse_time(request.key_created_at, "key_created_at").replace(microsecond=0)
+    created = require_time(request.key_created_at, "key_created_at").replace(microsecond=0)
     return min(created, now), now + dt.timedelta(days=valid_days)
 
 

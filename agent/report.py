@@ -24,10 +24,10 @@ from agent.report_timeline import (
     BundlePoint,
     Timeline,
     build_timeline,
-    bundle_time,
     summary_of,
 )
 from signing.bundle import manifest_sha256
+from signing.clock import require_time
 from signing.errors import GamsaError
 from signing.verify import BundleSummary
 
@@ -159,8 +159,8 @@ def _read_bundle(view: MirrorView, bundle: MirroredBundle,
     summary = summary_of(bundle.manifest_key, bundle.name, manifest_sha256(manifest.raw),
                          manifest.key_id, predicate)
     collection = predicate.collection
-    started = bundle_time(collection.started_at, "collection.started_at")
-    finished = bundle_time(collection.finished_at, "collection.finished_at")
+    started = require_time(collection.started_at, "collection.started_at")
+    finished = require_time(collection.finished_at, "collection.finished_at")
     not_ok = tuple(sorted(e.name for e in predicate.collectors
                           if e.status in ("partial", "error")))
     accounts_ok = any(e.name == "accounts" and e.status == "ok" for e in predicate.collectors)

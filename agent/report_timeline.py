@@ -17,10 +17,8 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 
 from signing.bundle import BundleName
-from signing.clock import clock_facts
-from signing.clock import parse_time as read_time
+from signing.clock import clock_facts, require_time
 from signing.completeness import Completeness, check_fleet, duration_text
-from signing.enrollment import parse_time
 from signing.predicate import ManifestPredicate
 from signing.verify import BundleSummary, Trust, agent_truth_findings, check_chains
 
@@ -76,12 +74,6 @@ class Timeline:
 
     def count(self, kind: str) -> int:
         return sum(1 for marks in self.marks.values() for m in marks if m.kind == kind)
-
-
-def bundle_time(value: object, what: str) -> dt.datetime:
-    """A manifest time (`...Z`, optional fraction) as an aware datetime; FormatError."""
-    fast = read_time(value) if isinstance(value, str) else None  # gamsa's own form
-    return fast if fast is not None else parse_time(value, what)
 
 
 def summary_of(manifest_key: str, name: BundleName, raw_sha256: str, key_id: str,
@@ -181,6 +173,6 @@ def _silence_marks(timeline: Timeline, summaries: Sequence[BundleSummary],
         state = silent.get(host)
         if state is None or host not in timeline.points or state.last_finished_at is None:
             continue
-        since = bundle_time(state.last_finished_at, "collection.finished_at")
+        since = require_time(state.last_finished_at, "collection.finished_at")
         timeline.marks[host].append(Mark(SILENCE, host, since, as_of, "", finding.message))
 

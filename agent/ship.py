@@ -58,6 +58,7 @@ from agent.timestamp import (
     timestamp_problem,
     timestamp_status,
 )
+from signing.clock import parse_time
 from signing.errors import GamsaError
 from signing.keys import key_object_name
 
@@ -314,9 +315,8 @@ def _ship_pipelined(state: StateDir, store: Store, key_id: str, entries: list[Sp
 
 
 def _age_seconds(timestamp: str, now: dt.datetime) -> int | None:
-    try:
-        then = dt.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
-    except ValueError:
+    then = parse_time(timestamp)
+    if then is None:
         return None
     return max(0, int((now - then).total_seconds()))
 

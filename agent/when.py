@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from signing.enrollment import parse_time
+from signing.clock import require_time
 from signing.errors import FormatError, UsageError
 
 
@@ -21,7 +21,7 @@ def parse_when(value: str, option: str, *, end_of_day: bool = False) -> dt.datet
         start = dt.datetime.combine(day, dt.time(), dt.UTC)
         return start + dt.timedelta(days=1, microseconds=-1) if end_of_day else start
     try:
-        return parse_time(text, f"{option} {value!r}")
+        return require_time(text, f"{option} {value!r}")
     except FormatError as exc:
         raise UsageError(exc.message,
                          hint="give a UTC date or time: 2026-11-30 or 2026-11-30T06:00:00Z"

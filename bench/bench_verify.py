@@ -30,17 +30,20 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.signing
+
 from signing.bundle import BundleName, manifest_sha256, sign_manifest, write_records
 from signing.canonical import canonical_bytes
 from signing.fanout import processes
 from signing.keys import FileSigner, generate_private_key, load_private_key, save_private_key
-from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, check_records, in_process, verify_store
+from tests.signing.bundle_fixtures import manifest_predicate
 
 HOST_PREFIX = "bench-host-"
 
@@ -76,14 +79,9 @@ def build(root: Path, bundles: int, per_bundle: int, hosts: int) -> FileSigner:
             chain: dict[str, Any] = {"id": "c0000001", "seq": seq, "prev": prev}
             if seq == 1:
                 chain["genesis_reason"] = "first collection"
-            predicate = {"host": {"id": host},
-                         "collection": {"id": name.collection_id, "trigger": "schedule",
-                                        "started_at": f"{stamp}.000000Z",
-                                        "finished_at": f"{stamp}.500000Z"},
-                         "collectors": [], "records": {"count": obj.count,
-                                                       "merkle_root": obj.merkle_root},
-                         "chain": chain}
-            manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
+            predicate = manifest_predicate(name, obj, f"{stamp}.000000Z", f"{stamp}.500000Z",
+                                           chain)
+            manifest = sign_manifest(name, obj, predicate, signer)
             directory = root / f"v1/host={host}/date={name.date}"
             directory.mkdir(parents=True, exist_ok=True)
             (root / name.records_key).write_bytes(obj.data)
@@ -181,6 +179,8 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--dask-profiler", action="store_true",
+                        help="leave the Dask workers' statistical profiler on (Dask's default)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternate the runs this many times; medians of the ratios")
     args = parser.parse_args()
@@ -202,10 +202,15 @@ def main() -> None:
     rounds: list[dict[str, float]] = []
     cluster = client = None
     if not args.no_dask:
+        import dask
         from dask.distributed import Client, LocalCluster
 
         from agent.verify_dask import dask_mapper
 
+        # As OPERATIONS.md says to start verify workers: the worker's statistical
+        # profiler (a stack sample of the task thread every 10 ms, for the dashboard)
+        # off. --dask-profiler keeps Dask's default.
+        dask.config.set({"distributed.worker.profile.enabled": args.dask_profiler})
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
         client = Client(cluster.scheduler_address)

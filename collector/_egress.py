@@ -469,6 +469,12 @@ class EgressWatcher:
         self._save(now)
         return fresh
 
+    @property
+    def unsaved(self) -> bool:
+        """New connections seen but not yet durable (the last write failed: it is tried
+        again by the next poll or destroy event)."""
+        return bool(self._new_keys)
+
     def _save(self, now: float) -> None:
         """The whole window when it is due, else the new connections' observations."""
         if now - self.persisted_at >= PERSIST_EVERY:

@@ -83,15 +83,17 @@ class BundleName:
         return self.stem + TIMESTAMP_SUFFIX
 
 
+_KIND_BY_SUFFIX = {RECORDS_SUFFIX: "records", MANIFEST_SUFFIX: "manifest",
+                   TIMESTAMP_SUFFIX: "timestamp"}
+
+
 def parse_bundle_key(key: str) -> tuple[BundleName, str] | None:
     """(name, "records"|"manifest"|"timestamp") for a bundle object key, else None."""
     match = BUNDLE_KEY.match(key)
     if match is None:
         return None
-    name = BundleName(match["host"], match["date"], int(match["seq"]), match["cid"])
-    kinds = {RECORDS_SUFFIX: "records", MANIFEST_SUFFIX: "manifest",
-             TIMESTAMP_SUFFIX: "timestamp"}
-    return name, kinds[match["suffix"]]
+    host, date, seq, cid, suffix = match.group("host", "date", "seq", "cid", "suffix")
+    return BundleName(host, date, int(seq), cid), _KIND_BY_SUFFIX[suffix]
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from signing.enrollment import parse_time
+from signing.clock import require_time
 from signing.errors import FormatError
 from signing.verify import ERROR, WARNING, BundleSummary, Finding, Trust
 
@@ -163,7 +163,7 @@ def expected_hosts(trust: Trust, bundles: Iterable[BundleSummary], as_of: dt.dat
 
 def _finished(b: BundleSummary) -> dt.datetime | None:
     try:
-        return parse_time(b.finished_at, "predicate field collection.finished_at")
+        return require_time(b.finished_at, "predicate field collection.finished_at")
     except FormatError:
         return None
 

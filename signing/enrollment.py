@@ -30,6 +30,7 @@ from typing import Any
 
 from signing.bundle import HOST_ID
 from signing.canonical import canonical_bytes
+from signing.clock import require_time
 from signing.dsse import _load_json, make_statement, parse_statement, sign_envelope, verify_envelope
 from signing.errors import FormatError, SignatureError, UsageError
 from signing.keys import ALGORITHM, PublicKey, Signer, public_key_from_pem
@@ -45,7 +46,6 @@ _HOST_ID = re.compile(HOST_ID)
 _KEY_ID = re.compile(r"[0-9a-f]{64}")
 PENDING_KEY = re.compile(r"^v1/enroll/pending/(" + HOST_ID + r")/([0-9a-f]{64})\.json$")
 ENROLLMENT_KEY = re.compile(r"^v1/keys/([0-9a-f]{64})\.enrollment\.([0-9a-f]{64})\.dsse\.json$")
-_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _FACT_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_FACT_CHARS = 256
 
@@ -66,16 +66,6 @@ def key_statement_name(key_id: str, kind: str, envelope: bytes) -> str:
 def enrollment_object_name(key_id: str, envelope: bytes) -> str:
     """Where a signed enrollment is published."""
     return key_statement_name(key_id, "enrollment", envelope)
-
-
-def parse_time(value: Any, what: str) -> dt.datetime:
-    """An RFC 3339 UTC time as gamsa writes it (`...Z`, optional fraction); FormatError."""
-    if not isinstance(value, str) or not _TIME.fullmatch(value):
-        raise FormatError(f"{what} is not a UTC time like 2026-01-31T00:00:00Z")
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise FormatError(f"{what} is not a valid date and time: {value!r}") from None
 
 
 def format_time(moment: dt.datetime) -> str:
@@ -162,7 +152,7 @@ def parse_request(data: bytes, source: str) -> EnrollmentRequest:
     for name in ("key_created_at", "created_at"):
         value = _field(doc, name, source)
         try:
-            parse_time(value, f"{source}: field {name}")
+            require_time(value, f"{source}: field {name}")
         except FormatError as exc:
             raise UsageError(exc.message) from None
         times[name] = value
@@ -241,8 +231,8 @@ def enrollment_fields(payload: bytes) -> tuple[PublicKey, str, dt.datetime, dt.d
     if not _HOST_ID.fullmatch(host_id):
         raise FormatError(f"enrollment field predicate.host_id {show(host_id)[:80]} is not a "
                           f"host id")
-    not_before = parse_time(predicate.get("not_before"), "enrollment field predicate.not_before")
-    not_after = parse_time(predicate.get("not_after"), "enrollment field predicate.not_after")
+    not_before = require_time(predicate.get("not_before"), "enrollment field predicate.not_before")
+    not_after = require_time(predicate.get("not_after"), "enrollment field predicate.not_after")
     if not not_before < not_after:
         raise FormatError("enrollment field predicate.not_before is not before not_after")
     return key, host_id, not_before, not_after
@@ -282,8 +272,8 @@ def check_binding(enrollments: list[Enrollment], key_id: str, host_id: str,
                 f"bundle of host {host_id} is signed by key {key_id}, which is enrolled "
                 f"for host {others}, not for host {host_id}")
     try:
-        started = parse_time(started_at, "predicate field collection.started_at")
-        finished = parse_time(finished_at, "predicate field collection.finished_at")
+        started = require_time(started_at, "predicate field collection.started_at")
+        finished = require_time(finished_at, "predicate field collection.finished_at")
     except FormatError as exc:
         return KEY_OUTSIDE_VALIDITY, f"{exc.message}: cannot place it in an enrollment window"
     if any(e.not_before <= started and finished <= e.not_after for e in for_host):

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 
+from signing.canonical import gc_paused
 from signing.ordered import in_order
 from signing.verify import (
     BundleOutcome,
@@ -54,8 +55,10 @@ def chunks(tasks: list[BundleTask], workers: int, per_worker: int = 8,
 
 def check_chunk(reader: ObjectReader, trust: Trust,
                 chunk: list[BundleTask]) -> list[BundleOutcome]:
-    """`check_bundle` over one chunk (what a worker, process or Dask, runs)."""
-    return [check_bundle(reader, name, kinds, trust) for name, kinds in chunk]
+    """`check_bundle` over one chunk (what a worker, process or Dask, runs), the cyclic
+    GC paused: the chunk's outcomes pile up, acyclic, until they are sent back."""
+    with gc_paused():
+        return [check_bundle(reader, name, kinds, trust) for name, kinds in chunk]
 
 
 def _init(reader: ObjectReader, trust: Trust) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from signing.errors import FormatError
+from signing.errors import FormatError, StoreError
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest is ~2 KB; 4 MiB leaves room for collectors[]
 READ_CHUNK = 1 << 20
@@ -51,7 +51,7 @@ class StreamingReader(ObjectReader, Protocol):
     def open(self, key: str) -> BinaryIO: ...
 
 
-def open_regular(path: Path, key: str) -> BinaryIO:
+def open_regular(path: str | os.PathLike[str], key: str) -> BinaryIO:
     """`path` opened for reading if it is a regular file; else `ObjectRefused`.
 
     O_NOFOLLOW refuses a symlink in the last component, O_NONBLOCK makes opening
@@ -128,14 +128,16 @@ def get_capped(reader: ObjectReader, key: str, limit: int) -> bytes:
         return read_capped(stream, key, limit)
 
 
-def _may_hold(directory: str, prefix: str) -> bool:
-    """Whether keys under `directory` (ending in "/") can start with `prefix`."""
-    return directory.startswith(prefix) or prefix.startswith(directory)
-
-
-def _unlisted(exc: OSError) -> None:
-    if not isinstance(exc, FileNotFoundError):
-        raise exc
+def _unlistable(error: OSError) -> None:
+    """os.walk's onerror: a folder that cannot be listed is an error, never a silent
+    skip (an auditor without read access to one host's folder must not get a clean
+    verify of the others). A folder gone since its parent was listed is skipped."""
+    if isinstance(error, FileNotFoundError):
+        return
+    raise StoreError(f"{error.filename}: cannot list this folder of the store "
+                     f"({error.strerror or error})",
+                     hint="the reader needs read and search access to every folder of "
+                          "the store or mirror") from error
 
 
 @dataclass(frozen=True)
@@ -148,16 +150,13 @@ class DirectoryReader:
     root: Path
 
     def list(self, prefix: str) -> Iterator[str]:
-        """Every key under `prefix`, sorted per directory. A directory that cannot be
-        listed (EACCES: not this user's, 0700) raises its OSError: skipping it would
-        report a partial store as complete. One that vanished meanwhile is skipped, and
-        only directories that can hold `prefix` are entered (a mount's lost+found is
-        not the store's)."""
         base = self.root
-        for dirpath, dirnames, filenames in os.walk(base, onerror=_unlisted):
+        top = self._folder_of(prefix)
+        if top is None:
+            return
+        for dirpath, dirnames, filenames in os.walk(top, onerror=_unlistable):
+            dirnames.sort()
             rel_dir = os.path.relpath(dirpath, base)
-            under = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
-            dirnames[:] = sorted(d for d in dirnames if _may_hold(under + d + "/", prefix))
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
@@ -165,8 +164,32 @@ class DirectoryReader:
                 if key.startswith(prefix):
                     yield key
 
+    def _folder_of(self, prefix: str) -> str | None:
+        """The deepest folder `prefix` names ("v1/keys/" -> ROOT/v1/keys), walked
+        instead of the whole store: listing a fleet's key folder used to walk every
+        bundle of every host. None when that folder is missing or not a plain folder
+        (a symlink: the whole walk never followed one either); the root when the
+        prefix has a part that is not a plain name ("", ".", ".."). A folder on the
+        way this user may not search (a 0700 store root) is an error, not a None."""
+        parts = prefix.split("/")[:-1]
+        if any(part in ("", ".", "..") for part in parts):
+            return os.fspath(self.root)
+        folder = os.fspath(self.root)
+        for part in parts:
+            folder = os.path.join(folder, part)
+            try:
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    return None
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            except OSError as error:  # EACCES on the way: the folder above may not be
+                # searched (a 0700 store root): name it, never list nothing
+                _unlistable(type(error)(error.errno, error.strerror, os.path.dirname(folder)))
+        return folder
+
     def open(self, key: str) -> BinaryIO:
-        return open_regular(self.root / key, key)
+        # os.path.join, not `/`: a pathlib join and its str() were 2 µs of each open
+        return open_regular(os.path.join(self.root, key), key)
 
     def get(self, key: str) -> bytes:
         with self.open(key) as stream:

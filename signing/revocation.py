@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from signing.canonical import canonical_bytes
+from signing.clock import require_time
 from signing.dsse import make_statement, parse_statement, sign_envelope, verify_envelope
 from signing.enrollment import (
     KEYS_PREFIX,
     MAX_DOCUMENT_BYTES,
     format_time,
     key_statement_name,
-    parse_time,
     show,
 )
 from signing.errors import FormatError, SignatureError, UsageError
@@ -103,7 +103,7 @@ def verify_revocation(data: bytes, org_keys: Mapping[str, PublicKey],
         raise FormatError("revocation field predicate.key_id is not a key id")
     if subject["name"] != key_id or subject["digest"]["sha256"] != key_id:
         raise FormatError("revocation subject name and digest must be its key id")
-    at = parse_time(predicate.get("revoked_at"), "revocation field predicate.revoked_at")
+    at = require_time(predicate.get("revoked_at"), "revocation field predicate.revoked_at")
     reason = _check_reason(predicate.get("reason"), "revocation field predicate.reason",
                            FormatError)
     return Revocation(key_id, at, reason, envelope.key_id, source)
@@ -137,7 +137,7 @@ def revocation_findings(reader: KeysReader, org_keys: Mapping[str, PublicKey],
             continue
         first = min(found, key=lambda r: r.at)
         try:
-            finished = parse_time(b.finished_at, "collection.finished_at")
+            finished = require_time(b.finished_at, "collection.finished_at")
         except FormatError:
             finished = None
         if finished is None or finished > first.at:

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 from signing.bundle import HOST_ID, BundleName
 from signing.canonical import canonical_bytes
+from signing.clock import require_time
 from signing.dsse import (
     envelope_payload,
     make_statement,
@@ -44,7 +45,6 @@ from signing.enrollment import (
     KEYS_PREFIX,
     MAX_DOCUMENT_BYTES,
     key_statement_name,
-    parse_time,
     show,
 )
 from signing.errors import FormatError, SignatureError, UsageError
@@ -173,7 +173,7 @@ def rotation_fields(payload: bytes, source: str = "") -> Rotation:
     if new_key_id == old_key_id:
         raise FormatError("rotation field predicate.new_key_id is the old key id")
     rotated_at = _string(predicate, "rotated_at")
-    parse_time(rotated_at, "rotation field predicate.rotated_at")
+    require_time(rotated_at, "rotation field predicate.rotated_at")
     return Rotation(host_id, old_key_id, new_key, _chain(predicate.get("chain")), rotated_at,
                     source)
 
@@ -301,10 +301,15 @@ def rotation_findings(reader: KeysReader, keys: Mapping[str, PublicKey],
     held to its own enrollment, by the per-bundle check.
     """
     index, problems = load_rotations(reader)
+    members = list(bundles)
+    signers: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for b in members:
+        signers[(b.name.host_id, b.chain_id)].add(b.key_id)
     chains: dict[tuple[str, str], dict[int, list[SignedBundle]]] = defaultdict(
         lambda: defaultdict(list))
-    for b in bundles:
-        chains[(b.name.host_id, b.chain_id)][b.seq].append(b)
+    for b in members:  # only chains signed by more than one key can hold a key change
+        if len(signers[(b.name.host_id, b.chain_id)]) > 1:
+            chains[(b.name.host_id, b.chain_id)][b.seq].append(b)
     used: set[str] = set()
     for (host, chain_id), by_seq in sorted(chains.items()):
         handed_over: list[tuple[int, str, str]] = []  # (seq, old key id, rotation source)

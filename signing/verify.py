@@ -21,6 +21,7 @@ over its outcomes, so the findings and their order do not depend on which ran th
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import re
@@ -30,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from signing.bundle import (
@@ -86,6 +88,7 @@ INFO = "info"
 # `findings_capped` finding, so a records object of 10^7 bad lines is one screen.
 MAX_FINDINGS_PER_OBJECT = 20
 SPOOL_BYTES = 16 * 1024 * 1024  # a streamed (network) object kept in memory up to this
+YOUNG_GC_EVERY = 4096  # outcomes between young collections while verify_store pauses the GC
 
 
 @dataclass(frozen=True)
@@ -681,7 +684,22 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
     and the chain and fleet checks reduce over them here, so the findings are the
     same, in the same order, whichever runs them. An error reading the store (not a
     finding) propagates after the bundles already started finish.
+
+    The cyclic GC is paused throughout: a fleet's summaries (millions of small
+    objects, none in a cycle) would otherwise be rescanned by every full collection
+    as they pile up, a third of this process's own work with 20,000 bundles. A young
+    collection every YOUNG_GC_EVERY outcomes still frees any cycle a check leaves.
     """
+    with gc_paused():
+        return _verify_store(reader, trusted, host, progress, workers, org_keys, expect,
+                             tsa_chain, mapper)
+
+
+def _verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
+                  host: str | None, progress: Progress | None, workers: int,
+                  org_keys: Mapping[str, PublicKey] | None, expect: Completeness | None,
+                  tsa_chain: list[Certificate] | None, mapper: Mapper | None,
+                  ) -> VerifyResult:
     prefix = f"v1/host={host}/" if host else "v1/host="
     result = VerifyResult()
     keys_reader = _KeysListedOnce(reader)
@@ -697,7 +715,7 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
             continue
         names.setdefault(parsed[0], set()).add(parsed[1])
     tasks = [(name, frozenset(names[name]))
-             for name in sorted(names, key=lambda n: (n.host_id, n.seq, n.collection_id))]
+             for name in sorted(names, key=attrgetter("host_id", "seq", "collection_id"))]
     if mapper is None:
         mapper = in_process if workers <= 1 or len(tasks) <= 1 else threads(workers)
     untrusted: set[str] = set()
@@ -708,6 +726,8 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
         untrusted.update(outcome.untrusted_key_ids)
         if progress is not None:
             progress(done, len(tasks))
+        if not done % YOUNG_GC_EVERY:
+            gc.collect(1)
     result.untrusted_key_ids = sorted(untrusted)
     if not any("manifest" in kinds for kinds in names.values()):
         # Nothing to verify is not a pass: a wrong --host, prefix or store, or evidence
@@ -741,11 +761,11 @@ def verify_store(reader: ObjectReader, trusted: Mapping[str, PublicKey],
 
 def agent_truth_findings(bundles: list[BundleSummary]) -> list[Finding]:
     """Chains linked by `follows`, and bundles whose claimed time is far ahead."""
+    linked = [Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq, b.manifest_sha256,
+                     b.follows) for b in bundles] if any(b.follows for b in bundles) else []
     findings = [Finding(key, code, message, ERROR if is_error else
                         (INFO if code == "chain_follows" else WARNING))  # see follows.py
-                for key, code, message, is_error in follows_findings(
-                    Linked(b.manifest_key, b.name.host_id, b.chain_id, b.seq,
-                           b.manifest_sha256, b.follows) for b in bundles)]
+                for key, code, message, is_error in follows_findings(linked)]
     findings.extend(Finding(key, code, message) for key, code, message in clock_findings(
         TimedBundle(b.manifest_key, b.name.host_id, b.chain_id, b.seq, b.started_at,
                     b.finished_at, b.clock) for b in bundles))

@@ -233,3 +233,55 @@ def test_the_destroy_filter_follows_the_endpoints_when_their_addresses_change(
             assert remotes_after("127.0.0.3", 2) == [f"127.0.0.2:{port}", f"127.0.0.3:{port}"]
         finally:
             watcher.close()
+
+
+def test_a_journal_that_cannot_be_written_is_said_and_the_watcher_goes_on(
+        tmp_path: Path) -> None:
+    """A write failing in the wait between polls (here the journal's path is a
+    directory: EISDIR, as root too) used to end the thread silently."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        port = server.getsockname()[1]
+        wake = threading.Event()
+        lines: list[tuple[str, str, str]] = []
+        thread = EgressThread(config(tmp_path, f'ai_endpoints = ["127.0.0.1:{port}"]\n'
+                                     'egress_seal_every = "1h"\nwatch_interval = "1h"\n'),
+                              lambda *a, **_k: lines.append(a[:3]), wake)
+        if thread.watcher.destroy is None:
+            thread.stop()
+            pytest.skip(f"socket-destroy events refused here: {thread.watcher.destroy_refused}")
+        journal = tmp_path / "egress" / "open.log"
+        journal.mkdir(parents=True)
+        key = f"127.0.0.1:{port} -:closed"
+        thread.start()
+
+        def logged(event: str) -> tuple[str, str, str]:
+            deadline = time.monotonic() + 30  # the kernel sends them from a work queue
+            while time.monotonic() < deadline:
+                found = [line for line in lines if line[1] == event]
+                if found:
+                    return found[0]
+                time.sleep(0.05)
+            raise AssertionError(f"no {event} line: {lines}")
+
+        try:
+            server_closes_first(server)
+            level, _, message = logged("egress_watch_failed")
+            assert level == "error" and "IsADirectoryError" in message
+            assert str(journal) in message, message
+            time.sleep(0.6)  # past a DESTROY_EVERY: the thread is still there
+            assert thread.is_alive()
+            assert wake.is_set()  # the observation waits in memory: the daemon knows
+            journal.rmdir()  # the disk is writable again
+            server_closes_first(server)
+            assert logged("egress_watch")[2] == "egress watcher recording again"
+            assert thread.is_alive()
+            with thread.lock:  # the journal holds the connection seen while failing too
+                last = json.loads(journal.read_bytes().splitlines()[-1])
+            assert last["key"] == key and last["observation"]["count"] == 2, last
+        finally:
+            thread.stop()
+    assert [line[1] for line in lines].count("egress_watch_failed") == 1, lines  # once
+    window = json.loads((tmp_path / "egress" / batch_name(1)).read_bytes())
+    assert window["observations"][key]["count"] == 2  # the one seen while failing too

@@ -98,6 +98,21 @@ def test_store_not_writable(user_env: UserEnv) -> None:
     one_error_line(user_env.run_as_user("ship"), str(user_env.store), "Permission denied")
 
 
+def test_a_store_folder_the_verifier_cannot_list_is_an_error_not_a_skip(
+        user_env: UserEnv) -> None:
+    """An auditor without access to one host's folder must not get a clean verify of
+    the others: the folder is named, exit 3 (os.walk used to skip it silently)."""
+    assert user_env.run_as_user("collect").returncode == 0
+    assert user_env.run_as_user("verify").returncode == 0
+    hidden = user_env.store / "v1" / "host=other-host"
+    hidden.mkdir(mode=0o700)  # root's: nobody may not list it
+    (hidden / "date=2026-11-25").mkdir()
+    result = user_env.run_as_user("verify")
+    assert result.returncode == RUNTIME and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("gamsa: error:")]
+    assert len(errors) == 1 and str(hidden) in errors[0] and "cannot list" in errors[0], errors
+
+
 AUTH_LINE = ("Nov 25 06:00:00 web-01 sshd[1]: Accepted publickey for deploy from "
              "10.0.0.9 port 50000 ssh2\n")
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ import pytest
 
 from signing.bundle import BundleName, max_records_object_bytes, parse_bundle_key
 from signing.reading import MAX_MANIFEST_BYTES
+from tests.agent.hostile_fixtures import PEAK_RSS_LIMIT, gamsa_measured, replace
 from tests.agent.mirror_fixtures import agent_key, pull, seal
 from tests.agent.s3_fixtures import S3GamsaEnv
-from tests.agent.test_verify_hostile import _MEASURE, PEAK_RSS_LIMIT, replace
-from tests.conftest import GAMSA, GamsaEnv
+from tests.conftest import GamsaEnv
 
 GIB = 1 << 30
 ONE_RECORD_CAP = max_records_object_bytes(1)  # the bundles here hold one record each
@@ -41,15 +39,10 @@ def bundle_names(env: GamsaEnv) -> list[BundleName]:
 
 def pull_measured(env: GamsaEnv, mirror: Path) -> tuple[int, dict[str, Any], int]:
     """`gamsa pull --json` in a subprocess: exit code, report, peak RSS (bytes)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
-    environ["GAMSA_CONFIG"] = str(env.config)
-    result = subprocess.run([sys.executable, "-c", _MEASURE, GAMSA, "pull", "--store",
-                             env.store_url, "--to", str(mirror), "--trust", agent_key(env),
-                             "--json"], env=environ, capture_output=True, text=True,
-                            timeout=90, check=False)
-    assert "Traceback" not in result.stderr, result.stderr
-    peak = int(result.stderr.rsplit("PEAK_RSS_KB=", 1)[1]) * 1024
-    return result.returncode, json.loads(result.stdout), peak
+    code, report, peak, _ = gamsa_measured(env, "pull", "--store", env.store_url, "--to",
+                                           str(mirror), "--trust", agent_key(env), "--json",
+                                           timeout=90)
+    return code, report, peak
 
 
 @pytest.mark.slow

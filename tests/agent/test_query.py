@@ -354,24 +354,20 @@ def _write_bundle(root: Path, name: Any, keys: list[str], signer: Any,
     """A bundle sealed by signing/ straight into a mirror's layout (no chain, no pull:
     query verifies nothing again); `count` overrides the signed record count."""
     from signing.bundle import sign_manifest, write_records
-    from signing.predicate import parse_predicate
+    from tests.signing.bundle_fixtures import manifest_predicate
 
     obj = write_records({"v": 1, "collector": "tick", "type": "tick", "key": k,
                          "host": name.host_id, "observed_at": f"{name.date}T00:00:00.000000Z",
                          "data": {"n": n}} for n, k in enumerate(keys))
     at = f"{name.date}T00:00:{name.seq % 60:02d}.000000Z"
-    predicate = {"host": {"id": name.host_id}, "collection": {
-        "id": name.collection_id, "trigger": "schedule", "started_at": at,
-        "finished_at": at}, "collectors": [{"name": "tick", "version": "1", "status": "ok",
-                                             "records": obj.count, "error": None,
-                                             "duration_ms": 0, "gaps": []}],
-        "records": {"count": obj.count if count is None else count,
-                    "merkle_root": obj.merkle_root},
-        "chain": {"id": "c", "seq": name.seq, "prev": None}}
+    predicate = manifest_predicate(
+        name, obj, at, at, {"id": "c", "seq": name.seq, "prev": None}, count=count,
+        collectors=[{"name": "tick", "version": "1", "status": "ok", "records": obj.count,
+                     "error": None, "duration_ms": 0, "gaps": []}])
     (root / name.records_key).parent.mkdir(parents=True, exist_ok=True)
     (root / name.records_key).write_bytes(obj.data)
     (root / name.manifest_key).write_bytes(
-        sign_manifest(name, obj, parse_predicate(predicate), signer))
+        sign_manifest(name, obj, predicate, signer))
     (root / ".gamsa-mirror.json").write_text("{}")
 
 

@@ -7,11 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
-import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +16,11 @@ from signing.bundle import BundleName, parse_bundle_key
 from signing.canonical import canonical_bytes
 from signing.dsse import envelope_payload, sign_envelope
 from signing.keys import FileSigner, load_private_key
+from tests.agent.hostile_fixtures import PEAK_RSS_LIMIT, gamsa_measured, replace
 from tests.agent.mirror_fixtures import agent_key, seal
-from tests.conftest import GAMSA, GamsaEnv
+from tests.conftest import GamsaEnv
 
 BAD_LINES = 10**7
-PEAK_RSS_LIMIT = 200 * 1024 * 1024  # a verify process is ~60 MB; the bomb would be GBs
 
 
 def bomb() -> bytes:
@@ -33,18 +29,6 @@ def bomb() -> bytes:
     block = b"not json\n" * 100_000
     data = b"".join(compressor.compress(block) for _ in range(BAD_LINES // 100_000))
     return data + compressor.flush()
-
-
-def replace(path: Path, data: bytes | None = None, *, fifo: bool = False,
-            link: str | None = None) -> None:
-    path.unlink()
-    if fifo:
-        os.mkfifo(path)
-    elif link is not None:
-        path.symlink_to(link)
-    else:
-        assert data is not None
-        path.write_bytes(data)
 
 
 def resign(env: GamsaEnv, name: BundleName, records: bytes, count: int) -> None:
@@ -92,27 +76,11 @@ def hostile(gamsa_env: GamsaEnv) -> tuple[GamsaEnv, dict[str, BundleName]]:
     return gamsa_env, planted
 
 
-# Runs gamsa as its only child and reports that child's peak RSS (the largest of it and
-# of the worker processes it waited for), which this test process cannot tell apart.
-_MEASURE = ("import resource, subprocess, sys; "
-            "code = subprocess.run(sys.argv[1:]).returncode; "
-            "sys.stderr.write(f'\\nPEAK_RSS_KB={resource.getrusage(resource.RUSAGE_CHILDREN)"
-            ".ru_maxrss}\\n'); sys.exit(code)")
-
-
 def verify_json(env: GamsaEnv, *args: str) -> tuple[int, dict[str, Any], int, float]:
     """`gamsa verify --json` in a subprocess: exit code, report, peak RSS (bytes),
     seconds taken."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("GAMSA_")}
-    environ["GAMSA_CONFIG"] = str(env.config)
-    started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", _MEASURE, GAMSA, "verify", "--trust",
-                             agent_key(env), "--json", *args], env=environ,
-                            capture_output=True, text=True, timeout=60, check=False)
-    taken = time.monotonic() - started
-    assert "Traceback" not in result.stderr, result.stderr
-    peak = int(result.stderr.rsplit("PEAK_RSS_KB=", 1)[1]) * 1024
-    return result.returncode, json.loads(result.stdout), peak, taken
+    return gamsa_measured(env, "verify", "--trust", agent_key(env), "--json", *args,
+                          timeout=60)
 
 
 @pytest.mark.slow

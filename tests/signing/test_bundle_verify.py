@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import base64
+import gc
 import gzip
 import hashlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from signing import verify
 from signing.bundle import (
     BundleName,
     iter_record_lines,
@@ -27,8 +30,8 @@ from signing.dsse import sign_envelope
 from signing.errors import FormatError, StoreError
 from signing.keys import FileSigner, PublicKey, generate_private_key
 from signing.merkle import leaf_hash, root_from_leaf_hashes
-from signing.predicate import parse_predicate
 from signing.verify import DirectoryReader, check_records, verify_store
+from tests.signing.bundle_fixtures import manifest_predicate
 
 
 def records(n: int, host: str = "h1") -> list[dict[str, Any]]:
@@ -89,14 +92,9 @@ def write_chain(root: Path, signer: FileSigner, count: int, host: str = "h1",
         name = BundleName(host, "2026-11-25", seq, f"c{seq:04d}")
         obj = write_records(records(3, host))
         chain: dict[str, Any] = {"id": chain_id, "seq": seq, "prev": prev}
-        predicate = {"host": {"id": host},
-                     "collection": {"id": name.collection_id, "trigger": "schedule",
-                                    "started_at": f"2026-11-25T00:00:{seq:02d}.000000Z",
-                                    "finished_at": f"2026-11-25T00:00:{seq:02d}.500000Z"},
-                     "collectors": [], "records": {"count": obj.count,
-                                                   "merkle_root": obj.merkle_root},
-                     "chain": chain}
-        manifest = sign_manifest(name, obj, parse_predicate(predicate), signer)
+        predicate = manifest_predicate(name, obj, f"2026-11-25T00:00:{seq:02d}.000000Z",
+                                       f"2026-11-25T00:00:{seq:02d}.500000Z", chain)
+        manifest = sign_manifest(name, obj, predicate, signer)
         for key, data in ((name.records_key, obj.data), (name.manifest_key, manifest)):
             (root / key).parent.mkdir(parents=True, exist_ok=True)
             (root / key).write_bytes(data)
@@ -149,14 +147,10 @@ def test_time_backwards_and_broken_prev(tmp_path: Path) -> None:
     # Rewrite seq 2 with an earlier time and a wrong prev, validly signed.
     name = BundleName("h1", "2026-11-25", 2, "c0002")
     obj = write_records(records(3))
-    predicate = {"host": {"id": "h1"},
-                 "collection": {"id": "c0002", "trigger": "schedule",
-                                "started_at": "2026-11-25T00:00:00.000000Z",
-                                "finished_at": "2026-11-25T00:00:00.100000Z"},
-                 "collectors": [], "records": {"count": 3, "merkle_root": obj.merkle_root},
-                 "chain": {"id": "c1", "seq": 2, "prev": "00" * 32}}
-    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, parse_predicate(predicate),
-                                                                   signer))
+    predicate = manifest_predicate(name, obj, "2026-11-25T00:00:00.000000Z",
+                                   "2026-11-25T00:00:00.100000Z",
+                                   {"id": "c1", "seq": 2, "prev": "00" * 32})
+    (tmp_path / name.manifest_key).write_bytes(sign_manifest(name, obj, predicate, signer))
     (tmp_path / name.records_key).write_bytes(obj.data)
     result = verify_store(DirectoryReader(tmp_path), trusted(signer))
     codes = {f.code for f in result.findings if f.severity == "error"}
@@ -230,6 +224,50 @@ def test_parallel_verify_passes_a_store_error_on(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=names[7].records_key):
         verify_store(reader, trusted(signer), workers=4)
     assert reader.now == 0  # nothing left running
+
+
+def test_verify_pauses_the_gc_yet_frees_cycles_and_restores_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cyclic GC is off during a verification (a fleet's summaries would be rescanned
+    by every full collection), but a young collection every YOUNG_GC_EVERY outcomes
+    still frees cycles a check leaves, and the GC is back as it was, even on an error."""
+    signer = FileSigner.from_key(generate_private_key())
+    write_chain(tmp_path, signer, 12)
+    monkeypatch.setattr(verify, "YOUNG_GC_EVERY", 4)
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self
+
+    alive: list[weakref.ref[Cycle]] = []
+    seen_enabled: list[bool] = []
+
+    def leaky(reader: Any, trust: Any, tasks: Any) -> Iterator[Any]:
+        for outcome in verify.in_process(reader, trust, tasks):
+            seen_enabled.append(gc.isenabled())
+            alive.append(weakref.ref(Cycle()))  # garbage only a collection frees
+            yield outcome
+
+    assert gc.isenabled()
+    result = verify_store(DirectoryReader(tmp_path), trusted(signer), mapper=leaky)
+    assert result.ok and len(result.bundles) == 12
+    assert seen_enabled == [False] * 12
+    assert gc.isenabled()
+    assert sum(ref() is not None for ref in alive) < 4  # without the young collections: 12
+
+    def failing(reader: Any, trust: Any, tasks: Any) -> Iterator[Any]:
+        raise StoreError("the store went away")
+        yield
+
+    with pytest.raises(StoreError):
+        verify_store(DirectoryReader(tmp_path), trusted(signer), mapper=failing)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        verify_store(DirectoryReader(tmp_path), trusted(signer))
+        assert not gc.isenabled()  # a caller's own pause is left alone
+    finally:
+        gc.enable()
 
 
 def test_nothing_to_verify_is_an_error_finding(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from signing import bundle
 from signing.bundle import iter_record_batches, write_records
+from signing.errors import StoreError
 from signing.reading import (
     READ_CHUNK,
     DirectoryReader,
@@ -152,3 +153,50 @@ def test_a_records_object_larger_than_its_signed_count_allows_is_not_read_past_i
     assert f"larger than {limit} bytes (the most 2 records can take)" in findings[0].message
     if not seekable:
         assert body.taken <= limit + 1 + READ_CHUNK  # a buffered read ahead, no more
+
+
+def test_a_listing_walks_only_the_folder_its_prefix_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`v1/keys/` lists the keys folder without walking every host's bundles, and
+    every prefix lists exactly what a walk of the whole store, filtered, would."""
+    files = ["v1/keys/k1.json", "v1/keys/k2.json", "v1/host=a/date=2026-11-25/1.x",
+             "v1/host=a/date=2026-11-26/2.x", "v1/host=ab/date=2026-11-25/3.x",
+             "v1/host=b/date=2026-11-25/4.x", "v1/top.json", "other/5.x"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "v1" / "host=link").symlink_to(tmp_path / "v1" / "host=a")
+    reader = DirectoryReader(tmp_path)
+    everything = list(reader.list(""))  # the whole walk, in walk order
+    assert sorted(everything) == sorted(files)
+    for prefix in ("v1/", "v1/host=", "v1/host=a", "v1/host=a/", "v1/keys/",
+                   "v1/host=a/date=2026-11-25/", "v1/../v1/", "missing/", "v1/top.json/",
+                   "v1/host=link/"):
+        assert list(reader.list(prefix)) == [
+            key for key in everything if key.startswith(prefix)], prefix
+
+    walked: list[str] = []
+    scandir = os.scandir
+
+    def counting(path: str) -> object:
+        walked.append(os.path.relpath(path, tmp_path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting)
+    assert list(reader.list("v1/keys/")) == ["v1/keys/k1.json", "v1/keys/k2.json"]
+    assert walked == ["v1/keys"]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_naming_it(tmp_path: Path) -> None:
+    """os.walk skips what it cannot list; the reader must not (a mirror an auditor can
+    only partly read is not a clean, smaller mirror). Root lists anything, so the
+    error is made real with a folder that stops being one under the walk: ENOTDIR."""
+    (tmp_path / "v1" / "host=a").mkdir(parents=True)
+    (tmp_path / "v1" / "host=a" / "one").write_bytes(b"x")
+    (tmp_path / "v1" / "first").write_bytes(b"x")
+    listing = iter(DirectoryReader(tmp_path).list("v1/"))
+    assert next(listing) == "v1/first"  # v1 is listed; its sub-folders come next
+    os.rename(tmp_path / "v1" / "host=a", tmp_path / "v1" / "gone")
+    (tmp_path / "v1" / "host=a").write_bytes(b"not a folder any more")
+    with pytest.raises(StoreError, match="host=a: cannot list"):
+        list(listing)
