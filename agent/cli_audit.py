@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli_common import (
+    MIRROR_DIR,
     config_option,
     emit_json,
     json_option,
@@ -19,7 +20,7 @@ from agent.cli_common import (
     progress_bar,
     trusted_keys,
 )
-from signing.errors import FINDINGS, GamsaError, UsageError
+from signing.errors import FINDINGS, RUNTIME, GamsaError, UsageError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -62,7 +63,7 @@ def verify(config_path: Path | None, store_url: str | None, host: str | None,
     from agent.store import open_store
     from signing.verify import verify_store
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     when = parse_as_of(as_of)
     tsa_chain = None
     if tsa_cert is not None:
@@ -147,7 +148,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 @click.command()
 @config_option
 @click.option("--store", "store_url", metavar="URL", help="Store to pull from (default: config).")
-@click.option("--to", "mirror", required=True, type=click.Path(path_type=Path), metavar="DIR",
+@click.option("--to", "mirror", required=True, type=MIRROR_DIR, metavar="DIR",
               help="The mirror directory (created; a re-run continues it).")
 @click.option("--host", "hosts", multiple=True, metavar="HOST_ID",
               help="Only this host's bundles; repeatable.")
@@ -170,7 +171,7 @@ def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: t
     from agent.store import open_store
     from signing.keys import load_public_key_pem
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     selection = parse_selection(hosts, since, until)
     org_keys = org_root_keys(trust_org or tuple(config.verify.trust_org))
     if not trust and org_keys is None:
@@ -190,12 +191,17 @@ def pull(config_path: Path | None, store_url: str | None, mirror: Path, hosts: t
                        f"{finding.message}")
         held = (f", {result.quarantined_before} held in quarantine from earlier pulls"
                 if result.quarantined_before else "")
-        click.echo(f"{'OK' if result.ok else 'QUARANTINED'}: {result.pulled} bundle(s) "
+        unread = f", {result.unread} not read (permission)" if result.unread else ""
+        verdict = ("OK" if result.ok else "QUARANTINED" if result.judged_bad
+                   else "INCOMPLETE")
+        click.echo(f"{verdict}: {result.pulled} bundle(s) "
                    f"pulled, {result.skipped} already mirrored, {result.quarantined} "
-                   f"quarantined{held}, {result.bytes} bytes from {result.store} "
+                   f"quarantined{held}{unread}, {result.bytes} bytes from {result.store} "
                    f"into {result.mirror}")
-    if not result.ok:
+    if result.judged_bad:
         sys.exit(FINDINGS)
+    if not result.ok:
+        sys.exit(RUNTIME)  # only what this user may not read is missing
 
 
 def _truncation_findings(config: Config, result: Any, host: str | None) -> list[Any]:
@@ -207,23 +213,36 @@ def _truncation_findings(config: Config, result: Any, host: str | None) -> list[
     """
     from agent.identity import resolve_host_id
     from agent.state import StateDir
-    from signing.verify import Finding
+    from signing.errors import os_error
+    from signing.verify import WARNING, Finding
 
     state = StateDir(config.state_dir)
-    if not state.chain_path.exists():
-        return []
-    head = state.read_head()
+    try:
+        if not state.chain_path.exists():
+            return []
+        head = state.read_head()
+        entries = list(state.entries())
+    except (OSError, GamsaError) as exc:
+        # An auditor's account on the agent's host: the store is readable, the agent's
+        # state dir is not. Verify the store; say that this one check was not made.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if not isinstance(cause, OSError):
+            raise
+        return [Finding(str(config.state_dir), "chain_head_unread",
+                        f"{os_error(cause).message}: this host's chain head is not read, so "
+                        "the truncation of its newest bundles in the store is not checked "
+                        "(run as the agent's user to check it)", WARNING)]
     host_id = resolve_host_id(config.host_id)
     if head is None or (host is not None and host != host_id):
         return []
-    spooled = [e.name.seq for e in state.entries() if e.name.host_id == host_id]
+    spooled = [e.name.seq for e in entries if e.name.host_id == host_id]
     shipped_up_to = min(spooled) - 1 if spooled else head.seq
     in_store = max((b.seq for b in result.bundles if b.chain_id == head.chain_id
                     and b.name.host_id == host_id), default=0)
     from agent.chainguard import head_findings
 
     found = [Finding(*f) for f in head_findings(
-        head, {e.name.seq: e.name.manifest_key for e in state.entries()
+        head, {e.name.seq: e.name.manifest_key for e in entries
                if e.name.host_id == host_id}, host_id, result.bundles)]
     if in_store >= shipped_up_to:
         return found
@@ -238,8 +257,9 @@ def _resolve_bundle(store: Any, ref: str) -> tuple[str, str]:
 
     stem = ref.removesuffix(RECORDS_SUFFIX).removesuffix(MANIFEST_SUFFIX)
     if not stem.startswith("v1/"):
+        # Whole path components only: "1" must not pick the bundle whose id ends in 1.
         matches = [k for k in store.list("v1/host=") if k.endswith(MANIFEST_SUFFIX)
-                   and k.removesuffix(MANIFEST_SUFFIX).endswith(stem)]
+                   and k.removesuffix(MANIFEST_SUFFIX).endswith(f"/{stem}")]
         if len(matches) != 1:
             raise UsageError(f"bundle {ref!r}: {len(matches)} matching bundles in {store.url}",
                              hint="give the full object key")
@@ -259,14 +279,17 @@ def prove(config_path: Path | None, bundle: str, line: int, store_url: str | Non
     from agent.store import open_store
     from signing.proof import make_proof
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     store = open_store(store_url or config.store.url, config.store)
     records_key, manifest_key = _resolve_bundle(store, bundle)
     proof = make_proof(store.get(manifest_key), store.get(records_key), line, records_key)
     if output is None:
         click.echo(proof.decode())
     else:
-        output.write_bytes(proof)
+        from agent.fsutil import failing, replace_atomic
+
+        with failing("write the proof", output):  # 0640: it holds a record of evidence
+            replace_atomic(output, proof, 0o640)
         click.echo(f"proof of {records_key} line {line} written to {output}", err=True)
 
 
@@ -282,7 +305,7 @@ def verify_proof_cmd(config_path: Path | None, proof: Path, trust: tuple[Path, .
     from signing.errors import ProofError, SignatureError
     from signing.proof import verify_proof
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     trusted = trusted_keys(config, trust)
     try:
         data = proof.read_bytes()

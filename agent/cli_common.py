@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# A mirror directory: its permissions are checked by the code that reads it, which
+# names the path and exits 3 (an OS error), not by click (exit 2, a usage error).
+MIRROR_DIR = click.Path(path_type=Path, readable=False)
+
 
 def config_option(func: F) -> F:
     return click.option("--config", "config_path", type=click.Path(path_type=Path),
@@ -32,10 +36,25 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
 
 
-def load(config_path: Path | None) -> Config:
-    from agent.config import load_config, resolve_config_path
+def load(config_path: Path | None, *, auditor: bool = False) -> Config:
+    """The config. For the `auditor` commands (verify, pull, prove, export, report),
+    which take what they need from their options, the agent's config found on its own
+    (/etc/gamsa/agent.toml, 0640 root:gamsa) and not readable by this user gives the
+    built-in defaults and a stderr line, not an error: an auditor's account on an agent's
+    host is not the agent's user. A config named by --config or $GAMSA_CONFIG must read."""
+    from agent.config import CONFIG_ENV, load_config, resolve_config_path
 
-    return load_config(resolve_config_path(config_path, os.environ), os.environ)
+    path = resolve_config_path(config_path, os.environ)
+    if auditor and path is not None and config_path is None and not os.environ.get(CONFIG_ENV):
+        try:
+            path.open("rb").close()
+        except PermissionError:
+            warn(f"{path}: permission denied (the agent's config, for its user): using the "
+                 "built-in defaults; pass --config FILE for a store's settings")
+            path = None
+        except OSError:
+            pass  # load_config names it
+    return load_config(path, os.environ)
 
 
 def emit_json(data: Any) -> None:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from agent.cli_common import config_option, emit_json, json_option, load, progress_bar
+from agent.cli_common import MIRROR_DIR, config_option, emit_json, json_option, load, progress_bar
 from signing.errors import FINDINGS
 
 
 @click.command()
 @config_option
-@click.option("--mirror", "mirror_dir", required=True, type=click.Path(path_type=Path),
+@click.option("--mirror", "mirror_dir", required=True, type=MIRROR_DIR,
               metavar="DIR", help="The verified mirror to export from (made by gamsa pull).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), metavar="FILE.zip",
               help="The package to write (never replaced: it must not exist).")
@@ -47,7 +47,7 @@ def export(config_path: Path | None, mirror_dir: Path, out: Path, hosts: tuple[s
     from agent.mirror import BundleFilter, open_mirror
     from agent.pull import parse_selection
 
-    load(config_path)
+    load(config_path, auditor=True)
     if tsa_cert is not None:
         from signing.timestamp import load_tsa_chain
 

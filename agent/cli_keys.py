@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli_common import config_option, emit_json, json_option, load, org_root_keys, warn
-from signing.errors import FINDINGS, GamsaError, UsageError
+from signing.errors import FINDINGS, GamsaError, UsageError, os_error
 
 if TYPE_CHECKING:
     pass
@@ -99,7 +99,7 @@ def keys_enroll(config_path: Path | None, out: Path | None, submit: bool,
                 raise UsageError(f"{out} exists", hint="refusing to overwrite; choose another "
                                                        "--out")
         except OSError as exc:
-            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from exc
+            raise os_error(exc, out, "write") from exc
         written = str(out)
     submitted = submit_request(store, request) if store is not None else None
     summary = {"host_id": host_id, "key_id": request.key.key_id, "file": written,
@@ -167,7 +167,7 @@ def keys_rotate(config_path: Path | None, enroll: bool | None, enroll_out: Path 
                                  hint="the key is rotated; write the request with: gamsa "
                                       "keys enroll --no-submit --out FILE")
         except OSError as exc:
-            raise UsageError(f"cannot write {enroll_out}: {exc.strerror or exc}") from exc
+            raise os_error(exc, enroll_out, "write") from exc
     chain = rotation.continues
     summary = {"host_id": host_id, "old_key_id": rotation.old_key_id,
                "new_key_id": rotation.new_key_id, "rotated_at": rotation.rotated_at,
@@ -405,7 +405,7 @@ def org_revoke(config_path: Path | None, org_key: str, revoked_key_id: str, at: 
             out_dir.mkdir(parents=True, exist_ok=True)
             create_atomic(path, envelope, 0o644)
         except OSError as exc:
-            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise os_error(exc, path, "write") from exc
         written = str(path)
     if store is not None:
         store.put(name, envelope, hashlib.sha256(envelope).hexdigest())

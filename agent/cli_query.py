@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from agent.cli_common import emit_json
+from agent.cli_common import MIRROR_DIR, emit_json
 from signing.errors import FINDINGS, UsageError
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ _MIRROR_HELP = "A mirror made by `gamsa pull --to DIR`."
 
 
 def _mirror_option(func: Any) -> Any:
-    return click.option("--mirror", "mirror", type=click.Path(path_type=Path),
+    return click.option("--mirror", "mirror", type=MIRROR_DIR,
                         metavar="DIR", help=_MIRROR_HELP + " Required.")(func)
 
 

@@ -7,13 +7,21 @@ from pathlib import Path
 
 import click
 
-from agent.cli_common import config_option, emit_json, json_option, load, progress_bar, warn
+from agent.cli_common import (
+    MIRROR_DIR,
+    config_option,
+    emit_json,
+    json_option,
+    load,
+    progress_bar,
+    warn,
+)
 from signing.errors import FINDINGS, UsageError
 
 
 @click.command()
 @config_option
-@click.option("--mirror", "mirror", required=True, type=click.Path(path_type=Path),
+@click.option("--mirror", "mirror", required=True, type=MIRROR_DIR,
               metavar="DIR", help="A mirror made by `gamsa pull`.")
 @click.option("--html", "out", required=True, type=click.Path(path_type=Path),
               metavar="FILE", help="Write the report here (refused if it exists).")
@@ -42,7 +50,7 @@ def report(config_path: Path | None, mirror: Path, out: Path, hosts: tuple[str, 
     from agent.report import build_report, default_as_of
     from agent.report_html import render
 
-    config = load(config_path)
+    config = load(config_path, auditor=True)
     selection = parse_selection(hosts, since, until)
     when = parse_as_of(as_of) if as_of is not None else default_as_of(selection.until)
     silence = silence_allowed(config, max_silence)

@@ -58,6 +58,7 @@ from signing.verify_package import (
 
 Progress = Callable[[int, int], None]
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the zip epoch: entries carry no export time
+PACKAGE_MODE = 0o640
 VERIFY_PY = '''"""Check this inspection package: python3 verify.py [--json] [--trust-org ORG.pub]
 [--trust KEY.pem]. Needs Python 3.11+ and the `cryptography` package (msgspec is not
 needed); it uses the signing/ folder beside this file, not an installed gamsa."""
@@ -266,7 +267,10 @@ def _zip(stage: Path, out: Path) -> int:
              (stage / MANIFEST_NAME).read_text("utf-8").splitlines()] + [MANIFEST_NAME]
     temp = out.parent / f".{out.name}.{secrets.token_hex(6)}.partial"
     try:
-        with failing("write", out), open(temp, "xb") as sink:
+        # 0640 like the report: the package holds evidence (accounts, processes, logs),
+        # not for every local user.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        with failing("write", out), os.fdopen(os.open(temp, flags, PACKAGE_MODE), "wb") as sink:
             with zipfile.ZipFile(sink, "w", allowZip64=True) as archive:
                 for name in sorted(names):
                     path = stage / name
@@ -308,8 +312,9 @@ def export(request: ExportRequest, progress: Progress | None = None) -> ExportRe
         raise UsageError(f"--mirror {request.mirror.root}: no bundles match the selection "
                          "(--host/--since/--until)")
     result = ExportResult(str(out))
-    with failing("stage the export of"), tempfile.TemporaryDirectory(
-            dir=out.parent, prefix=f".{out.name}.") as temp:
+    with failing("write", out):  # --out's folder not writable: name --out, not a temp
+        staging = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.")
+    with failing("stage the export of"), staging as temp:
         stage = Path(temp) / "package"
         _stage_evidence(request, bundles, stage)
         failing_bundles, errors, evidence = _failing_bundles(stage, request, bundles,

@@ -82,8 +82,7 @@ class FileStore:
             try:
                 return stream.read()
             except OSError as exc:
-                raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}"
-                                 ) from exc
+                raise _store_error(exc, self.url, f"read {key}") from exc
 
     def open(self, key: str) -> BinaryIO:
         """`key` as a stream, if it is a regular file (a FIFO or a symlink named like
@@ -91,7 +90,7 @@ class FileStore:
         try:
             return self._reader.open(_safe_key(key))
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot read {key}: {exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"read {key}") from exc
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -99,12 +98,18 @@ class FileStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StoreError(f"store {self.url}: cannot stat {key}: {exc.strerror}") from exc
+            raise _store_error(exc, self.url, f"stat {key}") from exc
         return ObjectInfo(key, size, None)
 
     def list(self, prefix: str) -> Iterator[str]:
-        _check_is_dir(self.root)
-        if not self.root.exists():
+        """Keys under `prefix`. A folder this user may not list is a StoreError naming
+        it (signing.reading), never a silently shorter listing."""
+        try:
+            _check_is_dir(self.root)
+            present = self.root.exists()
+        except OSError as exc:  # a parent of the store not searchable
+            raise _store_error(exc, self.url, f"list {self.root}") from exc
+        if not present:
             return iter(())
         return self._reader.list(prefix)
 

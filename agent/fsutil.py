@@ -177,3 +177,18 @@ def create_atomic(path: Path, data: bytes, mode: int = 0o600) -> bool:
         temp.unlink(missing_ok=True)
     fsync_dir(path.parent)
     return True
+
+
+def make_private_dirs(path: Path) -> None:
+    """`mkdir -p path` where every directory it makes, the parents too, is 0700: the
+    state dir's parents by default are ~/.local/state (XDG: "create it with
+    permission 0700"), which `mkdir(parents=True)` would make 0777 minus the umask."""
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)

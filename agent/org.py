@@ -28,7 +28,14 @@ from signing.enrollment import (
     sign_enrollment,
     verify_enrollment,
 )
-from signing.errors import FormatError, GamsaError, KeyFileError, SignatureError, UsageError
+from signing.errors import (
+    FormatError,
+    GamsaError,
+    KeyFileError,
+    SignatureError,
+    UsageError,
+    os_error,
+)
 from signing.keys import PublicKey, Signer, generate_private_key, save_private_key
 
 ORG_KEY_FILE = "org.key"
@@ -58,7 +65,7 @@ def init_org(out: Path) -> OrgKey:
     try:
         create_atomic(public_path, public.pem().encode("ascii"), 0o644)
     except OSError as exc:
-        raise KeyFileError(f"cannot write {public_path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, public_path, "write") from exc
     return OrgKey(private_path, public_path, public.key_id)
 
 
@@ -82,7 +89,7 @@ def init_org_on_token(uri: str, out: Path) -> tuple[Path, str, bool]:
         out.mkdir(parents=True, exist_ok=True)
         create_atomic(public_path, pem, 0o644)
     except OSError as exc:
-        raise KeyFileError(f"cannot write {public_path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, public_path, "write") from exc
     return public_path, signer.key_id, created
 
 
@@ -242,7 +249,7 @@ def write_signed(signed: Signed, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         create_atomic(path, signed.envelope, 0o644)
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise os_error(exc, path, "write") from exc
     return path
 
 

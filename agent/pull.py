@@ -211,22 +211,31 @@ class PullResult:
     quarantined_before: int = 0  # in quarantine from earlier runs, within the selection
     bytes: int = 0
     keys: int = 0  # key-folder objects newly mirrored
+    unread: int = 0  # bundles with an object this user may not read: not pulled
     findings: list[Finding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return (not self.quarantined and not self.quarantined_before
+        return (not self.quarantined and not self.quarantined_before and not self.unread
                 and not any(f.severity == ERROR for f in self.findings))
+
+    @property
+    def judged_bad(self) -> bool:
+        """Evidence found wrong (exit 1), as against only not read (exit 3)."""
+        return bool(self.quarantined or self.quarantined_before or any(
+            f.severity == ERROR and f.code != UNREADABLE for f in self.findings))
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "store": self.store, "mirror": self.mirror,
                 "pulled": self.pulled, "skipped": self.skipped,
                 "quarantined": self.quarantined,
-                "quarantined_before": self.quarantined_before, "bytes": self.bytes,
+                "quarantined_before": self.quarantined_before, "unread": self.unread,
+                "bytes": self.bytes,
                 "keys": self.keys, "findings": [f.as_dict() for f in self.findings]}
 
 
 Progress = Callable[[int, int], None]
+UNREADABLE = "object_unreadable"  # the finding of a bundle not pulled: permission denied
 
 
 # -- the mirror directory ------------------------------------------------------------
@@ -473,6 +482,7 @@ class _Fetched:
     size: int  # bytes downloaded
     summary: BundleSummary | None
     findings: list[Finding]
+    unread: bool = False  # an object of it this user may not read: not judged
 
     @property
     def ok(self) -> bool:
@@ -565,6 +575,15 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
             download_bundle(store, mirror, name, bundles[name], trust, staged)
             summary, findings = verify_bundle(staged, name, trust)
             return _Fetched(name, staged, staged.size(), summary, findings)
+        except StoreError as exc:
+            staged.release()
+            if not isinstance(exc.__cause__, PermissionError):
+                raise  # the store is down or full: stop, the next run continues
+            # One object this user may not read (a file:// store of mixed owners):
+            # say so and go on, as the rest is readable; never judged, never quarantined.
+            return _Fetched(name, Staged(), 0, None, [Finding(
+                name.manifest_key, UNREADABLE, f"{exc.message}; not pulled (the next pull "
+                "tries again)")], unread=True)
         except BaseException:
             staged.release()
             raise
@@ -573,6 +592,10 @@ def pull(store: Store, mirror_dir: Path, selection: Selection,
 
     def settle(fetched: _Fetched) -> None:
         findings = list(fetched.findings)
+        if fetched.unread:
+            result.unread += 1
+            result.findings.extend(findings)
+            return
         if fetched.summary is not None and fetched.ok:
             findings += link_findings(chains, fetched.summary)
         if not findings or all(f.severity != ERROR for f in findings):

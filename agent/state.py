@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.crashpoints import crashpoint
-from agent.fsutil import failing, fsync_dir, replace_atomic, write_all, write_new_file
+from agent.fsutil import (
+    failing,
+    fsync_dir,
+    make_private_dirs,
+    replace_atomic,
+    write_all,
+    write_new_file,
+)
 from collector.record import Record, from_epoch, utc_now
 from collector.registry import CollectContext, Collector
 from signing.bundle import BundleName, manifest_sha256
@@ -143,7 +150,7 @@ class StateDir:
                 raise GamsaError(f"state_dir: {path} exists and is not a directory",
                                  hint="move it away")
             with failing("create the state directory", path):
-                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                make_private_dirs(path)
 
     @contextlib.contextmanager
     def locked(self, give_up: Callable[[], bool] | None = None) -> Iterator[None]:

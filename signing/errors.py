@@ -78,7 +78,8 @@ class ConflictError(StoreError):
 
 
 # What an operator does about an OS error on a path gamsa reads or writes.
-_FIX_PERMISSION = "check its owner and mode, or run gamsa as the user that owns the state dir"
+_FIX_PERMISSION = ("check the owner and mode of it and its directories, or run gamsa as a "
+                   "user allowed to use it")
 _OS_HINTS = {
     errno.EACCES: _FIX_PERMISSION,
     errno.EPERM: _FIX_PERMISSION,

@@ -169,7 +169,8 @@ class DirectoryReader:
         instead of the whole store: listing a fleet's key folder used to walk every
         bundle of every host. None when that folder is missing or not a plain folder
         (a symlink: the whole walk never followed one either); the root when the
-        prefix has a part that is not a plain name ("", ".", "..")."""
+        prefix has a part that is not a plain name ("", ".", ".."). A folder on the
+        way this user may not search (a 0700 store root) is an error, not a None."""
         parts = prefix.split("/")[:-1]
         if any(part in ("", ".", "..") for part in parts):
             return os.fspath(self.root)
@@ -179,8 +180,11 @@ class DirectoryReader:
             try:
                 if not stat.S_ISDIR(os.lstat(folder).st_mode):
                     return None
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 return None
+            except OSError as error:  # EACCES on the way: the folder above may not be
+                # searched (a 0700 store root): name it, never list nothing
+                _unlistable(type(error)(error.errno, error.strerror, os.path.dirname(folder)))
         return folder
 
     def open(self, key: str) -> BinaryIO:

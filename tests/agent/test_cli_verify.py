@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -242,3 +243,18 @@ def test_unshipped_bundles_are_not_truncation(gamsa_env: GamsaEnv) -> None:
     assert gamsa_env.run("collect", "--no-ship").returncode == 0
     code, report = verify_json(gamsa_env)
     assert code == 0, report["findings"]
+
+
+def test_prove_names_a_bundle_by_whole_id_and_writes_0640(gamsa_env: GamsaEnv,
+                                                          tmp_path: Path) -> None:
+    collect(gamsa_env, 1)
+    manifest = objects(gamsa_env, ".manifest.dsse.json")[0]
+    stem = manifest.name.removesuffix(".manifest.dsse.json")  # <seq>-<collection id>
+    # The id's last character is not a bundle id (it used to pick whichever bundle's
+    # id ended with it: "prove 1" proved seq 2 of a chain whose second id ended in 1).
+    tail = gamsa_env.run("prove", stem[-1], "1")
+    assert tail.returncode == 2 and "0 matching bundles" in tail.stderr, tail.stderr
+    proof_path = tmp_path / "proof.json"
+    made = gamsa_env.run("prove", stem, "1", "-o", str(proof_path))
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(proof_path.stat().st_mode) == 0o640  # a record of evidence

@@ -78,7 +78,7 @@ def test_state_dir_not_writable(user_env: UserEnv) -> None:
     user_env.state_dir.mkdir(mode=0o755)  # root's: nobody may not create spool/ in it
     line = one_error_line(user_env.run_as_user("collect", "--no-ship"),
                           str(user_env.state_dir / "spool"), "Permission denied",
-                          "check its owner and mode")
+                          "check the owner and mode")
     print(line)
 
 
